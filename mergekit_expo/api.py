@@ -1,0 +1,73 @@
+"""Python API: ExPO on in-memory state dicts or modules, same numerics as the merge method."""
+
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+from mergekit.merge_methods import merge_state_dicts
+
+from mergekit_expo.alpha import DEFAULT_ALPHA
+from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.method import expo_merge_method
+
+StateDictLike = Union[Mapping[str, torch.Tensor], torch.nn.Module]
+
+
+def extrapolate(
+    sft: StateDictLike,
+    aligned: StateDictLike,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Dict[str, torch.Tensor]:
+    """Return the ExPO state dict θ_aligned + α·(θ_aligned − θ_sft).
+
+    ``sft`` and ``aligned`` are state dicts or ``nn.Module`` objects with the same
+    tensor names and shapes. ``dtype`` converts inputs before the arithmetic (as
+    mergekit's ``dtype:``); ``out_dtype`` casts the result.
+
+    >>> merged = extrapolate(sft_model, dpo_model, alpha=0.3)
+    >>> dpo_model.load_state_dict(merged)
+    """
+    sft_tensors, aligned_tensors = _state_dict(sft), _state_dict(aligned)
+    _check_compatible(sft_tensors, aligned_tensors)
+    with torch.no_grad():
+        return merge_state_dicts(
+            {"sft": sft_tensors, "aligned": aligned_tensors},
+            expo_merge_method,
+            parameters={"alpha": alpha},
+            base="sft",
+            dtype=dtype,
+            out_dtype=out_dtype,
+        )
+
+
+def _state_dict(model: StateDictLike) -> Mapping[str, torch.Tensor]:
+    if isinstance(model, torch.nn.Module):
+        return model.state_dict()
+    if isinstance(model, Mapping):
+        return model
+    raise ExpoInputError(
+        f"expected a state dict or torch.nn.Module, got {type(model).__name__}: "
+        "pass model.state_dict() or the model itself"
+    )
+
+
+def _check_compatible(
+    sft: Mapping[str, torch.Tensor], aligned: Mapping[str, torch.Tensor]
+) -> None:
+    only_sft = sorted(set(sft) - set(aligned))
+    only_aligned = sorted(set(aligned) - set(sft))
+    if only_sft or only_aligned:
+        name, side = (only_sft[0], "SFT") if only_sft else (only_aligned[0], "aligned")
+        raise ExpoInputError(
+            f"tensor {name} exists only in the {side} model: the aligned model must "
+            "be trained from this SFT model (same architecture and tensor names)"
+        )
+    for name, tensor in sft.items():
+        if tensor.shape != aligned[name].shape:
+            raise ExpoInputError(
+                f"tensor {name} has shape {tuple(tensor.shape)} in the SFT model and "
+                f"{tuple(aligned[name].shape)} in the aligned model: ExPO needs "
+                "identical shapes (for added tokens, resize the SFT embeddings first)"
+            )

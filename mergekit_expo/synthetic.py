@@ -1,0 +1,139 @@
+"""Tiny SFT/aligned checkpoint pairs with random weights, for the demo, tests and benchmarks.
+
+No hub is needed: configs are built locally and weights drawn from a seeded RNG.
+The "aligned" model is the SFT model plus a small per-tensor perturbation, which is
+what a short DPO run looks like from the weights' point of view.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+FAMILIES = ("llama", "mistral", "qwen2")
+BASE_VOCAB = [f"w{i}" for i in range(60)]
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Shape and storage of a generated pair."""
+
+    family: str = "llama"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    dtype: torch.dtype = torch.bfloat16
+    delta_scale: float = 0.05  # |aligned − sft| relative to each tensor's spread
+    max_shard_size: Optional[str] = None  # e.g. "200KB" to write sharded checkpoints
+    added_tokens: Sequence[str] = ()  # tokens only the aligned model knows
+    seed: int = 0
+
+
+def model_config(spec: PairSpec, vocab_size: int):
+    import transformers
+
+    config_class = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+    }[spec.family]
+    return config_class(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+
+
+def write_pair(root: str, spec: PairSpec = PairSpec()) -> Tuple[str, str]:
+    """Write ``root/sft`` and ``root/aligned``; return their absolute paths."""
+    import transformers
+
+    if spec.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {spec.family!r}")
+    root = os.path.abspath(root)
+    sft_dir, aligned_dir = os.path.join(root, "sft"), os.path.join(root, "aligned")
+    base_vocab = SPECIAL + BASE_VOCAB
+
+    generator = torch.Generator().manual_seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    sft = transformers.AutoModelForCausalLM.from_config(
+        model_config(spec, len(base_vocab))
+    )
+    sft_state = {k: v.detach().clone() for k, v in sft.state_dict().items()}
+    for name, tensor in sft_state.items():
+        if name.endswith("norm.weight"):
+            # Norm scales start at exactly 1.0; give them some spread like a trained model.
+            tensor.add_(0.1 * torch.randn(tensor.shape, generator=generator))
+    aligned_state = perturbed(sft_state, spec.delta_scale, generator)
+
+    vocab_size = len(base_vocab) + len(spec.added_tokens)
+    if spec.added_tokens:
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            extra = torch.randn(
+                (len(spec.added_tokens), spec.hidden_size), generator=generator
+            ) * float(aligned_state[name].std())
+            aligned_state[name] = torch.cat([aligned_state[name], extra])
+
+    for path, state, vocab in (
+        (sft_dir, sft_state, base_vocab),
+        (aligned_dir, aligned_state, base_vocab + list(spec.added_tokens)),
+    ):
+        _save(path, spec, state, len(vocab))
+        write_tokenizer(path, base_vocab, list(vocab[len(base_vocab) :]))
+    assert vocab_size == aligned_state["model.embed_tokens.weight"].shape[0]
+    return sft_dir, aligned_dir
+
+
+def perturbed(
+    state: Dict[str, torch.Tensor], scale: float, generator: torch.Generator
+) -> Dict[str, torch.Tensor]:
+    """Return state + noise whose spread is ``scale`` times each tensor's spread."""
+    result = {}
+    for name, tensor in state.items():
+        spread = float(tensor.float().std()) if tensor.numel() > 1 else 1.0
+        noise = torch.randn(tensor.shape, generator=generator) * (scale * spread)
+        result[name] = tensor + noise.to(tensor.dtype)
+    return result
+
+
+def _save(path: str, spec: PairSpec, state: Dict[str, torch.Tensor], vocab: int):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_config(model_config(spec, vocab))
+    model.load_state_dict(state)
+    model = model.to(spec.dtype)
+    kwargs = {"max_shard_size": spec.max_shard_size} if spec.max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+
+
+def write_tokenizer(path: str, base_vocab: Sequence[str], added: Sequence[str]):
+    """A word-level tokenizer over ``base_vocab`` plus ``added`` special tokens."""
+    import tokenizers
+    import transformers
+
+    vocab = {token: index for index, token in enumerate(base_vocab)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    if added:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
+    tokenizer.save_pretrained(path)
