@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny generated checkpoint pairs and helpers to run the real CLIs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mergekit_expo.synthetic import PairSpec, write_pair
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def cli_env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)  # the installed package must be what runs
+    return env
+
+
+def run_cli(*args, cwd=None, check=True, timeout=600):
+    """Run an installed console script (mergekit-yaml, mergekit-expo, ...) in a subprocess."""
+    command = [str(BIN / args[0]), *map(str, args[1:])]
+    result = subprocess.run(
+        command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def load_folder(path) -> dict:
+    """All tensors of a safetensors checkpoint folder (sharded or not)."""
+    path = Path(path)
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    assert tensors, f"no safetensors in {path}"
+    return tensors
+
+
+def write_yaml(path, documents):
+    path = Path(path)
+    if isinstance(documents, list):
+        path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    else:
+        path.write_text(yaml.safe_dump(documents, sort_keys=False))
+    return path
+
+
+def expo_config(sft, aligned, alpha=0.3, **extra):
+    config = {
+        "merge_method": "expo",
+        "base_model": str(sft),
+        "models": [{"model": str(aligned), "parameters": {"alpha": alpha}}],
+    }
+    config.update(extra)
+    return config
+
+
+def shard_index(path):
+    return json.loads((Path(path) / "model.safetensors.index.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def pair_factory(tmp_path_factory):
+    """make(**PairSpec fields) -> (sft_dir, aligned_dir), cached per spec."""
+    cache = {}
+
+    def make(**fields):
+        spec = PairSpec(**fields)
+        if spec not in cache:
+            root = tmp_path_factory.mktemp(f"pair-{spec.family}")
+            cache[spec] = tuple(Path(p) for p in write_pair(str(root), spec))
+        return cache[spec]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def llama_pair(pair_factory):
+    return pair_factory()
+
+
+@pytest.fixture
+def models_dir(tmp_path, pair_factory):
+    """A working folder holding ./models/{sft,aligned,other}, as configs/ expect."""
+    sft, aligned = pair_factory()
+    _, other = pair_factory(seed=7)
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, source in (("sft", sft), ("aligned", aligned), ("other", other)):
+        (models / name).symlink_to(source, target_is_directory=True)
+    return tmp_path
