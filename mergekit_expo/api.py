@@ -33,10 +33,10 @@ def extrapolate(
     _check_compatible(sft_tensors, aligned_tensors)
     with torch.no_grad():
         return merge_state_dicts(
-            {"sft": sft_tensors, "aligned": aligned_tensors},
+            {"the SFT state dict": sft_tensors, "the aligned state dict": aligned_tensors},
             expo_merge_method,
             parameters={"alpha": alpha},
-            base="sft",
+            base="the SFT state dict",
             dtype=dtype,
             out_dtype=out_dtype,
         )

@@ -2,7 +2,14 @@
 
 import click
 
+from mergekit_expo.demo import demo_command
+from mergekit_expo.run import run_command
+
 
 @click.group()
 def main():
-    """ExPO tools for mergekit (merge with `mergekit-yaml`, `merge_method: expo`)."""
+    """ExPO tools for mergekit. Merging itself is `mergekit-yaml` with `merge_method: expo`."""
+
+
+main.add_command(run_command)
+main.add_command(demo_command)

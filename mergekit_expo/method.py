@@ -49,7 +49,13 @@ def _expo_kernel(
         aligned.tensor,
         alpha[aligned.id],
         name=group.metadata.name,
+        labels=(_label("SFT model", group.base.id), _label("aligned model", aligned.id)),
     )
+
+
+def _label(role: str, input_id: Hashable) -> str:
+    # mergekit's ids are ModelReferences (paths); the Python API names its inputs.
+    return input_id if isinstance(input_id, str) else f"{role} {input_id}"
 
 
 class ExpoMergeMethod(FunctionalGroupMergeMethod):

@@ -5,7 +5,7 @@ every route gives the same bits.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -23,6 +23,7 @@ def extrapolate_tensor(
     alpha: float,
     *,
     name: Optional[str] = None,
+    labels: Tuple[str, str] = ("the SFT model", "the aligned model"),
 ) -> torch.Tensor:
     """Return aligned + alpha * (aligned - sft) in aligned's dtype, rounded once.
 
@@ -53,7 +54,7 @@ def extrapolate_tensor(
             torch.sub(a, d, out=d)
             d.mul_(alpha).add_(a)
             flat_out[start:stop].copy_(d)
-    check_finite(out, sft, aligned, alpha, name)
+    check_finite(out, sft, aligned, alpha, name, labels)
     return out
 
 
@@ -63,8 +64,7 @@ def check_finite(
     aligned: torch.Tensor,
     alpha: float,
     name: Optional[str],
-    sft_label: str = "the SFT model",
-    aligned_label: str = "the aligned model",
+    labels: Tuple[str, str],
 ) -> None:
     """Raise ExpoNumericsError naming the tensor if ``out`` holds NaN or inf."""
     if out.numel() == 0:
@@ -75,7 +75,7 @@ def check_finite(
     if math.isfinite(low.item()) and math.isfinite(high.item()):
         return
     tensor = name or "a tensor"
-    for label, source in ((sft_label, sft), (aligned_label, aligned)):
+    for label, source in zip(labels, (sft, aligned)):
         if not bool(torch.isfinite(source).all()):
             bad = int((~torch.isfinite(source)).sum())
             raise ExpoNumericsError(

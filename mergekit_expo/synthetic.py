@@ -112,6 +112,7 @@ def perturbed(
 def _save(path: str, spec: PairSpec, state: Dict[str, torch.Tensor], vocab: int):
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModelForCausalLM.from_config(model_config(spec, vocab))
     model.load_state_dict(state)
     model = model.to(spec.dtype)

@@ -69,7 +69,7 @@ def test_fp16_overflow_names_the_tensor_and_the_fix():
 
 def test_nan_in_an_input_names_the_input_and_tensor():
     sft = {"w": torch.tensor([1.0, float("nan")])}
-    with pytest.raises(mergekit_expo.ExpoNumericsError, match="w in the SFT model already holds 1 NaN"):
+    with pytest.raises(mergekit_expo.ExpoNumericsError, match="w in the SFT state dict already holds 1 NaN"):
         mergekit_expo.extrapolate(sft, {"w": torch.ones(2)}, alpha=0.3)
 
 

@@ -1,0 +1,68 @@
+"""The CLI edge: every failure becomes one line on stderr and a non-zero exit.
+
+Tracebacks are shown only with -v. Exit codes: 1 for errors, 130 for Ctrl-C,
+143 for SIGTERM, as a shell would report them.
+"""
+
+import errno
+import functools
+import signal
+import sys
+
+import click
+
+from mergekit_expo.errors import ExpoError
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def reports_errors(command):
+    """Wrap a click callback; needs a ``verbose`` flag or mergekit's merge_options."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        options = kwargs.get("merge_options")
+        verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted (Ctrl-C); nothing was left that looks like a finished output", 130)
+        except Terminated:
+            _fail("terminated (SIGTERM); nothing was left that looks like a finished output", 143)
+        except Exception as error:
+            if verbose:
+                raise
+            _fail(describe(error), 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def describe(error: Exception) -> str:
+    """One line for any exception, in the user's terms where we know them."""
+    if isinstance(error, ExpoError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device while writing {error.filename or 'the output'}: "
+            "free disk space or write to another disk"
+        )
+    if isinstance(error, OSError) and error.errno == errno.EFBIG:
+        return "the output file exceeds the file size limit: raise `ulimit -f` or use a smaller --out-shard-size"
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]} (run with -v for the full traceback)"
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,117 @@
+"""Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
+
+import json
+import os
+from pathlib import Path
+
+from mergekit_expo.errors import ExpoInputError
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+# Keys that must agree for θ_aligned − θ_sft to be meaningful tensor by tensor.
+SHAPE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def is_local_reference(path: str) -> bool:
+    """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
+    if os.path.exists(path) or path.startswith((".", "/", "~")) or os.sep + os.sep in path:
+        return True
+    return path.count("/") != 1
+
+
+def check_model_folder(path: str, role: str) -> Path:
+    """The folder exists, has config.json and readable weights; return it."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ExpoInputError(f"{role} model folder {path} does not exist: check the path")
+    if not folder.is_dir():
+        raise ExpoInputError(f"{role} model {path} is a file, not a model folder: point to its folder")
+    if not (folder / "config.json").is_file():
+        raise ExpoInputError(
+            f"{role} model folder {path} has no config.json: point to a transformers "
+            "checkpoint folder (save_pretrained output)"
+        )
+    weights = [f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern)]
+    if not weights:
+        raise ExpoInputError(
+            f"{role} model folder {path} has no weights (*.safetensors or "
+            "pytorch_model*.bin): copy the weight files next to config.json"
+        )
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+    return folder
+
+
+def _check_safetensors(file: Path) -> None:
+    # The header states where every tensor ends; a short file is truncated.
+    try:
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if header_size <= 0 or header_size > 100_000_000:
+                raise ValueError("bad header size")
+            header = json.loads(handle.read(header_size))
+        end = max(
+            (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+            default=0,
+        )
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ExpoInputError(
+            f"{file} is not a valid safetensors file: re-download or re-export it"
+        ) from None
+    if file.stat().st_size < 8 + header_size + end:
+        raise ExpoInputError(
+            f"{file} is truncated ({file.stat().st_size} bytes, header says "
+            f"{8 + header_size + end}): re-download or re-export it"
+        )
+
+
+def load_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except ValueError as error:
+        raise ExpoInputError(f"{folder / 'config.json'} is not valid JSON: {error}") from None
+
+
+def check_pair(
+    sft: str, aligned: str, *, tokenizer_aligned: bool = False
+) -> None:
+    """SFT and aligned folders are usable and describe the same network.
+
+    ``tokenizer_aligned``: the merge aligns vocabularies (mergekit ``tokenizer:``),
+    so differing vocab sizes are fine.
+    """
+    sft_folder = check_model_folder(sft, "SFT (base_model)")
+    aligned_folder = check_model_folder(aligned, "aligned")
+    sft_config, aligned_config = load_config(sft_folder), load_config(aligned_folder)
+    sft_arch, aligned_arch = sft_config.get("architectures"), aligned_config.get("architectures")
+    if sft_arch and aligned_arch and sft_arch != aligned_arch:
+        raise ExpoInputError(
+            f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
+            f"{aligned_arch[0]}: use the SFT checkpoint the aligned model was trained from"
+        )
+    for key in SHAPE_KEYS:
+        first, second = _text_config(sft_config).get(key), _text_config(aligned_config).get(key)
+        if first is not None and second is not None and first != second:
+            raise ExpoInputError(
+                f"{key} differs: {first} in SFT {sft}, {second} in aligned {aligned}: "
+                "use the SFT checkpoint the aligned model was trained from"
+            )
+    first, second = _text_config(sft_config).get("vocab_size"), _text_config(aligned_config).get("vocab_size")
+    if first != second and not tokenizer_aligned:
+        raise ExpoInputError(
+            f"vocab_size differs ({first} in SFT, {second} in aligned), so "
+            "embed_tokens/lm_head shapes differ: add 'tokenizer: {source: union}' to the "
+            "config (rows only the aligned model has keep its values)"
+        )
+
+
+def _text_config(config: dict) -> dict:
+    # Multimodal configs nest the language model's settings.
+    return config.get("text_config") or config
+
