@@ -6,6 +6,7 @@ Tracebacks are shown only with -v. Exit codes: 1 for errors, 130 for Ctrl-C,
 
 import errno
 import functools
+import re
 import signal
 import sys
 
@@ -52,15 +53,24 @@ def describe(error: Exception) -> str:
     """One line for any exception, in the user's terms where we know them."""
     if isinstance(error, ExpoError):
         return str(error)
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    code = _os_error_code(error)
+    if code == errno.ENOSPC:
+        return "no space left on the device while writing the output: free disk space or write to another disk"
+    if code == errno.EFBIG:
         return (
-            f"no space left on the device while writing {error.filename or 'the output'}: "
-            "free disk space or write to another disk"
+            "an output file exceeds the file size limit: raise `ulimit -f` or use a "
+            "smaller --out-shard-size"
         )
-    if isinstance(error, OSError) and error.errno == errno.EFBIG:
-        return "the output file exceeds the file size limit: raise `ulimit -f` or use a smaller --out-shard-size"
     lines = str(error).strip().splitlines() or [""]
     return f"{type(error).__name__}: {lines[0]} (run with -v for the full traceback)"
+
+
+def _os_error_code(error: Exception):
+    # safetensors' writer reports OS errors as text: "I/O error: ... (os error 28)".
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    match = re.search(r"os error (\d+)", str(error))
+    return int(match.group(1)) if match else None
 
 
 def _fail(message: str, code: int):
