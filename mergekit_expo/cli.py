@@ -3,6 +3,7 @@
 import click
 
 from mergekit_expo.demo import demo_command
+from mergekit_expo.lora import lora_command
 from mergekit_expo.run import run_command
 
 
@@ -13,3 +14,4 @@ def main():
 
 main.add_command(run_command)
 main.add_command(demo_command)
+main.add_command(lora_command)

@@ -48,16 +48,9 @@ def demo_command(out_dir: str, alpha: float, family: str, verbose: bool):
 
 def summary(sft_dir: str, aligned_dir: str, out_dir: Path, alpha: float) -> str:
     """Size of the result and the measured extrapolation ratio, checked in fp64."""
-    import torch
-    from safetensors.torch import load_file
+    from mergekit_expo.checkpoint import load_all
 
-    def load(folder):
-        tensors = {}
-        for shard in sorted(Path(folder).glob("*.safetensors")):
-            tensors.update(load_file(shard))
-        return tensors
-
-    sft, aligned, merged = load(sft_dir), load(aligned_dir), load(out_dir)
+    sft, aligned, merged = load_all(sft_dir), load_all(aligned_dir), load_all(out_dir)
     update = sum(float(((aligned[k].double() - sft[k].double()) ** 2).sum()) for k in merged)
     extra = sum(float(((merged[k].double() - aligned[k].double()) ** 2).sum()) for k in merged)
     elements = sum(t.numel() for t in merged.values())

@@ -37,6 +37,9 @@ def run_config_file(config_file, out_path, options, *, overwrite=False) -> Path:
         check_expo_inputs(config)
     out = check_output_path(out_path, overwrite)
     with staged_folder(out) as staging:
+        if options.lora_merge_cache is None and any(m.lora for m in config.referenced_models()):
+            # mergekit needs a folder for `model: ./sft+./adapter` merges; ours is temporary.
+            options = options.model_copy(update={"lora_merge_cache": str(staging.parent / "lora-cache")})
         run_merge(config, str(staging), options=options, config_source=source)
     LOG.info("merged model written to %s", out)
     return out

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
 
+from mergekit_expo.checkpoint import load_all as load
 from mergekit_expo.synthetic import PairSpec, write_pair
 
 ONE_B = dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32, num_kv_heads=8)
-
-
-def load(folder):
-    tensors = {}
-    for shard in sorted(Path(folder).glob("*.safetensors")):
-        tensors.update(load_file(shard))
-    return tensors
 
 
 def merge(config, out, *flags):
