@@ -1,0 +1,22 @@
+"""The README's first command: `mergekit-expo demo` merges a generated pair."""
+
+from conftest import load_folder, run_cli
+from fp64_reference import fidelity
+
+
+def test_demo_writes_a_checked_expo_model(tmp_path):
+    result = run_cli("mergekit-expo", "demo", "--out", tmp_path / "demo", "--alpha", "0.4")
+    assert f"ExPO model written to {tmp_path / 'demo' / 'merged'}" in result.stdout
+    assert "(alpha = 0.4)" in result.stdout
+    out = load_folder(tmp_path / "demo/merged")
+    sft = load_folder(tmp_path / "demo/models/sft")
+    aligned = load_folder(tmp_path / "demo/models/aligned")
+    for name, tensor in out.items():
+        equal, worst = fidelity(tensor, sft[name], aligned[name], 0.4)
+        assert equal >= 0.9999 and worst <= 1.0, name
+    assert (tmp_path / "demo/merged/config.json").exists()
+
+
+def test_demo_runs_again_over_its_own_output(tmp_path):
+    for _ in range(2):
+        run_cli("mergekit-expo", "demo", "--out", tmp_path / "demo", "--family", "qwen2")
