@@ -5,6 +5,7 @@ import click
 from mergekit_expo.demo import demo_command
 from mergekit_expo.lora import lora_command
 from mergekit_expo.run import run_command
+from mergekit_expo.search import search_command
 
 
 @click.group()
@@ -15,3 +16,4 @@ def main():
 main.add_command(run_command)
 main.add_command(demo_command)
 main.add_command(lora_command)
+main.add_command(search_command)

@@ -1,0 +1,239 @@
+"""`mergekit-expo search`: the in-place path equals the real merge, scores equal a direct
+computation on merged checkpoints, results resume, reports are valid."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import BIN, cli_env, expo_config, load_folder, run_cli, write_yaml
+
+
+@pytest.fixture(scope="module")
+def pair(pair_factory):
+    return pair_factory(delta_scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def preference_file(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    words = lambda n: " ".join(f"w{rng.randrange(60)}" for _ in range(n))  # noqa: E731
+    path = tmp_path_factory.mktemp("data") / "prefs.jsonl"
+    path.write_text("".join(
+        json.dumps({"prompt": words(5), "chosen": words(4), "rejected": words(4)}) + "\n"
+        for _ in range(10)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def merged_at(pair, tmp_path_factory):
+    """A checkpoint written by `mergekit-yaml` with merge_method: expo, per α."""
+    cache = {}
+
+    def merge(alpha):
+        if alpha not in cache:
+            folder = tmp_path_factory.mktemp("merged")
+            config = write_yaml(folder / "c.yml", expo_config(*pair, alpha))
+            run_cli("mergekit-yaml", config, folder / "out")
+            cache[alpha] = folder / "out"
+        return cache[alpha]
+
+    return merge
+
+
+def results_of(folder):
+    return {round(r["alpha"], 6): r for r in json.loads((folder / "results.json").read_text())["results"]}
+
+
+def test_in_place_weights_equal_the_merged_checkpoint_bit_for_bit(pair, merged_at):
+    from mergekit_expo.search import InPlaceExtrapolator
+
+    engine = InPlaceExtrapolator(str(pair[0]), str(pair[1]))
+    for alpha in (0.5, 0.3):  # out of order: nothing may accumulate between α values
+        engine.set_alpha(alpha)
+        merged = load_folder(merged_at(alpha))
+        state = engine.model.state_dict()
+        for name, tensor in merged.items():
+            assert torch.equal(state[name], tensor), (alpha, name)
+
+
+def direct_preference(model_dir, rows):
+    """Independent computation: full-sequence log-softmax, sum over answer positions."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    margins = []
+    for row in rows:
+        totals = []
+        for answer in (row["chosen"], row["rejected"]):
+            prompt_ids = tokenizer(row["prompt"])["input_ids"]
+            ids = prompt_ids + tokenizer(answer, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            totals.append(sum(float(logp[i - 1, ids[i]]) for i in range(len(prompt_ids), len(ids))))
+        margins.append(totals[0] - totals[1])
+    return sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins)
+
+
+def test_preference_scores_match_merged_checkpoints(tmp_path, pair, preference_file, merged_at):
+    out = tmp_path / "search"
+    result = run_cli("mergekit-expo", "search", *pair, "--data", preference_file,
+                     "--out", out, "--alphas", "0,0.3,0.5")
+    assert "best alpha =" in result.stdout
+    rows = [json.loads(line) for line in preference_file.read_text().splitlines()]
+    found = results_of(out)
+    assert sorted(found) == [0.0, 0.3, 0.5]
+    for alpha in (0.3, 0.5):
+        accuracy, margin = direct_preference(merged_at(alpha), rows)
+        assert found[alpha]["score"] == pytest.approx(accuracy)
+        assert found[alpha]["extra"]["mean_margin"] == pytest.approx(margin, rel=1e-4, abs=1e-4)
+        assert found[alpha]["low"] <= found[alpha]["score"] <= found[alpha]["high"]
+        assert found[alpha]["n"] == len(rows)
+
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "score_vs_alpha.png").shape[2] in (3, 4)
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("alpha,score,low,high,n,seconds") and len(csv_lines) == 4
+    from mergekit.config import MergeConfiguration
+
+    best = MergeConfiguration.model_validate(yaml.safe_load((out / "best.yml").read_text()))
+    best_alpha = max(found.values(), key=lambda r: r["score"])["alpha"]
+    assert best.merge_method == "expo" and best.models[0].parameters["alpha"] == best_alpha
+
+
+def test_resume_skips_done_alphas_and_refine_adds_midpoints(tmp_path, pair, preference_file):
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+            "--alphas", "0,0.4")
+    first = results_of(out)
+    run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+            "--alphas", "0,0.4,0.8", "--refine")
+    second = results_of(out)
+    assert first[0.0] == second[0.0] and first[0.4] == second[0.4]  # not recomputed
+    best = max(second[a]["score"] for a in (0.0, 0.4, 0.8))
+    assert 0.8 in second and len(second) >= 4  # a midpoint next to the best was added
+    assert max(r["score"] for r in second.values()) >= best
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path, pair, preference_file):
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out, "--alphas", "0")
+    result = run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+                     "--alphas", "0", "--dtype", "float32", check=False)
+    assert result.returncode != 0 and "holds results of a different search" in result.stderr
+
+
+def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file):
+    out = tmp_path / "search"
+    alphas = ",".join(str(a / 10) for a in range(12))
+    command = [str(BIN / "mergekit-expo"), "search", str(pair[0]), str(pair[1]),
+               "--data", str(preference_file), "--out", str(out), "--alphas", alphas]
+    process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "results.json").exists() or len(results_of(out)) < 2:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = results_of(out)  # valid JSON: written atomically
+    assert 2 <= len(before) < 12
+    run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+            "--alphas", alphas)
+    after = results_of(out)
+    assert len(after) == 12 and all(after[a] == before[a] for a in before)
+
+
+def test_write_best_runs_the_real_merge(tmp_path, pair, preference_file, merged_at):
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+            "--alphas", "0.3", "--write-best", tmp_path / "best-model")
+    written, expected = load_folder(tmp_path / "best-model"), load_folder(merged_at(0.3))
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+
+
+@pytest.fixture(scope="module")
+def reward_model(pair, tmp_path_factory):
+    import transformers
+
+    from mergekit_expo.synthetic import PairSpec, model_config
+
+    torch.manual_seed(1)
+    config = model_config(PairSpec(), vocab_size=64)
+    config.num_labels = 1
+    model = transformers.LlamaForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("reward")
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(pair[0]).save_pretrained(folder)
+    return folder
+
+
+def test_reward_model_scores_match_merged_checkpoint(tmp_path, pair, reward_model, merged_at):
+    import transformers
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\nw1 w2 w3\nw7 w8\nw30 w31 w32 w33\n")
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--scorer", "reward-model", "--data", prompts,
+            "--reward-model", reward_model, "--max-new-tokens", 6, "--out", out, "--alphas", "0.3")
+    found = results_of(out)[0.3]
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(merged_at(0.3))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(merged_at(0.3))
+    judge = transformers.AutoModelForSequenceClassification.from_pretrained(reward_model)
+    rewards = []
+    for prompt in ("w1 w2 w3", "w7 w8", "w30 w31 w32 w33"):
+        ids = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            generated = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=3)
+            answer = tokenizer.decode(generated[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            scored = tokenizer(f"{prompt} {answer}", return_tensors="pt")
+            rewards.append(float(judge(**scored).logits[0, 0]))
+    assert found["score"] == pytest.approx(sum(rewards) / 3, rel=1e-5)
+    assert found["n"] == 3
+
+
+def test_callable_scorer_from_the_working_folder(tmp_path, pair):
+    (tmp_path / "my_scorer.py").write_text(
+        "def norm(model, tokenizer):\n"
+        "    return float(model.model.embed_tokens.weight.float().norm())\n")
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--scorer", "my_scorer:norm", "--out", out,
+            "--alphas", "0,1", cwd=tmp_path)
+    found = results_of(out)
+    assert found[1.0]["score"] > found[0.0]["score"]  # extrapolating away from SFT grows the norm
+    assert found[0.0]["low"] is None and found[0.0]["n"] == 1
+
+
+def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    mistral = pair_factory(family="mistral")[1]
+    cases = [
+        (["--data", empty], "is empty"),
+        (["--data", tmp_path / "nope.jsonl"], "does not exist"),
+        (["--scorer", "reward-model", "--data", preference_file, "--reward-model", pair[1]],
+         "not a sequence classifier"),
+        (["--scorer", "nonsense", "--data", preference_file], "unknown scorer"),
+        (["--data", preference_file, "--alphas", "0,abc"], "alpha must be a number"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--data", preference_file, "--device", "cuda"], "no CUDA device"))
+    for args, message in cases:
+        result = run_cli("mergekit-expo", "search", *pair, "--out", tmp_path / "o", *args, check=False)
+        assert result.returncode != 0, args
+        errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+        assert len(errors) == 1 and message in errors[0], (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    for sft, aligned, message in [(tmp_path / "missing", pair[1], "does not exist"),
+                                  (pair[0], mistral, "architectures differ")]:
+        result = run_cli("mergekit-expo", "search", sft, aligned, "--data", preference_file,
+                         "--out", tmp_path / "o2", check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
