@@ -15,12 +15,20 @@ import click
 from mergekit_expo.errors import ExpoError
 
 
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM."""
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGINT or SIGTERM."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+_received = []  # signals seen: C extensions sometimes turn the exception into another
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise Interrupted(signum)
 
 
 def reports_errors(command):
@@ -30,23 +38,30 @@ def reports_errors(command):
     def wrapper(*args, **kwargs):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):
             raise
-        except KeyboardInterrupt:
-            _fail("interrupted (Ctrl-C); nothing was left that looks like a finished output", 130)
-        except Terminated:
-            _fail("terminated (SIGTERM); nothing was left that looks like a finished output", 143)
+        except (Interrupted, KeyboardInterrupt) as error:
+            _interrupted(getattr(error, "signum", signal.SIGINT))
         except Exception as error:
+            if _received:
+                _interrupted(_received[0])
             if verbose:
                 raise
             _fail(describe(error), 1)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     return wrapper
+
+
+def _interrupted(signum: int):
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    _fail(f"interrupted ({name}); nothing was left that looks like a finished output",
+          128 + signum)
 
 
 def describe(error: Exception) -> str:

@@ -300,14 +300,14 @@ def test_interrupted_run_leaves_no_model(tmp_path, pair_factory, signum, code):
     config = write_yaml(tmp_path / "c.yml", expo_config(sft, aligned))
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [str(BIN / "mergekit-expo"), "run", str(config), str(out)],
+        [str(BIN / "mergekit-expo"), "run", str(config), str(out), "--out-shard-size", "1M"],
         env=cli_env(), stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 120
-    while not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()):
+    # Signal once the first output shard is on disk: the merge is half written.
+    while not list(tmp_path.glob(".out.partial-*/out/*.safetensors")):
         assert process.poll() is None and time.time() < deadline, "merge ended too early"
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
     process.send_signal(signum)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == code, stderr
