@@ -90,6 +90,12 @@ def check_pair(
     aligned_folder = check_model_folder(aligned, "aligned")
     sft_config, aligned_config = load_config(sft_folder), load_config(aligned_folder)
     sft_arch, aligned_arch = sft_config.get("architectures"), aligned_config.get("architectures")
+    for path, arch in ((sft, sft_arch), (aligned, aligned_arch)):
+        if not arch:
+            raise ExpoInputError(
+                f"{path}/config.json has no architectures entry: mergekit needs it to know "
+                'the tensor layout; add e.g. "architectures": ["LlamaForCausalLM"]'
+            )
     if sft_arch and aligned_arch and sft_arch != aligned_arch:
         raise ExpoInputError(
             f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
