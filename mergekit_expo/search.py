@@ -171,10 +171,12 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
                                              trust_remote_code=trust_remote_code)
             start = time.perf_counter()
             engine.set_alpha(alpha)
+            updated = time.perf_counter() - start
             score = scorer(engine.model, engine.tokenizer,
                            progress=lambda items: tqdm(items, desc=f"alpha={alpha:g}", leave=False))
             results.add(AlphaResult(alpha=alpha, score=score.value, low=score.low, high=score.high,
-                                    n=score.n, seconds=time.perf_counter() - start, extra=score.extra))
+                                    n=score.n, seconds=time.perf_counter() - start, extra=score.extra,
+                                    update_seconds=updated))
         pending = []
         if refine:
             refine = False

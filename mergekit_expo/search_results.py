@@ -26,8 +26,9 @@ class AlphaResult:
     low: Optional[float]
     high: Optional[float]
     n: int
-    seconds: float
+    seconds: float  # weight update plus scoring
     extra: Optional[dict] = None
+    update_seconds: Optional[float] = None  # setting the weights in place alone
 
 
 class SearchResults:

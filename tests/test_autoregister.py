@@ -35,7 +35,8 @@ def test_mergekit_knows_expo_without_importing_the_package():
     python(
         "from mergekit import merge_methods\n"
         "m = merge_methods.get('expo')\n"
-        "assert m.spec.reference_url == 'https://arxiv.org/abs/2404.16792'"
+        "assert m.spec.reference_url == 'https://arxiv.org/abs/2404.16792'\n"
+        "assert m.spec.uses_accelerator  # --cuda/--device move the arithmetic"
     )
 
 
