@@ -14,7 +14,6 @@ Usage: python examples/toy_alignment/run.py [--out DIR] [--quick]
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -87,10 +86,11 @@ def train_dpo(out: Path, sft: Path, tokenizer, settings, seed):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    rows = task.preference_rows(settings["dpo_rows"])
     batch = 16
-    steps = math.ceil(len(rows) / batch) * settings["dpo_epochs"]
-    save_every = max(1, steps // 5)
+    rows = task.preference_rows(settings["dpo_rows"])
+    rows = rows[: len(rows) // (5 * batch) * (5 * batch)]  # steps divide into fifths exactly
+    steps = len(rows) // batch * settings["dpo_epochs"]
+    save_every = steps // 5
     model = transformers.AutoModelForCausalLM.from_pretrained(sft)
     config = DPOConfig(output_dir=str(out / "dpo"), num_train_epochs=settings["dpo_epochs"],
                        per_device_train_batch_size=batch, learning_rate=5e-4, beta=0.1,
@@ -103,7 +103,8 @@ def train_dpo(out: Path, sft: Path, tokenizer, settings, seed):
     checkpoints = sorted((out / "dpo").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     for checkpoint in checkpoints:
         tokenizer.save_pretrained(checkpoint)
-    return checkpoints[-5:], steps
+    assert len(checkpoints) == 5, checkpoints
+    return checkpoints, steps
 
 
 def run(command, cwd=None):
