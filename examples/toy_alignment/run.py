@@ -30,9 +30,9 @@ sys.path.insert(0, str(HERE))
 import task  # noqa: E402
 
 BIN = Path(sys.executable).parent
-FULL = dict(sft_rows=6000, sft_epochs=4, dpo_rows=3000, dpo_epochs=2, test_prompts=300,
+FULL = dict(sft_rows=6000, sft_epochs=4, dpo_rows=3000, dpo_epochs=2, dpo_lr=5e-4, test_prompts=300,
             seeds=3, alphas="0,0.1,0.2,0.3,0.4,0.5,0.7,1.0")
-QUICK = dict(sft_rows=256, sft_epochs=1, dpo_rows=160, dpo_epochs=1, test_prompts=40,
+QUICK = dict(sft_rows=256, sft_epochs=1, dpo_rows=160, dpo_epochs=1, dpo_lr=5e-4, test_prompts=40,
              seeds=1, alphas="0,0.5")
 
 
@@ -93,7 +93,7 @@ def train_dpo(out: Path, sft: Path, tokenizer, settings, seed):
     save_every = steps // 5
     model = transformers.AutoModelForCausalLM.from_pretrained(sft)
     config = DPOConfig(output_dir=str(out / "dpo"), num_train_epochs=settings["dpo_epochs"],
-                       per_device_train_batch_size=batch, learning_rate=5e-4, beta=0.1,
+                       per_device_train_batch_size=batch, learning_rate=settings["dpo_lr"], beta=0.1,
                        lr_scheduler_type="constant", logging_steps=20, save_strategy="steps",
                        save_steps=save_every, save_only_model=True, report_to="none",
                        use_cpu=True, seed=seed, max_length=32, dataloader_num_workers=0)
@@ -157,8 +157,11 @@ def main():
     parser.add_argument("--out", default=str(HERE / "output"))
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dpo-lr", type=float, help="DPO learning rate  [default: 5e-4]")
     args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    if args.dpo_lr is not None:
+        settings["dpo_lr"] = args.dpo_lr
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
