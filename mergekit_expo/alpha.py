@@ -30,7 +30,7 @@ def checked_alpha(value: Any) -> float:
         )
     if alpha > LARGE_ALPHA and alpha not in _warned_large:
         _warned_large.add(alpha)
-        # Paper, Fig. 3: reward rises with α up to a model-specific point, then collapses.
+        # The paper finds reward rising with α up to a model-specific point, then collapsing.
         LOG.warning(
             "alpha=%g is very large: past a model-specific point (often 0.5-1) the "
             "extrapolated model degrades sharply; check it on a dev set "

@@ -1,7 +1,7 @@
 """ExPO for LoRA adapters: a new adapter whose update is (1 + α) times the original.
 
 With θ_aligned = θ_sft + ΔW and ΔW = scale·B·A, ExPO gives θ_sft + (1+α)·ΔW
-(paper Eq. 2 with θ_aligned − θ_sft = ΔW). We scale ``lora_B`` (weight and bias):
+(the ExPO formula with θ_aligned − θ_sft = ΔW). We scale ``lora_B`` (weight and bias):
 it is exact for every scaling rule (lora_alpha/r, rslora's lora_alpha/√r,
 alpha_pattern, rank_pattern) without touching the config, so the new adapter keeps
 rank, targets and config and loads with ``PeftModel.from_pretrained`` as before.

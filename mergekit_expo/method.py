@@ -1,7 +1,7 @@
 """The ``expo`` merge method: θ_expo = θ_aligned + α·(θ_aligned − θ_sft).
 
-Zheng et al., "Model Extrapolation Expedites Alignment", ACL 2025 (arXiv 2404.16792),
-Eq. 2. ``base_model`` is the SFT checkpoint; the single entry under ``models:`` is
+Zheng et al., "Model Extrapolation Expedites Alignment", ACL 2025 (arXiv 2404.16792).
+``base_model`` is the SFT checkpoint; the single entry under ``models:`` is
 the DPO/RLHF checkpoint trained from it.
 """
 

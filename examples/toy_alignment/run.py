@@ -1,4 +1,4 @@
-"""A miniature of the paper's controlled experiment (Sec. 3), on a CPU in minutes.
+"""A miniature of the paper's controlled experiment, on a CPU in minutes.
 
 1. SFT a tiny Llama-shaped model on a mediocre demonstrator (TRL SFTTrainer).
 2. DPO from that SFT checkpoint on preference pairs (TRL DPOTrainer), saving
