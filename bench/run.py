@@ -115,7 +115,9 @@ def main():
     print(machine(), flush=True)
 
     if args.scale:
-        need = 2 * 2 * 6.7e9 * 1.05 + 6.7e9 * 2 * 1.05
+        model_bytes = 6.7e9 * 2 * 1.05  # one bf16 7B checkpoint
+        cached = (cache / "7B" / "aligned" / "model.safetensors.index.json").exists()
+        need = model_bytes * (1 if cached else 3)  # the output, plus the pair if not cached
         free = shutil.disk_usage(cache if cache.exists() else cache.parent).free
         if free < need:
             sys.exit(f"Error: --scale needs about {need / 1e9:.0f} GB of free disk in {cache}, "
