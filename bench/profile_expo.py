@@ -32,6 +32,7 @@ def main():
     parser.add_argument("--method", default="expo", choices=["expo", "task_arithmetic"])
     parser.add_argument("--cache", default=str(HERE / "cache"))
     parser.add_argument("--out-shard-size", default="500M")
+    parser.add_argument("--work", default=str(HERE / "results" / "profile"))
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -43,7 +44,7 @@ def main():
 
     sft, aligned = pair_for(args.size, Path(args.cache))
     parameters = {"alpha": 0.3} if args.method == "expo" else {"weight": 1.3}
-    work = HERE / "results" / "profile"
+    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = work / f"{args.method}.yml"
     config.write_text(yaml.safe_dump({"merge_method": args.method, "base_model": str(sft), "dtype": "bfloat16",

@@ -21,3 +21,39 @@ def test_bench_run_smoke(tmp_path):
     expo = next(r for r in rows if r["method"] == "expo")
     assert float(expo["fidelity"]) >= 0.9999
     assert Path(tmp_path / "out/results.png").stat().st_size > 0
+
+
+def run_script(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], env=cli_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_kernel_benchmark_smoke():
+    out = run_script(REPO / "bench/kernel.py", "--elements", "200000")
+    assert "expo kernel" in out and "100.000000%" in out
+
+
+def test_search_lora_and_profile_benchmarks_smoke(tmp_path):
+    cache = tmp_path / "cache"
+    out = run_script(REPO / "bench/search_vs_naive.py", "--size", "0.01B", "--k", "2",
+                     "--cache", cache, "--work", tmp_path / "search")
+    assert "per-α weights" in out
+    out = run_script(REPO / "bench/lora_vs_full.py", "--size", "0.01B", "--cache", cache,
+                     "--work", tmp_path / "lora")
+    assert "adapter route:" in out
+    out = run_script(REPO / "bench/profile_expo.py", "--size", "0.01B", "--cache", cache,
+                     "--work", tmp_path / "profile")
+    assert "expo arithmetic" in out
+
+
+def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the real check runs on GPU machines: scripts/gpu_check.sh
+    result = subprocess.run([sys.executable, str(REPO / "scripts/gpu_check.py"), "--work", str(tmp_path)],
+                            env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "Error: no CUDA device is visible: run this on a GPU machine"
