@@ -68,3 +68,30 @@ def test_spawned_worker_processes_know_expo(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_regular_wheel_ships_the_start_up_hook(tmp_path):
+    import zipfile
+
+    from conftest import REPO
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, env=cli_env())
+    (wheel,) = tmp_path.glob("mergekit_expo-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert "mergekit_expo.pth" in names  # at the root: installs into site-packages
+        assert archive.read("mergekit_expo.pth") == (REPO / "mergekit_expo.pth").read_bytes()
+        assert "mergekit_expo/_autoregister.py" in names
+    # A site directory holding the unpacked wheel runs the hook like site-packages would.
+    site_dir = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site_dir)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import sys, site; sys.path[:] = [p for p in sys.path if 'site-packages' not in p];"
+         f"site.addsitedir({str(site_dir)!r});"
+         "m = sys.modules.get('mergekit_expo'); assert m is not None, 'hook did not run';"
+         f"assert m.__file__.startswith({str(site_dir)!r}), m.__file__;"
+         "assert 'torch' not in sys.modules"],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
