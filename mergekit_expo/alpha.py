@@ -6,7 +6,7 @@ from typing import Any
 
 from mergekit_expo.errors import ExpoConfigError
 
-DEFAULT_ALPHA = 0.3  # the value most models in the paper's collection use
+DEFAULT_ALPHA = 0.3  # the value the paper's released models use
 LARGE_ALPHA = 2.0
 
 LOG = logging.getLogger("mergekit_expo")
@@ -32,8 +32,8 @@ def checked_alpha(value: Any) -> float:
         _warned_large.add(alpha)
         # The paper finds reward rising with α up to a model-specific point, then collapsing.
         LOG.warning(
-            "alpha=%g is very large: past a model-specific point (often 0.5-1) the "
-            "extrapolated model degrades sharply; check it on a dev set "
+            "alpha=%g is very large: past a model-specific point the extrapolated "
+            "model degrades sharply; check it on a dev set "
             "(mergekit-expo search)",
             alpha,
         )
