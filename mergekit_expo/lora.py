@@ -55,7 +55,7 @@ def extrapolate_adapter(
 
     alpha = checked_alpha(alpha)
     source = Path(adapter_dir)
-    config = read_adapter_config(source)
+    read_adapter_config(source)  # validates: a LoRA we can scale exactly
     tensors = load_file(source / ADAPTER_WEIGHTS)
     full_weights = [n for n in tensors if not is_lora_update(n) and not is_unchanged(n)]
     unsupported = [n for n in full_weights if "lora_" in n or "trainable_tokens" in n]

@@ -19,7 +19,7 @@ SHAPE_KEYS = (
 
 def is_local_reference(path: str) -> bool:
     """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
-    if os.path.exists(path) or path.startswith((".", "/", "~")) or os.sep + os.sep in path:
+    if os.path.exists(path) or path.startswith((".", "/", "~")):
         return True
     return path.count("/") != 1
 
