@@ -1,6 +1,5 @@
 """``mergekit-expo demo``: generate a tiny SFT/aligned pair and ExPO-merge it, offline."""
 
-import logging
 from pathlib import Path
 
 import click
@@ -8,8 +7,6 @@ import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.cli_errors import reports_errors
-
-LOG = logging.getLogger("mergekit_expo")
 
 
 @click.command("demo")

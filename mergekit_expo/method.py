@@ -29,6 +29,9 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.numerics import extrapolate_tensor
 
 LOG = logging.getLogger("mergekit_expo")
+MISSING_BASE = (
+    "expo needs base_model: set it to the SFT checkpoint the aligned model was trained from"
+)
 
 Alpha = Annotated[float, BeforeValidator(checked_alpha)]
 
@@ -81,10 +84,7 @@ class ExpoMergeMethod(FunctionalGroupMergeMethod):
 
 def _explain(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> str:
     if base_id is None or base_id not in input_ids:
-        return (
-            "expo needs base_model: set it to the SFT checkpoint the aligned "
-            "model was trained from"
-        )
+        return MISSING_BASE
     aligned = [str(i) for i in input_ids if i != base_id]
     return (
         f"expo takes exactly one aligned model under models:, got {len(aligned)} "

@@ -85,22 +85,24 @@ def check_device(options) -> None:
 
 
 def check_expo_inputs(config) -> None:
+    from mergekit_expo.method import MISSING_BASE
+
     if config.base_model is None:
-        raise ExpoConfigError(
-            "expo needs base_model: set it to the SFT checkpoint the aligned model was trained from"
-        )
+        raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model
-    if is_local_reference(sft.model.path):
-        check_model_folder(sft.model.path, "SFT (base_model)")
+    sft_local = is_local_reference(sft.model.path)
     tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
+    paired = False
     for model in config.referenced_models():
         path = model.model.path
         if model == sft or not is_local_reference(path):
             continue
         if model.lora is not None:
             check_model_folder(path, "aligned (base of the LoRA)")
-            continue
-        if is_local_reference(sft.model.path):
+        elif sft_local:
             check_pair(sft.model.path, path, tokenizer_aligned=tokenizer_aligned)
+            paired = True
         else:
             check_model_folder(path, "aligned")
+    if sft_local and not paired:
+        check_model_folder(sft.model.path, "SFT (base_model)")

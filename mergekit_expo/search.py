@@ -7,7 +7,6 @@ reading θ_aligned and θ_sft tensor by tensor from the checkpoints' safetensors
 """
 
 import hashlib
-import logging
 import time
 from pathlib import Path
 from typing import Iterable, List, Optional
@@ -17,7 +16,6 @@ import click
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError
 
-LOG = logging.getLogger("mergekit_expo")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DTYPES = ("bfloat16", "float16", "float32")
 

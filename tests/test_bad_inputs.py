@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import BIN, cli_env, expo_config, load_folder, run_cli, write_yaml
 
