@@ -2,7 +2,7 @@
 
 import logging
 import math
-from typing import Any
+from typing import Any, Optional
 
 from mergekit_expo.errors import ExpoConfigError
 
@@ -13,34 +13,47 @@ LOG = logging.getLogger("mergekit_expo")
 _warned_large: set = set()
 
 
-def checked_alpha(value: Any) -> float:
+def checked_alpha(value: Any, *, option: Optional[str] = None, in_search: bool = False) -> float:
     """Return ``value`` as a finite float or raise ExpoConfigError in the user's terms.
 
-    Numeric strings are accepted because YAML reads ``1e-1`` as a string.
+    Numeric strings are accepted because YAML reads ``1e-1`` as a string. ``option``
+    names the command-line option the value came from, so the message speaks CLI
+    rather than YAML; ``in_search`` drops the advice to run the search.
     """
     if isinstance(value, bool) or value is None:
-        raise _not_a_number(value)
+        raise _not_a_number(value, option)
     try:
         alpha = float(value)
     except (TypeError, ValueError):
-        raise _not_a_number(value) from None
+        raise _not_a_number(value, option) from None
     if not math.isfinite(alpha):
-        raise ExpoConfigError(
-            f"alpha must be finite, got {value!r}: set alpha to a number such as 0.3"
-        )
-    if alpha > LARGE_ALPHA and alpha not in _warned_large:
-        _warned_large.add(alpha)
-        # The paper finds reward rising with α up to a model-specific point, then collapsing.
-        LOG.warning(
-            "alpha=%g is very large: past a model-specific point the extrapolated "
-            "model degrades sharply; check it on a dev set "
-            "(mergekit-expo search)",
-            alpha,
-        )
+        fix = f"give {option} a number such as 0.3" if option else "set alpha to a number such as 0.3"
+        raise ExpoConfigError(f"alpha must be finite, got {value!r}: {fix}")
+    if alpha > LARGE_ALPHA:
+        _warn_large(alpha, in_search)
     return alpha
 
 
-def _not_a_number(value: Any) -> ExpoConfigError:
+def _warn_large(alpha: float, in_search: bool) -> None:
+    # Merges validate α once per tensor, and a gradient gives every layer its own
+    # value: one warning per process there; a search names each value once.
+    key = alpha if in_search else "merge"
+    if key in _warned_large:
+        return
+    _warned_large.add(key)
+    # The paper finds reward rising with α up to a model-specific point, then collapsing.
+    advice = "" if in_search else "; check it on a dev set (mergekit-expo search)"
+    LOG.warning(
+        "alpha=%g is very large: past a model-specific point the extrapolated model "
+        "degrades sharply%s", alpha, advice,
+    )
+
+
+def _not_a_number(value: Any, option: Optional[str]) -> ExpoConfigError:
+    if option:
+        example = "--alphas 0,0.3,0.5 (comma-separated numbers)" if option == "--alphas" \
+            else f"{option} 0.3"
+        return ExpoConfigError(f"{option}: {value!r} is not a number: write e.g. {example}")
     return ExpoConfigError(
         f"alpha must be a number, got {value!r}: write e.g. 'alpha: 0.3' "
         "(or a list of numbers for a per-layer gradient)"

@@ -6,7 +6,7 @@ import torch
 from mergekit.merge_methods import merge_state_dicts
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
-from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError
 from mergekit_expo.method import expo_merge_method
 
 StateDictLike = Union[Mapping[str, torch.Tensor], torch.nn.Module]
@@ -29,6 +29,7 @@ def extrapolate(
     >>> merged = extrapolate(sft_model, dpo_model, alpha=0.3)
     >>> dpo_model.load_state_dict(merged)
     """
+    dtype, out_dtype = _torch_dtype(dtype, "dtype"), _torch_dtype(out_dtype, "out_dtype")
     sft_tensors, aligned_tensors = _state_dict(sft), _state_dict(aligned)
     _check_compatible(sft_tensors, aligned_tensors)
     with torch.no_grad():
@@ -40,6 +41,20 @@ def extrapolate(
             dtype=dtype,
             out_dtype=out_dtype,
         )
+
+
+def _torch_dtype(value, argument: str) -> Optional[torch.dtype]:
+    """A torch dtype, or the name of one mergekit reads (``"bfloat16"``)."""
+    from mergekit_expo.merge_config import DTYPES
+
+    if value is None or (isinstance(value, torch.dtype) and value.is_floating_point):
+        return value
+    if isinstance(value, str) and value in DTYPES:
+        return getattr(torch, value)
+    raise ExpoConfigError(
+        f"{argument}={value!r} is not a floating-point dtype: pass torch.bfloat16, "
+        f"torch.float16, torch.float32 or one of the names {', '.join(DTYPES)}"
+    )
 
 
 def _state_dict(model: StateDictLike) -> Mapping[str, torch.Tensor]:

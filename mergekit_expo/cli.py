@@ -9,6 +9,7 @@ from mergekit_expo.search import search_command
 
 
 @click.group()
+@click.version_option(package_name="mergekit-expo", message="%(prog)s %(version)s")
 def main():
     """ExPO tools for mergekit. Merging itself is `mergekit-yaml` with `merge_method: expo`."""
 

@@ -31,8 +31,16 @@ def _on_signal(signum, frame):
     raise Interrupted(signum)
 
 
-def reports_errors(command):
-    """Wrap a click callback; needs a ``verbose`` flag or mergekit's merge_options."""
+NOTHING_LEFT = "nothing was left that looks like a finished output"
+
+
+def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
+    """Wrap a click callback; needs a ``verbose`` flag or mergekit's merge_options.
+
+    ``interrupted`` says what an interruption leaves behind, in the command's terms.
+    """
+    if command is None:
+        return functools.partial(reports_errors, interrupted=interrupted)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -44,10 +52,10 @@ def reports_errors(command):
         except (click.exceptions.Exit, click.ClickException):
             raise
         except (Interrupted, KeyboardInterrupt) as error:
-            _interrupted(getattr(error, "signum", signal.SIGINT))
+            _interrupted(getattr(error, "signum", signal.SIGINT), interrupted)
         except Exception as error:
             if _received:
-                _interrupted(_received[0])
+                _interrupted(_received[0], interrupted)
             if verbose:
                 raise
             _fail(describe(error), 1)
@@ -58,10 +66,9 @@ def reports_errors(command):
     return wrapper
 
 
-def _interrupted(signum: int):
+def _interrupted(signum: int, left: str):
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    _fail(f"interrupted ({name}); nothing was left that looks like a finished output",
-          128 + signum)
+    _fail(f"interrupted ({name}); {left}", 128 + signum)
 
 
 def describe(error: Exception) -> str:

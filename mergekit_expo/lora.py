@@ -41,20 +41,25 @@ def extrapolate_adapter(
     alpha: float = DEFAULT_ALPHA,
     *,
     base: Optional[str] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the ExPO adapter of ``adapter_dir`` to ``out_dir`` and return its path.
 
     ``base`` (the SFT checkpoint folder) is needed only when the adapter carries
     full weights (``modules_to_save``), which are extrapolated against it.
+    ``overwrite`` replaces an existing adapter folder at ``out_dir`` (nothing else).
 
     >>> extrapolate_adapter("./dpo-lora", "./dpo-lora-expo", alpha=0.3)
     """
     from safetensors.torch import load_file, save_file
 
-    from mergekit_expo.atomic_output import check_output_path, staged_folder
+    from mergekit_expo.atomic_output import staged_folder
+    from mergekit_expo.output_guard import check_output
 
     alpha = checked_alpha(alpha)
     source = Path(adapter_dir)
+    out = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
+                       kind="adapter", overwrite=overwrite)
     read_adapter_config(source)  # validates: a LoRA we can scale exactly
     tensors = load_file(source / ADAPTER_WEIGHTS)
     full_weights = [n for n in tensors if not is_lora_update(n) and not is_unchanged(n)]
@@ -82,7 +87,6 @@ def extrapolate_adapter(
         else:
             result[name] = tensor
 
-    out = check_output_path(out_dir, overwrite=False)
     with staged_folder(out) as staging:
         staging.mkdir()
         for file in source.iterdir():
@@ -176,10 +180,13 @@ def _extrapolate_full(name, base, trained, alpha) -> torch.Tensor:
               help="Extrapolation strength: the new update is (1 + alpha) times the original")
 @click.option("--base", type=click.Path(), default=None,
               help="SFT checkpoint folder; needed when the adapter has modules_to_save weights")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT_DIR if it holds a LoRA adapter (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors
-def lora_command(adapter_dir, out_dir, alpha, base, verbose):
+def lora_command(adapter_dir, out_dir, alpha, base, overwrite, verbose):
     """Write the ExPO version of a LoRA adapter: same rank and targets, update x (1 + alpha)."""
-    out = extrapolate_adapter(adapter_dir, out_dir, alpha, base=base)
+    alpha = checked_alpha(alpha, option="--alpha")
+    out = extrapolate_adapter(adapter_dir, out_dir, alpha, base=base, overwrite=overwrite)
     size = (out / ADAPTER_WEIGHTS).stat().st_size
-    click.echo(f"ExPO adapter (alpha={checked_alpha(alpha)}) written to {out} ({size / 1e6:.2f} MB)")
+    click.echo(f"ExPO adapter (alpha={alpha:g}) written to {out} ({size / 1e6:.2f} MB)")

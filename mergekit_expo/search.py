@@ -86,7 +86,8 @@ def parse_alphas(text: Optional[str]) -> List[float]:
 
     if not text:
         return list(DEFAULT_ALPHAS)
-    values = [checked_alpha(part.strip()) for part in text.split(",") if part.strip()]
+    values = [checked_alpha(part.strip(), option="--alphas", in_search=True)
+              for part in text.split(",") if part.strip()]
     if not values:
         raise ExpoConfigError("--alphas is empty: give e.g. --alphas 0,0.3,0.5")
     return sorted(set(values))
@@ -147,6 +148,25 @@ def fingerprint(*parts: Optional[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model) -> None:
+    """Both outputs, before anything is read: never over an input or someone's files."""
+    from mergekit_expo.output_guard import check_no_overlap, check_output
+    from mergekit_expo.search_results import RESULTS
+
+    inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
+              ("the reward model", reward_model)]
+    out = Path(out_dir).absolute()
+    check_no_overlap(out, out_dir, inputs)
+    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
+        raise ExpoConfigError(
+            f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
+            "choose a new or empty folder"
+        )
+    if write_best:
+        check_output(write_best, reads=[*inputs, ("the search folder", out_dir)], kind="model",
+                     overwrite=overwrite)
+
+
 def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
            refine: bool = False, device: str = "cpu", dtype: Optional[str] = None,
            settings: Optional[dict] = None, trust_remote_code: bool = False):
@@ -158,8 +178,11 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
     sft, aligned = str(Path(sft).absolute()), str(Path(aligned).absolute())
     settings = dict(settings or {}, sft=sft, aligned=aligned, scorer=scorer.name, dtype=dtype)
     results = SearchResults.open(out, settings)
-    engine = None
     pending = list(alphas)
+    resumed = sum(results.done(a) for a in pending)
+    if resumed:
+        click.echo(f"resuming: {resumed} of {len(pending)} α already scored in {out}", err=True)
+    engine = None
     while pending:
         for alpha in tqdm(pending, desc="alpha"):
             if results.done(alpha):
@@ -190,24 +213,32 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
               help="preference, reward-model, or module:function returning a float")
 @click.option("--data", help="JSONL/CSV (or saved datasets folder) with the prompts or preference pairs")
 @click.option("--reward-model", help="Local AutoModelForSequenceClassification folder (reward-model scorer)")
-@click.option("--out", "out_dir", default="./expo-search", show_default=True, type=click.Path())
+@click.option("--out", "out_dir", default="./expo-search", show_default=True, type=click.Path(),
+              help="Folder for results.json/csv, the plot and best.yml; rerunning resumes it")
 @click.option("--alphas", help="Comma-separated α values  [default: 0,0.1,...,0.6]")
 @click.option("--refine", is_flag=True, help="Also score the midpoints around the best α")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Load and merge in this dtype  [default: checkpoint's]")
 @click.option("--max-new-tokens", default=64, show_default=True, help="Answer length (reward-model scorer)")
 @click.option("--sample/--greedy", default=False, show_default=True, help="Seeded sampling or greedy decoding")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of sampling (--sample) and of the bootstrap intervals")
 @click.option("--trust-remote-code", is_flag=True, help="Run model code from the checkpoints (danger)")
 @click.option("--write-best", type=click.Path(), help="Merge the best α with mergekit into this folder")
+@click.option("--overwrite", is_flag=True,
+              help="Let --write-best replace a previous mergekit output (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
-@reports_errors
+@reports_errors(interrupted="the α values scored so far are kept in results.json: "
+                            "rerun the same command to resume")
 def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, refine, device,
-                   dtype, max_new_tokens, sample, seed, trust_remote_code, write_best, verbose):
+                   dtype, max_new_tokens, sample, seed, trust_remote_code, write_best, overwrite,
+                   verbose):
     """Pick α the way the paper does: score the ExPO model of each candidate α on a dev
     set, in one process, without writing a checkpoint per α."""
-    device = resolve_device(device)
     candidates = parse_alphas(alphas)
+    check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned, data=data,
+                         reward_model=reward_model)
+    device = resolve_device(device)
     scoring = make_scorer(scorer, data, reward_model, max_new_tokens, sample, seed, device,
                           trust_remote_code)
     settings = {"data": fingerprint(data), "reward_model": reward_model and str(Path(reward_model).absolute()),
@@ -223,5 +254,5 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
         from mergekit_expo.run import run_config_file
 
         out = run_config_file(str(reports["best"]), write_best,
-                              MergeOptions(device=device, quiet=True))
+                              MergeOptions(device=device, quiet=True), overwrite=overwrite)
         click.echo(f"ExPO model with alpha = {results.best().alpha:g} written to {out}")

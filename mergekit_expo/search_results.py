@@ -70,7 +70,8 @@ class SearchResults:
         )
 
     def best(self) -> AlphaResult:
-        return max(self.rows, key=lambda r: r.score)
+        """Highest score; ties (common for accuracies) go to the larger mean margin."""
+        return max(self.rows, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
     def write_reports(self, sft: str, aligned: str, dtype: Optional[str]) -> dict:
         """results.csv, score_vs_alpha.png and best.yml; return their paths."""

@@ -71,6 +71,24 @@ def shard_index(path):
     return json.loads((Path(path) / "model.safetensors.index.json").read_text())
 
 
+def make_adapter(sft_dir, out, **lora_options):
+    import peft
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
+    options = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                   init_lora_weights=False)
+    options.update(lora_options)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(**options))
+    with torch.no_grad():  # make modules_to_save weights differ from the base, as training would
+        for name, parameter in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    peft_model.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def pair_factory(tmp_path_factory):
     """make(**PairSpec fields) -> (sft_dir, aligned_dir), cached per spec."""

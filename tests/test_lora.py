@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import expo_config, load_folder, run_cli, write_yaml
+from conftest import expo_config, load_folder, make_adapter, run_cli, write_yaml
 from fp64_reference import fidelity
 
 ALPHA = 0.3
@@ -15,24 +15,6 @@ ALPHA = 0.3
 @pytest.fixture(scope="module")
 def sft_dir(pair_factory):
     return pair_factory(dtype=torch.float32)[0]
-
-
-def make_adapter(sft_dir, out, **lora_options):
-    import peft
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
-    options = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                   init_lora_weights=False)
-    options.update(lora_options)
-    peft_model = peft.get_peft_model(model, peft.LoraConfig(**options))
-    with torch.no_grad():  # make modules_to_save weights differ from the base, as training would
-        for name, parameter in peft_model.named_parameters():
-            if "modules_to_save" in name:
-                parameter.add_(0.01 * torch.randn_like(parameter))
-    peft_model.save_pretrained(out)
-    return out
 
 
 def merged_weights(sft_dir, adapter_dir, dtype=torch.float64):

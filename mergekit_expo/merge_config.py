@@ -1,0 +1,181 @@
+"""Reading a mergekit YAML config strictly: a typo is an error, never a different merge.
+
+mergekit (0.1.5) ignores keys it does not know: ``paramters:`` or ``alhpa:`` merge
+with the default α and exit 0. Under ``mergekit-expo run`` every key is checked
+against mergekit's own config classes and the merge method's declared parameters,
+and the error names the closest valid key.
+"""
+
+import difflib
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import yaml
+
+from mergekit_expo.errors import ExpoConfigError
+
+DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_from_name reads
+MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
+
+
+def load_merge_config(config_file: str):
+    """Return (yaml text, MergeConfiguration), or raise ExpoConfigError in one line."""
+    from mergekit.config import MergeConfiguration
+    from pydantic import ValidationError
+
+    path = Path(config_file)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ExpoConfigError(
+            f"config file {config_file} {what}: check the path (relative paths start "
+            f"from the current folder, {os.getcwd()})"
+        )
+    source = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(source)  # never yaml.load: configs must not run code
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ExpoConfigError(f"{config_file} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ExpoConfigError(f"{config_file} must be a YAML mapping with merge_method: and models:")
+    data = mark_local_folders(data)
+    check_merge_method(config_file, data.get("merge_method"))
+    for key in ("dtype", "out_dtype"):
+        check_dtype(f"{config_file}: {key}", data.get(key))
+    try:
+        config = MergeConfiguration.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ExpoConfigError(f"{config_file}: {where}: {first['msg']}") from None
+    except RuntimeError as error:  # mergekit's own structural validators
+        raise ExpoConfigError(f"{config_file}: {error}") from None
+    for where, key, valid in unknown_keys(data, config):
+        raise ExpoConfigError(
+            f"{config_file}: unknown key {key!r} in {where}{_closest(key, valid)}: fix it "
+            "(mergekit would ignore it and merge something else)"
+        )
+    check_parameter_names(config_file, data)
+    return source, config
+
+
+def check_dtype(what: str, value: Optional[str]) -> None:
+    if value is not None and value not in DTYPES:
+        raise ExpoConfigError(
+            f"{what} {value!r} is not a dtype mergekit reads{_closest(str(value), DTYPES)}: "
+            f"use one of {', '.join(DTYPES)}"
+        )
+
+
+def check_merge_method(config_file: str, name) -> None:
+    from mergekit.merge_methods.registry import registered_methods
+
+    known = sorted(method.spec.name for method in registered_methods() if hasattr(method, "spec"))
+    if name is None:
+        raise ExpoConfigError(f"{config_file} has no merge_method: add 'merge_method: expo'")
+    if name not in known:
+        if str(name).lower() in known:
+            hint = f"use {name.lower()!r} (names are lower case)"
+        else:
+            match = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+            hint = f"did you mean {match[0]!r}?" if match else "known: " + ", ".join(known)
+        raise ExpoConfigError(f"{config_file}: merge_method {name!r} is not a mergekit merge method: {hint}")
+
+
+def check_parameter_names(config_file: str, data: dict) -> None:
+    """Every key of every ``parameters:`` mapping is one the merge method declares."""
+    from mergekit.merge_methods.registry import get
+
+    spec = get(data["merge_method"]).spec if data.get("merge_method") == "expo" else None
+    if spec is None:
+        return  # other methods: mergekit's business; only expo's names are ours to enforce
+    valid = [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
+    for where, parameters in _parameter_blocks(data, ""):
+        for key in parameters:
+            if key not in valid:
+                raise ExpoConfigError(
+                    f"{config_file}: expo does not take parameter {key!r} (in {where})"
+                    f"{_closest(key, valid)}: expo's parameters are {', '.join(valid)}"
+                )
+
+
+def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "parameters" and isinstance(value, dict):
+                yield here, value
+            else:
+                yield from _parameter_blocks(value, here)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _parameter_blocks(value, f"{where}[{index}]")
+
+
+def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[str, str, list]]:
+    """(location, key, valid keys) for every key of ``data`` its pydantic model lacks."""
+    from pydantic import BaseModel
+
+    if isinstance(model, BaseModel) and isinstance(data, dict):
+        fields = type(model).model_fields
+        names = {field.alias or name: name for name, field in fields.items()}
+        for key, value in data.items():
+            if key not in names:
+                yield where, str(key), sorted(names)
+                continue
+            inner = key if where == "the top level" else f"{where}.{key}"
+            yield from unknown_keys(value, getattr(model, names[key]), inner)
+    elif isinstance(data, list) and isinstance(model, (list, tuple)):
+        for index, (item, value) in enumerate(zip(data, model)):
+            yield from unknown_keys(item, value, f"{where}[{index}]")
+    elif isinstance(data, dict) and isinstance(model, dict):
+        for key, value in data.items():
+            if key in model and key != "parameters":
+                yield from unknown_keys(value, model[key], f"{where}.{key}")
+
+
+def mark_local_folders(node):
+    """Write existing local folders named like Hub ids (``models/sft``) as ``./models/sft``.
+
+    mergekit's model card asks the Hub about any path with exactly one ``/``, which
+    fails offline after the whole merge has been computed.
+    """
+    if isinstance(node, dict):
+        return {
+            key: _local_form(value) if key in MODEL_KEYS and isinstance(value, str)
+            else mark_local_folders(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [mark_local_folders(value) for value in node]
+    return node
+
+
+def _local_form(reference: str) -> str:
+    return "+".join(
+        f"./{part}" if part.count("/") == 1 and not part.startswith((".", "/", "~"))
+        and os.path.isdir(part) else part
+        for part in reference.split("+")
+    )
+
+
+def reads_of(config, config_file: str) -> List[Tuple[str, str]]:
+    """(role, path) for every path a merge of ``config`` reads."""
+    reads = [("the config file", config_file)]
+    for model in config.referenced_models():
+        role = "the base model" if model == config.base_model else "the input model"
+        reads.append((role, model.model.path))
+        if model.lora is not None:
+            reads.append(("the LoRA adapter", model.lora.path))
+    tokenizer_source = config.tokenizer.source if config.tokenizer else config.tokenizer_source
+    path = getattr(getattr(tokenizer_source, "model", None), "path", None)
+    if path:
+        reads.append(("the tokenizer source", path))
+    return reads
+
+
+def _closest(key: str, valid) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
