@@ -124,3 +124,18 @@ def test_bad_adapters(tmp_path, sft_dir, kind, message):
     errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_yaml_route_on_a_bf16_base_with_float32_merge_agrees(tmp_path, pair_factory):
+    # With a bf16 SFT model, mergekit would merge the adapter in bf16 (rounding θ_aligned
+    # before the extrapolation); `run` merges it in the config's float32 instead.
+    sft_bf16 = pair_factory()[0]
+    adapter = make_adapter(sft_bf16, tmp_path / "adapter")
+    run_cli("mergekit-expo", "lora", adapter, tmp_path / "expo-adapter", "--alpha", ALPHA)
+    config = expo_config(sft_bf16, f"{sft_bf16}+{adapter}", ALPHA, dtype="float32")
+    run_cli("mergekit-expo", "run", write_yaml(tmp_path / "c.yml", config), tmp_path / "out")
+    via_yaml = load_folder(tmp_path / "out")
+    via_adapter = merged_weights(sft_bf16, tmp_path / "expo-adapter", torch.float32)
+    for name, tensor in via_yaml.items():
+        scale = via_adapter[name].abs().max()
+        assert (tensor - via_adapter[name]).abs().max() <= 1e-6 * scale, name

@@ -105,7 +105,7 @@ def test_preference_scores_match_merged_checkpoints(tmp_path, pair, preference_f
     from mergekit.config import MergeConfiguration
 
     best = MergeConfiguration.model_validate(yaml.safe_load((out / "best.yml").read_text()))
-    best_alpha = max(found.values(), key=lambda r: r["score"])["alpha"]
+    best_alpha = max(found.values(), key=lambda r: (r["score"], r["extra"]["mean_margin"]))["alpha"]
     assert best.merge_method == "expo" and best.models[0].parameters["alpha"] == best_alpha
 
 
@@ -222,7 +222,7 @@ def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
         (["--scorer", "reward-model", "--data", preference_file, "--reward-model", pair[1]],
          "not a sequence classifier"),
         (["--scorer", "nonsense", "--data", preference_file], "unknown scorer"),
-        (["--data", preference_file, "--alphas", "0,abc"], "alpha must be a number"),
+        (["--data", preference_file, "--alphas", "0,abc"], "--alphas: 'abc' is not a number"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--data", preference_file, "--device", "cuda"], "no CUDA device"))
@@ -237,3 +237,16 @@ def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
         result = run_cli("mergekit-expo", "search", sft, aligned, "--data", preference_file,
                          "--out", tmp_path / "o2", check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_accuracy_ties_are_broken_by_the_mean_margin(tmp_path):
+    from mergekit_expo.search_results import AlphaResult, SearchResults
+
+    results = SearchResults.open(str(tmp_path / "s"), {"scorer": "preference"})
+    for alpha, margin in ((0.0, 0.1), (0.3, 0.5), (0.5, 0.2)):
+        results.add(AlphaResult(alpha=alpha, score=0.75, low=None, high=None, n=4, seconds=1.0,
+                                extra={"mean_margin": margin}))
+    assert results.best().alpha == 0.3
+    results.add(AlphaResult(alpha=0.6, score=0.8, low=None, high=None, n=4, seconds=1.0,
+                            extra={"mean_margin": -1.0}))
+    assert results.best().alpha == 0.6  # the score itself still comes first

@@ -154,7 +154,8 @@ def evaluate(model_dir: Path, prompts, seeds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(HERE / "output"))
+    parser.add_argument("--out", default="./toy-alignment-output",
+                        help="working and results folder (the committed results are in output/)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dpo-lr", type=float, help="DPO learning rate  [default: 5e-4]")
