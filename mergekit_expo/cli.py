@@ -5,7 +5,7 @@ import click
 from mergekit_expo.demo import demo_command
 from mergekit_expo.lora import lora_command
 from mergekit_expo.run import run_command
-from mergekit_expo.search import search_command
+from mergekit_expo.search.command import search_command
 
 
 @click.group()

@@ -12,7 +12,13 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
+# Mixture-of-experts families: transformers fuses their per-expert checkpoint tensors on load.
+MOE_SETTINGS = {
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 64, "decoder_sparse_step": 1},
+}
 BASE_VOCAB = [f"w{i}" for i in range(60)]
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -43,8 +49,11 @@ def model_config(spec: PairSpec, vocab_size: int):
         "llama": transformers.LlamaConfig,
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
+        "mixtral": transformers.MixtralConfig,
+        "qwen2_moe": transformers.Qwen2MoeConfig,
     }[spec.family]
     return config_class(
+        **MOE_SETTINGS.get(spec.family, {}),
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,

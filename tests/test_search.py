@@ -52,14 +52,36 @@ def results_of(folder):
 
 
 def test_in_place_weights_equal_the_merged_checkpoint_bit_for_bit(pair, merged_at):
-    from mergekit_expo.search import InPlaceExtrapolator
+    from mergekit_expo.search.hf_engine import HFEngine
 
-    engine = InPlaceExtrapolator(str(pair[0]), str(pair[1]))
+    engine = HFEngine(str(pair[0]), str(pair[1]))
     for alpha in (0.5, 0.3):  # out of order: nothing may accumulate between α values
         engine.set_alpha(alpha)
         merged = load_folder(merged_at(alpha))
         state = engine.model.state_dict()
         for name, tensor in merged.items():
+            assert torch.equal(state[name], tensor), (alpha, name)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_moe_weights_equal_the_merged_checkpoint_as_transformers_loads_it(family, pair_factory, tmp_path):
+    # transformers 5 fuses per-expert checkpoint tensors on load (experts.gate_up_proj):
+    # the in-place weights must be what the merged checkpoint loads to.
+    import transformers
+
+    from mergekit_expo.search.hf_engine import HFEngine
+
+    sft, aligned = pair_factory(family=family)
+    engine = HFEngine(str(sft), str(aligned))
+    assert any("experts.gate_up_proj" in name for name in engine.model.state_dict())
+    for alpha in (0.5, 0.0):
+        config = write_yaml(tmp_path / f"c{alpha}.yml", expo_config(sft, aligned, alpha))
+        run_cli("mergekit-yaml", config, tmp_path / f"out{alpha}")
+        expected = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"out{alpha}").state_dict()
+        engine.set_alpha(alpha)
+        state = engine.model.state_dict()
+        assert set(state) == set(expected)
+        for name, tensor in expected.items():
             assert torch.equal(state[name], tensor), (alpha, name)
 
 
@@ -240,7 +262,7 @@ def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
 
 
 def test_accuracy_ties_are_broken_by_the_mean_margin(tmp_path):
-    from mergekit_expo.search_results import AlphaResult, SearchResults
+    from mergekit_expo.search.results import AlphaResult, SearchResults
 
     results = SearchResults.open(str(tmp_path / "s"), {"scorer": "preference"})
     for alpha, margin in ((0.0, 0.1), (0.3, 0.5), (0.5, 0.2)):

@@ -1,0 +1,74 @@
+"""Run a batched function over many items; halve the batch on out-of-memory.
+
+Items are processed longest first (similar lengths share a batch, so little padding;
+an out-of-memory shows up in the first batch), and results come back in input order.
+"""
+
+from typing import Callable, List, Optional, Sequence, TypeVar
+
+from mergekit_expo.errors import ExpoInputError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+CPU_BATCH = 8
+GPU_MAX_BATCH = 64
+
+
+def default_batch_size(device: str) -> int:
+    """Start value for ``--batch-size auto``: large on a GPU (we back off), modest on CPU."""
+    return GPU_MAX_BATCH if str(device).startswith("cuda") else CPU_BATCH
+
+
+class Batcher:
+    """Remembers a batch size that fits, across calls (one per search)."""
+
+    def __init__(self, batch_size: Optional[int], device: str):
+        self.size = batch_size or default_batch_size(device)
+
+    def run(self, items: Sequence[Item], fn: Callable[[List[Item]], List[Result]],
+            length: Callable[[Item], int] = len, progress: Callable = None) -> List[Result]:
+        order = sorted(range(len(items)), key=lambda i: -length(items[i]))
+        results: List[Optional[Result]] = [None] * len(items)
+        start = 0
+        bar = progress(total=len(items)) if progress else None
+        while start < len(order):
+            chunk = order[start : start + self.size]
+            try:
+                outputs = fn([items[i] for i in chunk])
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
+                if not _out_of_memory(error):
+                    raise
+                self._shrink(error)
+                continue
+            for index, output in zip(chunk, outputs):
+                results[index] = output
+            start += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return results
+
+    def _shrink(self, error: Exception) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.size == 1:
+            raise ExpoInputError(
+                "out of memory with batch size 1: lower --max-new-tokens or --max-model-len, "
+                "use --dtype bfloat16, or a device with more memory"
+            ) from error
+        self.size //= 2
+
+
+def _out_of_memory(error: Exception) -> bool:
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

@@ -1,0 +1,137 @@
+"""``mergekit-expo search``: score candidate α values in one process, no checkpoint per α."""
+
+import os
+from pathlib import Path
+
+import click
+
+from mergekit_expo.cli_errors import reports_errors
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search.engine import ENGINES
+from mergekit_expo.search.sampling import PRESETS
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExpoConfigError("--device cuda was given but no CUDA device is visible: use --device cpu")
+    return device
+
+
+def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model) -> None:
+    """Both outputs, before anything is read: never over an input or someone's files."""
+    from mergekit_expo.output_guard import check_no_overlap, check_output
+    from mergekit_expo.search.results import RESULTS
+
+    inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
+              ("the reward model", reward_model)]
+    out = Path(out_dir).absolute()
+    check_no_overlap(out, out_dir, inputs)
+    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
+        raise ExpoConfigError(
+            f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
+            "choose a new or empty folder"
+        )
+    if write_best:
+        check_output(write_best, reads=[*inputs, ("the search folder", out_dir)], kind="model",
+                     overwrite=overwrite)
+
+
+def model_reference(reference: str) -> str:
+    """How results.json and best.yml name a model: the Hub id as given, else an absolute path."""
+    from mergekit_expo.hub import is_hub_id
+
+    return reference if is_hub_id(reference) else os.path.abspath(reference)
+
+
+def positive(context, parameter, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+@click.command("search")
+@click.argument("sft")
+@click.argument("aligned")
+@click.option("--scorer", default="preference", show_default=True,
+              help="preference, reward-model, or module:function returning a float")
+@click.option("--data", help="JSONL/CSV (or saved datasets folder) with the prompts or preference pairs")
+@click.option("--reward-model", help="Sequence-classification model folder or Hub id (reward-model scorer)")
+@click.option("--out", "out_dir", default="./expo-search", show_default=True, type=click.Path(),
+              help="Folder for results.json/csv, the plot and best.yml; rerunning resumes it")
+@click.option("--alphas", help="Comma-separated α values  [default: 0,0.1,...,0.6]")
+@click.option("--refine", is_flag=True, help="Also score the midpoints around the best α")
+@click.option("--engine", "engine_name", type=click.Choice(ENGINES), default="hf", show_default=True,
+              help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (hf engine)")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Load and merge in this dtype  [default: checkpoint's]")
+@click.option("--batch-size", type=int, callback=positive,
+              help="Prompts per batch  [default: automatic, halved on out-of-memory]")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
+                   "penalties 0.1, up to 2048 tokens); options below override it")
+@click.option("--max-new-tokens", type=int, help="Answer length (reward-model scorer)  [default: 64]")
+@click.option("--sample/--greedy", default=None, help="Seeded sampling or greedy decoding  [default: greedy]")
+@click.option("--temperature", type=float, help="Sampling temperature  [default: 1.0]")
+@click.option("--top-p", type=float, help="Nucleus sampling mass  [default: 1.0]")
+@click.option("--top-k", type=int, help="Top-k cut, 0 = off  [default: 0]")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of sampling (--sample); reruns draw the same answers")
+@click.option("--tensor-parallel-size", type=int, callback=positive,
+              help="vLLM: GPUs per model  [default: all visible GPUs; 1 on CPU]")
+@click.option("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory it may take")
+@click.option("--max-model-len", type=int, callback=positive, help="vLLM: context length to reserve")
+@click.option("--trust-remote-code", is_flag=True, help="Run model code from the checkpoints (danger)")
+@click.option("--write-best", type=click.Path(), help="Merge the best α with mergekit into this folder")
+@click.option("--overwrite", is_flag=True,
+              help="Let --write-best replace a previous mergekit output (never an input)")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
+@reports_errors(interrupted="the α values scored so far are kept in results.json: "
+                            "rerun the same command to resume")
+def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, refine, engine_name,
+                   device, dtype, batch_size, preset, max_new_tokens, sample, temperature, top_p,
+                   top_k, seed, tensor_parallel_size, gpu_memory_utilization, max_model_len,
+                   trust_remote_code, write_best, overwrite, verbose):
+    """Pick α the way the paper does: score the ExPO model of each candidate α on a dev
+    set, in one process, without writing a checkpoint per α."""
+    from mergekit_expo import hub
+    from mergekit_expo.search.engine import make_engine
+    from mergekit_expo.search.runner import fingerprint, parse_alphas, search
+    from mergekit_expo.search.sampling import build_sampling
+    from mergekit_expo.search.scorers import make_scorer
+
+    candidates = parse_alphas(alphas)
+    sampling = build_sampling(preset, seed=seed, max_new_tokens=max_new_tokens, sample=sample,
+                              temperature=temperature, top_p=top_p, top_k=top_k)
+    check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned, data=data,
+                         reward_model=reward_model)
+    device = resolve_device(device)
+    sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
+    reward_folder = hub.resolve(reward_model, "reward model")
+    scoring = make_scorer(scorer, data=data, reward_model=reward_folder, sampling=sampling,
+                          device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    engine_options = dict(device=device, dtype=dtype, batch_size=batch_size,
+                          trust_remote_code=trust_remote_code,
+                          tensor_parallel_size=tensor_parallel_size,
+                          gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    settings = {"data": fingerprint(data), "reward_model": reward_model and model_reference(reward_model),
+                "sampling": sampling.settings(), "engine": engine_name}
+    results, reports = search(
+        model_reference(sft), model_reference(aligned), out_dir, scoring, candidates, refine=refine,
+        settings=settings, dtype=dtype,
+        open_engine=lambda: make_engine(engine_name, sft_folder, aligned_folder, **engine_options))
+    click.echo(results.summary())
+    click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
+    if write_best:
+        from mergekit.options import MergeOptions
+
+        from mergekit_expo.run import run_config_file
+
+        out = run_config_file(str(reports["best"]), write_best,
+                              MergeOptions(device=device, quiet=True), overwrite=overwrite)
+        click.echo(f"ExPO model with alpha = {results.best().alpha:g} written to {out}")

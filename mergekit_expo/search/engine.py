@@ -1,0 +1,55 @@
+"""What an engine of the α search must do, whatever runs the model.
+
+An engine loads the aligned model once, sets its weights in place to the ExPO model
+of any α, generates answers and scores log-likelihoods in batches. Scorers talk to
+this interface only, so a new engine needs no change to them.
+"""
+
+from abc import ABC, abstractmethod
+from typing import Callable, List, Optional, Sequence
+
+from mergekit_expo.search.sampling import Sampling
+
+ENGINES = ("hf", "vllm")
+
+
+class Engine(ABC):
+    #: the aligned model's tokenizer (prompts are encoded with it)
+    tokenizer = None
+    #: the largest number of tokens the model takes (prompt plus answer)
+    context_length: int = 0
+
+    @abstractmethod
+    def set_alpha(self, alpha: float) -> None:
+        """Make the loaded weights θ_aligned + α·(θ_aligned − θ_sft), exactly."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[List[int]], sampling: Sampling,
+                 progress: Optional[Callable] = None) -> List[str]:
+        """One answer per prompt (token ids), decoded without special tokens."""
+
+    @abstractmethod
+    def answer_logprobs(self, contexts: Sequence[List[int]], answers: Sequence[List[int]],
+                        progress: Optional[Callable] = None) -> List[float]:
+        """Sum of log p(answer token | everything before it), per (context, answer)."""
+
+    def callable_arguments(self) -> tuple:
+        """What a user's ``module:function`` scorer receives."""
+        return (self.model, self.tokenizer)
+
+    def close(self) -> None:
+        """Free the engine's resources (processes, GPU memory)."""
+
+
+def make_engine(name: str, sft: str, aligned: str, **options) -> Engine:
+    if name == "hf":
+        from mergekit_expo.search.hf_engine import HFEngine
+
+        return HFEngine(sft, aligned, **options)
+    if name == "vllm":
+        from mergekit_expo.search.vllm_engine import VLLMEngine
+
+        return VLLMEngine(sft, aligned, **options)
+    from mergekit_expo.errors import ExpoConfigError
+
+    raise ExpoConfigError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")

@@ -1,0 +1,69 @@
+"""The ExPO model of any α as checkpoint-named tensors, computed from the two files.
+
+Both checkpoints stay memory-mapped; tensors are produced one layer at a time, so an
+engine can hand them to its own loader (transformers' conversion, vLLM's
+``load_weights``), which renames, fuses and shards them as it does on first load.
+"""
+
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+from mergekit_expo.errors import ExpoInputError
+
+_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+
+
+class ExpoCheckpoint:
+    """θ_aligned + α·(θ_aligned − θ_sft) per tensor, by checkpoint name."""
+
+    def __init__(self, sft: str, aligned: str, dtype: Optional[torch.dtype] = None):
+        from safetensors import safe_open
+
+        from mergekit_expo.checkpoint import shard_of
+
+        sft_shards, aligned_shards = shard_of(Path(sft)), shard_of(Path(aligned))
+        if not aligned_shards or not sft_shards:
+            raise ExpoInputError("search reads safetensors checkpoints: convert .bin checkpoints first")
+        if set(sft_shards) != set(aligned_shards):
+            extra = sorted(set(sft_shards) ^ set(aligned_shards))[0]
+            raise ExpoInputError(f"tensor {extra} exists in only one of the two models: "
+                                 "use the SFT checkpoint the aligned model was trained from")
+        self.dtype = dtype
+        files = {}  # open safetensors handles, memory-mapped, kept for all α
+        self._sources = {
+            name: tuple(files.setdefault(file, safe_open(file, framework="pt"))
+                        for file in (sft_shards[name], aligned_shards[name]))
+            for name in aligned_shards
+        }
+        self.groups = _by_layer(sorted(aligned_shards))
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._sources)
+
+    def tensor(self, name: str, alpha: float, device="cpu") -> torch.Tensor:
+        from mergekit_expo.numerics import extrapolate_tensor
+
+        sft_file, aligned_file = self._sources[name]
+        sft, aligned = sft_file.get_tensor(name), aligned_file.get_tensor(name)
+        if not aligned.is_floating_point():
+            return aligned  # token ids and other integer buffers are copied, as in the merge
+        if self.dtype is not None:  # like mergekit's dtype: inputs convert first
+            sft, aligned = sft.to(self.dtype), aligned.to(self.dtype)
+        return extrapolate_tensor(sft.to(device), aligned.to(device), alpha, name=name)
+
+    def layers(self, alpha: float, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+        """The ExPO tensors of one layer at a time (embeddings and head in a group of their own)."""
+        for names in self.groups:
+            yield {name: self.tensor(name, alpha, device) for name in names}
+
+
+def _by_layer(names: List[str]) -> List[List[str]]:
+    groups: Dict[Optional[int], List[str]] = {}
+    for name in names:
+        match = _LAYER.search(name)
+        groups.setdefault(int(match.group(1)) if match else None, []).append(name)
+    return [groups[key] for key in sorted(groups, key=lambda k: -1 if k is None else k)]

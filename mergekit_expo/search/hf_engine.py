@@ -1,0 +1,136 @@
+"""The transformers engine: one model in memory, weights set per α, batched work.
+
+Weights go through transformers' own checkpoint conversion (the one
+``from_pretrained`` uses), one layer at a time: models whose class renames or fuses
+checkpoint tensors on load (Mixtral's and Qwen-MoE's experts, for example) get
+exactly the weights the merged checkpoint would load to, with no name map of ours.
+"""
+
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.search.batching import Batcher
+from mergekit_expo.search.engine import Engine
+from mergekit_expo.search.expo_weights import ExpoCheckpoint
+from mergekit_expo.search.prompts import pad_id
+from mergekit_expo.search.sampling import Sampling
+
+
+class HFEngine(Engine):
+    def __init__(self, sft: str, aligned: str, *, device: str = "cpu", dtype: Optional[str] = None,
+                 batch_size: Optional[int] = None, trust_remote_code: bool = False, **_ignored):
+        import transformers
+
+        from mergekit_expo.preflight import check_pair
+
+        check_pair(sft, aligned)
+        transformers.utils.logging.disable_progress_bar()  # our bars, not one per layer load
+        self.device = device
+        torch_dtype = getattr(torch, dtype) if dtype else None
+        self.weights = ExpoCheckpoint(sft, aligned, torch_dtype)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            aligned, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
+        ).to(device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            aligned, trust_remote_code=trust_remote_code)
+        self.pad = pad_id(self.tokenizer, "aligned model")
+        self.context_length = _context_length(self.model.config)
+        self.batcher = Batcher(batch_size, device)
+
+    # -- weights ---------------------------------------------------------------------
+    def set_alpha(self, alpha: float) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig
+
+        expected = set(self.model.state_dict())
+        loaded = set()
+        mapping = get_model_conversion_mapping(self.model)
+        with torch.no_grad():
+            for tensors in self.weights.layers(alpha, device=self.device):
+                config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.model.dtype,
+                                             weight_mapping=mapping)
+                info, _ = convert_and_load_state_dict_in_model(self.model, tensors, config)
+                problems = sorted(info.unexpected_keys | info.mismatched_keys) + list(info.conversion_errors)
+                if problems or info.error_msgs:
+                    raise ExpoInputError(
+                        f"transformers could not load the ExPO tensor {(problems or info.error_msgs)[0]} "
+                        f"into {type(self.model).__name__}: merge with mergekit-expo run and score the result"
+                    )
+                loaded |= expected - set(info.missing_keys)
+        self.model.tie_weights()  # loading replaced parameters: tied ones must share again
+        unset = sorted(k for k in expected - loaded if not _is_tied(self.model, k))
+        if unset:
+            raise ExpoInputError(
+                f"weight {unset[0]} of the loaded {type(self.model).__name__} has no tensor in the "
+                "checkpoint: merge with mergekit-expo run and score the result"
+            )
+
+    # -- generation ------------------------------------------------------------------
+    def generate(self, prompts: Sequence[List[int]], sampling: Sampling,
+                 progress: Optional[Callable] = None) -> List[str]:
+        self._batch_index = 0
+        return self.batcher.run(prompts, lambda batch: self._generate_batch(batch, sampling),
+                                progress=progress)
+
+    def _generate_batch(self, prompts: List[List[int]], sampling: Sampling) -> List[str]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every prompt ends where answers start
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        options = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad,
+                       do_sample=sampling.sample)
+        if sampling.sample:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k or None)
+            # Reseeded per batch: a rerun with the same batch size draws the same answers.
+            torch.manual_seed(sampling.seed + self._batch_index)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        self._batch_index += 1
+        with torch.no_grad():
+            output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                         **options)
+        return self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+
+    # -- log-likelihoods ---------------------------------------------------------------
+    def answer_logprobs(self, contexts: Sequence[List[int]], answers: Sequence[List[int]],
+                        progress: Optional[Callable] = None) -> List[float]:
+        pairs = list(zip(contexts, answers))
+        return self.batcher.run(pairs, self._logprob_batch,
+                                length=lambda pair: len(pair[0]) + len(pair[1]), progress=progress)
+
+    def _logprob_batch(self, pairs) -> List[float]:
+        # Right padding: a causal model never looks right, so padding changes no position.
+        width = max(len(c) + len(a) for c, a in pairs)
+        ids = torch.full((len(pairs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (context, answer) in enumerate(pairs):
+            ids[row, : len(context) + len(answer)] = torch.tensor(context + answer)
+            mask[row, : len(context) + len(answer)] = 1
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        totals = []
+        for row, (context, answer) in enumerate(pairs):
+            # Position t predicts token t + 1; only the answer's positions are normalised.
+            rows = logits[row, len(context) - 1 : len(context) + len(answer) - 1].float()
+            targets = torch.tensor(answer, device=rows.device)
+            picked = rows.gather(1, targets[:, None])[:, 0] - torch.logsumexp(rows, dim=-1)
+            totals.append(float(picked.sum()))
+        return totals
+
+
+def _context_length(config) -> int:
+    text = getattr(config, "text_config", None) or config
+    return int(getattr(text, "max_position_embeddings", 0) or 0)
+
+
+def _is_tied(model, name: str) -> bool:
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    if isinstance(tied, dict):  # transformers 5: {target: source}
+        return name in tied
+    return any(name.endswith(key) for key in tied)

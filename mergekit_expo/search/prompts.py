@@ -1,0 +1,65 @@
+"""Token ids of prompts and conversations, exactly as the models expect them.
+
+Chat templates that begin with the BOS token (Llama 3, Mistral-Instruct, …) must be
+tokenized by the template itself, without the tokenizer adding special tokens again:
+rendering to text and tokenizing that text with special tokens gives two BOS tokens.
+We encode through ``apply_chat_template(tokenize=True)`` and, whatever a tokenizer
+does, never return ids that start with two BOS tokens.
+"""
+
+from typing import List, Optional
+
+from mergekit_expo.errors import ExpoInputError
+
+
+def encode_prompt(tokenizer, prompt: str) -> List[int]:
+    """The prompt as the policy sees it before its answer: chat template if any."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = _template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    return single_bos(tokenizer, ids)
+
+
+def encode_answer(tokenizer, answer: str) -> List[int]:
+    """An answer continues the prompt: no special tokens of its own."""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+
+def encode_conversation(tokenizer, prompt: str, answer: str) -> List[int]:
+    """A (prompt, answer) pair as a reward model reads it."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        ids = _template_ids(tokenizer, messages, add_generation_prompt=False)
+    else:
+        ids = tokenizer(f"{prompt} {answer}", add_special_tokens=True)["input_ids"]
+    return single_bos(tokenizer, ids)
+
+
+def single_bos(tokenizer, ids: List[int]) -> List[int]:
+    bos = tokenizer.bos_token_id
+    while bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return list(ids)
+
+
+def _template_ids(tokenizer, messages, *, add_generation_prompt: bool) -> List[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
+    return list(ids)
+
+
+def pad_id(tokenizer, role: str) -> int:
+    """The id batches are padded with: pad, else EOS; neither is a one-line error."""
+    pad: Optional[int] = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ExpoInputError(
+            f"the {role}'s tokenizer has neither a pad nor an EOS token, so prompts cannot be "
+            "batched: set one, e.g. tokenizer.pad_token = '<pad>' and save_pretrained again"
+        )
+    return pad

@@ -1,0 +1,161 @@
+"""Scorers for the α search: each turns an engine (at some α) into a score with an interval.
+
+- ``preference``: log-likelihood of chosen over rejected answers (no generation).
+- ``reward-model``: generate answers, score them with a sequence-classification model.
+- ``module:function``: a user callable, given what the engine exposes.
+
+Scorers only talk to the :class:`~mergekit_expo.search.engine.Engine` interface.
+"""
+
+import importlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+from mergekit_expo.errors import ExpoConfigError, ExpoNumericsError
+from mergekit_expo.search.data import read_records
+from mergekit_expo.search.prompts import encode_answer, encode_prompt
+from mergekit_expo.search.sampling import Sampling
+
+LOG = logging.getLogger("mergekit_expo")
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float
+    low: Optional[float] = None  # bootstrap 95% interval of the mean, when per-item scores exist
+    high: Optional[float] = None
+    n: int = 1
+    extra: Optional[dict] = None
+
+
+def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):
+    """Percentile bootstrap 95% interval of the mean (seeded, so reruns agree)."""
+    import torch
+
+    if len(values) < 2:
+        return None, None
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.tensor(values, dtype=torch.float64)
+    picks = torch.randint(len(values), (rounds, len(values)), generator=generator)
+    means = data[picks].mean(dim=1).sort().values
+    return float(means[int(0.025 * rounds)]), float(means[int(0.975 * rounds) - 1])
+
+
+def _fitting(items, lengths, limit: int, what: str):
+    """Items whose token length fits the model's context; the rest are skipped, counted."""
+    if not limit:
+        return list(items), 0
+    kept = [item for item, length in zip(items, lengths) if length <= limit]
+    skipped = len(items) - len(kept)
+    if skipped:
+        LOG.warning("%d of %d %s exceed the model's context of %d tokens and are skipped "
+                    "(counted as 'skipped' in the results)", skipped, len(items), what, limit)
+    if not kept:
+        raise ExpoConfigError(f"every one of the {what} exceeds the model's context of {limit} tokens: "
+                              "shorten them or lower --max-new-tokens")
+    return kept, skipped
+
+
+class PreferenceScorer:
+    """Accuracy of log p(chosen | prompt) > log p(rejected | prompt); margin = mean difference."""
+
+    name = "preference"
+
+    def __init__(self, path: str):
+        self.rows = read_records(path, ("prompt", "chosen", "rejected"))
+        self._encoded = None
+
+    def __call__(self, engine, progress: Callable = None) -> Score:
+        if self._encoded is None:  # the same token ids at every α
+            tokenizer = engine.tokenizer
+            encoded = [(encode_prompt(tokenizer, r["prompt"]), encode_answer(tokenizer, r["chosen"]),
+                        encode_answer(tokenizer, r["rejected"])) for r in self.rows]
+            lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
+            self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length,
+                                                    "preference rows")
+        contexts = [c for c, _, _ in self._encoded for _ in (0, 1)]
+        answers = [answer for _, chosen, rejected in self._encoded for answer in (chosen, rejected)]
+        totals = engine.answer_logprobs(contexts, answers, progress=progress)
+        margins = [totals[i] - totals[i + 1] for i in range(0, len(totals), 2)]
+        wins = [1.0 if m > 0 else 0.0 for m in margins]
+        low, high = bootstrap_interval(wins)
+        return Score(value=sum(wins) / len(wins), low=low, high=high, n=len(wins),
+                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped})
+
+
+class RewardModelScorer:
+    """Mean reward of generated answers under a local sequence-classification model."""
+
+    name = "reward-model"
+
+    def __init__(self, path: str, reward_model, sampling: Sampling):
+        self.prompts = [r["prompt"] for r in read_records(path, ("prompt",))]
+        self.reward = reward_model
+        self.sampling = sampling
+        self._encoded = None
+
+    def __call__(self, engine, progress: Callable = None) -> Score:
+        if self._encoded is None:
+            encoded = [(prompt, encode_prompt(engine.tokenizer, prompt)) for prompt in self.prompts]
+            lengths = [len(ids) + self.sampling.max_new_tokens for _, ids in encoded]
+            self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length, "prompts")
+        answers = engine.generate([ids for _, ids in self._encoded], self.sampling, progress=progress)
+        sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(self._encoded, answers)]
+        rewards = self.reward.scores(sequences)
+        low, high = bootstrap_interval(rewards)
+        return Score(value=sum(rewards) / len(rewards), low=low, high=high, n=len(rewards),
+                     extra={"skipped": self._skipped})
+
+
+class CallableScorer:
+    """A user function ``module:function``; it receives ``engine.callable_arguments()``:
+    (model, tokenizer) with the transformers engine, (llm, tokenizer) with vLLM."""
+
+    def __init__(self, target: str):
+        module_name, _, function_name = target.partition(":")
+        if not module_name or not function_name:
+            raise ExpoConfigError(f"scorer {target!r} must look like module:function")
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # like uvicorn: the user's own module, from cwd
+        try:
+            self.function = getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as error:
+            raise ExpoConfigError(f"cannot load scorer {target}: {error}") from None
+        self.name = target
+
+    def __call__(self, engine, progress: Callable = None) -> Score:
+        value = float(self.function(*engine.callable_arguments()))
+        if not math.isfinite(value):
+            raise ExpoNumericsError(f"scorer {self.name} returned {value}: it must return a finite float")
+        return Score(value=value)
+
+
+def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: str,
+                batch_size, trust_remote_code: bool):
+    if scorer == "preference":
+        _require(data, "--data (JSONL/CSV with prompt, chosen, rejected)")
+        return PreferenceScorer(data)
+    if scorer == "reward-model":
+        from mergekit_expo.search.reward_model import RewardModel
+
+        _require(data, "--data (JSONL/CSV with a prompt column)")
+        _require(reward_model, "--reward-model (a sequence-classification model folder or Hub id)")
+        model = RewardModel(reward_model, device=device, batch_size=batch_size,
+                            trust_remote_code=trust_remote_code)
+        return RewardModelScorer(data, model, sampling)
+    if ":" in scorer:
+        return CallableScorer(scorer)
+    raise ExpoConfigError(f"unknown scorer {scorer!r}: use preference, reward-model, or module:function")
+
+
+def _require(value, what):
+    if not value:
+        raise ExpoConfigError(f"this scorer needs {what}")
+
+
+__all__: List[str] = ["Score", "PreferenceScorer", "RewardModelScorer", "CallableScorer", "make_scorer",
+                      "bootstrap_interval"]
