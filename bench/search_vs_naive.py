@@ -21,6 +21,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from run import pair_for  # noqa: E402
 
+from mergekit_expo.search.hf_engine import HFEngine  # noqa: E402
 from mergekit_expo.search.scorers import PreferenceScorer  # noqa: E402
 from mergekit_expo.synthetic import BASE_VOCAB, SPECIAL, write_tokenizer  # noqa: E402
 
@@ -83,7 +84,7 @@ def main():
         model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(out)
         t2 = time.perf_counter()
-        scorer(model, tokenizer)
+        scorer(HFEngine.for_model(model, tokenizer))
         t3 = time.perf_counter()
         naive_merge.append(t1 - t0)
         naive_reload.append(t2 - t1)

@@ -53,6 +53,7 @@ def extrapolate_adapter(
     """
     from safetensors.torch import load_file, save_file
 
+    from mergekit_expo import hub
     from mergekit_expo.atomic_output import staged_folder
     from mergekit_expo.output_guard import check_output
 
@@ -60,6 +61,7 @@ def extrapolate_adapter(
     source = Path(adapter_dir)
     out = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
                        kind="adapter", overwrite=overwrite)
+    base = hub.resolve(base, "base model")
     read_adapter_config(source)  # validates: a LoRA we can scale exactly
     tensors = load_file(source / ADAPTER_WEIGHTS)
     full_weights = [n for n in tensors if not is_lora_update(n) and not is_unchanged(n)]
@@ -179,7 +181,7 @@ def _extrapolate_full(name, base, trained, alpha) -> torch.Tensor:
 @click.option("--alpha", default=str(DEFAULT_ALPHA), show_default=True,
               help="Extrapolation strength: the new update is (1 + alpha) times the original")
 @click.option("--base", type=click.Path(), default=None,
-              help="SFT checkpoint folder; needed when the adapter has modules_to_save weights")
+              help="SFT checkpoint folder or Hub id; needed when the adapter has modules_to_save weights")
 @click.option("--overwrite", is_flag=True,
               help="Replace OUT_DIR if it holds a LoRA adapter (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")

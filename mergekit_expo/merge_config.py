@@ -19,8 +19,12 @@ DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
 
 
-def load_merge_config(config_file: str):
-    """Return (yaml text, MergeConfiguration), or raise ExpoConfigError in one line."""
+def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
+    """Return (yaml text, MergeConfiguration), or raise ExpoConfigError in one line.
+
+    Hub ids are resolved to their local snapshot folders (cache first, so offline
+    works); ``hub_ids``, if given, receives {snapshot folder: Hub id}.
+    """
     from mergekit.config import MergeConfiguration
     from pydantic import ValidationError
 
@@ -40,7 +44,9 @@ def load_merge_config(config_file: str):
         raise ExpoConfigError(f"{config_file} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(data, dict):
         raise ExpoConfigError(f"{config_file} must be a YAML mapping with merge_method: and models:")
-    data = mark_local_folders(data)
+    data = _map_model_strings(data, _local_form)
+    found = {} if hub_ids is None else hub_ids
+    data = _map_model_strings(data, lambda reference: _snapshot_form(reference, found))
     check_merge_method(config_file, data.get("merge_method"))
     for key in ("dtype", "out_dtype"):
         check_dtype(f"{config_file}: {key}", data.get(key))
@@ -136,24 +142,35 @@ def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[st
                 yield from unknown_keys(value, model[key], f"{where}.{key}")
 
 
-def mark_local_folders(node):
-    """Write existing local folders named like Hub ids (``models/sft``) as ``./models/sft``.
-
-    mergekit's model card asks the Hub about any path with exactly one ``/``, which
-    fails offline after the whole merge has been computed.
-    """
+def _map_model_strings(node, transform):
+    """Apply ``transform`` to every string that names a model (base_model:, model:, …)."""
     if isinstance(node, dict):
         return {
-            key: _local_form(value) if key in MODEL_KEYS and isinstance(value, str)
-            else mark_local_folders(value)
+            key: transform(value) if key in MODEL_KEYS and isinstance(value, str)
+            else _map_model_strings(value, transform)
             for key, value in node.items()
         }
     if isinstance(node, list):
-        return [mark_local_folders(value) for value in node]
+        return [_map_model_strings(value, transform) for value in node]
     return node
 
 
+def _snapshot_form(reference: str, found: dict) -> str:
+    from mergekit_expo import hub
+
+    parts = []
+    for part in reference.split("+"):
+        if hub.is_hub_id(part):
+            folder = hub.resolve(part, "model")
+            found[folder] = part
+            part = folder
+        parts.append(part)
+    return "+".join(parts)
+
+
 def _local_form(reference: str) -> str:
+    # mergekit's model card asks the Hub about any path with exactly one "/", which
+    # fails offline after the whole merge has been computed: name local folders ./x/y.
     return "+".join(
         f"./{part}" if part.count("/") == 1 and not part.startswith((".", "/", "~"))
         and os.path.isdir(part) else part

@@ -33,7 +33,8 @@ def run_command(merge_options: MergeOptions, config_file: str, out_path: str, ov
 def run_config_file(config_file, out_path, options, *, overwrite=False) -> Path:
     from mergekit.merge import run_merge
 
-    source, config = load_merge_config(config_file)
+    hub_ids = {}
+    source, config = load_merge_config(config_file, hub_ids)
     # Before anything is read: the output may not touch an input, or anything not ours.
     out = check_output(out_path, reads=reads_of(config, config_file), kind="model",
                        overwrite=overwrite)
@@ -45,8 +46,19 @@ def run_config_file(config_file, out_path, options, *, overwrite=False) -> Path:
         if any(m.lora for m in config.referenced_models()):
             options = lora_options(options, config, staging)
         run_merge(config, str(staging), options=options, config_source=source)
+        name_hub_ids(staging / "README.md", hub_ids)
     LOG.info("merged model written to %s", out)
     return out
+
+
+def name_hub_ids(card: Path, hub_ids: dict) -> None:
+    """The model card names the Hub ids of the inputs, not the cache folders they were read from."""
+    if not hub_ids or not card.is_file():
+        return
+    text = card.read_text(encoding="utf-8")
+    for folder, repo in sorted(hub_ids.items(), key=lambda item: -len(item[0])):
+        text = text.replace(folder, repo)
+    card.write_text(text, encoding="utf-8")
 
 
 def lora_options(options, config, staging: Path):

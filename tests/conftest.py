@@ -25,11 +25,12 @@ def cli_env():
     return env
 
 
-def run_cli(*args, cwd=None, check=True, timeout=600):
+def run_cli(*args, cwd=None, check=True, timeout=600, env=None):
     """Run an installed console script (mergekit-yaml, mergekit-expo, ...) in a subprocess."""
     command = [str(BIN / args[0]), *map(str, args[1:])]
     result = subprocess.run(
-        command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        command, cwd=cwd, env=dict(cli_env(), **(env or {})), capture_output=True, text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(

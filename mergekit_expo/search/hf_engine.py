@@ -27,16 +27,27 @@ class HFEngine(Engine):
 
         check_pair(sft, aligned)
         transformers.utils.logging.disable_progress_bar()  # our bars, not one per layer load
-        self.device = device
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.weights = ExpoCheckpoint(sft, aligned, torch_dtype)
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+        model = transformers.AutoModelForCausalLM.from_pretrained(
             aligned, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
         ).to(device).eval()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
             aligned, trust_remote_code=trust_remote_code)
-        self.pad = pad_id(self.tokenizer, "aligned model")
-        self.context_length = _context_length(self.model.config)
+        self._attach(model, tokenizer, device, batch_size)
+
+    @classmethod
+    def for_model(cls, model, tokenizer, *, device: str = "cpu", batch_size: Optional[int] = None):
+        """Batched generation and scoring of an already loaded model, without α (baselines)."""
+        engine = cls.__new__(cls)
+        engine.weights = None
+        engine._attach(model, tokenizer, device, batch_size)
+        return engine
+
+    def _attach(self, model, tokenizer, device, batch_size):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.pad = pad_id(tokenizer, "aligned model")
+        self.context_length = _context_length(model.config)
         self.batcher = Batcher(batch_size, device)
 
     # -- weights ---------------------------------------------------------------------

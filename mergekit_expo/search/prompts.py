@@ -3,8 +3,9 @@
 Chat templates that begin with the BOS token (Llama 3, Mistral-Instruct, …) must be
 tokenized by the template itself, without the tokenizer adding special tokens again:
 rendering to text and tokenizing that text with special tokens gives two BOS tokens.
-We encode through ``apply_chat_template(tokenize=True)`` and, whatever a tokenizer
-does, never return ids that start with two BOS tokens.
+We encode through ``apply_chat_template(tokenize=True)``, which adds no special
+tokens of its own. The result starts with exactly one BOS token when the tokenizer
+uses one (it adds BOS to plain text), whether or not the template writes it.
 """
 
 from typing import List, Optional
@@ -37,10 +38,19 @@ def encode_conversation(tokenizer, prompt: str, answer: str) -> List[int]:
 
 
 def single_bos(tokenizer, ids: List[int]) -> List[int]:
+    """One leading BOS if the tokenizer uses BOS, none added if it does not."""
     bos = tokenizer.bos_token_id
+    ids = list(ids)
     while bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         ids = ids[1:]
-    return list(ids)
+    if _adds_bos(tokenizer) and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
 
 
 def _template_ids(tokenizer, messages, *, add_generation_prompt: bool) -> List[int]:

@@ -26,7 +26,8 @@ class RewardModel:
                 f"reward model {path} is {architectures[0] if architectures else 'untyped'}, "
                 "not a sequence classifier: pass an AutoModelForSequenceClassification checkpoint"
             )
-        labels = len(config.get("id2label") or {}) or config.get("num_labels") or 1
+        # transformers omits id2label for its default of two labels: ask its config class.
+        labels = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).num_labels
         if labels != 1:
             raise ExpoInputError(
                 f"reward model {path} has {labels} outputs (num_labels): a reward model has one "

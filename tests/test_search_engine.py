@@ -1,0 +1,241 @@
+"""The batched transformers engine: batch size never changes a score beyond the stated
+tolerance, prompts carry exactly one BOS, seeded sampling repeats, Hub ids resolve
+offline from the cache, and bad inputs are one line."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from conftest import expo_config, load_folder, make_adapter, run_cli, write_yaml
+
+
+def words(rng, low, high):
+    return " ".join(f"w{rng.randrange(60)}" for _ in range(rng.randrange(low, high)))
+
+
+@pytest.fixture(scope="module")
+def fp32_pair(pair_factory):
+    return pair_factory(dtype=torch.float32, delta_scale=0.3, hidden_size=128, intermediate_size=256)
+
+
+def test_batch_size_does_not_change_answers_or_log_probs(fp32_pair, pair_factory):
+    from mergekit_expo.search.hf_engine import HFEngine
+    from mergekit_expo.search.prompts import encode_answer, encode_prompt
+    from mergekit_expo.search.sampling import Sampling
+
+    rng = random.Random(0)
+    # float32: identical greedy answers, log-probs equal to 1e-6 (relative).
+    # bfloat16: padding changes the kernels' rounding; log-probs agree to 1e-3 (README).
+    for pair, tolerance, same_answers in ((fp32_pair, 1e-6, True),
+                                          (pair_factory(delta_scale=0.3), 1e-3, False)):
+        one, many = HFEngine(*map(str, pair), batch_size=1), HFEngine(*map(str, pair), batch_size=8)
+        prompts = [encode_prompt(one.tokenizer, words(rng, 2, 20)) for _ in range(24)]
+        answers = [encode_answer(one.tokenizer, words(rng, 2, 12)) for _ in range(24)]
+        for engine in (one, many):
+            engine.set_alpha(0.5)
+        if same_answers:
+            greedy = Sampling(max_new_tokens=24)
+            assert one.generate(prompts, greedy) == many.generate(prompts, greedy)
+        for a, b in zip(one.answer_logprobs(prompts, answers), many.answer_logprobs(prompts, answers)):
+            assert abs(a - b) <= tolerance * max(1.0, abs(a))
+
+
+def test_batched_generation_matches_one_prompt_at_a_time_with_transformers(fp32_pair):
+    import transformers
+
+    from mergekit_expo.search.hf_engine import HFEngine
+    from mergekit_expo.search.sampling import Sampling
+
+    engine = HFEngine(*map(str, fp32_pair), batch_size=8)
+    engine.set_alpha(0.0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(fp32_pair[1])
+    rng = random.Random(1)
+    prompts = [words(rng, 2, 15) for _ in range(12)]
+    expected = []
+    for prompt in prompts:
+        ids = engine.tokenizer(prompt, return_tensors="pt")
+        output = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=3)
+        expected.append(engine.tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    encoded = [engine.tokenizer(p)["input_ids"] for p in prompts]
+    assert engine.generate(encoded, Sampling(max_new_tokens=16)) == expected
+
+
+def test_seeded_sampling_repeats(fp32_pair):
+    from mergekit_expo.search.hf_engine import HFEngine
+    from mergekit_expo.search.sampling import Sampling
+
+    engine = HFEngine(*map(str, fp32_pair), batch_size=4)
+    engine.set_alpha(0.3)
+    rng = random.Random(2)
+    prompts = [engine.tokenizer(words(rng, 2, 8))["input_ids"] for _ in range(8)]
+    sampled = lambda seed: engine.generate(prompts, Sampling(max_new_tokens=12, sample=True,  # noqa: E731
+                                                             temperature=0.7, top_p=0.9, top_k=50, seed=seed))
+    assert sampled(3) == sampled(3)
+    assert sampled(3) != sampled(4)
+
+
+# -- exactly one BOS ---------------------------------------------------------------
+
+BOS_TEMPLATE = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}" \
+               "{% if add_generation_prompt %}<|im_start|>{% endif %}"
+PLAIN_TEMPLATE = BOS_TEMPLATE.removeprefix("{{ bos_token }}")
+
+
+def llama_like_tokenizer(folder, template):
+    """A tokenizer that adds BOS to every text, like Llama's, with a chat template."""
+    import tokenizers
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    backend = tokenizer.backend_tokenizer
+    backend.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.mark.parametrize("template", [BOS_TEMPLATE, PLAIN_TEMPLATE], ids=["BOS-initial", "no-BOS"])
+def test_prompts_carry_exactly_one_bos_and_scores_use_those_ids(template, fp32_pair, tmp_path):
+    import transformers
+
+    from mergekit_expo.search.hf_engine import HFEngine
+    from mergekit_expo.search.prompts import encode_conversation, encode_prompt
+    from mergekit_expo.search.scorers import PreferenceScorer
+
+    tokenizer = llama_like_tokenizer(fp32_pair[1], template)
+    bos = tokenizer.bos_token_id
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "w1 w2"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert tokenizer(rendered)["input_ids"][:2] == ([bos, bos] if template == BOS_TEMPLATE else [bos, 64])
+    for ids in (encode_prompt(tokenizer, "w1 w2"), encode_conversation(tokenizer, "w1 w2", "w3")):
+        assert ids[0] == bos and ids.count(bos) == 1, ids
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(fp32_pair[1], dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer))
+    rows = [{"prompt": "w1 w2", "chosen": "w3 w4", "rejected": "w5"},
+            {"prompt": "w7", "chosen": "w8", "rejected": "w9 w10 w11"}]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    score = PreferenceScorer(str(data))(HFEngine.for_model(model, tokenizer, batch_size=4))
+
+    margins = []
+    for row in rows:  # direct: one BOS, the template's tokens, then the answer
+        text = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                             tokenize=False, add_generation_prompt=True)
+        context = [bos] + tokenizer(text.removeprefix("<s>"), add_special_tokens=False)["input_ids"]
+        totals = []
+        for answer in (row["chosen"], row["rejected"]):
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([context + answer_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+            totals.append(sum(float(logp[i - 1, ids[0, i]]) for i in range(len(context), ids.shape[1])))
+        margins.append(totals[0] - totals[1])
+    assert score.extra["mean_margin"] == pytest.approx(sum(margins) / 2, rel=1e-5)
+    assert score.value == sum(m > 0 for m in margins) / 2
+
+
+# -- Hub ids -------------------------------------------------------------------------
+
+def hub_cache(root, models):
+    """A Hugging Face cache laid out by hand: models--org--name/{refs/main, snapshots/<sha>}."""
+    for repo, folder in models.items():
+        sha = f"{abs(hash(repo)):040d}"[:40]
+        entry = root / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(folder, entry / "snapshots" / sha)
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text(sha)
+    return root
+
+
+def test_hub_ids_resolve_offline_from_the_cache(tmp_path, pair_factory):
+    pair = pair_factory(delta_scale=0.3)
+    cache = hub_cache(tmp_path / "hub", {"org/sft": pair[0], "org/aligned": pair[1]})
+    env = {"HF_HUB_CACHE": str(cache)}
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
+
+    config = write_yaml(tmp_path / "hub.yml", expo_config("org/sft", "org/aligned", 0.4))
+    run_cli("mergekit-expo", "run", config, tmp_path / "out", cwd=tmp_path, env=env)
+    local = write_yaml(tmp_path / "local.yml", expo_config(*pair, 0.4))
+    run_cli("mergekit-yaml", local, tmp_path / "reference")
+    written, expected = load_folder(tmp_path / "out"), load_folder(tmp_path / "reference")
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    assert "org/aligned" in (tmp_path / "out" / "mergekit_config.yml").read_text()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "org/aligned" in card and "snapshots" not in card
+
+    run_cli("mergekit-expo", "search", "org/sft", "org/aligned", "--data", data, "--alphas", "0,0.4",
+            "--out", tmp_path / "search", cwd=tmp_path, env=env)
+    settings = json.loads((tmp_path / "search" / "results.json").read_text())["settings"]
+    assert settings["sft"] == "org/sft" and settings["aligned"] == "org/aligned"
+
+    make_adapter(pair[0], tmp_path / "adapter", modules_to_save=["lm_head"])
+    run_cli("mergekit-expo", "lora", tmp_path / "adapter", tmp_path / "expo-adapter", "--base", "org/sft",
+            cwd=tmp_path, env=env)
+
+    missing = run_cli("mergekit-expo", "search", "org/absent", "org/aligned", "--data", data,
+                      "--out", tmp_path / "s2", cwd=tmp_path, env=env, check=False)
+    errors = [l for l in missing.stderr.splitlines() if l.startswith("Error:")]
+    assert missing.returncode == 1 and len(errors) == 1, missing.stderr
+    assert "org/absent is not in the Hugging Face cache" in errors[0] and "hf download org/absent" in errors[0]
+
+
+# -- bad inputs ----------------------------------------------------------------------
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tmp_path, pair_factory):
+    pair = pair_factory(delta_scale=0.3)
+    data = tmp_path / "prefs.jsonl"
+    long_prompt = " ".join(["w1"] * 300)  # the tiny models take 256 positions
+    data.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"prompt": "w1 w2", "chosen": "w3", "rejected": "w4"},
+        {"prompt": long_prompt, "chosen": "w3", "rejected": "w4"})))
+    result = run_cli("mergekit-expo", "search", *pair, "--data", data, "--alphas", "0", "--out", tmp_path / "s")
+    assert "1 of 2 preference rows exceed the model's context of 256 tokens" in result.stderr
+    row = json.loads((tmp_path / "s" / "results.json").read_text())["results"][0]
+    assert row["n"] == 1 and row["extra"]["skipped"] == 1
+
+
+def test_bad_engine_inputs(tmp_path, pair_factory):
+    import transformers
+
+    pair = pair_factory(delta_scale=0.3)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2"}) + "\n")
+    two_labels = tmp_path / "rm2"
+    from mergekit_expo.synthetic import PairSpec, model_config
+
+    config = model_config(PairSpec(), vocab_size=64)
+    config.num_labels = 2
+    transformers.LlamaForSequenceClassification(config).save_pretrained(two_labels)
+    transformers.AutoTokenizer.from_pretrained(pair[0]).save_pretrained(two_labels)
+    no_pad = tmp_path / "no-pad"
+    shutil.copytree(pair[1], no_pad)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = no_pad / name
+        if path.exists():
+            settings = json.loads(path.read_text())
+            for key in ("pad_token", "eos_token"):
+                settings.pop(key, None)
+            path.write_text(json.dumps(settings))
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4"}) + "\n")
+    cases = [
+        ((*pair, "--data", prefs, "--batch-size", "0"), "must be at least 1", 2),
+        ((*pair, "--data", data, "--scorer", "reward-model", "--reward-model", two_labels),
+         "has 2 outputs (num_labels)", 1),
+        ((pair[0], no_pad, "--data", prefs), "has neither a pad nor an EOS token", 1),
+        ((*pair, "--data", prefs, "--temperature", "0", "--sample"), "--temperature must be > 0", 1),
+    ]
+    for arguments, message, code in cases:
+        result = run_cli("mergekit-expo", "search", *arguments, "--alphas", "0", "--out", tmp_path / "o",
+                         check=False)
+        errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+        assert result.returncode == code and len(errors) == 1 and message in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
