@@ -58,3 +58,9 @@ def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
                             env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert result.stderr.strip() == "Error: no CUDA device is visible: run this on a GPU machine"
+
+
+def test_search_engines_benchmark_smoke(tmp_path):
+    out = run_script(REPO / "bench/search_engines.py", "--hidden", "64", "--layers", "2", "--prompts", "4",
+                     "--new-tokens", "8", "--batch-size", "4", "--work", tmp_path / "engines")
+    assert "engine/plain" in out and "preference" in out
