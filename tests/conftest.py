@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated checkpoint pairs and helpers to run the real CLIs."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from mergekit_expo.synthetic import PairSpec, write_pair
+
+# tests/vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

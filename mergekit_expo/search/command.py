@@ -111,6 +111,10 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
     check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned, data=data,
                          reward_model=reward_model)
     device = resolve_device(device)
+    if engine_name == "vllm":
+        from mergekit_expo.search.vllm_engine import import_vllm
+
+        import_vllm()  # before anything is read or written: name the extra to install
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(reward_model, "reward model")
     scoring = make_scorer(scorer, data=data, reward_model=reward_folder, sampling=sampling,
@@ -118,7 +122,8 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
     engine_options = dict(device=device, dtype=dtype, batch_size=batch_size,
                           trust_remote_code=trust_remote_code,
                           tensor_parallel_size=tensor_parallel_size,
-                          gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+                          gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                          seed=seed)
     settings = {"data": fingerprint(data), "reward_model": reward_model and model_reference(reward_model),
                 "sampling": sampling.settings(), "engine": engine_name}
     results, reports = search(

