@@ -10,7 +10,12 @@ scorer (P pairs), one run each, same synthetic Llama-shaped pair and tiny reward
 - engine (hf): `mergekit-expo search` per α, from its results.json (weights set in
   place, then the same batched work); the in-place update is reported separately
 
+With ``--engine vllm`` (run it with .venv-vllm's python): the vLLM engine against a
+plain ``vllm.LLM`` loaded from the merged checkpoint, same prompts and sampling; the
+engine's start-up is reported once, apart from the per-α time.
+
 Usage: python bench/search_engines.py [--hidden 768 --layers 12] [--prompts 32] [--new-tokens 64]
+                                      [--engine hf|vllm]
 """
 
 import argparse
@@ -132,6 +137,49 @@ def search_per_alpha(work, sft, aligned, scorer, extra, batch_size):
     return statistics.median(r["seconds"] for r in rows), statistics.median(r["update_seconds"] for r in rows)
 
 
+def vllm_rows(work, sft, aligned, prompts, rows, judge, new_tokens):
+    """(plain vLLM seconds, engine seconds, update seconds) per scorer, and the start-up."""
+    import vllm
+
+    from mergekit_expo.search.scorers import PreferenceScorer, RewardModelScorer
+    from mergekit_expo.search.vllm_engine import VLLMEngine
+
+    sampling = Sampling(max_new_tokens=new_tokens)
+    plain_seconds = {"reward": [], "preference": []}
+    for alpha in ALPHAS:
+        llm = vllm.LLM(model=str(merged(work, sft, aligned, alpha)), seed=0)
+        tokenizer = llm.get_tokenizer()
+        encoded = [encode_prompt(tokenizer, p) for p in prompts]
+
+        def rewards():
+            outputs = llm.generate([{"prompt_token_ids": p} for p in encoded],
+                                   vllm.SamplingParams(max_tokens=new_tokens, temperature=0.0), use_tqdm=False)
+            answers = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outputs]
+            return judge.scores([judge.encode(p, a) for p, a in zip(prompts, answers)])
+
+        pairs = [{"prompt_token_ids": encode_prompt(tokenizer, r["prompt"]) + encode_answer(tokenizer, r[k])}
+                 for r in rows for k in ("chosen", "rejected")]
+        plain_seconds["reward"].append(timed(rewards)[0])
+        plain_seconds["preference"].append(timed(lambda: llm.generate(
+            pairs, vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False))[0])
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    started, engine = timed(lambda: VLLMEngine(str(sft), str(aligned)))
+    scorers = {"reward": RewardModelScorer(str(work / "prompts.jsonl"), judge, sampling),
+               "preference": PreferenceScorer(str(work / "prefs.jsonl"))}
+    found = {}
+    for name, scorer in scorers.items():
+        per_alpha, updates = [], []
+        for alpha in ALPHAS:
+            seconds, _ = timed(lambda: (engine.set_alpha(alpha), scorer(engine)))
+            per_alpha.append(seconds)
+            updates.append(engine.update_seconds)
+        found[name] = (statistics.median(plain_seconds[name]), statistics.median(per_alpha),
+                       statistics.median(updates))
+    engine.close()
+    return found, started
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=768)
@@ -140,6 +188,9 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", default=str(HERE / "results" / "search-engines"))
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="dtype the models run in (the checkpoints are bf16)")
     args = parser.parse_args()
     import transformers
 
@@ -152,11 +203,21 @@ def main():
     prompts = [json.loads(l)["prompt"] for l in (work / "prompts.jsonl").read_text().splitlines()]
     rows = [json.loads(l) for l in (work / "prefs.jsonl").read_text().splitlines()]
     judge = RewardModel(str(work / "rm"), batch_size=args.batch_size)
+    if args.engine == "vllm":
+        found, started = vllm_rows(work, sft, aligned, prompts, rows, judge, args.new_tokens)
+        print(f"vLLM engine, {args.prompts} prompts, {args.new_tokens} new tokens, {os.cpu_count()} CPU cores, "
+              f"medians over α in {ALPHAS}, one run; engine start-up {started:.1f} s (once per search)")
+        print(f"{'scorer':11} {'plain vLLM s':>13} {'engine s':>9} {'update s':>9} {'engine/plain':>13} "
+              f"{'update share':>13}")
+        for name, (flat, per_alpha, update) in found.items():
+            print(f"{name:11} {flat:13.2f} {per_alpha:9.2f} {update:9.3f} {per_alpha / flat:12.2f}x "
+                  f"{update / per_alpha:12.1%}")
+        return
 
     loop, base = {"reward": [], "preference": []}, {"reward": [], "preference": []}
     for alpha in ALPHAS:
         folder = merged(work, sft, aligned, alpha)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         for store, seconds in ((loop, one_at_a_time(model, tokenizer, judge, prompts, rows, args.new_tokens)),
                                (base, plain(model, tokenizer, judge, prompts, rows, args.new_tokens,
@@ -167,12 +228,14 @@ def main():
     engine = {
         "reward": search_per_alpha(work, sft, aligned, "reward-model",
                                    ["--data", str(work / "prompts.jsonl"), "--reward-model", str(work / "rm"),
-                                    "--max-new-tokens", str(args.new_tokens)], args.batch_size),
-        "preference": search_per_alpha(work, sft, aligned, "preference", ["--data", str(work / "prefs.jsonl")],
+                                    "--max-new-tokens", str(args.new_tokens), "--dtype", args.dtype],
+                                   args.batch_size),
+        "preference": search_per_alpha(work, sft, aligned, "preference",
+                                       ["--data", str(work / "prefs.jsonl"), "--dtype", args.dtype],
                                        args.batch_size),
     }
     parameters = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(aligned).parameters())
-    print(f"{parameters / 1e6:.1f}M-parameter bf16 Llama-shaped pair, {args.prompts} prompts, "
+    print(f"{parameters / 1e6:.1f}M-parameter Llama-shaped pair run in {args.dtype}, {args.prompts} prompts, "
           f"{args.new_tokens} new tokens, batch size {args.batch_size}, {os.cpu_count()} CPU cores, "
           f"medians over α in {ALPHAS}, one run")
     print(f"{'scorer':11} {'one-at-a-time s':>16} {'plain s':>8} {'engine s':>9} {'update s':>9} "

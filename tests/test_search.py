@@ -272,3 +272,20 @@ def test_accuracy_ties_are_broken_by_the_mean_margin(tmp_path):
     results.add(AlphaResult(alpha=0.6, score=0.8, low=None, high=None, n=4, seconds=1.0,
                             extra={"mean_margin": -1.0}))
     assert results.best().alpha == 0.6  # the score itself still comes first
+
+
+def test_sigterm_says_the_results_are_kept(tmp_path, pair, preference_file):
+    out = tmp_path / "search"
+    alphas = ",".join(str(a / 10) for a in range(30))
+    process = subprocess.Popen(
+        [str(BIN / "mergekit-expo"), "search", str(pair[0]), str(pair[1]), "--data", str(preference_file),
+         "--out", str(out), "--alphas", alphas], env=cli_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "results.json").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, stderr
+    assert "interrupted (SIGTERM); the α values scored so far are kept in results.json" in stderr
+    assert 1 <= len(results_of(out)) < 30
