@@ -72,6 +72,20 @@ def expo_config(sft, aligned, alpha=0.3, **extra):
     return config
 
 
+def merges_of(pair, tmp_path_factory):
+    """merge(alpha) -> folder: the `mergekit-yaml` output of ``pair`` at α, made once per α."""
+    cache = {}
+
+    def merge(alpha):
+        if alpha not in cache:
+            folder = tmp_path_factory.mktemp("merged")
+            run_cli("mergekit-yaml", write_yaml(folder / "c.yml", expo_config(*pair, alpha)), folder / "out")
+            cache[alpha] = folder / "out"
+        return cache[alpha]
+
+    return merge
+
+
 def shard_index(path):
     return json.loads((Path(path) / "model.safetensors.index.json").read_text())
 

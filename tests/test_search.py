@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, cli_env, expo_config, load_folder, run_cli, write_yaml
+from conftest import BIN, cli_env, expo_config, load_folder, merges_of, run_cli, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,7 @@ def preference_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged_at(pair, tmp_path_factory):
     """A checkpoint written by `mergekit-yaml` with merge_method: expo, per α."""
-    cache = {}
-
-    def merge(alpha):
-        if alpha not in cache:
-            folder = tmp_path_factory.mktemp("merged")
-            config = write_yaml(folder / "c.yml", expo_config(*pair, alpha))
-            run_cli("mergekit-yaml", config, folder / "out")
-            cache[alpha] = folder / "out"
-        return cache[alpha]
-
-    return merge
+    return merges_of(pair, tmp_path_factory)
 
 
 def results_of(folder):

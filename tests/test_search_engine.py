@@ -239,3 +239,25 @@ def test_bad_engine_inputs(tmp_path, pair_factory):
         errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
         assert result.returncode == code and len(errors) == 1 and message in errors[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_batcher_halves_on_out_of_memory_and_keeps_order():
+    from mergekit_expo.errors import ExpoInputError
+    from mergekit_expo.search.batching import Batcher
+
+    seen = []
+
+    def squares(batch):  # "fits" only 3 items at a time
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [len(item) ** 2 for item in batch]
+
+    batcher = Batcher(None, "cuda")
+    items = ["a" * n for n in (3, 1, 4, 1, 5, 9, 2, 6)]
+    assert batcher.run(items, squares) == [n * n for n in (3, 1, 4, 1, 5, 9, 2, 6)]
+    assert seen[:3] == [8, 4, 2] and batcher.size == 2  # half of what failed, remembered
+    with pytest.raises(ExpoInputError, match="out of memory with batch size 1"):
+        Batcher(1, "cpu").run(["aaaa"], lambda batch: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(ValueError):  # other errors are not retried
+        Batcher(4, "cpu").run(["a"], lambda batch: (_ for _ in ()).throw(ValueError("bad")))

@@ -39,7 +39,7 @@ class Batcher:
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
                 if not _out_of_memory(error):
                     raise
-                self._shrink(error)
+                self._shrink(error, len(chunk))
                 continue
             for index, output in zip(chunk, outputs):
                 results[index] = output
@@ -50,7 +50,7 @@ class Batcher:
             bar.close()
         return results
 
-    def _shrink(self, error: Exception) -> None:
+    def _shrink(self, error: Exception, failed: int) -> None:
         import gc
 
         import torch
@@ -58,12 +58,12 @@ class Batcher:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if self.size == 1:
+        if failed == 1:
             raise ExpoInputError(
                 "out of memory with batch size 1: lower --max-new-tokens or --max-model-len, "
                 "use --dtype bfloat16, or a device with more memory"
             ) from error
-        self.size //= 2
+        self.size = failed // 2  # half of what failed, not of a size larger than the data
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import expo_config, load_folder, run_cli, write_yaml
+from conftest import load_folder, merges_of, run_cli
 
 vllm = pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -27,16 +27,8 @@ def pair(pair_factory):
 
 @pytest.fixture(scope="module")
 def merged_at(pair, tmp_path_factory):
-    cache = {}
-
-    def merge(alpha):
-        if alpha not in cache:
-            folder = tmp_path_factory.mktemp("merged")
-            run_cli("mergekit-yaml", write_yaml(folder / "c.yml", expo_config(*pair, alpha)), folder / "out")
-            cache[alpha] = folder / "out"
-        return cache[alpha]
-
-    return merge
+    """A checkpoint written by `mergekit-yaml` with merge_method: expo, per α."""
+    return merges_of(pair, tmp_path_factory)
 
 
 def plain_vllm(folder, tokenizer, parallel):
