@@ -152,6 +152,11 @@ CASES = {
     "search: --alphas with a word": (
         lambda r: (*SEARCH, "--out", "./s", "--alphas", "0,abc"),
         "--alphas: 'abc' is not a number: write e.g. --alphas 0,0.3,0.5"),
+    "search: a mistyped model folder writes no search folder": (
+        lambda r: ("search", "./model/sft", "./models/aligned", "--data", "prefs.jsonl", "--out", "./s"),
+        "./model/sft does not exist"),
+    "search: a mistyped scorer": (
+        lambda r: (*SEARCH, "--scorer", "prefrence", "--out", "./s"), "did you mean 'preference'"),
     # demo
     "demo: --out holds someone's files": (
         lambda r: ("demo", "--out", "./notes"), "pass --overwrite"),

@@ -100,6 +100,7 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
     """Pick α the way the paper does: score the ExPO model of each candidate α on a dev
     set, in one process, without writing a checkpoint per α."""
     from mergekit_expo import hub
+    from mergekit_expo.preflight import check_pair
     from mergekit_expo.search.engine import make_engine
     from mergekit_expo.search.runner import fingerprint, parse_alphas, search
     from mergekit_expo.search.sampling import build_sampling
@@ -117,6 +118,7 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
         import_vllm()  # before anything is read or written: name the extra to install
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(reward_model, "reward model")
+    check_pair(sft_folder, aligned_folder)  # before the search folder is created
     scoring = make_scorer(scorer, data=data, reward_model=reward_folder, sampling=sampling,
                           device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
     engine_options = dict(device=device, dtype=dtype, batch_size=batch_size,

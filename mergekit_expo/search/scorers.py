@@ -149,7 +149,11 @@ def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: 
         return RewardModelScorer(data, model, sampling)
     if ":" in scorer:
         return CallableScorer(scorer)
-    raise ExpoConfigError(f"unknown scorer {scorer!r}: use preference, reward-model, or module:function")
+    import difflib
+
+    match = difflib.get_close_matches(scorer, ["preference", "reward-model"], n=1, cutoff=0.6)
+    hint = f"did you mean {match[0]!r}? " if match else ""
+    raise ExpoConfigError(f"unknown scorer {scorer!r}: {hint}use preference, reward-model, or module:function")
 
 
 def _require(value, what):
