@@ -39,6 +39,11 @@ from mergekit_expo.search.sampling import Sampling
 from mergekit_expo.synthetic import PairSpec, model_config, write_pair
 
 BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (beside python, else on PATH)."""
+    return str(BIN / name) if (BIN / name).exists() else (shutil.which(name) or name)
 HERE = Path(__file__).parent
 ALPHAS = (0.0, 0.3)
 
@@ -68,7 +73,7 @@ def merged(work: Path, sft, aligned, alpha) -> Path:
         config = work / f"expo-{alpha}.yml"
         config.write_text(yaml.safe_dump({"merge_method": "expo", "base_model": sft,
                                           "models": [{"model": aligned, "parameters": {"alpha": alpha}}]}))
-        subprocess.run([str(BIN / "mergekit-yaml"), str(config), str(out), "--quiet"], check=True,
+        subprocess.run([tool("mergekit-yaml"), str(config), str(out), "--quiet"], check=True,
                        capture_output=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     return out
 
@@ -80,21 +85,27 @@ def timed(function):
 
 
 def one_at_a_time(model, tokenizer, judge, prompts, rows, new_tokens):
+    sync = _synchronizer(model.device)
     """The former search loop: one prompt, one answer, one sequence at a time."""
     rewards, margins = [], []
     reward_seconds, _ = timed(lambda: [rewards.append(_one_reward(model, tokenizer, judge, p, new_tokens))
-                                       for p in prompts])
-    preference_seconds, _ = timed(lambda: [margins.append(_one_margin(model, tokenizer, r)) for r in rows])
+                                       for p in prompts] and sync())
+    preference_seconds, _ = timed(lambda: [margins.append(_one_margin(model, tokenizer, r)) for r in rows]
+                                  and sync())
     return reward_seconds, preference_seconds
 
 
+def _synchronizer(device):
+    return torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+
 def _one_reward(model, tokenizer, judge, prompt, new_tokens):
-    ids = torch.tensor([encode_prompt(tokenizer, prompt)])
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=model.device)
     with torch.no_grad():
         output = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=3,
                                 temperature=None, top_p=None, top_k=None)
     answer = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
-    sequence = torch.tensor([judge.encode(prompt, answer)])
+    sequence = torch.tensor([judge.encode(prompt, answer)], device=judge.device)
     with torch.no_grad():
         return float(judge.model(input_ids=sequence).logits[0, 0])
 
@@ -103,7 +114,7 @@ def _one_margin(model, tokenizer, row):
     context = encode_prompt(tokenizer, row["prompt"])
     totals = []
     for answer in (row["chosen"], row["rejected"]):
-        ids = torch.tensor([context + encode_answer(tokenizer, answer)])
+        ids = torch.tensor([context + encode_answer(tokenizer, answer)], device=model.device)
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].float(), -1)
         totals.append(float(logp[len(context) - 1:-1].gather(1, ids[0, len(context):, None]).sum()))
@@ -112,7 +123,7 @@ def _one_margin(model, tokenizer, row):
 
 def plain(model, tokenizer, judge, prompts, rows, new_tokens, batch_size):
     """No search: a loaded merged model, batched generation and scoring."""
-    engine = HFEngine.for_model(model, tokenizer, batch_size=batch_size)
+    engine = HFEngine.for_model(model, tokenizer, device=str(model.device), batch_size=batch_size)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
 
     def rewards():
@@ -129,7 +140,7 @@ def plain(model, tokenizer, judge, prompts, rows, new_tokens, batch_size):
 def search_per_alpha(work, sft, aligned, scorer, extra, batch_size):
     out = work / f"search-{scorer}"
     shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([str(BIN / "mergekit-expo"), "search", str(sft), str(aligned), "--scorer", scorer,
+    subprocess.run([tool("mergekit-expo"), "search", str(sft), str(aligned), "--scorer", scorer,
                     "--alphas", ",".join(map(str, ALPHAS)), "--out", str(out), "--batch-size",
                     str(batch_size), *extra], check=True, capture_output=True,
                    env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -189,6 +200,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", default=str(HERE / "results" / "search-engines"))
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (transformers engine)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="dtype the models run in (the checkpoints are bf16)")
     args = parser.parse_args()
@@ -202,7 +214,7 @@ def main():
     sft, aligned = make_inputs(work, spec, args.prompts)
     prompts = [json.loads(l)["prompt"] for l in (work / "prompts.jsonl").read_text().splitlines()]
     rows = [json.loads(l) for l in (work / "prefs.jsonl").read_text().splitlines()]
-    judge = RewardModel(str(work / "rm"), batch_size=args.batch_size)
+    judge = RewardModel(str(work / "rm"), device=args.device, batch_size=args.batch_size)
     if args.engine == "vllm":
         found, started = vllm_rows(work, sft, aligned, prompts, rows, judge, args.new_tokens)
         print(f"vLLM engine, {args.prompts} prompts, {args.new_tokens} new tokens, {os.cpu_count()} CPU cores, "
@@ -217,7 +229,8 @@ def main():
     loop, base = {"reward": [], "preference": []}, {"reward": [], "preference": []}
     for alpha in ALPHAS:
         folder = merged(work, sft, aligned, alpha)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype)).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, args.dtype)).to(args.device).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         for store, seconds in ((loop, one_at_a_time(model, tokenizer, judge, prompts, rows, args.new_tokens)),
                                (base, plain(model, tokenizer, judge, prompts, rows, args.new_tokens,
@@ -228,15 +241,18 @@ def main():
     engine = {
         "reward": search_per_alpha(work, sft, aligned, "reward-model",
                                    ["--data", str(work / "prompts.jsonl"), "--reward-model", str(work / "rm"),
-                                    "--max-new-tokens", str(args.new_tokens), "--dtype", args.dtype],
+                                    "--max-new-tokens", str(args.new_tokens), "--dtype", args.dtype,
+                                    "--device", args.device],
                                    args.batch_size),
         "preference": search_per_alpha(work, sft, aligned, "preference",
-                                       ["--data", str(work / "prefs.jsonl"), "--dtype", args.dtype],
+                                       ["--data", str(work / "prefs.jsonl"), "--dtype", args.dtype,
+                                        "--device", args.device],
                                        args.batch_size),
     }
     parameters = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(aligned).parameters())
     print(f"{parameters / 1e6:.1f}M-parameter Llama-shaped pair run in {args.dtype}, {args.prompts} prompts, "
-          f"{args.new_tokens} new tokens, batch size {args.batch_size}, {os.cpu_count()} CPU cores, "
+          f"{args.new_tokens} new tokens, batch size {args.batch_size}, "
+          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{os.cpu_count()} CPU cores'}, "
           f"medians over α in {ALPHAS}, one run")
     print(f"{'scorer':11} {'one-at-a-time s':>16} {'plain s':>8} {'engine s':>9} {'update s':>9} "
           f"{'engine/plain':>13} {'loop/engine':>12} {'update share':>13}")
