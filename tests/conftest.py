@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from mergekit_expo.synthetic import PairSpec, write_pair
 
-# tests/vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# tests/with_vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["with_vllm"]
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
