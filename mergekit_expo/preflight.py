@@ -1,7 +1,6 @@
 """Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
 
 import json
-import os
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
@@ -19,9 +18,9 @@ SHAPE_KEYS = (
 
 def is_local_reference(path: str) -> bool:
     """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
-    if os.path.exists(path) or path.startswith((".", "/", "~")):
-        return True
-    return path.count("/") != 1
+    from mergekit_expo.hub import is_hub_id
+
+    return not is_hub_id(path)
 
 
 def check_model_folder(path: str, role: str) -> Path:

@@ -40,10 +40,6 @@ class ExpoCheckpoint:
         }
         self.groups = _by_layer(sorted(aligned_shards))
 
-    @property
-    def names(self) -> List[str]:
-        return list(self._sources)
-
     def tensor(self, name: str, alpha: float, device="cpu") -> torch.Tensor:
         from mergekit_expo.numerics import extrapolate_tensor
 
