@@ -181,7 +181,9 @@ def _local_form(reference: str) -> str:
 def reads_of(config, config_file: str) -> List[Tuple[str, str]]:
     """(role, path) for every path a merge of ``config`` reads."""
     reads = [("the config file", config_file)]
-    for model in config.referenced_models():
+    # referenced_models() is a set: sort it (base first) so the message names the same input every run
+    models = sorted(config.referenced_models(), key=lambda m: (m != config.base_model, str(m)))
+    for model in models:
         role = "the base model" if model == config.base_model else "the input model"
         reads.append((role, model.model.path))
         if model.lora is not None:
