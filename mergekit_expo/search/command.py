@@ -23,13 +23,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model) -> None:
+def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model,
+                         tasks_path=None) -> None:
     """Both outputs, before anything is read: never over an input or someone's files."""
     from mergekit_expo.output_guard import check_no_overlap, check_output
     from mergekit_expo.search.results import RESULTS
 
     inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
-              ("the reward model", reward_model)]
+              ("the reward model", reward_model), ("the lm-eval tasks folder", tasks_path)]
     out = Path(out_dir).absolute()
     check_no_overlap(out, out_dir, inputs)
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
@@ -49,6 +50,26 @@ def model_reference(reference: str) -> str:
     return reference if is_hub_id(reference) else os.path.abspath(reference)
 
 
+def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) -> None:
+    """Options that only make sense together, checked before anything is loaded."""
+    from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, import_lm_eval, is_lm_eval
+
+    if (guard is None) != (max_drop is None):
+        given, missing = ("--guard", "--max-drop") if guard else ("--max-drop", "--guard")
+        raise ExpoConfigError(f"{given} needs {missing}: e.g. --guard lm-eval:arc_easy --max-drop 0.02")
+    if max_drop is not None and not max_drop >= 0:
+        raise ExpoConfigError(f"--max-drop must be 0 or more (a drop in the guard's units), got {max_drop}")
+    uses_lm_eval = is_lm_eval(scorer) or is_lm_eval(guard)
+    given = [f"--{name.replace('_', '-')}" for name, value in lm_eval_options.items() if value is not None]
+    if given and not uses_lm_eval:
+        raise ExpoConfigError(f"{', '.join(given)} only apply to lm-eval scorers: "
+                              "use --scorer lm-eval:TASK or --guard lm-eval:TASK, or drop them")
+    if uses_lm_eval:
+        if engine_name != "hf":
+            raise ExpoConfigError(UNSUPPORTED_ENGINE)
+        import_lm_eval()
+
+
 def positive(context, parameter, value):
     if value is not None and value < 1:
         raise click.BadParameter(f"must be at least 1, got {value}")
@@ -59,7 +80,15 @@ def positive(context, parameter, value):
 @click.argument("sft")
 @click.argument("aligned")
 @click.option("--scorer", default="preference", show_default=True,
-              help="preference, reward-model, or module:function returning a float")
+              help="preference, reward-model, lm-eval:TASK[,TASK...], or module:function returning a float")
+@click.option("--guard", help="A second scorer (any kind, typically lm-eval:TASK) that must not drop")
+@click.option("--max-drop", type=float,
+              help="With --guard: exclude α whose guard score is more than this below α = 0's")
+@click.option("--tasks-path", type=click.Path(exists=True, file_okay=False),
+              help="lm-eval: folder of your own task YAMLs (lm-eval's include path)")
+@click.option("--limit", type=int, callback=positive, help="lm-eval: score only the first N examples per task")
+@click.option("--num-fewshot", type=int, help="lm-eval: few-shot examples  [default: each task's]")
+@click.option("--metric", help="lm-eval: metric to score, e.g. acc_norm  [default: each task's first]")
 @click.option("--data", help="JSONL/CSV (or saved datasets folder) with the prompts or preference pairs")
 @click.option("--reward-model", help="Sequence-classification model folder or Hub id (reward-model scorer)")
 @click.option("--out", "out_dir", default="./expo-search", show_default=True, type=click.Path(),
@@ -93,7 +122,8 @@ def positive(context, parameter, value):
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors(interrupted="the α values scored so far are kept in results.json: "
                             "rerun the same command to resume")
-def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, refine, engine_name,
+def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num_fewshot, metric,
+                   data, reward_model, out_dir, alphas, refine, engine_name,
                    device, dtype, batch_size, preset, max_new_tokens, sample, temperature, top_p,
                    top_k, seed, tensor_parallel_size, gpu_memory_utilization, max_model_len,
                    trust_remote_code, write_best, overwrite, verbose):
@@ -107,10 +137,15 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
     from mergekit_expo.search.scorers import make_scorer
 
     candidates = parse_alphas(alphas)
+    lm_eval_options = dict(tasks_path=tasks_path, limit=limit, num_fewshot=num_fewshot, metric=metric)
+    check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options)
+    if guard and 0.0 not in candidates:
+        click.echo("--guard compares with alpha = 0: scoring it too", err=True)
+        candidates = [0.0, *candidates]
     sampling = build_sampling(preset, seed=seed, max_new_tokens=max_new_tokens, sample=sample,
                               temperature=temperature, top_p=top_p, top_k=top_k)
     check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned, data=data,
-                         reward_model=reward_model)
+                         reward_model=reward_model, tasks_path=tasks_path)
     device = resolve_device(device)
     if engine_name == "vllm":
         from mergekit_expo.search.vllm_engine import import_vllm
@@ -119,8 +154,11 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(reward_model, "reward model")
     check_pair(sft_folder, aligned_folder)  # before the search folder is created
-    scoring = make_scorer(scorer, data=data, reward_model=reward_folder, sampling=sampling,
-                          device=device, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    scorer_options = dict(data=data, reward_model=reward_folder, sampling=sampling, device=device,
+                          batch_size=batch_size, trust_remote_code=trust_remote_code,
+                          lm_eval_options=lm_eval_options)
+    scoring = make_scorer(scorer, **scorer_options)
+    guarding = make_scorer(guard, **scorer_options) if guard else None
     engine_options = dict(device=device, dtype=dtype, batch_size=batch_size,
                           trust_remote_code=trust_remote_code,
                           tensor_parallel_size=tensor_parallel_size,
@@ -128,9 +166,12 @@ def search_command(sft, aligned, scorer, data, reward_model, out_dir, alphas, re
                           seed=seed)
     settings = {"data": fingerprint(data), "reward_model": reward_model and model_reference(reward_model),
                 "sampling": sampling.settings(), "engine": engine_name}
+    for role, used in (("scorer", scoring), ("guard", guarding)):
+        if hasattr(used, "settings"):  # lm-eval: tasks, metrics, limit, few-shot
+            settings[f"{role}_settings"] = used.settings()
     results, reports = search(
         model_reference(sft), model_reference(aligned), out_dir, scoring, candidates, refine=refine,
-        settings=settings, dtype=dtype,
+        settings=settings, dtype=dtype, guard=guarding, max_drop=max_drop,
         open_engine=lambda: make_engine(engine_name, sft_folder, aligned_folder, **engine_options))
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))

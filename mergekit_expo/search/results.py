@@ -29,14 +29,20 @@ class AlphaResult:
     seconds: float  # weight update plus scoring
     extra: Optional[dict] = None
     update_seconds: Optional[float] = None  # setting the weights in place alone
+    guard: Optional[float] = None  # the --guard scorer's score at this α
+    guard_low: Optional[float] = None
+    guard_high: Optional[float] = None
 
 
 class SearchResults:
-    def __init__(self, folder: Path, settings: dict, rows: List[AlphaResult]):
+    def __init__(self, folder: Path, settings: dict, rows: List[AlphaResult],
+                 max_drop: Optional[float] = None):
         self.folder, self.settings, self.rows = folder, settings, rows
+        # Not a search setting: a rerun with another --max-drop reuses every score.
+        self.max_drop = max_drop
 
     @classmethod
-    def open(cls, folder: str, settings: dict) -> "SearchResults":
+    def open(cls, folder: str, settings: dict, max_drop: Optional[float] = None) -> "SearchResults":
         """Resume from ``folder`` if it holds results of the same search settings."""
         path = Path(folder)
         if path.exists() and not path.is_dir():
@@ -56,7 +62,7 @@ class SearchResults:
                     "settings): use another --out, or delete it to start over"
                 )
             rows = [AlphaResult(**row) for row in saved["results"]]
-        return cls(path, settings, rows)
+        return cls(path, settings, rows, max_drop)
 
     def done(self, alpha: float) -> bool:
         return any(abs(row.alpha - alpha) < 1e-9 for row in self.rows)
@@ -69,9 +75,23 @@ class SearchResults:
             json.dumps({"settings": self.settings, "results": [asdict(r) for r in self.rows]}, indent=2),
         )
 
+    def baseline(self) -> Optional[AlphaResult]:
+        return next((r for r in self.rows if r.alpha == 0), None)
+
+    def excluded(self) -> List[AlphaResult]:
+        """α whose guard score fell more than --max-drop below the guard at α = 0."""
+        baseline = self.baseline()
+        if self.max_drop is None or baseline is None or baseline.guard is None:
+            return []
+        floor = baseline.guard - self.max_drop
+        return [r for r in self.rows if r.guard is not None and r.guard < floor]
+
     def best(self) -> AlphaResult:
-        """Highest score; ties (common for accuracies) go to the larger mean margin."""
-        return max(self.rows, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
+        """Highest score among the allowed α; ties (common for accuracies) go to the larger
+        mean margin. α = 0 is never excluded, so some α is always allowed."""
+        excluded = {r.alpha for r in self.excluded()}
+        allowed = [r for r in self.rows if r.alpha not in excluded]
+        return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
     def write_reports(self, sft: str, aligned: str, dtype: Optional[str]) -> dict:
         """results.csv, score_vs_alpha.png and best.yml; return their paths."""
@@ -79,9 +99,12 @@ class SearchResults:
         with open(csv_path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
-            writer.writerow(["alpha", "score", "low", "high", "n", "seconds", *extra_keys])
+            guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
+            excluded = {r.alpha for r in self.excluded()}
+            writer.writerow(["alpha", "score", "low", "high", "n", "seconds", *guard, *extra_keys])
             for r in self.rows:
-                writer.writerow([r.alpha, r.score, r.low, r.high, r.n, round(r.seconds, 3),
+                guarded = [r.guard, r.guard_low, r.guard_high, r.alpha in excluded] if self.guarded else []
+                writer.writerow([r.alpha, r.score, r.low, r.high, r.n, round(r.seconds, 3), *guarded,
                                  *[(r.extra or {}).get(k) for k in extra_keys]])
         best = self.best()
         config = {
@@ -92,13 +115,21 @@ class SearchResults:
         if dtype:
             config["dtype"] = dtype
         best_path = self.folder / "best.yml"
+        guard_line = ""
+        if self.guarded and self.max_drop is not None:
+            guard_line = (f"# guarded by {self.settings['guard']}: {best.guard:.6g} "
+                          f"(at most {self.max_drop:g} below alpha = 0)\n")
         best_path.write_text(
-            f"# best alpha by {self.settings['scorer']}: score {best.score:.6g}\n"
+            f"# best alpha by {self.settings['scorer']}: score {best.score:.6g}\n" + guard_line
             + yaml.safe_dump(config, sort_keys=False)
         )
         plot_path = self.folder / "score_vs_alpha.png"
         self._plot(plot_path)
         return {"csv": csv_path, "json": self.folder / RESULTS, "best": best_path, "plot": plot_path}
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.settings.get("guard"))
 
     def _plot(self, path: Path) -> None:
         import matplotlib
@@ -106,37 +137,66 @@ class SearchResults:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        alphas = [r.alpha for r in self.rows]
-        scores = [r.score for r in self.rows]
-        figure, axis = plt.subplots(figsize=(6, 4))
-        axis.plot(alphas, scores, marker="o", label="score")
-        banded = [r for r in self.rows if r.low is not None]
-        if banded:
-            axis.fill_between([r.alpha for r in banded], [r.low for r in banded],
-                              [r.high for r in banded], alpha=0.2, label="95% interval")
-        baseline = next((r for r in self.rows if r.alpha == 0), None)
-        if baseline is not None:
-            axis.axhline(baseline.score, linestyle="--", color="gray", label="α = 0 (aligned model)")
+        panels = 2 if self.guarded else 1
+        figure, axes = plt.subplots(panels, 1, figsize=(6, 4 * panels), sharex=True, squeeze=False)
+        excluded = self.excluded()
         best = self.best()
-        axis.scatter([best.alpha], [best.score], color="red", zorder=3, label=f"best α = {best.alpha:g}")
-        axis.set_xlabel("α")
-        axis.set_ylabel(f"score ({self.settings['scorer']})")
-        axis.set_title("ExPO: score vs extrapolation strength")
-        axis.legend()
+        score_axis = axes[0][0]
+        self._curve(score_axis, "score", self.settings["scorer"], excluded)
+        score_axis.scatter([best.alpha], [best.score], color="red", zorder=3, label=f"best α = {best.alpha:g}")
+        score_axis.set_title("ExPO: score vs extrapolation strength")
+        score_axis.legend()
+        if self.guarded:
+            guard_axis = axes[1][0]
+            self._curve(guard_axis, "guard", self.settings["guard"], excluded)
+            baseline = self.baseline()
+            if self.max_drop is not None and baseline is not None and baseline.guard is not None:
+                guard_axis.axhline(baseline.guard - self.max_drop, color="red", linestyle=":",
+                                   label=f"α = 0 minus --max-drop {self.max_drop:g}")
+            guard_axis.set_title("guard: must stay within --max-drop of α = 0")
+            guard_axis.legend()
+        axes[-1][0].set_xlabel("α")
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
 
+    def _curve(self, axis, field: str, label: str, excluded: List[AlphaResult]) -> None:
+        rows = [r for r in self.rows if getattr(r, field) is not None]
+        low, high = ("low", "high") if field == "score" else ("guard_low", "guard_high")
+        axis.plot([r.alpha for r in rows], [getattr(r, field) for r in rows], marker="o", label=field)
+        banded = [r for r in rows if getattr(r, low) is not None]
+        if banded:
+            axis.fill_between([r.alpha for r in banded], [getattr(r, low) for r in banded],
+                              [getattr(r, high) for r in banded], alpha=0.2, label="95% interval")
+        baseline = self.baseline()
+        if baseline is not None and getattr(baseline, field) is not None:
+            axis.axhline(getattr(baseline, field), linestyle="--", color="gray", label="α = 0 (aligned model)")
+        if excluded:
+            axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
+                         s=80, color="black", zorder=4, label="excluded by the guard")
+        axis.set_ylabel(f"{field} ({label})")
+
     def summary(self) -> str:
-        lines = [f"{'alpha':>7} {'score':>10} {'95% interval':>22} {'n':>5} {'seconds':>8}"]
+        guard = f" {'guard':>10}" if self.guarded else ""
+        lines = [f"{'alpha':>7} {'score':>10} {'95% interval':>22} {'n':>5} {'seconds':>8}{guard}"]
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
-            lines.append(f"{r.alpha:7.3g} {r.score:10.4g} {interval:>22} {r.n:5d} {r.seconds:8.2f}")
+            guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
+            lines.append(f"{r.alpha:7.3g} {r.score:10.4g} {interval:>22} {r.n:5d} {r.seconds:8.2f}{guard}")
         best = self.best()
         lines.append(f"best alpha = {best.alpha:g} (score {best.score:.4g})")
-        baseline = next((r for r in self.rows if r.alpha == 0), None)
+        baseline = self.baseline()
         if baseline is not None:
             lines.append(f"alpha = 0 (the aligned model) scores {baseline.score:.4g}")
+        excluded = self.excluded()
+        if excluded:
+            lines.append(
+                f"excluded alpha {', '.join(f'{r.alpha:g}' for r in excluded)}: the guard "
+                f"{self.settings['guard']} fell more than {self.max_drop:g} below its {baseline.guard:.4g} "
+                f"at alpha = 0 (to {', '.join(f'{r.guard:.4g}' for r in excluded)})")
+        elif self.guarded and self.max_drop is not None:
+            lines.append(f"no alpha excluded: the guard {self.settings['guard']} stayed within "
+                         f"{self.max_drop:g} of alpha = 0")
         return "\n".join(lines)
 
 

@@ -48,17 +48,21 @@ def fingerprint(*parts: Optional[str]) -> str:
 
 def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
            open_engine: Callable, refine: bool = False, settings: Optional[dict] = None,
-           dtype: Optional[str] = None):
+           dtype: Optional[str] = None, guard=None, max_drop: Optional[float] = None):
     """Score each α (skipping those already in ``out``) and write the reports.
 
     ``open_engine()`` builds the engine; it is called only if some α is left to score.
+    With a ``guard`` scorer, every α is scored by it too, and the best α is chosen among
+    those whose guard score stays within ``max_drop`` of the guard at α = 0.
     """
     from tqdm import tqdm
 
     from mergekit_expo.search.results import AlphaResult, SearchResults
 
     settings = dict(settings or {}, sft=sft, aligned=aligned, scorer=scorer.name, dtype=dtype)
-    results = SearchResults.open(out, settings)
+    if guard is not None:
+        settings["guard"] = guard.name
+    results = SearchResults.open(out, settings, max_drop=max_drop)
     pending = list(alphas)
     resumed = sum(results.done(a) for a in pending)
     if resumed:
@@ -74,11 +78,14 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
                 start = time.perf_counter()
                 engine.set_alpha(alpha)
                 updated = time.perf_counter() - start
-                score = scorer(engine, progress=lambda total: tqdm(total=total, desc=f"alpha={alpha:g}",
-                                                                   leave=False))
+                progress = lambda total: tqdm(total=total, desc=f"alpha={alpha:g}", leave=False)  # noqa: E731
+                score = scorer(engine, progress=progress)
+                checked = guard(engine, progress=progress) if guard is not None else None
                 results.add(AlphaResult(alpha=alpha, score=score.value, low=score.low, high=score.high,
                                         n=score.n, seconds=time.perf_counter() - start,
-                                        extra=score.extra, update_seconds=updated))
+                                        extra=_merged_extra(score, checked), update_seconds=updated,
+                                        guard=checked and checked.value, guard_low=checked and checked.low,
+                                        guard_high=checked and checked.high))
             pending = []
             if refine:
                 refine = False
@@ -88,3 +95,11 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
         if engine is not None:
             engine.close()
     return results, results.write_reports(sft, aligned, dtype)
+
+
+def _merged_extra(score, guard) -> Optional[dict]:
+    """The score's details, and the guard's under a ``guard_`` prefix."""
+    extra = dict(score.extra or {})
+    if guard is not None:
+        extra.update({f"guard_{key}": value for key, value in (guard.extra or {}).items()})
+    return extra or None

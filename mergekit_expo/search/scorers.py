@@ -2,6 +2,7 @@
 
 - ``preference``: log-likelihood of chosen over rejected answers (no generation).
 - ``reward-model``: generate answers, score them with a sequence-classification model.
+- ``lm-eval:TASK[,TASK…]``: lm-evaluation-harness tasks (see ``lm_eval_scorer``).
 - ``module:function``: a user callable, given what the engine exposes.
 
 Scorers only talk to the :class:`~mergekit_expo.search.engine.Engine` interface.
@@ -135,7 +136,11 @@ class CallableScorer:
 
 
 def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: str,
-                batch_size, trust_remote_code: bool):
+                batch_size, trust_remote_code: bool, lm_eval_options: Optional[dict] = None):
+    from mergekit_expo.search.lm_eval_scorer import LmEvalScorer, is_lm_eval
+
+    if is_lm_eval(scorer):
+        return LmEvalScorer(scorer, batch_size=batch_size, **(lm_eval_options or {}))
     if scorer == "preference":
         _require(data, "--data (JSONL/CSV with prompt, chosen, rejected)")
         return PreferenceScorer(data)
@@ -147,13 +152,16 @@ def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: 
         model = RewardModel(reward_model, device=device, batch_size=batch_size,
                             trust_remote_code=trust_remote_code)
         return RewardModelScorer(data, model, sampling)
+    if scorer.partition(":")[0] in ("lm_eval", "lmeval", "lm-evaluation-harness"):
+        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean lm-eval:{scorer.partition(':')[2]}?")
     if ":" in scorer:
         return CallableScorer(scorer)
     import difflib
 
-    match = difflib.get_close_matches(scorer, ["preference", "reward-model"], n=1, cutoff=0.6)
+    match = difflib.get_close_matches(scorer, ["preference", "reward-model", "lm-eval:"], n=1, cutoff=0.6)
     hint = f"did you mean {match[0]!r}? " if match else ""
-    raise ExpoConfigError(f"unknown scorer {scorer!r}: {hint}use preference, reward-model, or module:function")
+    raise ExpoConfigError(f"unknown scorer {scorer!r}: {hint}use preference, reward-model, "
+                          "lm-eval:TASK[,TASK...], or module:function")
 
 
 def _require(value, what):

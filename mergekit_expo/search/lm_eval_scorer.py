@@ -1,0 +1,194 @@
+"""The ``lm-eval:TASK[,TASK…]`` scorer: EleutherAI's lm-evaluation-harness at every α.
+
+lm-eval's own HF wrapper is put around the search's in-place model and tokenizer, and
+each α is scored by lm-eval's ``simple_evaluate``: the same numbers ``lm_eval`` gives
+for the merged checkpoint, without writing or loading one per α.
+"""
+
+import difflib
+import functools
+import logging
+import math
+import os
+from typing import Callable, List, Optional
+
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+
+PREFIX = "lm-eval:"
+EXTRA = "pip install 'mergekit-expo[lm-eval]'"
+UNSUPPORTED_ENGINE = ("the lm-eval scorer runs with --engine hf: lm-eval's vLLM wrapper builds its own "
+                      "vLLM instance, so it cannot score weights swapped in place")
+Z95 = 1.959963984540054  # the interval is lm-eval's standard error, two-sided 95%
+
+
+def is_lm_eval(scorer: Optional[str]) -> bool:
+    return bool(scorer) and scorer.startswith(PREFIX)
+
+
+def import_lm_eval():
+    try:
+        import lm_eval  # noqa: F401
+        from lm_eval.tasks import TaskManager  # noqa: F401
+    except ImportError:
+        raise ExpoConfigError(f"the lm-eval scorer needs lm-evaluation-harness: {EXTRA}") from None
+    return lm_eval
+
+
+class LmEvalScorer:
+    """Mean of each task's chosen metric (its first one unless --metric says otherwise)."""
+
+    def __init__(self, spec: str, *, tasks_path: Optional[str] = None, limit: Optional[int] = None,
+                 num_fewshot: Optional[int] = None, metric: Optional[str] = None,
+                 batch_size: Optional[int] = None):
+        names = [name.strip() for name in spec[len(PREFIX):].split(",") if name.strip()]
+        if not names:
+            raise ExpoConfigError(f"scorer {spec!r} names no task: use e.g. lm-eval:arc_easy")
+        import_lm_eval()
+        _quiet_lm_eval()
+        self.task_manager = _task_manager(tasks_path)
+        for name in names:
+            _check_known(name, self.task_manager, tasks_path)
+        self.tasks = {name: self._load(name) for name in names}
+        self.metrics = {name: _metric_key(name, task, metric) for name, task in self.tasks.items()}
+        self.higher_is_better = {name: _higher_is_better(task, self.metrics[name])
+                                 for name, task in self.tasks.items()}
+        self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
+        self.tasks_path = tasks_path and os.path.abspath(tasks_path)
+        self.name = spec
+        self._wrapper = None
+
+    def _load(self, name: str):
+        try:
+            loaded = self.task_manager.load([name])
+        except (ConnectionError, OSError) as error:
+            dataset = _dataset_of(self.task_manager, name)
+            raise ExpoInputError(
+                f"task {name} cannot load its dataset{dataset}: {_first_line(error)}; "
+                "download it once with the Hub reachable, or point the task at local files"
+            ) from None
+        if name in loaded["groups"]:
+            group = loaded["groups"][name]
+            if not group.has_aggregation():
+                members = ", ".join(sorted(loaded["tasks"])[:3])
+                raise ExpoConfigError(
+                    f"{name} groups tasks without a score of its own: name its tasks instead "
+                    f"(e.g. lm-eval:{members}); their scores are averaged")
+            return group
+        return next(iter(loaded["tasks"].values()))
+
+    def description(self) -> str:
+        metrics = sorted({key.split(",")[0] for key in self.metrics.values()})
+        across = f"mean over {len(self.tasks)} tasks" if len(self.tasks) > 1 else "task"
+        return f"lm-eval {', '.join(metrics)} ({across}: {', '.join(self.tasks)})"
+
+    def settings(self) -> dict:
+        return {"tasks": list(self.tasks), "tasks_path": self.tasks_path, "metrics": self.metrics,
+                "limit": self.limit,
+                "num_fewshot": self.num_fewshot}
+
+    def wrapper(self, engine):
+        """lm-eval's HFLM around the engine's model: its weights change in place per α."""
+        from mergekit_expo.search.hf_engine import HFEngine
+
+        if not isinstance(engine, HFEngine):
+            raise ExpoConfigError(UNSUPPORTED_ENGINE)
+        if self._wrapper is None:
+            from lm_eval.models.huggingface import HFLM
+
+            batch = self.batch_size or ("auto" if str(engine.device).startswith("cuda") else 8)
+            self._wrapper = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=batch)
+        return self._wrapper
+
+    def evaluate(self, engine) -> dict:
+        """lm-eval's results dict for the model as the engine holds it now."""
+        from lm_eval import simple_evaluate
+
+        return simple_evaluate(model=self.wrapper(engine), tasks=list(self.tasks.values()),
+                               task_manager=self.task_manager, limit=self.limit,
+                               num_fewshot=self.num_fewshot, log_samples=False)
+
+    def __call__(self, engine, progress: Callable = None):
+        from mergekit_expo.search.scorers import Score
+
+        results = self.evaluate(engine)["results"]
+        values, errors, per_task = [], [], {}
+        for name, key in self.metrics.items():
+            metric, _, filter_name = key.partition(",")
+            value = float(results[name][key])
+            stderr = results[name].get(f"{metric}_stderr,{filter_name}")
+            sign = 1.0 if self.higher_is_better[name] else -1.0  # the search maximizes
+            values.append(sign * value)
+            errors.append(float(stderr) if isinstance(stderr, (int, float)) else math.nan)
+            per_task[name] = value
+        value = sum(values) / len(values)
+        # Tasks are scored on separate examples: their errors add in quadrature.
+        stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
+        low, high = (None, None) if math.isnan(stderr) else (value - Z95 * stderr, value + Z95 * stderr)
+        samples = sum(int(results[name].get("sample_len", 0) or 0) for name in self.tasks)
+        return Score(value=value, low=low, high=high, n=samples or 1,
+                     extra={f"lm_eval:{name}": per_task[name] for name in self.tasks})
+
+
+@functools.lru_cache(maxsize=None)
+def _task_manager(tasks_path: Optional[str]):
+    """One index of lm-eval's tasks per process (building it takes seconds): scorer and guard share it."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=tasks_path)
+
+
+def _check_known(name: str, manager, tasks_path: Optional[str]) -> None:
+    if name in manager.all_tasks:
+        return
+    close = difflib.get_close_matches(name, manager.all_tasks, n=3, cutoff=0.6)
+    hint = f"closest: {', '.join(close)}" if close else "run `lm_eval ls tasks` for the list"
+    where = f" (built-in or in --tasks-path {tasks_path})" if tasks_path else \
+        " (pass --tasks-path DIR for your own task YAMLs)"
+    raise ExpoConfigError(f"unknown lm-eval task {name!r}{where}: {hint}")
+
+
+def _reported(task) -> List[str]:
+    """Every 'metric,filter' key lm-eval reports for a task or group, primary first."""
+    if hasattr(task, "aggregate_metric_list"):  # a group: its aggregate metrics
+        return [f"{agg.metric},{filter_name}" for agg in task.aggregate_metric_list
+                for filter_name in (agg.filter_list or ["none"])]
+    filters = [getattr(f, "name", "none") for f in getattr(task, "_filters", [])] or ["none"]
+    return [f"{metric},{filter_name}" for filter_name in filters for metric in task.aggregation()]
+
+
+def _metric_key(name: str, task, metric: Optional[str]) -> str:
+    reported = _reported(task)
+    if metric is None:
+        return reported[0]
+    wanted = metric if "," in metric else next((key for key in reported if key.split(",")[0] == metric),
+                                               metric)
+    if wanted not in reported:
+        raise ExpoConfigError(
+            f"task {name} does not report --metric {metric!r}: it reports {', '.join(reported)}")
+    return wanted
+
+
+def _higher_is_better(task, key: str) -> bool:
+    if hasattr(task, "aggregate_metric_list"):
+        return _higher_is_better(task.get_all_tasks()[0], key)
+    return bool(task.higher_is_better().get(key.split(",")[0], True))
+
+
+def _dataset_of(manager, name: str) -> str:
+    entry = manager.task_index.get(name)
+    config = getattr(entry, "cfg", None) or {}
+    path = config.get("dataset_path")
+    if not path:
+        return ""
+    subset = config.get("dataset_name")
+    return f" {path}" + (f" ({subset})" if subset else "")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _quiet_lm_eval() -> None:
+    # lm-eval logs every task's defaults at WARNING; our tqdm bars and summary are the report.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
