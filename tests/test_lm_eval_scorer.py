@@ -73,19 +73,28 @@ def tasks_dir(tmp_path_factory, pair):
         "output_type": "generate_until", "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}",
         "generation_kwargs": {"until": ["</s>"], "max_gen_toks": 2, "do_sample": False},
         "metric_list": [{"metric": "exact_match"}]}))
+    (folder / "toy_group.yaml").write_text(yaml.safe_dump({
+        "group": "toy_group", "task": ["toy_choice"],
+        "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}]}))
     return folder
 
 
-def lm_eval_reference(model_dir, tasks_dir, task, key):
-    """lm-eval on the merged checkpoint, as a user would run it (its own model loading)."""
+@pytest.fixture(scope="module")
+def lm_eval_reference(tasks_dir):
+    """reference(model_dir, task, **options) -> lm-eval's results for the merged checkpoint,
+    loaded as a user would run it (lm-eval's own model loading)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    model = HFLM(pretrained=str(model_dir), batch_size=BATCH, device="cpu")
-    results = simple_evaluate(model=model, tasks=[task], task_manager=TaskManager(include_path=str(tasks_dir)),
-                              log_samples=False)
-    return results["results"][task][key]
+    manager = TaskManager(include_path=str(tasks_dir))
+
+    def reference(model_dir, task, **options):
+        model = HFLM(pretrained=str(model_dir), batch_size=BATCH, device="cpu")
+        results = simple_evaluate(model=model, tasks=[task], task_manager=manager, log_samples=False, **options)
+        return results["results"][task]
+
+    return reference
 
 
 def results_of(folder):
@@ -98,15 +107,16 @@ def search(pair, out, *args, check=True):
                    *args, check=check)
 
 
-def test_each_alpha_scores_what_lm_eval_gives_the_merged_checkpoint(tmp_path, pair, tasks_dir, merged_at):
+def test_each_alpha_scores_what_lm_eval_gives_the_merged_checkpoint(tmp_path, pair, tasks_dir, merged_at,
+                                                                    lm_eval_reference):
     out = tmp_path / "search"
     search(pair, out, "--scorer", "lm-eval:toy_choice,toy_answer", "--tasks-path", tasks_dir)
     found = results_of(out)
     assert sorted(found) == list(ALPHAS)
     for alpha in ALPHAS:
         row = found[alpha]
-        choice = lm_eval_reference(merged_at(alpha), tasks_dir, "toy_choice", "acc,none")
-        answer = lm_eval_reference(merged_at(alpha), tasks_dir, "toy_answer", "exact_match,none")
+        choice = lm_eval_reference(merged_at(alpha), "toy_choice")["acc,none"]
+        answer = lm_eval_reference(merged_at(alpha), "toy_answer")["exact_match,none"]
         assert row["extra"]["lm_eval:toy_choice"] == choice
         assert row["extra"]["lm_eval:toy_answer"] == answer
         assert row["score"] == pytest.approx((choice + answer) / 2, abs=1e-12)
@@ -117,20 +127,21 @@ def test_each_alpha_scores_what_lm_eval_gives_the_merged_checkpoint(tmp_path, pa
     assert len({found[a]["extra"]["lm_eval:toy_answer"] for a in ALPHAS}) > 1
 
 
-def test_metric_option_and_few_shot_reach_lm_eval(tmp_path, pair, tasks_dir, merged_at):
+def test_metric_limit_and_few_shot_reach_lm_eval(tmp_path, pair, tasks_dir, merged_at, lm_eval_reference):
     out = tmp_path / "search"
     search(pair, out, "--scorer", "lm-eval:toy_choice", "--tasks-path", tasks_dir,
-           "--metric", "acc_norm", "--limit", "10")
+           "--metric", "acc_norm", "--limit", "10", "--num-fewshot", "2")
     found = results_of(out)
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    model = HFLM(pretrained=str(merged_at(0.5)), batch_size=BATCH, device="cpu")
-    expected = simple_evaluate(model=model, tasks=["toy_choice"], limit=10, log_samples=False,
-                               task_manager=TaskManager(include_path=str(tasks_dir)))
-    assert found[0.5]["score"] == expected["results"]["toy_choice"]["acc_norm,none"]
+    expected = lm_eval_reference(merged_at(0.5), "toy_choice", limit=10, num_fewshot=2)
+    assert found[0.5]["score"] == expected["acc_norm,none"]
     assert found[0.5]["n"] == 10
+
+
+def test_a_group_scores_its_aggregate_metric(tmp_path, pair, tasks_dir, merged_at, lm_eval_reference):
+    out = tmp_path / "search"
+    run_cli("mergekit-expo", "search", *pair, "--out", out, "--alphas", "0.5", "--batch-size", str(BATCH),
+            "--scorer", "lm-eval:toy_group", "--tasks-path", tasks_dir)
+    assert results_of(out)[0.5]["score"] == lm_eval_reference(merged_at(0.5), "toy_choice")["acc,none"]
 
 
 def test_guard_excludes_alphas_that_drop_too_far(tmp_path, pair, tasks_dir):
@@ -178,7 +189,7 @@ def test_bad_lm_eval_inputs(tmp_path, pair, tasks_dir):
         (["--scorer", "lm-eval:toy_choice", "--metric", "f1", *local], "reports acc,none, acc_norm,none"),
         (["--scorer", "lm-eval:toy_choice", "--engine", "vllm", *local], "runs with --engine hf"),
         (["--scorer", "lm_eval:toy_choice", *local], "did you mean lm-eval:toy_choice"),
-        (["--data", tmp_path / "x.jsonl", "--limit", "5"], "--limit only apply to lm-eval scorers"),
+        (["--data", tmp_path / "x.jsonl", "--limit", "5"], "--limit only applies to lm-eval scorers"),
     ]
     for args, message in cases:
         result = run_cli("mergekit-expo", "search", *pair, "--out", tmp_path / "o", *args, check=False)

@@ -52,8 +52,11 @@ def model_reference(reference: str) -> str:
 
 def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) -> None:
     """Options that only make sense together, checked before anything is loaded."""
-    from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, import_lm_eval, is_lm_eval
+    from mergekit_expo.search.lm_eval_scorer import (UNSUPPORTED_ENGINE, check_spelling, import_lm_eval,
+                                                     is_lm_eval)
 
+    check_spelling(scorer)
+    check_spelling(guard)
     if (guard is None) != (max_drop is None):
         given, missing = ("--guard", "--max-drop") if guard else ("--max-drop", "--guard")
         raise ExpoConfigError(f"{given} needs {missing}: e.g. --guard lm-eval:arc_easy --max-drop 0.02")
@@ -62,7 +65,8 @@ def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) 
     uses_lm_eval = is_lm_eval(scorer) or is_lm_eval(guard)
     given = [f"--{name.replace('_', '-')}" for name, value in lm_eval_options.items() if value is not None]
     if given and not uses_lm_eval:
-        raise ExpoConfigError(f"{', '.join(given)} only apply to lm-eval scorers: "
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ExpoConfigError(f"{', '.join(given)} only {verb} to lm-eval scorers: "
                               "use --scorer lm-eval:TASK or --guard lm-eval:TASK, or drop them")
     if uses_lm_eval:
         if engine_name != "hf":

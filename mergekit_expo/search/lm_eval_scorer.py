@@ -25,6 +25,12 @@ def is_lm_eval(scorer: Optional[str]) -> bool:
     return bool(scorer) and scorer.startswith(PREFIX)
 
 
+def check_spelling(scorer: Optional[str]) -> None:
+    """``lm_eval:arc_easy`` would otherwise be taken for a Python module:function."""
+    if scorer and scorer.partition(":")[0] in ("lm_eval", "lmeval", "lm-evaluation-harness"):
+        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean {PREFIX}{scorer.partition(':')[2]}?")
+
+
 def import_lm_eval():
     try:
         import lm_eval  # noqa: F401
@@ -68,7 +74,7 @@ class LmEvalScorer:
             ) from None
         if name in loaded["groups"]:
             group = loaded["groups"][name]
-            if not group.has_aggregation():
+            if not group.has_aggregation:
                 members = ", ".join(sorted(loaded["tasks"])[:3])
                 raise ExpoConfigError(
                     f"{name} groups tasks without a score of its own: name its tasks instead "

@@ -152,8 +152,6 @@ def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: 
         model = RewardModel(reward_model, device=device, batch_size=batch_size,
                             trust_remote_code=trust_remote_code)
         return RewardModelScorer(data, model, sampling)
-    if scorer.partition(":")[0] in ("lm_eval", "lmeval", "lm-evaluation-harness"):
-        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean lm-eval:{scorer.partition(':')[2]}?")
     if ":" in scorer:
         return CallableScorer(scorer)
     import difflib
