@@ -20,7 +20,8 @@ HERE = Path(__file__).parent
 PHASES = {  # phase: (file suffix, function name) whose cumulative time it is
     "plan": [("mergekit/plan.py", "plan_to_disk"), ("mergekit/merge.py", "get_architecture_info")],
     "load": [("mergekit/io/tasks.py", "execute@LoadTensor")],
-    "kernel": [("mergekit/merge_methods/task_adapter.py", "execute")],
+    "kernel": [("mergekit/merge_methods/task_adapter.py", "execute"),
+               ("mergekit/merge_methods/passthrough.py", "execute")],
     "write": [("mergekit/io/tasks.py", "execute@SaveTensor"), ("mergekit/io/tasks.py", "execute@FinalizeModel"),
               ("transformers/configuration_utils.py", "save_pretrained")],
 }
@@ -29,7 +30,7 @@ PHASES = {  # phase: (file suffix, function name) whose cumulative time it is
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="0.5B")
-    parser.add_argument("--method", default="expo", choices=["expo", "task_arithmetic"])
+    parser.add_argument("--method", default="expo", choices=["expo", "task_arithmetic", "passthrough"])
     parser.add_argument("--cache", default=str(HERE / "cache"))
     parser.add_argument("--out-shard-size", default="500M")
     parser.add_argument("--work", default=str(HERE / "results" / "profile"))
@@ -43,18 +44,23 @@ def main():
     from run import pair_for
 
     sft, aligned = pair_for(args.size, Path(args.cache))
-    parameters = {"alpha": 0.3} if args.method == "expo" else {"weight": 1.3}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = work / f"{args.method}.yml"
-    config.write_text(yaml.safe_dump({"merge_method": args.method, "base_model": str(sft), "dtype": "bfloat16",
-                                      "models": [{"model": str(aligned), "parameters": parameters}]}))
+    if args.method == "passthrough":  # the floor: one checkpoint read and written by the same writer
+        document = {"merge_method": "passthrough", "dtype": "bfloat16", "models": [{"model": str(aligned)}]}
+    else:
+        parameters = {"alpha": 0.3} if args.method == "expo" else {"weight": 1.3}
+        document = {"merge_method": args.method, "base_model": str(sft), "dtype": "bfloat16",
+                    "models": [{"model": str(aligned), "parameters": parameters}]}
+    config.write_text(yaml.safe_dump(document))
+    shard = ["--out-shard-size", args.out_shard_size] if args.out_shard_size != "default" else []
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
     try:
-        mergekit_yaml([str(config), str(work / "out"), "--out-shard-size", args.out_shard_size,
-                       "--no-copy-tokenizer", "--quiet"], standalone_mode=False)
+        mergekit_yaml([str(config), str(work / "out"), *shard, "--no-copy-tokenizer", "--quiet"],
+                      standalone_mode=False)
     finally:
         profiler.disable()
     merged = time.perf_counter() - start
@@ -66,9 +72,15 @@ def main():
         accounted += seconds
         print(f"  {phase:8} {seconds:7.2f} s  {seconds / merged:6.1%}")
     print(f"  {'other':8} {merged - accounted:7.2f} s  {(merged - accounted) / merged:6.1%}")
-    kernel = _cumulative(stats, "mergekit_expo/numerics.py", "extrapolate_tensor")
-    if kernel:
-        print(f"  of which the expo arithmetic (extrapolate_tensor): {kernel:.2f} s")
+    details = {
+        "expo arithmetic (extrapolate_tensor)": ("mergekit_expo/numerics.py", "extrapolate_tensor"),
+        "finite check (check_finite)": ("mergekit_expo/numerics.py", "check_finite"),
+        "safetensors serialization (save_file)": ("safetensors/torch.py", "save_file"),
+    }
+    for label, (file, function) in details.items():
+        seconds = _cumulative(stats, file, function)
+        if seconds:
+            print(f"  of which {label}: {seconds:.2f} s")
 
 
 def _cumulative(stats, file_suffix, function):

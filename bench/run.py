@@ -37,11 +37,12 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "0.01B": (256, 704, 8, 4, 4, 8192),
     "0.1B": (768, 2048, 12, 12, 4, 16384),
     "0.5B": (1024, 2816, 32, 16, 4, 32000),
+    "1.1B": (2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B's shape
     "1.5B": (2048, 5632, 24, 16, 4, 32000),
     "3B": (2560, 6912, 32, 20, 4, 32000),
     "7B": (4096, 11008, 32, 32, 32, 32000),
 }
-METHODS = ("expo", "task_arithmetic", "paper")
+METHODS = ("expo", "task_arithmetic", "paper")  # also: passthrough (bench/floor.py)
 
 
 def pair_for(size: str, cache: Path):
@@ -63,14 +64,16 @@ def command_for(method, sft, aligned, alpha, out, work, shard_size):
     if method == "expo":
         config = {"merge_method": "expo", "base_model": str(sft),
                   "models": [{"model": str(aligned), "parameters": {"alpha": alpha}}], "dtype": "bfloat16"}
+    elif method == "passthrough":  # the floor: read one checkpoint, write it through mergekit
+        config = {"merge_method": "passthrough", "models": [{"model": str(aligned)}], "dtype": "bfloat16"}
     else:
         config = {"merge_method": "task_arithmetic", "base_model": str(sft),
                   "models": [{"model": str(aligned), "parameters": {"weight": 1 + alpha}}],
                   "dtype": "bfloat16"}
     path = work / f"{method}.yml"
     path.write_text(yaml.safe_dump(config))
-    return [str(BIN / "mergekit-yaml"), str(path), str(out), "--out-shard-size", shard_size,
-            "--no-copy-tokenizer", "--quiet"]
+    shard = ["--out-shard-size", shard_size] if shard_size != "default" else []
+    return [str(BIN / "mergekit-yaml"), str(path), str(out), *shard, "--no-copy-tokenizer", "--quiet"]
 
 
 def fidelity(out: Path, sft: Path, aligned: Path, alpha: float) -> float:

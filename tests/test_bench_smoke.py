@@ -46,6 +46,12 @@ def test_search_lora_and_profile_benchmarks_smoke(tmp_path):
     out = run_script(REPO / "bench/profile_expo.py", "--size", "0.01B", "--cache", cache,
                      "--work", tmp_path / "profile")
     assert "expo arithmetic" in out
+    out = run_script(REPO / "bench/profile_expo.py", "--size", "0.01B", "--cache", cache, "--method",
+                     "passthrough", "--out-shard-size", "default", "--work", tmp_path / "profile-floor")
+    assert "safetensors serialization" in out
+    out = run_script(REPO / "bench/floor.py", "--size", "0.01B", "--repeats", "1", "--cache", cache,
+                     "--settings", "default;500M --async-write", "--work", tmp_path / "floor")
+    assert "expo/passthrough" in out and "500M --async-write" in out
 
 
 def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
