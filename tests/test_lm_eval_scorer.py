@@ -209,3 +209,21 @@ def test_missing_lm_eval_names_the_extra(tmp_path, pair, tasks_dir):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].endswith("pip install 'mergekit-expo[lm-eval]'")
     assert not (tmp_path / "o").exists()
+
+
+def test_worked_example_runs(tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import BIN, REPO, cli_env
+
+    example = tmp_path / "lm_eval_guard"
+    shutil.copytree(REPO / "examples/lm_eval_guard", example,
+                    ignore=shutil.ignore_patterns("models", "search"))
+    env = dict(cli_env(), PATH=f"{BIN}:{cli_env()['PATH']}")
+    result = subprocess.run(["bash", str(example / "run.sh")], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best alpha =" in result.stdout and "the guard lm-eval:toy_recall" in result.stdout
+    best = yaml.safe_load((example / "search/best.yml").read_text())
+    assert best["merge_method"] == "expo"
