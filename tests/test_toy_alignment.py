@@ -26,3 +26,28 @@ def test_toy_alignment_quick(tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 0
     merged = [p for p in (tmp_path / "expo").glob("checkpoint-*") if p.is_dir()]
     assert len(merged) == 5 and all((p / "config.json").exists() for p in merged)
+
+
+@pytest.mark.slow
+def test_progress_map_quick(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples/toy_alignment/progress_map.py"), "--quick", "--seeds", "0",
+         "--out", str(tmp_path)],
+        env=cli_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    seed = summary["seeds"][0]
+    assert sorted(float(f) for f in seed["dev"]) == [0.25, 0.5, 1.0]
+    for fraction, by_alpha in seed["dev"].items():
+        assert sorted(float(a) for a in by_alpha) == [0.0, 0.5]
+        chosen = seed["chosen"][fraction]
+        assert by_alpha[str(chosen)] == max(by_alpha.values())  # the dev-best α was chosen
+        (plain, low, high), (expo, expo_low, expo_high) = seed["test"][fraction]
+        assert low <= plain <= high and expo_low <= expo <= expo_high
+        if chosen == 0:
+            assert expo == plain
+    assert set(seed["verdict"]["supports"]) == set(seed["dev"])
+    for picture in ("dev_heatmap.png", "test_reward.png"):
+        assert (tmp_path / picture).stat().st_size > 0
+    assert "seeds supporting the hypothesis" in (tmp_path / "results.md").read_text()

@@ -142,6 +142,10 @@ def evaluate(model_dir: Path, prompts, seeds):
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    return evaluate_model(model, tokenizer, prompts, seeds)
+
+
+def evaluate_model(model, tokenizer, prompts, seeds):
     per_prompt = [0.0] * len(prompts)
     for seed in range(seeds):
         for i, score in enumerate(task.mean_reward(model, tokenizer, prompts, seed=seed)):
