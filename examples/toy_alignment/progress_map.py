@@ -45,19 +45,19 @@ def train_dpo_dense(out: Path, sft: Path, tokenizer, settings, seed, lr, progres
     class SaveAt(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step in wanted:
-                folder = out / "dpo" / f"progress-{wanted[state.global_step]:.2f}"
+                folder = out / f"dpo-lr{lr:g}" / f"progress-{wanted[state.global_step]:.2f}"
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
 
     model = transformers.AutoModelForCausalLM.from_pretrained(sft)
-    config = DPOConfig(output_dir=str(out / "dpo-run"), num_train_epochs=DPO_EPOCHS,
+    config = DPOConfig(output_dir=str(out / f"dpo-run-lr{lr:g}"), num_train_epochs=DPO_EPOCHS,
                        per_device_train_batch_size=batch, learning_rate=lr, beta=0.1,
                        lr_scheduler_type="constant", logging_steps=50, save_strategy="no",
                        report_to="none", use_cpu=True, seed=seed, max_length=32,
                        dataloader_num_workers=0, dataloader_drop_last=True)
     DPOTrainer(model=model, args=config, processing_class=tokenizer, callbacks=[SaveAt()],
                train_dataset=Dataset.from_list(rows)).train()
-    return {f: out / "dpo" / f"progress-{f:.2f}" for f in wanted.values()}, steps
+    return {f: out / f"dpo-lr{lr:g}" / f"progress-{f:.2f}" for f in wanted.values()}, steps
 
 
 def dev_map(sft: Path, checkpoints: dict, alphas) -> dict:
@@ -91,7 +91,8 @@ def test_scores(sft: Path, checkpoint: Path, alpha: float, prompts, seeds):
 def one_seed(out: Path, seed: int, settings, lr, pilot: bool, progress, alphas):
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(out / "tokenizer")
-    sft = train_sft(out, tokenizer, settings, seed)
+    # The SFT model depends on the seed only: pilots of several DPO learning rates share it.
+    sft = out / "sft" if (out / "sft" / "config.json").exists() else train_sft(out, tokenizer, settings, seed)
     checkpoints, steps = train_dpo_dense(out, sft, tokenizer, settings, seed, lr, progress)
     dev = dev_map(sft, checkpoints, (0.0,) if pilot else alphas)
     result = {"seed": seed, "dpo_steps": steps, "dev": dev}
