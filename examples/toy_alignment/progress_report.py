@@ -32,7 +32,8 @@ def heat_map(path, seeds, alphas):
     top.set(ylabel="dev reward at α = 0", title="DPO's own dev reward (dotted: its peak per seed)")
     top.legend(fontsize=8)
     image = bottom.imshow(grid, aspect="auto", origin="lower", cmap="viridis")
-    figure.colorbar(image, ax=bottom, label=f"dev reward, mean of {len(seeds)} seeds")
+    # One colorbar for both panels, so the curve's points stay above their columns.
+    figure.colorbar(image, ax=[top, bottom], label=f"dev reward, mean of {len(seeds)} seeds")
     for offset, s in enumerate(seeds):
         bottom.scatter([i + (offset - 1) * 0.15 for i in range(len(fractions))],
                        [alphas.index(s["chosen"][f]) for f in fractions], marker="x", color="red", s=30,
@@ -41,8 +42,7 @@ def heat_map(path, seeds, alphas):
     bottom.set_xticks(range(len(fractions)), [f"{100 * f:.0f}%" for f in fractions])
     bottom.set(xlabel="DPO progress (share of steps)", ylabel="α")
     bottom.legend(loc="upper right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -89,3 +89,23 @@ def tables(summary) -> str:
                  ", ".join(f"{100 * f:.0f}%: {support[f]}/{len(summary['seeds'])}" for f in fractions))
     lines.append(f"total time {summary['seconds'] / 60:.1f} min")
     return "\n".join(lines) + "\n"
+
+
+def load(path: Path) -> dict:
+    """results.json with its number keys (JSON made them strings) as floats again."""
+    import json
+
+    summary = json.loads(Path(path).read_text())
+    for seed in summary["seeds"]:
+        seed["dev"] = {float(f): {float(a): v for a, v in row.items()} for f, row in seed["dev"].items()}
+        for key in ("chosen", "test"):
+            seed[key] = {float(f): v for f, v in seed[key].items()}
+        seed["verdict"]["peak"] = float(seed["verdict"]["peak"])
+        seed["verdict"]["supports"] = {float(f): v for f, v in seed["verdict"]["supports"].items()}
+    return summary
+
+
+if __name__ == "__main__":  # redraw: python progress_report.py OUT_DIR
+    import sys
+
+    report(Path(sys.argv[1]), load(Path(sys.argv[1]) / "results.json"))
