@@ -93,8 +93,15 @@ def test_scores(sft: Path, checkpoint: Path, alpha: float, prompts, seeds):
 def one_seed(out: Path, seed: int, settings, lr, pilot: bool, progress, alphas):
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(out / "tokenizer")
-    # The SFT model depends on the seed only: pilots of several DPO learning rates share it.
-    sft = out / "sft" if (out / "sft" / "config.json").exists() else train_sft(out, tokenizer, settings, seed)
+    # The SFT model depends on the seed and the SFT settings only: pilots of several DPO
+    # learning rates share it. Reused only when both match what it was trained with.
+    recipe = {"seed": seed, **{k: v for k, v in settings.items() if k.startswith("sft_")}}
+    stamp = out / "sft" / "expo-example-sft.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe:
+        sft = out / "sft"
+    else:
+        sft = train_sft(out, tokenizer, settings, seed)
+        stamp.write_text(json.dumps(recipe))
     checkpoints, steps = train_dpo_dense(out, sft, tokenizer, settings, seed, lr, progress)
     dev = dev_map(sft, checkpoints, (0.0,) if pilot else alphas)
     result = {"seed": seed, "dpo_steps": steps, "dev": dev}
