@@ -12,27 +12,17 @@ Usage: python bench/floor.py [--size 1.1B] [--repeats 3]
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from process_tree import measure  # noqa: E402
-from run import command_for, pair_for  # noqa: E402
+from run import command_for, machine, pair_for  # noqa: E402
 
 HERE = Path(__file__).parent
 DEFAULT_SETTINGS = "default;500M;500M --async-write;1B --async-write"
-
-
-def machine() -> str:
-    memory = next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]
-    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return (f"{os.cpu_count()} cores ({cpu}), {int(memory) / 2**20:.0f} GiB RAM, torch "
-            f"{torch.__version__}, Python {platform.python_version()}")
 
 
 def main():

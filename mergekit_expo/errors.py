@@ -19,3 +19,9 @@ class ExpoInputError(ExpoError):
 
 class ExpoNumericsError(ExpoError):
     """A tensor holds, or the extrapolation produced, a non-finite value."""
+
+
+def first_line(error: BaseException) -> str:
+    """A library's exception as one line: its message's first line, else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

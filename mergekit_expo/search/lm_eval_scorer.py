@@ -12,7 +12,7 @@ import math
 import os
 from typing import Callable, List, Optional
 
-from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
 
 PREFIX = "lm-eval:"
 EXTRA = "pip install 'mergekit-expo[lm-eval]'"
@@ -69,7 +69,7 @@ class LmEvalScorer:
         except (ConnectionError, OSError) as error:
             dataset = _dataset_of(self.task_manager, name)
             raise ExpoInputError(
-                f"task {name} cannot load its dataset{dataset}: {_first_line(error)}; "
+                f"task {name} cannot load its dataset{dataset}: {first_line(error)}; "
                 "download it once with the Hub reachable, or point the task at local files"
             ) from None
         if name in loaded["groups"]:
@@ -81,11 +81,6 @@ class LmEvalScorer:
                     f"(e.g. lm-eval:{members}); their scores are averaged")
             return group
         return next(iter(loaded["tasks"].values()))
-
-    def description(self) -> str:
-        metrics = sorted({key.split(",")[0] for key in self.metrics.values()})
-        across = f"mean over {len(self.tasks)} tasks" if len(self.tasks) > 1 else "task"
-        return f"lm-eval {', '.join(metrics)} ({across}: {', '.join(self.tasks)})"
 
     def settings(self) -> dict:
         return {"tasks": list(self.tasks), "tasks_path": self.tasks_path, "metrics": self.metrics,
@@ -188,11 +183,6 @@ def _dataset_of(manager, name: str) -> str:
         return ""
     subset = config.get("dataset_name")
     return f" {path}" + (f" ({subset})" if subset else "")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _quiet_lm_eval() -> None:

@@ -9,7 +9,7 @@ preference log-likelihoods come from vLLM's prompt log-probabilities.
 import os
 from typing import Callable, List, Optional, Sequence
 
-from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
 from mergekit_expo.search.engine import Engine
 from mergekit_expo.search.sampling import Sampling
 
@@ -144,8 +144,7 @@ def start_failure(error: Exception, aligned: str) -> str:
         return ("vLLM ran out of memory for the KV cache: lower --max-model-len, raise "
                 "--gpu-memory-utilization (GPU) or VLLM_CPU_KVCACHE_SPACE (CPU, GiB), or raise "
                 "--tensor-parallel-size")
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"vLLM could not start on {aligned}: {first} (run with -v for vLLM's traceback)"
+    return f"vLLM could not start on {aligned}: {first_line(error)} (run with -v for vLLM's traceback)"
 
 
 def _cuda_visible() -> bool:
