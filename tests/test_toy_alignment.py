@@ -51,3 +51,19 @@ def test_progress_map_quick(tmp_path):
     for picture in ("dev_heatmap.png", "test_reward.png"):
         assert (tmp_path / picture).stat().st_size > 0
     assert "seeds supporting the hypothesis" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_progress_map_pilot_scores_dpo_alone(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples/toy_alignment/progress_map.py"), "--quick", "--pilot",
+         "--seeds", "0", "--dpo-lr", "1e-5", "--out", str(tmp_path)],
+        env=cli_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["pilot"] and summary["dpo_lr"] == 1e-5
+    seed = summary["seeds"][0]
+    assert all(list(by_alpha) == ["0.0"] for by_alpha in seed["dev"].values())  # no ExPO model computed
+    assert "test" not in seed and not (tmp_path / "dev_heatmap.png").exists()
+    assert "DPO dev reward by progress" in result.stdout
