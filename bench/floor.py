@@ -2,11 +2,15 @@
 
 `merge_method: passthrough` of the aligned model alone pays every fixed cost of a merge
 (imports, planning, reading, mergekit's writer); only the second read and the
-arithmetic are missing from it. For each writer setting, the two run as a pair
-(passthrough, then expo, then the next pair...), so both see the same machine state;
-the ratio is taken per pair and its median reported.
+arithmetic are missing from it. Between the two runs the one-pass probe
+(`bench/floor_probe.py`): a merge of both checkpoints whose kernel is a single fused
+torch pass, i.e. the second read and a fresh output with almost no arithmetic. So
+probe/passthrough is what any two-checkpoint merge pays on this machine, and
+expo/probe what the ExPO arithmetic adds. For each writer setting the three run
+together (passthrough, probe, expo, then the next repeat...), so they see the same
+machine state; ratios are taken per repeat and their medians reported.
 
-Usage: python bench/floor.py [--size 1.1B] [--repeats 3]
+Usage: python bench/floor.py [--size 1.1B] [--repeats 3] [--no-probe]
        [--settings "default;500M;500M --async-write"]
 """
 
@@ -17,9 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))
 from process_tree import measure  # noqa: E402
 from run import command_for, machine, pair_for  # noqa: E402
+
+PROBE = Path(__file__).parent / "floor_probe.py"
 
 HERE = Path(__file__).parent
 DEFAULT_SETTINGS = "default;500M;500M --async-write;1B --async-write"
@@ -34,7 +42,9 @@ def main():
     parser.add_argument("--work", default=str(HERE / "results" / "floor"))
     parser.add_argument("--settings", default=DEFAULT_SETTINGS,
                         help="';'-separated: an --out-shard-size ('default' = mergekit's 5B) and extra flags")
+    parser.add_argument("--no-probe", action="store_true", help="skip the one-pass probe merge")
     args = parser.parse_args()
+    methods = ("passthrough", "expo") if args.no_probe else ("passthrough", "probe", "expo")
     sft, aligned = pair_for(args.size, Path(args.cache))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -45,29 +55,44 @@ def main():
         shard, *flags = setting.split()
         for repeat in range(args.repeats):
             pair = {}
-            for method in ("passthrough", "expo"):
+            for method in methods:
                 out = work / f"out-{method}"
                 shutil.rmtree(out, ignore_errors=True)
-                command = command_for(method, sft, aligned, args.alpha, out, work, shard) + flags
+                command = probe_command(sft, aligned, out, work, shard) if method == "probe" else \
+                    command_for(method, sft, aligned, args.alpha, out, work, shard)
+                command += flags
                 result = measure(command, env=env)
                 if result.returncode != 0:
                     sys.exit(f"{method} failed: {result.stderr_tail.strip()}")
                 pair[method] = result
                 shutil.rmtree(out, ignore_errors=True)
-            rows.append((setting, pair["passthrough"], pair["expo"]))
-            print(f"  {setting:24} #{repeat}: passthrough {pair['passthrough'].seconds:6.2f} s, "
-                  f"expo {pair['expo'].seconds:6.2f} s, "
-                  f"ratio {pair['expo'].seconds / pair['passthrough'].seconds:.2f}", flush=True)
-    print(f"\n{'writer setting':24} {'passthrough s':>14} {'expo s':>8} {'expo/passthrough':>17} "
-          f"{'expo peak anon GB':>18}")
-    for setting in dict.fromkeys(r[0] for r in rows):
-        mine = [r for r in rows if r[0] == setting]
-        ratios = [e.seconds / p.seconds for _, p, e in mine]
-        print(f"{setting:24} {statistics.median(p.seconds for _, p, _ in mine):14.2f} "
-              f"{statistics.median(e.seconds for _, _, e in mine):8.2f} "
-              f"{statistics.median(ratios):11.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
-              f"{max(e.peak_anon for _, _, e in mine) / 1e9:12.2f}")
+            rows.append((setting, pair))
+            print(f"  {setting:24} #{repeat}: " + ", ".join(f"{m} {pair[m].seconds:6.2f} s" for m in methods)
+                  + f", expo/passthrough {pair['expo'].seconds / pair['passthrough'].seconds:.2f}", flush=True)
+    report(rows, methods)
 
+
+def report(rows, methods):
+    ratios = [("expo", "passthrough")] + ([("probe", "passthrough"), ("expo", "probe")] if "probe" in methods else [])
+    print(f"\n{'writer setting':24}" + "".join(f"{m + ' s':>14}" for m in methods)
+          + "".join(f"{a + '/' + b:>28}" for a, b in ratios) + f"{'expo peak anon GB':>19}")
+    for setting in dict.fromkeys(r[0] for r in rows):
+        mine = [pair for s, pair in rows if s == setting]
+        line = f"{setting:24}" + "".join(f"{statistics.median(p[m].seconds for p in mine):14.2f}" for m in methods)
+        for a, b in ratios:
+            values = [p[a].seconds / p[b].seconds for p in mine]
+            line += f"{statistics.median(values):15.2f} ({min(values):.2f}-{max(values):.2f})"
+        print(line + f"{max(p['expo'].peak_anon for p in mine) / 1e9:19.2f}")
+
+
+def probe_command(sft, aligned, out, work, shard_size):
+    """The expo command with the probe method, run by bench/floor_probe.py instead of mergekit-yaml."""
+    command = command_for("expo", sft, aligned, 0.3, out, work, shard_size)
+    config = {"merge_method": "one_pass_probe", "base_model": str(sft),
+              "models": [{"model": str(aligned)}], "dtype": "bfloat16"}
+    path = work / "probe.yml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, str(PROBE), str(path), *command[2:]]
 
 if __name__ == "__main__":
     main()
