@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from mergekit_expo.numerics import extrapolate_tensor
+from mergekit_expo.numerics import extrapolate_tensor, stream_fp64
 
 ALPHA = 0.3
 UNIT = 2.0 ** -24  # fp32's unit roundoff
@@ -47,59 +47,17 @@ def fp32_with_fp64_redo(sft, aligned, alpha=ALPHA, chunk=1 << 18):
     return out
 
 
-def fused_numba():
-    """Candidate: one fused pass (numba, both cores) doing exactly the stream's fp64 steps
-    and torch's fp64 -> fp32 -> bf16 conversion; bf16 only. None without numba."""
-    try:
-        import numba
-        import numpy as np
-    except ImportError:
-        return None
-    block = 16384
-
-    @numba.njit(parallel=True, nogil=True, cache=True)
-    def kernel(sft16, aligned16, out16, alpha):
-        n = out16.size
-        for b in numba.prange((n + block - 1) // block):
-            start, stop = b * block, min(n, b * block + block)
-            bits_a = np.empty(stop - start, np.uint32)
-            bits_s = np.empty(stop - start, np.uint32)
-            for j in range(stop - start):
-                bits_a[j] = np.uint32(aligned16[start + j]) << np.uint32(16)
-                bits_s[j] = np.uint32(sft16[start + j]) << np.uint32(16)
-            a, s = bits_a.view(np.float32), bits_s.view(np.float32)
-            r = np.empty(stop - start, np.float32)
-            for j in range(stop - start):
-                x = np.float64(a[j])
-                r[j] = np.float32((x - np.float64(s[j])) * alpha + x)
-            rb = r.view(np.uint32)
-            for j in range(stop - start):  # fp32 -> bf16, round to nearest even, as torch does
-                u = rb[j]
-                out16[start + j] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-                                             >> np.uint32(16))
-
-    def run(sft, aligned):
-        out = torch.empty_like(aligned)
-        as_u16 = lambda t: t.view(torch.int16).numpy().view(np.uint16).reshape(-1)  # noqa: E731
-        kernel(as_u16(sft), as_u16(aligned), as_u16(out), ALPHA)
-        return out
-
-    return run
-
-
 def candidates(dtype: torch.dtype):
     label = str(dtype).removeprefix("torch.")
     found = {
-        "expo kernel (fp64 streamed, rounded once)": lambda b, t: extrapolate_tensor(b, t, ALPHA),
+        "expo kernel (as merges run it)": lambda b, t: extrapolate_tensor(b, t, ALPHA),
+        "fp64 stream (expo's path off the CPU or bf16)": lambda b, t: stream_fp64(b, t, ALPHA),
         f"plain {label} b + (1+a)(t - b)": lambda b, t: b + (1 + ALPHA) * (t - b),
         f"plain {label} t + a(t - b) (paper script)": lambda b, t: t + ALPHA * (t - b),
         "fp32 + bound check, fp64 redo (candidate)": lambda b, t: fp32_with_fp64_redo(b, t),
         "fp32 upcast, rounded once": lambda b, t: (t.float() + ALPHA * (t.float() - b.float())).to(dtype),
         "torch.lerp (fp32 inside)": lambda b, t: torch.lerp(t, b, -ALPHA),
     }
-    fused = fused_numba() if dtype == torch.bfloat16 else None
-    if fused is not None:
-        found["fused fp64 pass, numba (candidate)"] = fused
     return found
 
 

@@ -51,7 +51,7 @@ def test_search_lora_and_profile_benchmarks_smoke(tmp_path):
     assert "safetensors serialization" in out
     out = run_script(REPO / "bench/floor.py", "--size", "0.01B", "--repeats", "1", "--cache", cache,
                      "--settings", "default;500M --async-write", "--work", tmp_path / "floor")
-    assert "expo/passthrough" in out and "500M --async-write" in out
+    assert "expo/passthrough" in out and "probe/passthrough" in out and "500M --async-write" in out
 
 
 def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):

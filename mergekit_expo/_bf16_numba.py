@@ -1,0 +1,45 @@
+"""The numba loop behind :mod:`mergekit_expo.fused_kernel` (imported on first use only).
+
+Defined at module level so that numba can cache the compiled loop between runs.
+"""
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _as_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _as_uint32(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return types.uint32(types.float32), codegen
+
+
+def _jit(function):
+    try:
+        return numba.njit(parallel=True, nogil=True, cache=True)(function)
+    except RuntimeError:  # no writable cache folder: compile in memory each run
+        return numba.njit(parallel=True, nogil=True)(function)
+
+
+@_jit
+def expo_bf16(sft, aligned, out, alpha):
+    """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays)."""
+    for i in numba.prange(out.size):
+        a = np.float64(_as_float32(np.uint32(aligned[i]) << np.uint32(16)))
+        s = np.float64(_as_float32(np.uint32(sft[i]) << np.uint32(16)))
+        result = np.float32(a + (a - s) * alpha)
+        bits = _as_uint32(result)
+        nearest_even = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        # NaN never reaches a checkpoint (check_finite raises); keep it a NaN.
+        out[i] = np.uint16(0x7FC0) if result != result else np.uint16(nearest_even)

@@ -1,0 +1,110 @@
+"""The fused bf16 CPU kernel and the fp64 stream, each held bit for bit to the fp64 reference."""
+
+import threading
+
+import pytest
+import torch
+
+from fp64_reference import expo_fp64
+from mergekit_expo import numerics
+from mergekit_expo.errors import ExpoNumericsError
+from mergekit_expo.fused_kernel import extrapolate_bf16
+
+ALPHAS = [0.3, 0.37, 0.5, 1.0, 2.0, -0.5, 1e-3, 7.25]
+
+
+def bits(tensor):
+    return tensor.view(torch.int16)
+
+
+def reference(sft, aligned, alpha):
+    return expo_fp64(sft, aligned, alpha).to(torch.bfloat16)
+
+
+def weights(n=1 << 21, seed=0, delta=0.002):
+    generator = torch.Generator().manual_seed(seed)
+    sft = torch.randn(n, generator=generator, dtype=torch.float64) * 0.02
+    aligned = sft + torch.randn(n, generator=generator, dtype=torch.float64) * delta
+    return sft.to(torch.bfloat16), aligned.to(torch.bfloat16)
+
+
+def awkward_pairs():
+    """Every pair of a set of awkward bf16 values: zeros, subnormals, ties, huge gaps."""
+    values = torch.tensor(
+        [0.0, -0.0, 1.0, -1.0, 1.0078125, 1.01171875, 3.0, 1e-30, -1e-30, 1e30, 2.0 ** -133,
+         -(2.0 ** -130), 2.0 ** -126, 1e38, -1e38, 0.1, 0.3, 65504.0, 2.0 ** -149],
+        dtype=torch.float64,
+    ).to(torch.bfloat16)
+    sft = values.repeat_interleave(len(values))
+    aligned = values.repeat(len(values))
+    return sft, aligned
+
+
+def test_the_fused_kernel_is_available_with_the_installed_numba():
+    sft, aligned = weights(n=16)
+    assert extrapolate_bf16(sft, aligned, 0.3) is not None
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_fused_and_stream_equal_the_fp64_reference_bit_for_bit(alpha):
+    sft, aligned = weights(seed=int(abs(alpha) * 100))
+    expected = bits(reference(sft, aligned, alpha))
+    assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), expected)
+    assert torch.equal(bits(numerics.stream_fp64(sft, aligned, alpha)), expected)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.5, -0.7, 2.0])
+def test_awkward_values_match_where_the_reference_is_finite(alpha):
+    sft, aligned = awkward_pairs()
+    expected = reference(sft, aligned, alpha)
+    finite = torch.isfinite(expected)
+    assert finite.sum() > 300  # the awkward cases really are exercised
+    for result in (extrapolate_bf16(sft, aligned, alpha), numerics.stream_fp64(sft, aligned, alpha)):
+        assert torch.equal(bits(result)[finite], bits(expected)[finite])
+        assert not torch.isfinite(result[~finite]).any()
+
+
+def test_few_ulp_deltas_full_of_exact_ties():
+    # deltas of 1-4 bf16 ulps: many results are exact ties at alpha = 0.5 and 0.25
+    sft, _ = weights(n=1 << 21, seed=3)
+    steps = torch.randint(-4, 5, sft.shape, generator=torch.Generator().manual_seed(4))
+    aligned = (sft.view(torch.int16) + steps.to(torch.int16)).view(torch.bfloat16)
+    aligned = torch.where(torch.isfinite(aligned), aligned, sft)
+    for alpha in (0.5, 0.25, 0.3):
+        assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), bits(reference(sft, aligned, alpha)))
+
+
+def test_extrapolate_tensor_takes_the_fused_path_for_large_bf16_and_keeps_the_shape():
+    sft, aligned = weights(n=1 << 20)
+    sft, aligned = sft.view(1024, 1024), aligned.view(1024, 1024)
+    out = numerics.extrapolate_tensor(sft, aligned, 0.3)
+    assert out.shape == (1024, 1024) and out.dtype == torch.bfloat16
+    assert torch.equal(bits(out), bits(reference(sft, aligned, 0.3)))
+    # a transposed (non-contiguous) view goes through the stream, same bits
+    out_t = numerics.extrapolate_tensor(sft.t(), aligned.t(), 0.3)
+    assert torch.equal(bits(out_t), bits(reference(sft.t(), aligned.t(), 0.3)))
+
+
+def test_overflow_on_the_fused_path_names_the_tensor():
+    sft, aligned = weights(n=1 << 20)
+    aligned[5] = 3e38
+    sft[5] = -3e38
+    with pytest.raises(ExpoNumericsError, match="lm_head.weight overflows bfloat16 at alpha=0.5"):
+        numerics.extrapolate_tensor(sft, aligned, 0.5, name="lm_head.weight")
+
+
+def test_calls_from_several_threads_at_once_stay_exact():
+    pairs = [weights(n=1 << 20, seed=seed) for seed in range(4)]
+    results = [None] * len(pairs)
+
+    def work(index):
+        sft, aligned = pairs[index]
+        results[index] = extrapolate_bf16(sft, aligned, 0.3)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for (sft, aligned), result in zip(pairs, results):
+        assert torch.equal(bits(result), bits(reference(sft, aligned, 0.3)))
