@@ -26,16 +26,18 @@ def _as_uint32(typingctx, value):
 
 
 def _jit(function):
+    # nogil: the caller runs spans on several Python threads (no numba thread pool,
+    # so nothing to clash with torch's OpenMP, with fork, or with concurrent callers).
     try:
-        return numba.njit(parallel=True, nogil=True, cache=True)(function)
+        return numba.njit(nogil=True, cache=True)(function)
     except RuntimeError:  # no writable cache folder: compile in memory each run
-        return numba.njit(parallel=True, nogil=True)(function)
+        return numba.njit(nogil=True)(function)
 
 
 @_jit
 def expo_bf16(sft, aligned, out, alpha):
     """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays)."""
-    for i in numba.prange(out.size):
+    for i in range(out.size):
         a = np.float64(_as_float32(np.uint32(aligned[i]) << np.uint32(16)))
         s = np.float64(_as_float32(np.uint32(sft[i]) << np.uint32(16)))
         result = np.float32(a + (a - s) * alpha)

@@ -4,7 +4,7 @@ Per element: widen both bf16 inputs to fp64 exactly, compute ``a + (a - s) * alp
 with a separate multiply and add (no fused multiply-add, so every step rounds as the
 fp64 reference does), then narrow to fp32 and to bf16 with round-to-nearest-even, the
 two roundings torch's own fp64 -> bf16 conversion makes. One pass instead of the
-stream's six, vectorised by LLVM and spread over the CPU threads torch uses.
+stream's six, vectorised by LLVM, split into spans over as many threads as torch uses.
 
 numba is imported on the first call, never at start-up; without it, or where it cannot
 compile, :func:`extrapolate_bf16` returns None and the caller streams through fp64.
@@ -12,14 +12,13 @@ compile, :func:`extrapolate_bf16` returns None and the caller streams through fp
 
 import functools
 import logging
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
 
 LOG = logging.getLogger("mergekit_expo")
-# numba's default thread pool must not be entered from two threads at once.
-_POOL = threading.Lock()
+_SPAN_ALIGNMENT = 64  # elements: spans start on cache-line boundaries
 
 
 def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> Optional[torch.Tensor]:
@@ -27,13 +26,24 @@ def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> 
     kernel = _compiled()
     if kernel is None:
         return None
-    import numba
-
     out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
-    with _POOL:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(_bits(sft), _bits(aligned), _bits(out), float(alpha))
+    sft_bits, aligned_bits, out_bits = _bits(sft), _bits(aligned), _bits(out)
+    threads = max(1, torch.get_num_threads())
+    span = -(-out_bits.size // threads // _SPAN_ALIGNMENT) * _SPAN_ALIGNMENT or _SPAN_ALIGNMENT
+    spans = [slice(start, start + span) for start in range(0, out_bits.size, span)]
+    if len(spans) <= 1:
+        kernel(sft_bits, aligned_bits, out_bits, float(alpha))
+        return out
+    work = [_pool(threads).submit(kernel, sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)) for s in spans]
+    for future in work:
+        future.result()
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    # As many threads as torch uses, so OMP_NUM_THREADS / torch.set_num_threads apply here too.
+    return ThreadPoolExecutor(threads, thread_name_prefix="expo-bf16")
 
 
 def _bits(tensor: torch.Tensor):

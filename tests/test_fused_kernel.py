@@ -21,7 +21,7 @@ def reference(sft, aligned, alpha):
     return expo_fp64(sft, aligned, alpha).to(torch.bfloat16)
 
 
-def weights(n=1 << 21, seed=0, delta=0.002):
+def weights(n=1 << 22, seed=0, delta=0.002):
     generator = torch.Generator().manual_seed(seed)
     sft = torch.randn(n, generator=generator, dtype=torch.float64) * 0.02
     aligned = sft + torch.randn(n, generator=generator, dtype=torch.float64) * delta
@@ -74,11 +74,19 @@ def test_few_ulp_deltas_full_of_exact_ties():
         assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), bits(reference(sft, aligned, alpha)))
 
 
-def test_extrapolate_tensor_takes_the_fused_path_for_large_bf16_and_keeps_the_shape():
-    sft, aligned = weights(n=1 << 20)
-    sft, aligned = sft.view(1024, 1024), aligned.view(1024, 1024)
+def test_only_large_contiguous_cpu_bf16_tensors_take_the_fused_path():
+    large, small = weights(n=numerics._FUSED_MIN_ELEMENTS), weights(n=numerics._FUSED_MIN_ELEMENTS // 2)
+    assert numerics._fused(*large, 0.3) is not None
+    assert numerics._fused(*small, 0.3) is None
+    assert numerics._fused(*(t.float() for t in large), 0.3) is None
+    assert numerics._fused(*(t.view(2048, -1).t() for t in large), 0.3) is None
+
+
+def test_extrapolate_tensor_on_the_fused_path_keeps_the_shape():
+    sft, aligned = weights(n=1 << 22)
+    sft, aligned = sft.view(2048, 2048), aligned.view(2048, 2048)
     out = numerics.extrapolate_tensor(sft, aligned, 0.3)
-    assert out.shape == (1024, 1024) and out.dtype == torch.bfloat16
+    assert out.shape == (2048, 2048) and out.dtype == torch.bfloat16
     assert torch.equal(bits(out), bits(reference(sft, aligned, 0.3)))
     # a transposed (non-contiguous) view goes through the stream, same bits
     out_t = numerics.extrapolate_tensor(sft.t(), aligned.t(), 0.3)
@@ -86,7 +94,7 @@ def test_extrapolate_tensor_takes_the_fused_path_for_large_bf16_and_keeps_the_sh
 
 
 def test_overflow_on_the_fused_path_names_the_tensor():
-    sft, aligned = weights(n=1 << 20)
+    sft, aligned = weights(n=1 << 22)
     aligned[5] = 3e38
     sft[5] = -3e38
     with pytest.raises(ExpoNumericsError, match="lm_head.weight overflows bfloat16 at alpha=0.5"):
@@ -94,7 +102,7 @@ def test_overflow_on_the_fused_path_names_the_tensor():
 
 
 def test_calls_from_several_threads_at_once_stay_exact():
-    pairs = [weights(n=1 << 20, seed=seed) for seed in range(4)]
+    pairs = [weights(n=1 << 22, seed=seed) for seed in range(4)]
     results = [None] * len(pairs)
 
     def work(index):

@@ -36,6 +36,20 @@ def test_expo_merge_matches_fp64_reference(tmp_path, pair_factory, family, dtype
     assert_expo_of(out, sft, aligned, lambda name: 0.3)
 
 
+def test_large_bf16_tensors_equal_the_fp64_reference_bit_for_bit(tmp_path, pair_factory):
+    # MLP weights of 256 x 16384 are large enough for the fused CPU kernel.
+    from mergekit_expo.numerics import _FUSED_MIN_ELEMENTS
+
+    sft_dir, aligned_dir = pair_factory(hidden_size=256, intermediate_size=16384, num_layers=1)
+    config = write_yaml(tmp_path / "expo.yml", expo_config(sft_dir, aligned_dir, 0.3))
+    run_cli("mergekit-yaml", config, tmp_path / "out")
+    out, sft, aligned = load_folder(tmp_path / "out"), load_folder(sft_dir), load_folder(aligned_dir)
+    assert max(t.numel() for t in out.values()) >= _FUSED_MIN_ELEMENTS
+    for name, tensor in out.items():
+        expected = expo_fp64(sft[name], aligned[name], 0.3).to(torch.bfloat16)
+        assert torch.equal(tensor.view(torch.int16), expected.view(torch.int16)), name
+
+
 def test_output_loads_in_transformers_with_reference_logits(tmp_path, pair_factory):
     import transformers
 
