@@ -21,13 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).parent))
 from process_tree import measure  # noqa: E402
 from run import command_for, machine, pair_for  # noqa: E402
-
-PROBE = Path(__file__).parent / "floor_probe.py"
 
 HERE = Path(__file__).parent
 DEFAULT_SETTINGS = "default;500M;500M --async-write;1B --async-write"
@@ -58,9 +54,7 @@ def main():
             for method in methods:
                 out = work / f"out-{method}"
                 shutil.rmtree(out, ignore_errors=True)
-                command = probe_command(sft, aligned, out, work, shard) if method == "probe" else \
-                    command_for(method, sft, aligned, args.alpha, out, work, shard)
-                command += flags
+                command = command_for(method, sft, aligned, args.alpha, out, work, shard) + flags
                 result = measure(command, env=env)
                 if result.returncode != 0:
                     sys.exit(f"{method} failed: {result.stderr_tail.strip()}")
@@ -84,15 +78,6 @@ def report(rows, methods):
             line += f"{statistics.median(values):15.2f} ({min(values):.2f}-{max(values):.2f})"
         print(line + f"{max(p['expo'].peak_anon for p in mine) / 1e9:19.2f}")
 
-
-def probe_command(sft, aligned, out, work, shard_size):
-    """The expo command with the probe method, run by bench/floor_probe.py instead of mergekit-yaml."""
-    command = command_for("expo", sft, aligned, 0.3, out, work, shard_size)
-    config = {"merge_method": "one_pass_probe", "base_model": str(sft),
-              "models": [{"model": str(aligned)}], "dtype": "bfloat16"}
-    path = work / "probe.yml"
-    path.write_text(yaml.safe_dump(config))
-    return [sys.executable, str(PROBE), str(path), *command[2:]]
 
 if __name__ == "__main__":
     main()

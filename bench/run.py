@@ -42,7 +42,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "3B": (2560, 6912, 32, 20, 4, 32000),
     "7B": (4096, 11008, 32, 32, 32, 32000),
 }
-METHODS = ("expo", "task_arithmetic", "paper")  # also: passthrough (bench/floor.py)
+METHODS = ("expo", "task_arithmetic", "paper")  # also: passthrough, probe (bench/floor.py)
 
 
 def pair_for(size: str, cache: Path):
@@ -66,6 +66,9 @@ def command_for(method, sft, aligned, alpha, out, work, shard_size):
                   "models": [{"model": str(aligned), "parameters": {"alpha": alpha}}], "dtype": "bfloat16"}
     elif method == "passthrough":  # the floor: read one checkpoint, write it through mergekit
         config = {"merge_method": "passthrough", "models": [{"model": str(aligned)}], "dtype": "bfloat16"}
+    elif method == "probe":  # bench/floor_probe.py: both checkpoints, one fused torch pass
+        config = {"merge_method": "one_pass_probe", "base_model": str(sft),
+                  "models": [{"model": str(aligned)}], "dtype": "bfloat16"}
     else:
         config = {"merge_method": "task_arithmetic", "base_model": str(sft),
                   "models": [{"model": str(aligned), "parameters": {"weight": 1 + alpha}}],
@@ -73,7 +76,9 @@ def command_for(method, sft, aligned, alpha, out, work, shard_size):
     path = work / f"{method}.yml"
     path.write_text(yaml.safe_dump(config))
     shard = ["--out-shard-size", shard_size] if shard_size != "default" else []
-    return [str(BIN / "mergekit-yaml"), str(path), str(out), *shard, "--no-copy-tokenizer", "--quiet"]
+    # the probe's method exists only in its own runner; everything else is plain mergekit-yaml
+    runner = [sys.executable, str(HERE / "floor_probe.py")] if method == "probe" else [str(BIN / "mergekit-yaml")]
+    return [*runner, str(path), str(out), *shard, "--no-copy-tokenizer", "--quiet"]
 
 
 def fidelity(out: Path, sft: Path, aligned: Path, alpha: float) -> float:
