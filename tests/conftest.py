@@ -17,6 +17,21 @@ from mergekit_expo.synthetic import PairSpec, write_pair
 # tests/with_vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["with_vllm"]
 
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="also run the long end-to-end tests (marked slow): what CI runs")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Fast by default, slow by choice: plain `pytest` skips the long end-to-end runs.
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="long end-to-end run: pass --full to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -13,6 +13,7 @@ from conftest import REPO, cli_env
 VENV = REPO / ".venv-vllm" / "bin" / "python"
 
 
+@pytest.mark.slow
 def test_vllm_engine_suite_passes_in_its_venv():
     if not VENV.exists():
         if os.environ.get("CI"):
