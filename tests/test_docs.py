@@ -130,7 +130,7 @@ def parse_command(tokens):
         tokens = tokens[1:]  # environment assignments
     if not tokens:
         return None
-    program = tokens[0].rsplit("/", 1)[-1] if not _is_repo_script(tokens[0]) else tokens[0]
+    program = tokens[0] if _is_repo_script(tokens[0]) else tokens[0].rsplit("/", 1)[-1]
     rest = tokens[1:]
     if program == "mergekit-expo":
         sub = next((t for t in rest if not t.startswith("-")), None)
