@@ -60,20 +60,24 @@ def register(host: str, registry) -> None:
         module = importlib.import_module(name)
         module.register(registry)
     except Exception as error:  # any API change: say which piece is missing, once
-        report(host, _without_path(first_line(error)))
+        report(host, without_path(first_line(error)))
 
 
 def report(host: str, detail: str) -> None:
-    if host in problems:
-        return
+    if host not in problems:
+        problems[host] = unsupported(host, detail)
+        if _report_as_warning:
+            LOG.warning("mergekit-expo: %s", problems[host])
+
+
+def unsupported(host: str, detail: str) -> str:
+    """One line: which host version lacks what, the supported ranges, and what to install."""
     version = installed_version(host)
-    problems[host] = (
+    return (
         f"expo is not available in {host} {version} ({detail}): mergekit-expo supports "
         f"{_ranges()}; install one of those (pip install '{host}{SUPPORTED[host]}') or a "
         f"mergekit-expo release that supports {host} {version}"
     )
-    if _report_as_warning:
-        LOG.warning("mergekit-expo: %s", problems[host])
 
 
 def report_as_errors() -> None:
@@ -89,6 +93,11 @@ def installed_version(host: str) -> Optional[str]:
         return version(host)
     except PackageNotFoundError:
         return None
+
+
+def installed_hosts() -> List[str]:
+    """``["mergekit 0.1.4", ...]``: the hosts this environment has, with their versions."""
+    return [f"{host} {installed_version(host)}" for host in SUPPORTED if is_installed(host)]
 
 
 def is_installed(host: str) -> bool:
@@ -123,27 +132,42 @@ def expo_parameter_names(host: str = "mergekit") -> List[str]:
     return [p.name for p in (*method.parameters(), *method.tensor_parameters())]
 
 
-def require_mergekit(what: str) -> None:
+def require_mergekit(what: str, *, minimum: str = "0.1.4") -> None:
     """Raise ExpoConfigError in one line unless mergekit itself (not a fork) is installed.
 
     ``what`` names the command or option that needs it, e.g. ``"mergekit-expo run"``.
     """
     if is_installed("mergekit"):
         return
-    instead = ""
+    need = f"mergekit>={minimum},<0.2"
     if is_installed("mergekitty"):
-        instead = (f"; this environment has mergekitty {installed_version('mergekitty')}, "
-                   "where expo works under mergekitty-yaml and mergekitty-mega")
-    raise ExpoConfigError(
-        f"{what} runs merges through mergekit, which is not installed{instead}: "
-        f"pip install 'mergekit{SUPPORTED['mergekit']}' (or merge with your host's own CLI)"
-    )
+        raise ExpoConfigError(
+            f"{what} needs mergekit, and this environment has mergekitty "
+            f"{installed_version('mergekitty')} only: merge with mergekitty-yaml or "
+            f"mergekitty-mega (merge_method: expo works there), or pip install '{need}' beside it"
+        )
+    raise ExpoConfigError(f"{what} needs mergekit, which is not installed: pip install '{need}'")
+
+
+def require_state_dicts_api() -> None:
+    """Raise ExpoConfigError unless mergekit has ``merge_state_dicts`` (0.1.5 on)."""
+    what = "mergekit_expo.extrapolate()"
+    require_mergekit(what, minimum="0.1.5")
+    try:
+        from mergekit.merge_methods import merge_state_dicts  # noqa: F401
+    except ImportError:
+        raise ExpoConfigError(
+            f"{what} needs mergekit's merge_state_dicts, new in mergekit 0.1.5, and this "
+            f"environment has mergekit {installed_version('mergekit')}: pip install "
+            "'mergekit>=0.1.5,<0.2', or merge checkpoints with mergekit-yaml and "
+            "merge_method: expo"
+        ) from None
 
 
 def _ranges() -> str:
     return " and ".join(f"{host}{spec}" for host, spec in SUPPORTED.items())
 
 
-def _without_path(text: str) -> str:
+def without_path(text: str) -> str:
     # ImportError names the module file in parentheses; the module name is enough.
     return re.sub(r" \((/|[A-Za-z]:\\)[^)]*\)$", "", text)

@@ -48,7 +48,7 @@ class ExpoTaskBody:
             raise ExpoInputError(
                 f"{name} has shape {tuple(sft.shape)} in {sft_label} and "
                 f"{tuple(aligned.shape)} in {aligned_label}: if the aligned model added "
-                "tokens, set tokenizer: {source: union} (rows the SFT model lacks keep "
+                "tokens, set tokenizer_source: union (rows the SFT model lacks keep "
                 "the aligned values)"
             )
         return extrapolate_tensor(sft, aligned, self.alpha, name=name,
