@@ -29,6 +29,11 @@ class Host:
     def version(self) -> str:
         return version(self.name)
 
+    @property
+    def reads_numeric_strings(self) -> bool:
+        """mergekit 0.1.5 reads parameter strings (YAML's "1e-1"); earlier configs refuse them."""
+        return self.name == "mergekit" and tuple(map(int, self.version.split(".")[:3])) >= (0, 1, 5)
+
     def __str__(self) -> str:
         return f"{self.name}-{self.version}"
 
