@@ -115,3 +115,21 @@ def test_mergekit_expo_run_makes_it_its_error_line(tmp_path, llama_pair, moved_a
                                                   "'mergekit>=0.1.4,<0.2') or a mergekit-expo release "
                                                   "that supports mergekit 0.1.6"], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_later_mergekit_that_keeps_the_api_just_works(tmp_path_factory):
+    # The extra allows mergekit<0.2, and registration follows the API, not the version.
+    import mergekit
+
+    root = tmp_path_factory.mktemp("mergekit-0.1.9")
+    shutil.copytree(os.path.dirname(mergekit.__file__), root / "mergekit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "mergekit-0.1.9.dist-info").mkdir()
+    (root / "mergekit-0.1.9.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: mergekit\nVersion: 0.1.9\n")
+    code = ("from importlib.metadata import version\n"
+            "from mergekit.merge_methods import get\n"
+            "assert version('mergekit') == '0.1.9' and get('expo').spec.name == 'expo'\n")
+    result = subprocess.run([sys.executable, "-c", code], env=dict(cli_env(), PYTHONPATH=str(root)),
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
