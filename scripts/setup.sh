@@ -38,6 +38,7 @@ install_mergekitty() {  # venv folder: mergekitty without its torch pin, then it
   "$venv/bin/python" -c "from importlib.metadata import requires
 print('\n'.join(r for r in requires('mergekitty') if 'extra ==' not in r and not r.startswith('torch')))" \
     > "$venv/mergekitty-requirements.txt"
+  # pip then reports that mergekitty asks for torch~=2.10: expected, it runs on 2.13.
   # mergekitty 0.3.1.post2 plans merges only with transformers 5.3.x: from 5.4 on,
   # PretrainedConfig is a dataclass its pydantic models cannot resolve.
   "$venv/bin/python" -m pip install "${PIP_QUIET[@]}" "$TORCH_SPEC" -r "$venv/mergekitty-requirements.txt" \
