@@ -1,6 +1,5 @@
 """mergekit-expo lora and search beside each host venv's merge host and transformers."""
 
-import pytest
 import torch
 
 from conftest import load_folder, make_adapter
