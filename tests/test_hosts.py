@@ -13,12 +13,14 @@ import pytest
 
 from conftest import BIN, REPO, cli_env, expo_config, write_yaml
 
-SUITES = {  # venv, PYTHONPATH (a second host), test files
+SUITES = {  # venv, PYTHONPATH (a second host), test files and options
     "mergekit-0.1.4": (".venv-mergekit014", None,
                        ["test_host_configs.py", "test_commands_any_host.py", "test_commands_mergekit014.py"]),
     "mergekitty": (".venv-mergekitty", None,
                    ["test_host_configs.py", "test_commands_any_host.py", "test_commands_mergekitty.py"]),
-    "mergekit-0.1.5+mergekitty": (".venv-mergekitty", ".venv-mergekitty/with-mergekit", ["test_mixed.py"]),
+    # Both hosts in one process; the configs again for mergekit 0.1.5 (mergekitty's ran above).
+    "mergekit-0.1.5+mergekitty": (".venv-mergekitty", ".venv-mergekitty/with-mergekit",
+                                  ["test_mixed.py", "test_host_configs.py", "-k", "test_mixed or mergekit-0"]),
 }
 
 
@@ -34,7 +36,7 @@ def test_host_suite_passes_in_its_venv(suite):
     env = cli_env()
     if pythonpath:
         env["PYTHONPATH"] = str(REPO / pythonpath)
-    paths = [f"tests/with_hosts/{name}" for name in files]
+    paths = [f"tests/with_hosts/{name}" if name.endswith(".py") else name for name in files]
     result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
