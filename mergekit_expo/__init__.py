@@ -30,6 +30,9 @@ _autoregister.install()
 def __getattr__(name):
     # Deferred so that `import mergekit_expo` stays free of torch.
     if name == "extrapolate":
+        from mergekit_expo.hosts import require_state_dicts_api
+
+        require_state_dicts_api()
         from mergekit_expo.api import extrapolate
 
         return extrapolate

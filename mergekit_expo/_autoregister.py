@@ -1,64 +1,68 @@
-"""Make mergekit know ``expo`` without anyone importing this package.
+"""Make every installed merge host know ``expo`` without anyone importing this package.
 
 The ``mergekit_expo.pth`` start-up hook calls :func:`install`, which only appends
-a finder to ``sys.meta_path`` (no torch, no mergekit, no output). When any process
-later imports mergekit's method registry, the finder lets the registry load as
-usual and then registers ``expo`` in it. Safe to call any number of times.
+a finder to ``sys.meta_path`` (no torch, no host, no output). When any process
+later imports a host's method registry (mergekit's or mergekitty's), the finder lets
+the registry load as usual and then declares ``expo`` in it, through the adapter for
+the API that registry speaks (:mod:`mergekit_expo.hosts`). If that fails, the reason is
+said once, naming the missing piece. Safe to call any number of times.
 """
 
 import importlib.machinery
 import sys
 
-_REGISTRY = "mergekit.merge_methods.registry"
+# A host's method registry module -> the host's distribution name.
+WATCHED = {
+    "mergekit.merge_methods.registry": "mergekit",
+    "mergekitty.merge_methods.registry": "mergekitty",
+}
 
 
 def install() -> None:
-    """Register now if mergekit is already loaded, else when its registry loads."""
+    """Register now in every host already loaded, else when its registry loads."""
     if not any(isinstance(finder, _RegistryWatcher) for finder in sys.meta_path):
         sys.meta_path.insert(0, _RegistryWatcher())
     register_if_loaded()
 
 
 def register_if_loaded() -> None:
-    registry = sys.modules.get(_REGISTRY)
-    if registry is not None and hasattr(registry, "registered_methods"):
-        _register(registry)
+    for name, host in WATCHED.items():
+        registry = sys.modules.get(name)
+        if registry is None:
+            continue
+        from mergekit_expo import hosts
 
-
-def _register(registry) -> None:
-    try:
-        from mergekit_expo.method import expo_merge_method
-    except ImportError:
-        # mergekit_expo.method is itself mid-import (it imported mergekit first);
-        # it registers at its end through register_if_loaded().
-        return
-    if not any(m.spec.name == "expo" for m in registry.registered_methods()):
-        registry.register(expo_merge_method)
+        if hosts.is_ready(registry):
+            hosts.register(host, registry)
 
 
 class _RegistryWatcher:
-    """A meta-path finder that only ever wraps the loader of mergekit's registry."""
+    """A meta-path finder that only ever wraps the loader of a host's registry."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _REGISTRY:
+        host = WATCHED.get(fullname)
+        if host is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _RegisteringLoader(spec.loader)
+        spec.loader = _RegisteringLoader(spec.loader, host)
         return spec
 
 
 class _RegisteringLoader:
-    def __init__(self, loader):
+    def __init__(self, loader, host: str):
         self._loader = loader
+        self._host = host
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _register(module)
+        from mergekit_expo import hosts
+
+        hosts.register(self._host, module)
 
     def __getattr__(self, name):
         # get_source, get_filename, ...: tracebacks and inspect keep working.

@@ -1,6 +1,6 @@
 """Reading a mergekit YAML config strictly: a typo is an error, never a different merge.
 
-mergekit (0.1.5) ignores keys it does not know: ``paramters:`` or ``alhpa:`` merge
+mergekit (0.1.4, 0.1.5) ignores keys it does not know: ``paramters:`` or ``alhpa:`` merge
 with the default α and exit 0. Under ``mergekit-expo run`` every key is checked
 against mergekit's own config classes and the merge method's declared parameters,
 and the error names the closest valid key.
@@ -76,9 +76,9 @@ def check_dtype(what: str, value: Optional[str]) -> None:
 
 
 def check_merge_method(config_file: str, name) -> None:
-    from mergekit.merge_methods.registry import registered_methods
+    from mergekit_expo.hosts import merge_method_names
 
-    known = sorted(method.spec.name for method in registered_methods() if hasattr(method, "spec"))
+    known = merge_method_names("mergekit")
     if name is None:
         raise ExpoConfigError(f"{config_file} has no merge_method: add 'merge_method: expo'")
     if name not in known:
@@ -92,12 +92,11 @@ def check_merge_method(config_file: str, name) -> None:
 
 def check_parameter_names(config_file: str, data: dict) -> None:
     """Every key of every ``parameters:`` mapping is one the merge method declares."""
-    from mergekit.merge_methods.registry import get
+    from mergekit_expo.hosts import expo_parameter_names
 
-    spec = get(data["merge_method"]).spec if data.get("merge_method") == "expo" else None
-    if spec is None:
+    if data.get("merge_method") != "expo":
         return  # other methods: mergekit's business; only expo's names are ours to enforce
-    valid = [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
+    valid = expo_parameter_names("mergekit")
     for where, parameters in _parameter_blocks(data, ""):
         for key in parameters:
             if key not in valid:

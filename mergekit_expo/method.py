@@ -2,12 +2,11 @@
 
 Zheng et al., "Model Extrapolation Expedites Alignment", ACL 2025 (arXiv 2404.16792).
 ``base_model`` is the SFT checkpoint; the single entry under ``models:`` is
-the DPO/RLHF checkpoint trained from it.
+the DPO/RLHF checkpoint trained from it. Declared here in the method API of
+mergekit 0.1.5 (specs, contracts, ``TensorGroup`` kernels); :mod:`mergekit_expo.hosts`
+declares the same method for mergekit 0.1.4 and mergekitty.
 """
 
-import functools
-import logging
-import os
 from typing import Hashable, Optional, Sequence
 
 import torch
@@ -26,12 +25,18 @@ from mergekit.merge_methods.easy_define import merge_method
 from mergekit_expo import _autoregister
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.contract import (
+    MISSING_BASE,
+    NAME,
+    PRETTY_NAME,
+    REFERENCE_URL,
+    check_inputs,
+    explain,
+    label,
+)
 from mergekit_expo.numerics import extrapolate_tensor
 
-LOG = logging.getLogger("mergekit_expo")
-MISSING_BASE = (
-    "expo needs base_model: set it to the SFT checkpoint the aligned model was trained from"
-)
+__all__ = ["expo_merge_method", "MISSING_BASE"]
 
 Alpha = Annotated[float, BeforeValidator(checked_alpha)]
 
@@ -52,13 +57,8 @@ def _expo_kernel(
         aligned.tensor,
         alpha[aligned.id],
         name=group.metadata.name,
-        labels=(_label("SFT model", group.base.id), _label("aligned model", aligned.id)),
+        labels=(label("SFT model", group.base.id), label("aligned model", aligned.id)),
     )
-
-
-def _label(role: str, input_id: Hashable) -> str:
-    # mergekit's ids are ModelReferences (paths); the Python API names its inputs.
-    return input_id if isinstance(input_id, str) else f"{role} {input_id}"
 
 
 class ExpoMergeMethod(FunctionalGroupMergeMethod):
@@ -74,59 +74,25 @@ class ExpoMergeMethod(FunctionalGroupMergeMethod):
         try:
             super().validate_inputs(input_ids, base_id, group_name=group_name)
         except ValueError as error:
-            raise ExpoConfigError(_explain(input_ids, base_id)) from error
-        aligned = [i for i in input_ids if i != base_id]
-        if not aligned:
-            _warn_same_checkpoint(str(base_id))
-        elif _same_files(base_id, aligned[0]):
-            _warn_same_checkpoint(str(aligned[0]))
-
-
-def _explain(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> str:
-    if base_id is None or base_id not in input_ids:
-        return MISSING_BASE
-    aligned = [str(i) for i in input_ids if i != base_id]
-    return (
-        f"expo takes exactly one aligned model under models:, got {len(aligned)} "
-        f"({', '.join(aligned)}): run one expo merge per aligned model, and combine "
-        "the results in a later mergekit-multi stage if you want"
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_same_checkpoint(model: str) -> None:
-    LOG.warning(
-        "base_model and the aligned model are the same checkpoint (%s): there is no "
-        "alignment update to extrapolate, the output equals the aligned model",
-        model,
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _same_files(first: Hashable, second: Hashable) -> bool:
-    paths = [_local_path(i) for i in (first, second)]
-    if None in paths:
-        return False
-    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])
-
-
-def _local_path(input_id: Hashable) -> Optional[str]:
-    # mergekit passes ModelReference ids; a reference with a LoRA is another model.
-    model = getattr(input_id, "model", None)
-    if model is None or getattr(input_id, "lora", None) is not None:
-        return None
-    path = getattr(model, "path", None)
-    return path if path and os.path.isdir(path) else None
+            raise ExpoConfigError(explain(input_ids, base_id)) from error
+        check_inputs(input_ids, base_id)
 
 
 _spec_only = merge_method(
-    name="expo",
-    pretty_name="ExPO (model extrapolation)",
-    reference_url="https://arxiv.org/abs/2404.16792",
+    name=NAME,
+    pretty_name=PRETTY_NAME,
+    reference_url=REFERENCE_URL,
     contract=EXPO_CONTRACT,
 )(_expo_kernel)
 
 expo_merge_method = ExpoMergeMethod(_spec_only.spec, _expo_kernel)
+
+
+def register(registry) -> None:
+    """Add expo to mergekit's registry (``mergekit.merge_methods.registry``) unless it is there."""
+    if not any(m.spec.name == NAME for m in registry.registered_methods()):
+        registry.register(expo_merge_method)
+
 
 # Covers the case where importing this module is what first loaded mergekit.
 _autoregister.register_if_loaded()

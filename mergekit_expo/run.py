@@ -89,7 +89,7 @@ def check_device(options) -> None:
 
 
 def check_expo_inputs(config) -> None:
-    from mergekit_expo.method import MISSING_BASE
+    from mergekit_expo.contract import MISSING_BASE
 
     if config.base_model is None:
         raise ExpoConfigError(MISSING_BASE)

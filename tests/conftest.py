@@ -16,6 +16,10 @@ from mergekit_expo.synthetic import PairSpec, write_pair
 
 # tests/with_vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["with_vllm"]
+# tests/with_hosts runs in the venvs of the other merge hosts: see test_hosts.py.
+HOST_VENVS = (".venv-mergekit014", ".venv-mergekitty")
+if Path(sys.prefix).name not in HOST_VENVS:
+    collect_ignore.append("with_hosts")
 
 
 def pytest_addoption(parser):

@@ -134,12 +134,19 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
     """Pick α the way the paper does: score the ExPO model of each candidate α on a dev
     set, in one process, without writing a checkpoint per α."""
     from mergekit_expo import hub
+    from mergekit_expo.hosts import require_mergekit
     from mergekit_expo.preflight import check_pair
     from mergekit_expo.search.engine import make_engine
     from mergekit_expo.search.runner import fingerprint, parse_alphas, search
     from mergekit_expo.search.sampling import build_sampling
     from mergekit_expo.search.scorers import make_scorer
 
+    if write_best:  # before the search: its merge needs mergekit, not just any host
+        require_mergekit("--write-best")
+    if engine_name == "hf":
+        from mergekit_expo.search.hf_engine import check_transformers_loader
+
+        check_transformers_loader()
     candidates = parse_alphas(alphas)
     lm_eval_options = dict(tasks_path=tasks_path, limit=limit, num_fewshot=num_fewshot, metric=metric)
     check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options)

@@ -145,3 +145,32 @@ def _is_tied(model, name: str) -> bool:
     if isinstance(tied, dict):  # transformers 5: {target: source}
         return name in tied
     return any(name.endswith(key) for key in tied)
+
+
+def check_transformers_loader() -> None:
+    """Refuse in one line, before anything is read, a transformers whose checkpoint
+    loader ``set_alpha`` cannot call (its signature as of transformers 5.16)."""
+    import inspect
+
+    import transformers
+    from mergekit_expo.errors import ExpoConfigError
+
+    try:
+        from transformers.core_model_loading import convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig  # noqa: F401
+
+        takes = list(inspect.signature(convert_and_load_state_dict_in_model).parameters)
+    except ImportError:
+        takes = []
+    if takes[:3] == ["model", "state_dict", "load_config"] and "tp_plan" not in takes:
+        return
+    from mergekit_expo.hosts import installed_hosts
+
+    pinned = ", ".join(installed_hosts())
+    raise ExpoConfigError(
+        f"the transformers engine loads ExPO weights through transformers' checkpoint loader "
+        f"as of transformers 5.16; this environment has transformers {transformers.__version__}"
+        f"{f' (beside {pinned})' if pinned else ''}: run the search where transformers>=5.16 "
+        "is installed (a venv with mergekit-expo[mergekit,search], for example), then merge "
+        "its best.yml with your host's CLI"
+    )

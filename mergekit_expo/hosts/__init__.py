@@ -1,0 +1,173 @@
+"""The merge programs ``expo`` plugs into, and which of their method APIs each speaks.
+
+- mergekit 0.1.5 (and later 0.1.x keeping its API): method specs, ``registry.register()``,
+  ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method`.
+- mergekit 0.1.4: ``MergeMethod``/``Task`` classes and a ``REGISTERED_MERGE_METHODS``
+  dict; declared in :mod:`.mergekit_014`.
+- mergekitty 0.3 (allura-org's fork of mergekit 0.1.4), the same API under
+  ``mergekitty.*``; declared in :mod:`.mergekitty`.
+
+The API is recognised from the registry module itself, not from version numbers, so a
+release that keeps an API keeps working. Importing this package imports no host.
+"""
+
+import importlib
+import logging
+import re
+import sys
+from typing import Dict, List, Optional
+
+from mergekit_expo.contract import NAME
+from mergekit_expo.errors import ExpoConfigError, first_line
+
+LOG = logging.getLogger("mergekit_expo")
+
+# The ranges the test suite runs (pyproject's extras say the same).
+SUPPORTED = {"mergekit": ">=0.1.4,<0.2", "mergekitty": ">=0.3,<0.4"}
+REGISTRY = {"mergekit": "mergekit.merge_methods.registry",
+            "mergekitty": "mergekitty.merge_methods.registry"}
+
+# Why expo could not be declared in a host this process imported: {host: message}.
+problems: Dict[str, str] = {}
+_report_as_warning = True
+
+
+def adapter_module(host: str, registry) -> Optional[str]:
+    """Our module that declares expo in the API ``registry`` speaks (None: unknown API)."""
+    if host == "mergekit" and hasattr(registry, "register") and hasattr(registry, "registered_methods"):
+        return "mergekit_expo.method"
+    if hasattr(registry, "REGISTERED_MERGE_METHODS"):
+        return f"mergekit_expo.hosts.{'mergekitty' if host == 'mergekitty' else 'mergekit_014'}"
+    return None
+
+
+def is_ready(registry) -> bool:
+    """True once the registry module has defined what ``adapter_module`` looks for."""
+    return hasattr(registry, "registered_methods") or hasattr(registry, "REGISTERED_MERGE_METHODS")
+
+
+def register(host: str, registry) -> None:
+    """Declare expo in ``registry``, a host's method registry; on failure, record why."""
+    name = adapter_module(host, registry)
+    if name is None:
+        report(host, f"{registry.__name__} has neither register() (mergekit 0.1.5's API) nor "
+                     "REGISTERED_MERGE_METHODS (mergekit 0.1.4's)")
+        return
+    module = sys.modules.get(name)
+    if module is not None and not hasattr(module, "register"):
+        return  # mid-import: it imported the host first, and registers at its own end
+    try:
+        module = importlib.import_module(name)
+        module.register(registry)
+    except Exception as error:  # any API change: say which piece is missing, once
+        report(host, without_path(first_line(error)))
+
+
+def report(host: str, detail: str) -> None:
+    if host not in problems:
+        problems[host] = unsupported(host, detail)
+        if _report_as_warning:
+            LOG.warning("mergekit-expo: %s", problems[host])
+
+
+def unsupported(host: str, detail: str) -> str:
+    """One line: which host version lacks what, the supported ranges, and what to install."""
+    version = installed_version(host)
+    return (
+        f"expo is not available in {host} {version} ({detail}): mergekit-expo supports "
+        f"{_ranges()}; install one of those (pip install '{host}{SUPPORTED[host]}') or a "
+        f"mergekit-expo release that supports {host} {version}"
+    )
+
+
+def report_as_errors() -> None:
+    """mergekit-expo's own commands turn a recorded problem into their error line instead."""
+    global _report_as_warning
+    _report_as_warning = False
+
+
+def installed_version(host: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(host)
+    except PackageNotFoundError:
+        return None
+
+
+def installed_hosts() -> List[str]:
+    """``["mergekit 0.1.4", ...]``: the hosts this environment has, with their versions."""
+    return [f"{host} {installed_version(host)}" for host in SUPPORTED if is_installed(host)]
+
+
+def is_installed(host: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(host) is not None
+
+
+def registry_of(host: str):
+    """Import ``host``'s method registry (which declares expo in it) and return it."""
+    registry = importlib.import_module(REGISTRY[host])
+    if host in problems:
+        raise ExpoConfigError(problems[host])
+    return registry
+
+
+def merge_method_names(host: str = "mergekit") -> List[str]:
+    """The names ``merge_method:`` accepts in ``host``."""
+    registry = registry_of(host)
+    if hasattr(registry, "registered_methods"):
+        return sorted(m.spec.name for m in registry.registered_methods() if hasattr(m, "spec"))
+    return sorted(registry.REGISTERED_MERGE_METHODS)
+
+
+def expo_parameter_names(host: str = "mergekit") -> List[str]:
+    """The parameters ``expo`` declares in ``host`` (``alpha``)."""
+    registry = registry_of(host)
+    if hasattr(registry, "registered_methods"):
+        spec = registry.get(NAME).spec
+        return [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
+    method = registry.REGISTERED_MERGE_METHODS[NAME]
+    return [p.name for p in (*method.parameters(), *method.tensor_parameters())]
+
+
+def require_mergekit(what: str, *, minimum: str = "0.1.4") -> None:
+    """Raise ExpoConfigError in one line unless mergekit itself (not a fork) is installed.
+
+    ``what`` names the command or option that needs it, e.g. ``"mergekit-expo run"``.
+    """
+    if is_installed("mergekit"):
+        return
+    need = f"mergekit>={minimum},<0.2"
+    if is_installed("mergekitty"):
+        raise ExpoConfigError(
+            f"{what} needs mergekit, and this environment has mergekitty "
+            f"{installed_version('mergekitty')} only: merge with mergekitty-yaml or "
+            f"mergekitty-mega (merge_method: expo works there), or pip install '{need}' beside it"
+        )
+    raise ExpoConfigError(f"{what} needs mergekit, which is not installed: pip install '{need}'")
+
+
+def require_state_dicts_api() -> None:
+    """Raise ExpoConfigError unless mergekit has ``merge_state_dicts`` (0.1.5 on)."""
+    what = "mergekit_expo.extrapolate()"
+    require_mergekit(what, minimum="0.1.5")
+    try:
+        from mergekit.merge_methods import merge_state_dicts  # noqa: F401
+    except ImportError:
+        raise ExpoConfigError(
+            f"{what} needs mergekit's merge_state_dicts, new in mergekit 0.1.5, and this "
+            f"environment has mergekit {installed_version('mergekit')}: pip install "
+            "'mergekit>=0.1.5,<0.2', or merge checkpoints with mergekit-yaml and "
+            "merge_method: expo"
+        ) from None
+
+
+def _ranges() -> str:
+    return " and ".join(f"{host}{spec}" for host, spec in SUPPORTED.items())
+
+
+def without_path(text: str) -> str:
+    # ImportError names the module file in parentheses; the module name is enough.
+    return re.sub(r" \((/|[A-Za-z]:\\)[^)]*\)$", "", text)

@@ -1,0 +1,37 @@
+"""``expo`` declared for mergekit 0.1.4 (see :mod:`.task_api`)."""
+
+from typing import Optional
+
+import torch
+
+from mergekit.architecture import WeightInfo
+from mergekit.common import ModelReference
+from mergekit.graph import Task
+from mergekit.merge_methods.base import ConfigParameterDef, MergeMethod, MergeTensorInput
+
+from mergekit_expo import _autoregister
+from mergekit_expo.hosts import task_api
+
+
+class ExpoTask(task_api.ExpoTaskBody, Task[torch.Tensor]):
+    gather_tensors: MergeTensorInput
+    base_model: ModelReference
+    aligned_model: Optional[ModelReference]
+    alpha: float
+    weight_info: WeightInfo
+
+
+class ExpoMerge(task_api.ExpoMethodBody, MergeMethod):
+    task_class = ExpoTask
+    parameter_class = ConfigParameterDef
+
+
+expo_merge_method = ExpoMerge()
+
+
+def register(registry) -> None:
+    task_api.register(registry, expo_merge_method)
+
+
+# Covers the case where importing this module is what first loaded mergekit.
+_autoregister.register_if_loaded()

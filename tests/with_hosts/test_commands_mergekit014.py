@@ -1,0 +1,46 @@
+"""mergekit-expo's own commands beside mergekit 0.1.4 (run in .venv-mergekit014)."""
+
+import pytest
+import torch
+
+from conftest import CONFIGS, load_folder, write_yaml
+from fp64_reference import fidelity
+from host_table import PRESENT, error_lines, run_host
+
+if [str(h) for h in PRESENT] != ["mergekit-0.1.4"]:
+    pytest.fail(f"this file runs beside mergekit 0.1.4 alone, found {PRESENT}", pytrace=False)
+
+
+def test_run_merges_bit_for_bit_and_atomically(models_dir):
+    run_host("mergekit-expo", "run", CONFIGS / "expo.yml", models_dir / "out", cwd=models_dir)
+    out = load_folder(models_dir / "out")
+    sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
+    for name, tensor in out.items():
+        assert fidelity(tensor, sft[name], aligned[name], 0.3)[0] == 1.0, name
+    assert [p.name for p in models_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_run_reads_the_config_strictly(tmp_path, llama_pair):
+    sft, aligned = (str(p) for p in llama_pair)
+    config = write_yaml(tmp_path / "c.yml", {
+        "merge_method": "expo", "base_model": sft,
+        "models": [{"model": aligned, "parameters": {"alhpa": 0.5}}]})
+    result = run_host("mergekit-expo", "run", config, tmp_path / "out", check=False)
+    lines = error_lines(result)
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "'alhpa'" in lines[0] and "did you mean 'alpha'" in lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_demo_merges(tmp_path):
+    result = run_host("mergekit-expo", "demo", "--out", tmp_path / "demo")
+    assert "ExPO model written to" in result.stdout
+    assert (tmp_path / "demo/merged/config.json").is_file()
+
+
+def test_python_api_names_the_version_it_needs():
+    import mergekit_expo
+
+    with pytest.raises(mergekit_expo.ExpoConfigError) as error:
+        mergekit_expo.extrapolate({"w": torch.zeros(2)}, {"w": torch.ones(2)})
+    assert "mergekit 0.1.5" in str(error.value) and "this environment has mergekit 0.1.4" in str(error.value)
