@@ -2,6 +2,7 @@
 
 import click
 
+from mergekit_expo.card.command import card_command
 from mergekit_expo.demo import demo_command
 from mergekit_expo.lora import lora_command
 from mergekit_expo.run import run_command
@@ -18,3 +19,4 @@ main.add_command(run_command)
 main.add_command(demo_command)
 main.add_command(lora_command)
 main.add_command(search_command)
+main.add_command(card_command)

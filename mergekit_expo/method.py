@@ -119,9 +119,14 @@ def _local_path(input_id: Hashable) -> Optional[str]:
     return path if path and os.path.isdir(path) else None
 
 
+# mergekit's own card (plain mergekit-yaml) reads the pretty name and the URL: "merged
+# using the [<pretty name>](<url>) merge method using <base_model> as a base". The
+# name says which input is which; `mergekit-expo card OUT` writes the full card.
+PRETTY_NAME = "ExPO (extrapolating the aligned model away from its SFT base)"
+
 _spec_only = merge_method(
     name="expo",
-    pretty_name="ExPO (model extrapolation)",
+    pretty_name=PRETTY_NAME,
     reference_url="https://arxiv.org/abs/2404.16792",
     contract=EXPO_CONTRACT,
 )(_expo_kernel)
