@@ -76,7 +76,8 @@ def _data_facts(results) -> List[str]:
     if name in ("preference", "reward-model"):
         data = results.about.get("data_file")
         skipped = int((first.extra or {}).get("skipped") or 0)
-        rows = f"{first.n + skipped} rows" + (f" ({skipped} skipped: longer than the model's context)"
+        total = first.n + skipped
+        rows = f"{total} row{'s' if total != 1 else ''}" + (f" ({skipped} skipped: longer than the model's context)"
                                               if skipped else "")
         return [f"data: `{os.path.basename(data)}`, {rows}" if data else f"data: {rows}"]
     if name.startswith("lm-eval:"):
