@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 from mergekit_expo.alpha import DEFAULT_ALPHA
 
 NAME = "alpha"
+LAYERS = ("the first layer", "the last")
+SLICE_LAYERS = ("the slice's first layer", "its last")
 OUTSIDE_THE_STACK = ("Tensors outside the layer stack (embeddings, final norm, output head) take a "
                      "gradient's first value.")
 
@@ -28,11 +30,6 @@ def alpha_in_words(config) -> List[str]:
     return lines + words.notes()
 
 
-def setting_in_words(setting) -> str:
-    """One mergekit parameter setting (number, gradient or filter list) in words."""
-    return _Words().chain([{NAME: setting}], within="layer")
-
-
 def _levels_of(words, config, holder, outer: Tuple) -> List[str]:
     base = config.base_model
     if holder.slices:
@@ -45,12 +42,12 @@ def _levels_of(words, config, holder, outer: Tuple) -> List[str]:
             span = f"layer {start}" if end - start == 1 else f"layers {start}–{end - 1}"
             chain = (aligned[0].parameters, output_slice.parameters, *outer)
             lines.append(f"{span} of the aligned model: "
-                         + words.chain(chain, within="slice layer", single_layer=end - start == 1))
+                         + words.chain(chain, within=SLICE_LAYERS, single_layer=end - start == 1))
         return lines
     models = [m for m in (holder.models or []) if m.model != base]
     if not models:
-        return [words.chain(outer, within="layer")]
-    return [words.chain((m.parameters, *outer), within="layer") for m in models[:1]]
+        return [words.chain(outer, within=LAYERS)]
+    return [words.chain((m.parameters, *outer), within=LAYERS) for m in models[:1]]
 
 
 class _Words:
@@ -64,7 +61,8 @@ class _Words:
             notes.append("A one-layer slice takes a gradient's last value (mergekit places it at the end).")
         return notes
 
-    def chain(self, levels: Sequence[Optional[dict]], *, within: str, single_layer: bool = False) -> str:
+    def chain(self, levels: Sequence[Optional[dict]], *, within: Tuple[str, str],
+              single_layer: bool = False) -> str:
         """The first level that sets α, and what its filter list falls through to."""
         settings = [level[NAME] for level in levels if level and NAME in level]
         if single_layer:
@@ -81,7 +79,7 @@ class _Words:
         parts.append(f"{DEFAULT_ALPHA:g} (the default) for every {'other ' if parts else ''}tensor")
         return "; ".join(parts)
 
-    def setting(self, setting, *, within: str, other: bool = False) -> str:
+    def setting(self, setting, *, within: Tuple[str, str], other: bool = False) -> str:
         conditions = _conditions(setting)
         if conditions is None:
             return f"{self.value(setting, within=within)} for every {'other ' if other else ''}tensor"
@@ -99,16 +97,17 @@ class _Words:
                 filters = []
         return "; ".join(parts)
 
-    def value(self, value, *, within: str) -> str:
+    def value(self, value, *, within: Tuple[str, str]) -> str:
         if isinstance(value, list):
             values = [_number(v) for v in value]
             if len(set(values)) == 1:
                 return _with_meaning(values[0])
             self.gradient = True
+            first, last = within
             if len(values) == 2:
-                return f"from {values[0]} at the first {within} to {values[1]} at the last (linear in depth)"
-            return (f"{', '.join(values)} spread evenly over depth ({values[0]} at the first "
-                    f"{within}, {values[-1]} at the last, linear in between)")
+                return f"from {values[0]} at {first} to {values[1]} at {last} (linear in depth)"
+            return (f"{', '.join(values)} spread evenly over depth ({values[0]} at {first}, "
+                    f"{values[-1]} at {last}, linear in between)")
         return _with_meaning(_number(value))
 
 

@@ -62,8 +62,8 @@ def check_expo_output(out_path: str, source: str) -> None:
         raise ExpoConfigError(
             f"{out_path} is a {stage.config.merge_method} merge, not an expo one: `card` writes ExPO "
             "cards (for a mergekit-multi output with an expo stage, pass --multi-config PIPELINE.yml)")
-    if stage.config.base_model is None or not stage.aligned:
-        raise ExpoConfigError(f"{out_path}/{CONFIG} names no SFT base_model and aligned model: "
+    if not stage.aligned:
+        raise ExpoConfigError(f"{out_path}/{CONFIG} names no aligned model besides the SFT base_model: "
                               "it is not the output of an expo merge")
 
 

@@ -5,7 +5,7 @@ Read from the YAML the merge was run with, never from resolved paths: a Hub id s
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, List, Optional, Set, Tuple
 
 import yaml
 
@@ -130,6 +130,9 @@ def _stage(name, data: dict, is_hub: Callable[[str], bool], stage_names: Set[str
     except (ValidationError, RuntimeError) as error:
         line = str(error).strip().splitlines()[0]
         raise ExpoConfigError(f"{where} is not a valid mergekit config ({line})") from None
+    if config.merge_method == "expo" and config.base_model is None:
+        raise ExpoConfigError(f"{where} has an expo merge without base_model (the SFT model): it is not "
+                              "what an expo merge ran with")
     inputs = [Input(str(model), (), stage=model.model.path)
               if model.model.path in stage_names and model.lora is None else _input(model, is_hub)
               for model in _in_order(config)]
@@ -187,6 +190,3 @@ def method_markdown(name: str) -> str:
     pretty = spec.pretty_name or spec.name
     return f"[{pretty}]({spec.reference_url})" if spec.reference_url else pretty
 
-
-def stages_by_name(lineage: Lineage) -> Dict[str, Stage]:
-    return {stage.name: stage for stage in lineage.stages if stage.name}

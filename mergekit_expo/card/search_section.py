@@ -30,10 +30,10 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
     header = ["α", "score", "95% interval", *(["guard", "guard 95% interval"] if guarded else []), ""]
+    engine = ENGINES.get(settings.get("engine"), settings.get("engine") or ENGINES["hf"])
+    dtype = settings.get("dtype") or "the checkpoints' own"
     facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
-             *_data_facts(results),
-             f"engine: {ENGINES.get(settings.get('engine'), settings.get('engine') or 'transformers')}, "
-             f"dtype: {settings.get('dtype') or 'the checkpoints’ own'}"]
+             *_data_facts(results), f"engine: {engine}, dtype: {dtype}"]
     if guarded:
         guard = f"guard: {scorer_words(settings['guard'], settings, settings.get('guard_settings'))}"
         if results.max_drop is not None:
@@ -50,7 +50,10 @@ def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:
                 "higher log-likelihood than the rejected one (bootstrap 95% interval)")
     if name == "reward-model":
         sampling = settings.get("sampling") or {}
-        how = "sampled" if sampling.get("sample") else "greedy"
+        how = "greedy"
+        if sampling.get("sample"):
+            how = (f"sampled at temperature {sampling.get('temperature'):g}, top-p {sampling.get('top_p'):g}, "
+                   f"top-k {sampling.get('top_k')}, seed {sampling.get('seed')}")
         reward = settings.get("reward_model") or "a reward model"
         return (f"`reward-model`: mean reward of the model's answers ({how}, up to "
                 f"{sampling.get('max_new_tokens', '?')} new tokens) under `{_short(reward)}` "
