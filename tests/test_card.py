@@ -300,3 +300,34 @@ def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch)
     assert metadata["base_model"] == ["org/sft", "org/aligned", "org/other"]
     assert metadata["base_model_relation"] == "merge"
 
+
+
+def test_search_section_names_each_scorer_kind(tmp_path):
+    """Reward-model and lm-eval searches: the metric, the sampling, the examples and skipped rows."""
+    from mergekit_expo.card.lineage import lineage_of_config
+    from mergekit_expo.card.search_section import search_section
+    from mergekit_expo.search.results import AlphaResult, SearchResults
+
+    stage = lineage_of_config(yaml.safe_dump(expo_config("org/sft", "org/aligned", 0.5))).final
+    sampling = {"max_new_tokens": 128, "sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50,
+                "presence_penalty": 0.1, "frequency_penalty": 0.1, "seed": 3}
+    settings = {"sft": "org/sft", "aligned": "org/aligned", "scorer": "reward-model", "dtype": "bfloat16",
+                "engine": "vllm", "reward_model": "/data/rm/my-reward-model", "sampling": sampling}
+    rows = [AlphaResult(alpha=a, score=s, low=s - 0.1, high=s + 0.1, n=40, seconds=1.0, extra={"skipped": 2})
+            for a, s in ((0.0, 1.0), (0.5, 1.5))]
+    section = search_section(SearchResults(tmp_path, settings, rows, about={"data_file": "/x/dev.jsonl"}),
+                             stage, plot=None)
+    facts = "\n".join(section["facts"])
+    assert ("mean reward of the model's answers (sampled at temperature 0.7, top-p 0.9, top-k 50, seed 3, "
+            "up to 128 new tokens) under `my-reward-model`") in facts
+    assert "data: `dev.jsonl`, 42 rows (2 skipped: longer than the model's context)" in facts
+    assert "engine: vLLM (`--engine vllm`), dtype: bfloat16" in facts
+    assert section["choice"][0] == "α = 0.5 has the highest score (1.5) of the 2 α values searched."
+    assert len(section["choice"]) == 1  # intervals apart, α as configured: nothing to add
+
+    settings.update(scorer="lm-eval:arc_easy", engine="hf", scorer_settings={
+        "tasks": ["arc_easy"], "metrics": {"arc_easy": "acc_norm,none"}, "limit": 100, "num_fewshot": 0})
+    section = search_section(SearchResults(tmp_path, settings, rows), stage, plot=None)
+    facts = "\n".join(section["facts"])
+    assert "lm-evaluation-harness, mean of task metric arc_easy (acc_norm,none), first 100 examples per task, 0-shot" in facts
+    assert "data: the tasks' own, 40 examples" in facts
