@@ -5,6 +5,7 @@ import importlib
 import click
 
 from mergekit_expo import hosts
+from mergekit_expo.card.command import card_command
 from mergekit_expo.errors import ExpoConfigError, first_line
 from mergekit_expo.lora import lora_command
 from mergekit_expo.search.command import search_command
@@ -55,3 +56,4 @@ def main():
 
 main.add_command(lora_command)
 main.add_command(search_command)
+main.add_command(card_command)

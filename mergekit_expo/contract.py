@@ -13,7 +13,10 @@ from mergekit_expo.errors import ExpoConfigError
 
 LOG = logging.getLogger("mergekit_expo")
 NAME = "expo"
-PRETTY_NAME = "ExPO (model extrapolation)"
+# mergekit's own card (plain mergekit-yaml) reads the pretty name and the URL: "merged
+# using the [<pretty name>](<url>) merge method using <base_model> as a base". The
+# name says which input is which; `mergekit-expo card OUT` writes the full card.
+PRETTY_NAME = "ExPO (extrapolating the aligned model away from its SFT base)"
 REFERENCE_URL = "https://arxiv.org/abs/2404.16792"
 MISSING_BASE = (
     "expo needs base_model: set it to the SFT checkpoint the aligned model was trained from"

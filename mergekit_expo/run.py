@@ -30,8 +30,12 @@ def run_command(merge_options: MergeOptions, config_file: str, out_path: str, ov
     run_config_file(config_file, out_path, merge_options, overwrite=overwrite)
 
 
-def run_config_file(config_file, out_path, options, *, overwrite=False) -> Path:
+def run_config_file(config_file, out_path, options, *, overwrite=False, search=None) -> Path:
+    """Merge ``config_file`` into ``out_path``; ``search``: the α search whose choice it is,
+    shown in the model card."""
     from mergekit.merge import run_merge
+
+    from mergekit_expo.card import check_card_inputs, write_card
 
     hub_ids = {}
     source, config = load_merge_config(config_file, hub_ids)
@@ -42,23 +46,15 @@ def run_config_file(config_file, out_path, options, *, overwrite=False) -> Path:
     check_device(options)
     if config.merge_method == "expo":
         check_expo_inputs(config)
+    check_card_inputs(source, hub_ids=hub_ids, search=search)
     with staged_folder(out) as staging:
         if any(m.lora for m in config.referenced_models()):
             options = lora_options(options, config, staging)
         run_merge(config, str(staging), options=options, config_source=source)
-        name_hub_ids(staging / "README.md", hub_ids)
+        if options.write_model_card:
+            write_card(staging, source, hub_ids=hub_ids, search=search)
     LOG.info("merged model written to %s", out)
     return out
-
-
-def name_hub_ids(card: Path, hub_ids: dict) -> None:
-    """The model card names the Hub ids of the inputs, not the cache folders they were read from."""
-    if not hub_ids or not card.is_file():
-        return
-    text = card.read_text(encoding="utf-8")
-    for folder, repo in sorted(hub_ids.items(), key=lambda item: -len(item[0])):
-        text = text.replace(folder, repo)
-    card.write_text(text, encoding="utf-8")
 
 
 def lora_options(options, config, staging: Path):

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,17 @@ def merges_of(pair, tmp_path_factory):
         return cache[alpha]
 
     return merge
+
+
+def hub_cache(root, models):
+    """A Hugging Face cache laid out by hand: models--org--name/{refs/main, snapshots/<sha>}."""
+    for repo, folder in models.items():
+        sha = f"{abs(hash(repo)):040d}"[:40]
+        entry = root / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(folder, entry / "snapshots" / sha)
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text(sha)
+    return root
 
 
 def shard_index(path):

@@ -31,6 +31,7 @@ DEFAULT_COMMANDS = {
     "recipes.md": ["mergekit-yaml"],
     "numerics.md": ["mergekit-yaml"],
     "gpu.md": ["mergekit-yaml"],
+    "publishing.md": ["mergekit-expo card"],
 }
 # Third-party tools the docs show, with the options they use (not introspected here).
 THIRD_PARTY_OPTIONS = {
@@ -43,7 +44,7 @@ PYTEST_OWN_OPTIONS = {"-x", "-q", "-v", "-k", "-m", "--durations", "-p"}
 REPO_DIRS = ("configs", "examples", "bench", "scripts", "mergekit_expo")
 SCRIPT_DIRS = ("examples", "bench", "scripts")
 GENERATED = ("bench/cache/", "bench/results/")  # created by the benchmarks, not shipped
-EXPO_SUBCOMMANDS = ("run", "lora", "search", "demo")
+EXPO_SUBCOMMANDS = ("run", "lora", "search", "demo", "card")
 
 OPTION = re.compile(r"^-{1,2}[A-Za-z][\w-]*$")
 REPO_PATH = re.compile(r"(?<![\w./-])(?:\.\./)?((?:%s)/[\w./{},-]*)" % "|".join(REPO_DIRS))

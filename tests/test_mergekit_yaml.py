@@ -108,12 +108,14 @@ def test_out_dtype_is_honoured(tmp_path, pair_factory):
     assert_expo_of(out, sft, aligned, lambda name: 0.3)
 
 
-def test_model_card_names_expo_and_the_paper(tmp_path, llama_pair):
+def test_model_card_names_expo_the_paper_and_the_sft_base(tmp_path, llama_pair):
     sft, aligned = llama_pair
     config = write_yaml(tmp_path / "expo.yml", expo_config(sft, aligned, 0.3))
     run_cli("mergekit-yaml", config, tmp_path / "out")
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "[ExPO (model extrapolation)](https://arxiv.org/abs/2404.16792)" in card
+    assert ("merged using the [ExPO (extrapolating the aligned model away from its SFT base)]"
+            f"(https://arxiv.org/abs/2404.16792) merge method using {sft} as a base") in card
+    assert f"* {aligned}\n" in card
 
 
 def test_builtin_linear_still_merges_correctly(tmp_path, pair_factory):

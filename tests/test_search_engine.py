@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import expo_config, load_folder, make_adapter, run_cli, write_yaml
+from conftest import expo_config, hub_cache, load_folder, make_adapter, run_cli, write_yaml
 
 
 def words(rng, low, high):
@@ -142,17 +142,6 @@ def test_prompts_carry_exactly_one_bos_and_scores_use_those_ids(template, fp32_p
 
 
 # -- Hub ids -------------------------------------------------------------------------
-
-def hub_cache(root, models):
-    """A Hugging Face cache laid out by hand: models--org--name/{refs/main, snapshots/<sha>}."""
-    for repo, folder in models.items():
-        sha = f"{abs(hash(repo)):040d}"[:40]
-        entry = root / f"models--{repo.replace('/', '--')}"
-        shutil.copytree(folder, entry / "snapshots" / sha)
-        (entry / "refs").mkdir()
-        (entry / "refs" / "main").write_text(sha)
-    return root
-
 
 def test_hub_ids_resolve_offline_from_the_cache(tmp_path, pair_factory):
     pair = pair_factory(delta_scale=0.3)

@@ -183,6 +183,7 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
     results, reports = search(
         model_reference(sft), model_reference(aligned), out_dir, scoring, candidates, refine=refine,
         settings=settings, dtype=dtype, guard=guarding, max_drop=max_drop,
+        about={"data_file": data and os.path.abspath(data)},
         open_engine=lambda: make_engine(engine_name, sft_folder, aligned_folder, **engine_options))
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
@@ -192,5 +193,5 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
         from mergekit_expo.run import run_config_file
 
         out = run_config_file(str(reports["best"]), write_best,
-                              MergeOptions(device=device, quiet=True), overwrite=overwrite)
+                              MergeOptions(device=device, quiet=True), overwrite=overwrite, search=out_dir)
         click.echo(f"ExPO model with alpha = {results.best().alpha:g} written to {out}")

@@ -36,13 +36,17 @@ class AlphaResult:
 
 class SearchResults:
     def __init__(self, folder: Path, settings: dict, rows: List[AlphaResult],
-                 max_drop: Optional[float] = None):
+                 max_drop: Optional[float] = None, about: Optional[dict] = None):
         self.folder, self.settings, self.rows = folder, settings, rows
         # Not a search setting: a rerun with another --max-drop reuses every score.
         self.max_drop = max_drop
+        # What reports and model cards say of the search (the data file's name), also
+        # not part of its settings: a moved data file with the same content still resumes.
+        self.about = dict(about or {})
 
     @classmethod
-    def open(cls, folder: str, settings: dict, max_drop: Optional[float] = None) -> "SearchResults":
+    def open(cls, folder: str, settings: dict, max_drop: Optional[float] = None,
+             about: Optional[dict] = None) -> "SearchResults":
         """Resume from ``folder`` if it holds results of the same search settings."""
         path = Path(folder)
         if path.exists() and not path.is_dir():
@@ -50,19 +54,39 @@ class SearchResults:
         path.mkdir(parents=True, exist_ok=True)
         rows = []
         if (path / RESULTS).is_file():
-            try:
-                saved = json.loads((path / RESULTS).read_text())
-            except ValueError:
-                raise ExpoConfigError(
-                    f"{path / RESULTS} is not valid JSON: delete it to start over"
-                ) from None
+            saved = _read(path / RESULTS)
             if saved.get("settings") != settings:
                 raise ExpoConfigError(
                     f"{folder} holds results of a different search (other models, data or "
                     "settings): use another --out, or delete it to start over"
                 )
             rows = [AlphaResult(**row) for row in saved["results"]]
-        return cls(path, settings, rows, max_drop)
+        return cls(path, settings, rows, max_drop, about)
+
+    @classmethod
+    def load(cls, folder: str) -> "SearchResults":
+        """A search as it is on disk, with the --max-drop of its last run (for a model card)."""
+        path = Path(folder)
+        if not (path / RESULTS).is_file():
+            raise ExpoConfigError(f"{folder} holds no {RESULTS}: pass the --out folder of a `mergekit-expo search`")
+        saved = _read(path / RESULTS)
+        try:
+            rows = [AlphaResult(**row) for row in saved["results"]]
+            settings, about = saved["settings"], saved.get("about") or {}
+        except (KeyError, TypeError):
+            raise ExpoConfigError(f"{path / RESULTS} is not a search's results: pass the --out folder "
+                                  "of a `mergekit-expo search`") from None
+        if not rows:
+            raise ExpoConfigError(f"{path / RESULTS} holds no scored alpha yet: finish the search first")
+        return cls(path, settings, rows, about.get("max_drop"), about)
+
+    def save(self) -> None:
+        about = dict(self.about, max_drop=self.max_drop)
+        _write_atomically(
+            self.folder / RESULTS,
+            json.dumps({"settings": self.settings, "about": about, "results": [asdict(r) for r in self.rows]},
+                       indent=2),
+        )
 
     def done(self, alpha: float) -> bool:
         return any(abs(row.alpha - alpha) < 1e-9 for row in self.rows)
@@ -70,10 +94,7 @@ class SearchResults:
     def add(self, row: AlphaResult) -> None:
         self.rows.append(row)
         self.rows.sort(key=lambda r: r.alpha)
-        _write_atomically(
-            self.folder / RESULTS,
-            json.dumps({"settings": self.settings, "results": [asdict(r) for r in self.rows]}, indent=2),
-        )
+        self.save()
 
     def baseline(self) -> Optional[AlphaResult]:
         return next((r for r in self.rows if r.alpha == 0), None)
@@ -95,6 +116,7 @@ class SearchResults:
 
     def write_reports(self, sft: str, aligned: str, dtype: Optional[str]) -> dict:
         """results.csv, score_vs_alpha.png and best.yml; return their paths."""
+        self.save()  # this run's --max-drop, even when every α was scored before
         csv_path = self.folder / "results.csv"
         with open(csv_path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -198,6 +220,13 @@ class SearchResults:
             lines.append(f"no alpha excluded: the guard {self.settings['guard']} stayed within "
                          f"{self.max_drop:g} of alpha = 0")
         return "\n".join(lines)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ExpoConfigError(f"{path} is not valid JSON: delete it to start over") from None
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -48,12 +48,14 @@ def fingerprint(*parts: Optional[str]) -> str:
 
 def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
            open_engine: Callable, refine: bool = False, settings: Optional[dict] = None,
-           dtype: Optional[str] = None, guard=None, max_drop: Optional[float] = None):
+           dtype: Optional[str] = None, guard=None, max_drop: Optional[float] = None,
+           about: Optional[dict] = None):
     """Score each α (skipping those already in ``out``) and write the reports.
 
     ``open_engine()`` builds the engine; it is called only if some α is left to score.
     With a ``guard`` scorer, every α is scored by it too, and the best α is chosen among
-    those whose guard score stays within ``max_drop`` of the guard at α = 0.
+    those whose guard score stays within ``max_drop`` of the guard at α = 0. ``about``
+    is kept in results.json for reports (e.g. the data file's name).
     """
     from tqdm import tqdm
 
@@ -62,7 +64,7 @@ def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
     settings = dict(settings or {}, sft=sft, aligned=aligned, scorer=scorer.name, dtype=dtype)
     if guard is not None:
         settings["guard"] = guard.name
-    results = SearchResults.open(out, settings, max_drop=max_drop)
+    results = SearchResults.open(out, settings, max_drop=max_drop, about=about)
     pending = list(alphas)
     resumed = sum(results.done(a) for a in pending)
     if resumed:

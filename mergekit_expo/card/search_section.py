@@ -1,0 +1,167 @@
+"""The card's "How α was chosen": the search's scorer, data, table, guard and choice."""
+
+import os
+from typing import List, Optional
+
+from mergekit_expo.errors import ExpoConfigError
+
+PLOT = "score_vs_alpha.png"  # the search's plot, under the same name in the output
+ENGINES = {"hf": "transformers (`--engine hf`)", "vllm": "vLLM (`--engine vllm`)"}
+
+
+def search_section(results, stage, *, plot: Optional[str]) -> dict:
+    """What the template needs to show a finished search (a ``SearchResults``) of ``stage``."""
+    settings = results.settings
+    check_same_models(results, stage)
+    best, excluded = results.best(), results.excluded()
+    excluded_alphas = {row.alpha for row in excluded}
+    guarded = bool(settings.get("guard"))
+    rows = []
+    for row in results.rows:
+        note = []
+        if row.alpha == 0:
+            note.append("the aligned model")
+        if row.alpha == best.alpha:
+            note.append("**chosen**")
+        if row.alpha in excluded_alphas:
+            note.append("excluded by the guard")
+        cells = [f"{row.alpha:g}", _number(row.score), _interval(row.low, row.high)]
+        if guarded:
+            cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
+        rows.append([*cells, ", ".join(note)])
+    header = ["α", "score", "95% interval", *(["guard", "guard 95% interval"] if guarded else []), ""]
+    engine = ENGINES.get(settings.get("engine"), settings.get("engine") or ENGINES["hf"])
+    dtype = settings.get("dtype") or "the checkpoints' own"
+    facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
+             *_data_facts(results), f"engine: {engine}, dtype: {dtype}"]
+    if guarded:
+        guard = f"guard: {scorer_words(settings['guard'], settings, settings.get('guard_settings'))}"
+        if results.max_drop is not None:
+            guard += (f"; an α is excluded when its guard score falls more than {results.max_drop:g} "
+                      "below the guard at α = 0")
+        facts.append(guard)
+    return {"facts": facts, "header": header, "rows": rows, "choice": choice_words(results, stage),
+            "plot": plot}
+
+
+def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:
+    if name == "preference":
+        return ("`preference`: accuracy, the share of rows in which the model gives the chosen answer a "
+                "higher log-likelihood than the rejected one (bootstrap 95% interval)")
+    if name == "reward-model":
+        sampling = settings.get("sampling") or {}
+        how = "greedy"
+        if sampling.get("sample"):
+            how = (f"sampled at temperature {sampling.get('temperature'):g}, top-p {sampling.get('top_p'):g}, "
+                   f"top-k {sampling.get('top_k')}, seed {sampling.get('seed')}")
+        reward = settings.get("reward_model") or "a reward model"
+        return (f"`reward-model`: mean reward of the model's answers ({how}, up to "
+                f"{sampling.get('max_new_tokens', '?')} new tokens) under `{_short(reward)}` "
+                "(bootstrap 95% interval)")
+    if name.startswith("lm-eval:"):
+        details = details or {}
+        metrics = details.get("metrics") or {}
+        tasks = ", ".join(f"{task} ({metric})" for task, metric in metrics.items()) or name[len("lm-eval:"):]
+        extra = []
+        if details.get("limit"):
+            extra.append(f"first {details['limit']} examples per task")
+        if details.get("num_fewshot") is not None:
+            extra.append(f"{details['num_fewshot']}-shot")
+        more = f", {', '.join(extra)}" if extra else ""
+        return (f"`{name}`: lm-evaluation-harness, mean of task metric {tasks}{more} "
+                "(95% interval from lm-eval's standard error)")
+    return f"`{name}`: the value this user function returns"
+
+
+def _data_facts(results) -> List[str]:
+    name = results.settings["scorer"]
+    first = results.rows[0]
+    if name in ("preference", "reward-model"):
+        data = results.about.get("data_file")
+        skipped = int((first.extra or {}).get("skipped") or 0)
+        total = first.n + skipped
+        rows = f"{total} row{'s' if total != 1 else ''}" + (f" ({skipped} skipped: longer than the model's context)"
+                                              if skipped else "")
+        return [f"data: `{os.path.basename(data)}`, {rows}" if data else f"data: {rows}"]
+    if name.startswith("lm-eval:"):
+        return [f"data: the tasks' own, {first.n} examples"]
+    return []
+
+
+def choice_words(results, stage) -> List[str]:
+    """Why the chosen α won, and how far to trust it."""
+    best, baseline, excluded = results.best(), results.baseline(), results.excluded()
+    allowed = [r for r in results.rows if r not in excluded]
+    words = [f"α = {best.alpha:g} has the highest score ({_number(best.score)}) of the "
+             f"{len(allowed)} α values" + (" allowed by the guard" if excluded else " searched") + "."]
+    ties = [r for r in allowed if r.score == best.score and r is not best]
+    if ties:
+        rule = ("the larger mean log-likelihood margin (chosen over rejected) breaks the tie"
+                if "mean_margin" in (best.extra or {}) else "the smaller α is kept")
+        words.append(f"It ties with α = {', '.join(f'{r.alpha:g}' for r in ties)} on the score; {rule}.")
+    if best.alpha == 0:
+        words.append("No α > 0 scored above the aligned model itself on this data.")
+    elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
+        words.append("Its 95% interval overlaps that of α = 0 (the aligned model): on this data the gain "
+                     "is within the noise.")
+    if excluded:
+        words.append(
+            f"Excluded: α = {', '.join(f'{r.alpha:g}' for r in excluded)}, whose guard fell more than "
+            f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
+            f"(to {', '.join(_number(r.guard) for r in excluded)}).")
+    configured = scalar_alpha(stage)
+    if configured is None or abs(configured - best.alpha) > 1e-9:
+        words.append("This model was merged with α as configured above, not with the search's choice.")
+    return words
+
+
+def scalar_alpha(stage) -> Optional[float]:
+    """The aligned model's α when the config gives it as one number everywhere, else None."""
+    from mergekit_expo.alpha import DEFAULT_ALPHA
+
+    config = stage.config
+    if config.slices or config.modules:
+        return None
+    aligned = [m for m in config.models or [] if m.model != config.base_model]
+    levels = [aligned[0].parameters if aligned else None, config.parameters]
+    setting = next((level["alpha"] for level in levels if level and "alpha" in level), DEFAULT_ALPHA)
+    try:
+        return float(setting)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_same_models(results, stage) -> None:
+    """A search is evidence for a model only if it scored that model's SFT and aligned inputs."""
+    settings = results.settings
+    pairs = [("SFT", settings.get("sft"), stage.sft), ("aligned", settings.get("aligned"), stage.aligned[0])]
+    for role, searched, configured in pairs:
+        if _same_model(searched, configured):
+            continue
+        raise ExpoConfigError(
+            f"the search in {results.folder} scored the {role} model {searched}, but this output's "
+            f"{role} model is {configured.text}: pass the search of these models (relative paths in "
+            "mergekit_config.yml count from the folder the merge ran in: run this from there)")
+
+
+def _same_model(searched: Optional[str], configured) -> bool:
+    if searched is None or configured.stage or len(configured.parts) != 1:
+        return False
+    path, revision, hub = configured.parts[0]
+    if hub:
+        return searched in (path if revision is None else f"{path}@{revision}",) and not os.path.isabs(searched)
+    if not os.path.isabs(searched):
+        return False
+    return os.path.realpath(searched) == os.path.realpath(os.path.expanduser(path))
+
+
+def _short(reference: str) -> str:
+    return os.path.basename(reference.rstrip("/")) if os.path.isabs(reference) else reference
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _interval(low, high) -> str:
+    return "–" if low is None or high is None else f"[{low:.4g}, {high:.4g}]"

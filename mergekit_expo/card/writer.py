@@ -1,0 +1,157 @@
+"""The model card of an ExPO output, built with huggingface_hub's ModelCard.
+
+The metadata is a ``ModelCardData`` (what the Hub reads: ``base_model`` and
+``base_model_relation`` for the model tree, the ``merge`` tag for leaderboards); the
+text is ``template.md`` filled from the config, the α setting and the α search.
+"""
+
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+from mergekit_expo.card.alpha_words import alpha_in_words
+from mergekit_expo.card.files import README, marked, publish
+from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
+from mergekit_expo.card.search_section import PLOT, check_same_models, search_section
+from mergekit_expo.errors import ExpoConfigError
+
+TEMPLATE = Path(__file__).with_name("template.md")
+PAPER = "https://arxiv.org/abs/2404.16792"
+MERGEKIT = "https://github.com/arcee-ai/mergekit"
+TAGS = ("mergekit", "merge", "expo")
+
+
+def write_card(folder, source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
+               search=None, pipeline: Optional[str] = None) -> None:
+    """Write the model card (README.md, and the search's plot) into the output ``folder``.
+
+    ``source`` is the merge's YAML (as saved in mergekit_config.yml); ``hub_ids`` maps
+    the folders Hub ids were read from to the ids; ``search`` is the --out folder of the
+    α search that chose α; ``pipeline`` the mergekit-multi config that wrote ``folder``.
+
+    >>> write_card("./out", Path("./out/mergekit_config.yml").read_text(), search="./expo-search")
+    """
+    folder = Path(folder)
+    publish(folder, card_files(folder, source, hub_ids=hub_ids, search=search, pipeline=pipeline))
+
+
+def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = None, search=None) -> None:
+    """What write_card would refuse, checked before a merge is computed."""
+    if search is None:
+        return
+    from mergekit_expo.search.results import SearchResults
+
+    ids = None if hub_ids is None else set(hub_ids.values())
+    lineage = lineage_of_config(source, hub_ids=ids)
+    if lineage.expo_stages:
+        _searched_stage(SearchResults.load(search), lineage)
+
+
+def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
+               search=None, pipeline: Optional[str] = None) -> Dict[str, bytes]:
+    """The files of the card, by name, without writing anything."""
+    if pipeline is not None:
+        lineage = lineage_of_pipeline(pipeline, folder.name, where="the mergekit-multi config")
+    else:
+        ids = None if hub_ids is None else set(hub_ids.values())
+        lineage = lineage_of_config(source, hub_ids=ids, where=f"{folder}/mergekit_config.yml")
+    if not lineage.expo_stages:
+        return _hub_ids_named(folder, lineage, hub_ids or {})
+    files = {}
+    section = None
+    if search is not None:
+        from mergekit_expo.search.results import SearchResults
+
+        results = SearchResults.load(search)
+        plot = results.folder / PLOT
+        if plot.is_file():
+            files[PLOT] = plot.read_bytes()
+        section = search_section(results, _searched_stage(results, lineage), plot=PLOT if PLOT in files else None)
+    files[README] = marked(str(_card(folder, lineage, section))).encode("utf-8")
+    return files
+
+
+def _card(folder: Path, lineage: Lineage, section: Optional[dict]):
+    from huggingface_hub import ModelCard
+
+    stages = [{"name": stage.name, "sft": stage.sft.markdown,
+               "aligned": " and ".join(model.markdown for model in stage.aligned),
+               "alpha": alpha_in_words(stage.config)} for stage in lineage.expo_stages]
+    return ModelCard.from_template(
+        _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
+        summary=_summary(lineage, stages[0]), paper=PAPER, expo_stages=stages,
+        pipeline=_pipeline_lines(lineage) if lineage.pipeline else None, search=section,
+        config_yaml=lineage.source.rstrip("\n"))
+
+
+def _card_data(folder: Path, lineage: Lineage):
+    """mergekit's metadata, kept, with the lineage the Hub reads."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(**_existing_metadata(folder))
+    hub_ids = lineage.hub_ids()
+    data.base_model = hub_ids or None  # local folders are no Hub metadata: the text names them
+    data.base_model_relation = "merge" if hub_ids else None
+    data.tags = list(dict.fromkeys([*TAGS, *(data.tags or [])]))
+    data.library_name = data.library_name or "transformers"
+    return data
+
+
+def _existing_metadata(folder: Path) -> dict:
+    from huggingface_hub import ModelCard
+
+    path = folder / README
+    if not path.is_file():
+        return {}
+    try:
+        return ModelCard.load(path, ignore_metadata_errors=True).data.to_dict()
+    except ValueError:  # a README whose front matter is no mapping
+        return {}
+
+
+def _summary(lineage: Lineage, stage: dict) -> str:
+    expo = (f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}")
+    if lineage.pipeline:
+        return (f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`, one of whose stages is "
+                f"ExPO: {expo}.")
+    return f"An ExPO model: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+
+
+def _pipeline_lines(lineage: Lineage):
+    lines = []
+    for stage in lineage.stages:
+        label = f"stage `{stage.name}`" if stage.name else "the final stage"
+        if stage.is_expo:
+            lines.append(f"{label}: ExPO (below)")
+            continue
+        base = stage.config.base_model
+        inputs = [f"{model.markdown} (base)" if base is not None and model.text == str(base) else model.markdown
+                  for model in stage.inputs]
+        lines.append(f"{label}: {method_markdown(stage.config.merge_method)} of {', '.join(inputs)}")
+    return lines
+
+
+def _searched_stage(results, lineage: Lineage):
+    """The expo stage whose SFT and aligned models the search scored."""
+    for stage in lineage.expo_stages:
+        try:
+            check_same_models(results, stage)
+            return stage
+        except ExpoConfigError:
+            continue
+    check_same_models(results, lineage.expo_stages[0])  # raises, naming the first stage's models
+
+
+def _hub_ids_named(folder: Path, lineage: Lineage, hub_ids: Mapping[str, str]) -> Dict[str, bytes]:
+    """Another method's card (mergekit's): Hub ids, not the cache folders they were read from."""
+    from huggingface_hub import ModelCard
+
+    path = folder / README
+    if not hub_ids or not path.is_file():
+        return {}
+    card = ModelCard.load(path, ignore_metadata_errors=True)
+    for cache_folder, repo in sorted(hub_ids.items(), key=lambda item: -len(item[0])):
+        card.text = card.text.replace(cache_folder, repo)
+    card.data.base_model = lineage.hub_ids() or card.data.base_model
+    if card.data.base_model:
+        card.data.base_model_relation = "merge"
+    return {README: str(card).encode("utf-8")}

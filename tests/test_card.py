@@ -1,0 +1,333 @@
+"""Model cards: Hub metadata (lineage, relation, tags) read back with huggingface_hub and YAML,
+the SFT and aligned roles, α in words, the α search with its guard, and `mergekit-expo card`
+on plain mergekit-yaml / mergekit-multi outputs and on folders it must leave alone."""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from conftest import CONFIGS, expo_config, hub_cache, run_cli, write_yaml
+from mergekit_expo.cli import main
+
+PAPER = "https://arxiv.org/abs/2404.16792"
+MARK = "<!-- written by mergekit-expo card; sha256 "
+
+
+@pytest.fixture(scope="module")
+def pair(pair_factory):
+    return pair_factory(delta_scale=0.3)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, pair, monkeypatch):
+    """org/sft and org/aligned in a hand-made Hugging Face cache, the Hub unreachable."""
+    from huggingface_hub import constants
+
+    cache = hub_cache(tmp_path / "hub", {"org/sft": pair[0], "org/aligned": pair[1]})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def expo(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def ok(*args):
+    result = expo(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def refused(*args):
+    result = expo(*args)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def front_matter(path: Path) -> dict:
+    """The YAML block as the Hub reads it, parsed without huggingface_hub."""
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with its bytes' hash, mode and modification time."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            info = path.lstat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            state[str(path.relative_to(root))] = (digest, info.st_mode, info.st_mtime_ns)
+    return state
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+# -- run and search --write-best with Hub ids -----------------------------------------
+
+def test_run_with_hub_ids_writes_the_lineage_card(tmp_path, offline_hub):
+    config = write_yaml(tmp_path / "hub.yml", expo_config("org/sft", "org/aligned", 0.4))
+    ok("run", config, "./out")
+    readme = tmp_path / "out" / "README.md"
+    card = ModelCard.load(readme)
+    assert card.data.base_model == ["org/sft", "org/aligned"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.library_name == "transformers"
+    assert card.data.tags[:3] == ["mergekit", "merge", "expo"]
+    assert front_matter(readme) == card.data.to_dict()
+    text = card.text
+    assert "**SFT model** (θ_sft, mergekit's `base_model`): [org/sft](https://huggingface.co/org/sft)" in text
+    assert "**aligned model** (θ_aligned, trained from the SFT model): [org/aligned](https://huggingface.co/org/aligned)" in text
+    assert "- **α**: 0.4\n" in text and "θ = θ_aligned + α · (θ_aligned − θ_sft)" in text
+    assert f"]({PAPER})" in text and "snapshots" not in text and str(offline_hub) not in text
+    assert f"```yaml\n{config.read_text().rstrip()}\n```" in section(text, "Configuration")
+    assert 'from_pretrained("out"' in section(text, "How to load")
+    assert text.rstrip().splitlines()[-1].startswith(MARK)
+
+
+def test_search_write_best_with_a_guard_explains_the_choice(tmp_path, offline_hub):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1} w{i + 2}", "chosen": f"w{i + 3} w{i}",
+                                        "rejected": f"w{i + 9} w{i + 4} w{i + 1}"}) + "\n" for i in range(8)))
+    (tmp_path / "card_guard.py").write_text(
+        "def neg_embedding_norm(model, tokenizer):\n"
+        "    return -float(model.model.embed_tokens.weight.float().norm())\n")
+    ok("search", "org/sft", "org/aligned", "--data", data, "--guard", "card_guard:neg_embedding_norm",
+       "--max-drop", "0.05", "--alphas", "0,0.2,0.5,1", "--out", "./s", "--write-best", "./best")
+    results = json.loads((tmp_path / "s" / "results.json").read_text())["results"]
+    baseline = next(r for r in results if r["alpha"] == 0)["guard"]
+    excluded = [r for r in results if r["guard"] < baseline - 0.05]
+    allowed = [r for r in results if r not in excluded]
+    assert excluded, "extrapolating grows the embedding norm: the guard must exclude some α"
+    best = max(allowed, key=lambda r: (r["score"], r["extra"]["mean_margin"]))
+
+    readme = tmp_path / "best" / "README.md"
+    card = ModelCard.load(readme)
+    assert card.data.base_model == ["org/sft", "org/aligned"] and card.data.base_model_relation == "merge"
+    assert {"mergekit", "merge", "expo"} <= set(front_matter(readme)["tags"])
+    chosen = section(card.text, "How α was chosen")
+    assert "scorer: `preference`" in chosen and "data: `prefs.jsonl`, 8 rows" in chosen
+    assert "engine: transformers" in chosen and "guard: `card_guard:neg_embedding_norm`" in chosen
+    assert "| α | score | 95% interval | guard | guard 95% interval |  |" in chosen
+    table = {line.split(" | ")[0][2:]: line for line in chosen.splitlines() if line.startswith("| ") and
+             line[2].isdigit()}
+    assert sorted(table) == ["0", "0.2", "0.5", "1"]
+    for row in results:
+        line = table[f"{row['alpha']:g}"]
+        assert f"| {row['score']:.4g} | [{row['low']:.4g}, {row['high']:.4g}] | {row['guard']:.4g} |" in line
+        assert ("excluded by the guard" in line) == (row in excluded)
+        assert ("**chosen**" in line) == (row["alpha"] == best["alpha"])
+    assert f"α = {best['alpha']:g} has the highest score" in chosen
+    excluded_alphas = ", ".join(f"{r['alpha']:g}" for r in excluded)
+    assert f"Excluded: α = {excluded_alphas}, whose guard fell" in chosen
+    assert "![score against α](score_vs_alpha.png)" in chosen
+    assert (tmp_path / "best" / "score_vs_alpha.png").read_bytes() == (tmp_path / "s" / "score_vs_alpha.png").read_bytes()
+    assert f"- **α**: {best['alpha']:g}" in card.text
+
+
+# -- α in words -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("expo.yml", ["0.3"]),
+    ("expo-gradient.yml", ["from 0.1 at the first layer to 0.5 at the last (linear in depth)",
+                           "Tensors outside the layer stack (embeddings, final norm, output head) take a "
+                           "gradient's first value."]),
+    ("expo-keep-embeddings.yml", ["0 (the aligned model's values) for tensors whose name contains "
+                                  "`embed_tokens`, `lm_head` or `norm`; 0.4 for every other tensor"]),
+    ("expo-slices.yml", ["layer 0 of the aligned model: 0.2", "layer 1 of the aligned model: 0.5"]),
+])
+def test_alpha_in_words_for_every_shipped_config(name, expected):
+    from mergekit.config import MergeConfiguration
+
+    from mergekit_expo.card.alpha_words import alpha_in_words
+
+    config = MergeConfiguration.model_validate(yaml.safe_load((CONFIGS / name).read_text()))
+    assert alpha_in_words(config) == expected
+
+
+@pytest.mark.parametrize("parameters, top_level, expected", [
+    ({}, None, "0.3 (the default)"),
+    ({"alpha": [0.1, 0.3, 0.5]}, None,
+     "0.1, 0.3, 0.5 spread evenly over depth (0.1 at the first layer, 0.5 at the last, linear in between)"),
+    ({"alpha": [{"filter": "mlp", "value": 0.4}]}, None,
+     "0.4 for tensors whose name contains `mlp`; 0.3 (the default) for every other tensor"),
+    ({"alpha": [{"filter": "mlp", "value": 0.4}]}, {"alpha": 0.1},  # falls through to the top level
+     "0.4 for tensors whose name contains `mlp`; 0.1 for every other tensor"),
+    ({"alpha": [{"filter": "mlp", "value": 0.5}, {"value": 0}, {"filter": "attn", "value": 9}]}, None,
+     "0.5 for tensors whose name contains `mlp`; 0 (the aligned model's values) for every other tensor"),
+    ({"alpha": [{"filter": "self_attn", "value": [0, 0.4]}, {"value": 0.2}]}, None,
+     "from 0 at the first layer to 0.4 at the last (linear in depth) for tensors whose name contains "
+     "`self_attn`; 0.2 for every other tensor"),
+    ({"alpha": "1e-1"}, None, "0.1"),
+])
+def test_alpha_in_words_for_any_mergekit_setting(parameters, top_level, expected):
+    from mergekit.config import MergeConfiguration
+
+    from mergekit_expo.card.alpha_words import alpha_in_words
+
+    config = MergeConfiguration.model_validate(
+        {"merge_method": "expo", "base_model": "./sft", "parameters": top_level,
+         "models": [{"model": "./aligned", "parameters": parameters or None}]})
+    assert alpha_in_words(config)[0] == expected
+
+
+def test_local_inputs_are_named_in_the_text_not_the_metadata(models_dir, monkeypatch):
+    monkeypatch.chdir(models_dir)
+    shutil.copy(CONFIGS / "expo-gradient.yml", models_dir / "g.yml")
+    ok("run", "g.yml", "./out")
+    readme = models_dir / "out" / "README.md"
+    metadata = front_matter(readme)
+    assert "base_model" not in metadata and "base_model_relation" not in metadata
+    assert metadata["tags"][:3] == ["mergekit", "merge", "expo"] and metadata["library_name"] == "transformers"
+    text = ModelCard.load(readme).text
+    assert "mergekit's `base_model`): `./models/sft`" in text and "SFT model): `./models/aligned`" in text
+    assert "  - from 0.1 at the first layer to 0.5 at the last (linear in depth)\n" in text
+
+
+# -- mergekit-expo card ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def plain_output(pair_factory, tmp_path_factory):
+    """What plain `mergekit-yaml` writes for an expo config (through the start-up hook)."""
+    root = tmp_path_factory.mktemp("plain")
+    sft, aligned = pair_factory(delta_scale=0.3)
+    (root / "models").mkdir()
+    (root / "models" / "sft").symlink_to(sft)
+    (root / "models" / "aligned").symlink_to(aligned)
+    shutil.copy(CONFIGS / "expo.yml", root / "expo.yml")
+    run_cli("mergekit-yaml", "expo.yml", "./out", cwd=root)
+    return root
+
+
+def test_card_upgrades_a_plain_mergekit_yaml_output(plain_output, tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    shutil.copytree(plain_output, root, symlinks=True)
+    monkeypatch.chdir(root)
+    out = root / "out"
+    mergekit_card = (out / "README.md").read_text()
+    assert ("merged using the [ExPO (extrapolating the aligned model away from its SFT base)]"
+            f"({PAPER}) merge method using ./models/sft as a base") in mergekit_card
+    assert "* ./models/aligned" in mergekit_card  # what plain mergekit-yaml can say: roles by position
+
+    before = snapshot(out)
+    assert "pass --overwrite to replace it with the ExPO card" in refused("card", "./out")
+    assert snapshot(out) == before
+    assert ok("card", "./out", "--overwrite").output == f"wrote {out.relative_to(root)}/README.md\n"
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k != "README.md"} == {k: v for k, v in before.items() if k != "README.md"}
+    card = ModelCard.load(out / "README.md")
+    assert card.data.tags[:3] == ["mergekit", "merge", "expo"] and "**α**: 0.3" in card.text
+    ok("card", "./out")  # its own unedited card: rewritten without --overwrite
+
+    (out / "README.md").write_text((out / "README.md").read_text().replace("# out", "# my model"))
+    edited = snapshot(out)
+    assert "was edited after mergekit-expo wrote it" in refused("card", "./out", "--overwrite")
+    assert snapshot(out) == edited
+
+
+def test_card_refuses_folders_that_are_not_expo_outputs(plain_output, pair, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    linear = {"merge_method": "linear", "models": [{"model": str(pair[0]), "parameters": {"weight": 0.5}},
+                                                   {"model": str(pair[1]), "parameters": {"weight": 0.5}}]}
+    ok("run", write_yaml(tmp_path / "linear.yml", linear), "./linear")
+    user = tmp_path / "mine"
+    shutil.copytree(plain_output / "out", user)
+    (user / "README.md").write_text("# My model\n\nMy own words.\n")
+    cases = [("./linear", "is a linear merge, not an expo one"),
+             (str(pair[0]), "is not a mergekit merge output (no mergekit_config.yml)"),
+             ("./mine", "was not written by mergekit or mergekit-expo")]
+    for folder, problem in cases:
+        before = snapshot(Path(folder))
+        for extra in ([], ["--overwrite"]):
+            assert problem in refused("card", folder, *extra)
+            assert snapshot(Path(folder)) == before
+
+
+def test_card_attaches_a_search_of_the_same_models_only(plain_output, pair_factory, tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    shutil.copytree(plain_output, root, symlinks=True)
+    monkeypatch.chdir(root)
+    data = root / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
+    ok("search", "./models/sft", "./models/aligned", "--data", data, "--alphas", "0,0.3", "--out", "./s")
+    ok("card", "./out", "--search", "./s", "--overwrite")
+    text = (root / "out" / "README.md").read_text()
+    assert "## How α was chosen" in text and "data: `prefs.jsonl`, 1 row" in text
+    assert (root / "out" / "score_vs_alpha.png").is_file()
+
+    other = pair_factory(seed=7)
+    ok("search", str(other[0]), "./models/aligned", "--data", data, "--alphas", "0", "--out", "./other")
+    before = snapshot(root / "out")
+    assert "scored the SFT model" in refused("card", "./out", "--search", "./other")
+    assert snapshot(root / "out") == before
+
+
+def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch):
+    """Plain mergekit-multi writes the final stage's card, which cannot know the expo
+    stage's inputs; `card --multi-config` writes them."""
+    monkeypatch.chdir(models_dir)
+    shutil.copy(CONFIGS / "expo-then-linear.multi.yml", models_dir / "multi.yml")
+    run_cli("mergekit-multi", "multi.yml", "--intermediate-dir", "./stages", "--out-path", "./out", cwd=models_dir)
+    out = models_dir / "out"
+    assert "./models/sft" not in (out / "README.md").read_text()
+    assert "pass --multi-config PIPELINE.yml" in refused("card", "./out")
+    ok("card", "./out", "--multi-config", "multi.yml", "--overwrite")
+    text = ModelCard.load(out / "README.md").text
+    assert "### ExPO stage `expo-stage`" in text
+    assert "mergekit's `base_model`): `./models/sft`" in text and "SFT model): `./models/aligned`" in text
+    assert "the final stage: [Linear](" in text and "of stage `expo-stage`, `./models/other`" in text
+    assert f"```yaml\n{(models_dir / 'multi.yml').read_text().rstrip()}\n```" in text
+
+    from mergekit_expo.card import card_files
+
+    hub_pipeline = (models_dir / "multi.yml").read_text().replace("./models/", "org/")
+    metadata = yaml.safe_load(card_files(out, "", pipeline=hub_pipeline)["README.md"].decode().split("---\n")[1])
+    assert metadata["base_model"] == ["org/sft", "org/aligned", "org/other"]
+    assert metadata["base_model_relation"] == "merge"
+
+
+
+def test_search_section_names_each_scorer_kind(tmp_path):
+    """Reward-model and lm-eval searches: the metric, the sampling, the examples and skipped rows."""
+    from mergekit_expo.card.lineage import lineage_of_config
+    from mergekit_expo.card.search_section import search_section
+    from mergekit_expo.search.results import AlphaResult, SearchResults
+
+    stage = lineage_of_config(yaml.safe_dump(expo_config("org/sft", "org/aligned", 0.5))).final
+    sampling = {"max_new_tokens": 128, "sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50,
+                "presence_penalty": 0.1, "frequency_penalty": 0.1, "seed": 3}
+    settings = {"sft": "org/sft", "aligned": "org/aligned", "scorer": "reward-model", "dtype": "bfloat16",
+                "engine": "vllm", "reward_model": "/data/rm/my-reward-model", "sampling": sampling}
+    rows = [AlphaResult(alpha=a, score=s, low=s - 0.1, high=s + 0.1, n=40, seconds=1.0, extra={"skipped": 2})
+            for a, s in ((0.0, 1.0), (0.5, 1.5))]
+    section = search_section(SearchResults(tmp_path, settings, rows, about={"data_file": "/x/dev.jsonl"}),
+                             stage, plot=None)
+    facts = "\n".join(section["facts"])
+    assert ("mean reward of the model's answers (sampled at temperature 0.7, top-p 0.9, top-k 50, seed 3, "
+            "up to 128 new tokens) under `my-reward-model`") in facts
+    assert "data: `dev.jsonl`, 42 rows (2 skipped: longer than the model's context)" in facts
+    assert "engine: vLLM (`--engine vllm`), dtype: bfloat16" in facts
+    assert section["choice"][0] == "α = 0.5 has the highest score (1.5) of the 2 α values searched."
+    assert len(section["choice"]) == 1  # intervals apart, α as configured: nothing to add
+
+    settings.update(scorer="lm-eval:arc_easy", engine="hf", scorer_settings={
+        "tasks": ["arc_easy"], "metrics": {"arc_easy": "acc_norm,none"}, "limit": 100, "num_fewshot": 0})
+    section = search_section(SearchResults(tmp_path, settings, rows), stage, plot=None)
+    facts = "\n".join(section["facts"])
+    assert "lm-evaluation-harness, mean of task metric arc_easy (acc_norm,none), first 100 examples per task, 0-shot" in facts
+    assert "data: the tasks' own, 40 examples" in facts
