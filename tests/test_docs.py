@@ -32,6 +32,7 @@ DEFAULT_COMMANDS = {
     "numerics.md": ["mergekit-yaml"],
     "gpu.md": ["mergekit-yaml"],
     "publishing.md": ["mergekit-expo card"],
+    "hosts.md": ["mergekit-yaml"],
 }
 # Third-party tools the docs show, with the options they use (not introspected here).
 THIRD_PARTY_OPTIONS = {
@@ -90,6 +91,14 @@ def shell_script_options(script: Path) -> set:
     return options
 
 
+def expo_subcommand(name: str):
+    """A subcommand of mergekit-expo; some load only when asked for (get_command)."""
+    import click
+
+    group = console_script("mergekit-expo")
+    return group.get_command(click.Context(group), name)
+
+
 @lru_cache(maxsize=None)
 def accepted_options(command: str) -> frozenset:
     """Options of a command named as 'mergekit-expo search', 'mergekit-yaml', a repo
@@ -97,8 +106,7 @@ def accepted_options(command: str) -> frozenset:
     if command == "mergekit-expo":
         return frozenset(click_options(console_script("mergekit-expo")))
     if command.startswith("mergekit-expo "):
-        group = console_script("mergekit-expo")
-        return frozenset(click_options(group.commands[command.split()[1]]))
+        return frozenset(click_options(expo_subcommand(command.split()[1])))
     if command in ("mergekit-yaml", "mergekit-multi"):
         return frozenset(click_options(console_script(command)))
     if command == "pytest":
@@ -350,7 +358,7 @@ def test_introspected_options_are_what_help_prints():
 
     for name, command in [("mergekit-yaml", console_script("mergekit-yaml")),
                           ("mergekit-multi", console_script("mergekit-multi")),
-                          *((f"mergekit-expo {sub}", console_script("mergekit-expo").commands[sub])
+                          *((f"mergekit-expo {sub}", expo_subcommand(sub))
                             for sub in EXPO_SUBCOMMANDS)]:
         help_text = command.get_help(click.Context(command, info_name=name))
         missing = [o for o in accepted_options(name) if o not in help_text and o != "--help"]
