@@ -79,7 +79,7 @@ class ExpoMergeMethod(FunctionalGroupMergeMethod):
         if not aligned:
             _warn_same_checkpoint(str(base_id))
         elif _same_files(base_id, aligned[0]):
-            _warn_same_checkpoint(str(aligned[0]))
+            _warn_same_checkpoint(f"{base_id} and {aligned[0]} hold the same weights")
 
 
 def _explain(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> str:
@@ -104,10 +104,12 @@ def _warn_same_checkpoint(model: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _same_files(first: Hashable, second: Hashable) -> bool:
+    from mergekit_expo.preflight import same_weights
+
     paths = [_local_path(i) for i in (first, second)]
     if None in paths:
         return False
-    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+    return os.path.realpath(paths[0]) == os.path.realpath(paths[1]) or same_weights(*paths)
 
 
 def _local_path(input_id: Hashable) -> Optional[str]:
