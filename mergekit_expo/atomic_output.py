@@ -10,7 +10,7 @@ must be safe against whatever is at the output path *at that moment*:
   the manifest it was checked against before (same output, nothing added or
   changed), and deleted file by file only after the new one is in place; anything
   else is put back;
-- a staging folder names its process (``.OUT.partial-PID``): a second process
+- a staging folder names its process (``.OUT.partial-PID/new/OUT``): a second process
   writing the same output is refused early, and staging folders of processes that
   are gone (``kill -9``) are cleaned up by the next run, only those.
 """
@@ -32,8 +32,10 @@ from mergekit_expo import manifest
 from mergekit_expo.errors import ExpoConfigError
 
 LOG = logging.getLogger("mergekit_expo")
-OWNER = "owner.json"
-PREVIOUS = "previous"  # inside a staging folder: the output being replaced, while it is
+# Inside a staging folder (fixed names: no output name can collide with them):
+OWNER = "owner.json"  # which process writes it
+NEW = "new"  # NEW/<output name>: the output being written (mergekit names the card after it)
+PREVIOUS = "previous"  # the output being replaced, while it is
 
 
 # -- files ------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def clean_stale(out: Path) -> None:
             continue
         previous = root / PREVIOUS
         if previous.is_dir():
-            if (root / out.name).exists():  # not published: the old output goes back
+            if (root / NEW / out.name).exists():  # not published: the old output goes back
                 with contextlib.suppress(OSError):
                     rename_no_replace(previous, out)
             else:
@@ -282,7 +284,8 @@ def staged_output(target):
             raise ExpoConfigError(f"this process is already writing {target.given}") from None
         write_file_atomically(root / OWNER, json.dumps(_owner_record()))
         refuse_other_writers(out, target.given, mine=root)
-        staging = root / out.name  # same basename: mergekit names the model card after it
+        staging = root / NEW / out.name
+        staging.parent.mkdir()
         yield staging
         manifest.write(staging, kind=target.kind, command=target.command)
         _publish(staging, target, root / PREVIOUS)

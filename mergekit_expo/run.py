@@ -20,7 +20,7 @@ CACHE_ENTRY = re.compile(r".+_\d+_.+_\d+")
 
 
 @click.command("run", cls=PrettyPrintHelp)
-@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("config_file", type=click.Path())
 @click.argument("out_path", type=click.Path())
 @click.option("--overwrite", is_flag=True,
               help="Replace OUT_PATH if it holds a previous mergekit output (never an input)")

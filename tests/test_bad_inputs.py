@@ -304,7 +304,7 @@ def test_interrupted_run_leaves_no_model(tmp_path, pair_factory, signum, code):
     )
     deadline = time.time() + 120
     # Signal once the first output shard is on disk: the merge is half written.
-    while not list(tmp_path.glob(".out.partial-*/out/*.safetensors")):
+    while not list(tmp_path.glob(".out.partial-*/new/out/*.safetensors")):
         assert process.poll() is None and time.time() < deadline, "merge ended too early"
         time.sleep(0.01)
     process.send_signal(signum)
