@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -81,6 +82,23 @@ def invoke(*args, cwd):
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += f"\nuncaught {type(result.exception).__name__}: {result.exception}"
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
+def snapshot(root) -> dict:
+    """Every path under root (links not followed) with its content hash."""
+    state = {}
+    root = Path(root)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                state[key] = "link:" + os.readlink(path)
+            elif path.is_file():
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                state[key] = "dir"
+    return state
 
 
 def load_folder(path) -> dict:

@@ -7,7 +7,6 @@ or added. Table cases run in this process (click's CliRunner: the same command a
 code without ~4 s of imports each); the races run real, separate processes.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, cli_env, expo_config, invoke, make_adapter, run_cli, write_yaml
+from conftest import BIN, cli_env, expo_config, invoke, make_adapter, run_cli, snapshot, write_yaml
 
 
 def poison(folder, tensor_name, value):
@@ -72,22 +71,6 @@ def workspace(template, tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(template, root, symlinks=True)
     return root
-
-
-def snapshot(root: Path) -> dict:
-    """Every path under root (links not followed) with its content hash."""
-    state = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                state[key] = "link:" + os.readlink(path)
-            elif path.is_file():
-                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                state[key] = "dir"
-    return state
 
 
 def edited_config(root, text_from, text_to, name="typo.yml"):

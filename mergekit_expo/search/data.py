@@ -46,7 +46,7 @@ def _read(file: Path, path: str) -> List[Tuple[str, object]]:
         return [(f"row {index}", dict(r)) for index, r in enumerate(datasets.load_from_disk(str(file)))]
     if file.suffix == ".csv":
         with open(file, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, restval="")  # a short line: its last fields are empty
             return [(f"line {reader.line_num}", row) for row in reader]
     text = file.read_text(encoding="utf-8")
     if file.suffix == ".json":

@@ -173,6 +173,7 @@ def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: 
 
         _require(data, "--data (JSONL/CSV with a prompt column)")
         _require(reward_model, "--reward-model (a sequence-classification model folder or Hub id)")
+        read_records(data, ("prompt",))  # every row checked before the reward model loads
         model = RewardModel(reward_model, device=device, batch_size=batch_size,
                             trust_remote_code=trust_remote_code)
         return RewardModelScorer(data, model, sampling)
