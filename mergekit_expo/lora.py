@@ -184,7 +184,7 @@ def _extrapolate_full(name, base, trained, alpha) -> torch.Tensor:
 @click.option("--base", type=click.Path(), default=None,
               help="SFT checkpoint folder or Hub id; needed when the adapter has modules_to_save weights")
 @click.option("--overwrite", is_flag=True,
-              help="Replace OUT_DIR if it holds an adapter this command wrote (never an input)")
+              help="Replace OUT_DIR if it holds an adapter this command wrote, unchanged (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors
 def lora_command(adapter_dir, out_dir, alpha, base, overwrite, verbose):

@@ -23,7 +23,7 @@ CACHE_ENTRY = re.compile(r".+_\d+_.+_\d+")
 @click.argument("config_file", type=click.Path())
 @click.argument("out_path", type=click.Path())
 @click.option("--overwrite", is_flag=True,
-              help="Replace OUT_PATH if it holds a previous mergekit output (never an input)")
+              help="Replace OUT_PATH if it holds a model this command wrote, unchanged (never an input)")
 @add_merge_options
 @reports_errors
 def run_command(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool):

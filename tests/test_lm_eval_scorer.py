@@ -246,3 +246,22 @@ def test_worked_example_runs(tmp_path):
     assert "best alpha =" in result.stdout and "the guard lm-eval:toy_recall" in result.stdout
     best = yaml.safe_load((example / "search/best.yml").read_text())
     assert best["merge_method"] == "expo"
+
+
+def test_worked_example_without_the_package_says_what_to_run(tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    example = tmp_path / "lm_eval_guard"
+    shutil.copytree(REPO / "examples/lm_eval_guard", example,
+                    ignore=shutil.ignore_patterns("models", "search"))
+    # A shell where neither the project's venv nor an environment with the package is active.
+    result = subprocess.run(["bash", str(example / "run.sh")], env={"PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: mergekit-expo with lm-eval is not installed here: run 'bash scripts/setup.sh' in the "
+        "repository (or pip install 'mergekit-expo[lm-eval]' and activate that environment)"]
+    assert not (example / "models").exists()

@@ -152,7 +152,7 @@ def positive(context, parameter, value):
 @click.option("--trust-remote-code", is_flag=True, help="Run model code from the checkpoints (danger)")
 @click.option("--write-best", type=click.Path(), help="Merge the best α with mergekit into this folder")
 @click.option("--overwrite", is_flag=True,
-              help="Let --write-best replace a previous mergekit output (never an input)")
+              help="Let --write-best replace a model mergekit-expo wrote there, unchanged (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors(interrupted="the α values scored so far are kept in results.json: "
                             "rerun the same command to resume")
