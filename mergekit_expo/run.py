@@ -99,9 +99,9 @@ def tokenizer_options(options, config):
     path = donor.model.path
     if donor.lora is not None or not is_local_reference(path) or has_tokenizer(path):
         return options
-    LOG.warning("%s has no tokenizer files (tokenizer.json or tokenizer.model with "
-                "tokenizer_config.json): the merged model is written without a tokenizer; copy "
-                "the tokenizer files into it before loading it", path)
+    LOG.warning("%s has no tokenizer files (tokenizer.json, tokenizer.model, ...): the merged model "
+                "is written without a tokenizer; copy the tokenizer files into it before loading it",
+                path)
     return options.model_copy(update={"copy_tokenizer": False})
 
 
