@@ -308,6 +308,8 @@ def _publish(staging: Path, target, aside: Path) -> None:
         _move_in(staging, out, given)
         return
     try:
+        if aside.is_symlink():
+            raise manifest.NotOurs("is now a symlink")
         previous = manifest.verify(aside, target.kind)
         if previous.id != target.replaces:
             raise manifest.NotOurs("is another output than the one there when the command started")
