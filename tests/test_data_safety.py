@@ -415,14 +415,28 @@ def test_a_folder_made_at_the_output_during_the_merge_is_left_alone(workspace, s
     assert snapshot(workspace) == expected
 
 
-def test_overwrite_keeps_a_previous_output_the_user_added_to_during_the_merge(workspace, slow_config):
+def add_notes(workspace):
+    (workspace / "previous" / "notes.txt").write_text("my evaluation of the previous model\n")
+
+
+def swap_in_another_output(workspace):
+    # Another run's finished model takes the place of the one checked at the start.
+    shutil.rmtree(workspace / "previous")
+    shutil.copytree(workspace / "demo" / "merged", workspace / "previous")
+
+
+@pytest.mark.parametrize("change,reason", [
+    (add_notes, "it holds notes.txt, which mergekit-expo run did not write"),
+    (swap_in_another_output, "it is another output than the one there when the command started"),
+], ids=["a file added", "another output swapped in"])
+def test_overwrite_keeps_what_changed_at_the_output_during_the_merge(workspace, slow_config, change, reason):
     process = start_run(workspace, slow_config, "./previous", "--overwrite")
     pause_mid_merge(process, workspace, "previous")
-    (workspace / "previous" / "notes.txt").write_text("my evaluation of the previous model\n")
+    change(workspace)
     expected = without_staging(snapshot(workspace))
     code, errors = finish(process)
     assert code == 1 and len(errors) == 1, errors
-    assert "./previous changed while the command ran (it holds notes.txt" in errors[0]
+    assert f"./previous changed while the command ran ({reason})" in errors[0]
     assert snapshot(workspace) == expected
 
 
