@@ -214,12 +214,15 @@ def test_reward_model_scores_match_merged_checkpoint(tmp_path, pair, reward_mode
 
 
 def test_callable_scorer_from_the_working_folder(tmp_path, pair):
+    # It returns a 0-d tensor computed from the weights: scorers run under torch.no_grad(), so
+    # it carries no gradient and torch has nothing to warn about when it becomes a float.
     (tmp_path / "my_scorer.py").write_text(
         "def norm(model, tokenizer):\n"
-        "    return float(model.model.embed_tokens.weight.float().norm())\n")
+        "    return model.model.embed_tokens.weight.float().norm()\n")
     out = tmp_path / "search"
-    run_cli("mergekit-expo", "search", *pair, "--scorer", "my_scorer:norm", "--out", out,
-            "--alphas", "0,1", cwd=tmp_path)
+    result = run_cli("mergekit-expo", "search", *pair, "--scorer", "my_scorer:norm", "--out", out,
+                     "--alphas", "0,1", cwd=tmp_path)
+    assert "requires_grad" not in result.stderr
     found = results_of(out)
     assert found[1.0]["score"] > found[0.0]["score"]  # extrapolating away from SFT grows the norm
     assert found[0.0]["low"] is None and found[0.0]["n"] == 1
