@@ -86,3 +86,18 @@ def _check_compatible(
                 f"{tuple(aligned[name].shape)} in the aligned model: ExPO needs "
                 "identical shapes (for added tokens, resize the SFT embeddings first)"
             )
+        floating = (tensor.is_floating_point(), aligned[name].is_floating_point())
+        if floating != (True, True) and not (tensor.dtype == aligned[name].dtype
+                                             and torch.equal(tensor, aligned[name])):
+            first, second = _dtype_name(tensor), _dtype_name(aligned[name])
+            problem = (f"is {first}, not floating point, and differs between the models" if first == second
+                       else f"is {first} in the SFT model and {second} in the aligned model")
+            raise ExpoInputError(
+                f"tensor {name} {problem}: ExPO extrapolates floating-point tensors and copies the "
+                "others only when both models agree; make them equal (e.g. take the aligned one) "
+                "or leave it out"
+            )
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")

@@ -1,58 +1,363 @@
-"""Write an output beside its final path and move it into place only when complete.
+"""Publishing an output folder: written beside its final path, moved in only when complete.
 
-Paths are checked first by :mod:`mergekit_expo.output_guard`; these helpers only
-make the replacement atomic: the old output, if any, is moved aside and removed
-only once the new one is in place.
+Paths are checked first by :mod:`mergekit_expo.output_guard`. Here, the move itself
+must be safe against whatever is at the output path *at that moment*:
+
+- the new folder is renamed in with no-replace semantics (``renameat2`` with
+  ``RENAME_NOREPLACE`` on Linux), so a folder that appeared meanwhile — another
+  run's result, a file the user put there — is never replaced;
+- with ``--overwrite``, the previous output is moved aside, checked again against
+  the manifest it was checked against before (same output, nothing added or
+  changed), and deleted file by file only after the new one is in place; anything
+  else is put back;
+- a staging folder names its process (``.OUT.partial-PID/new/OUT``): a second process
+  writing the same output is refused early, and staging folders of processes that
+  are gone (``kill -9``) are cleaned up by the next run, only those.
 """
 
 import contextlib
+import ctypes
+import errno
+import json
+import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 from pathlib import Path
+from typing import List, Optional, Union
+
+from mergekit_expo import manifest
+from mergekit_expo.errors import ExpoConfigError
+
+LOG = logging.getLogger("mergekit_expo")
+# Inside a staging folder (fixed names: no output name can collide with them):
+OWNER = "owner.json"  # which process writes it
+NEW = "new"  # NEW/<output name>: the output being written (mergekit names the card after it)
+PREVIOUS = "previous"  # the output being replaced, while it is
 
 
-@contextlib.contextmanager
-def staged_folder(out: Path):
-    """Yield a staging path named like ``out``; on success it replaces ``out``.
+# -- files ------------------------------------------------------------------------------
 
-    On any failure or interruption the staging folder is removed, so ``out`` is
-    either untouched or a complete output, never a half-written one.
+def write_file_atomically(path: Path, data: Union[str, bytes]) -> None:
+    """Write a temporary file beside ``path`` and rename it over ``path``.
+
+    A reader never sees half a file, and the old file is replaced, not rewritten in
+    place, so a hard-linked copy of it (``cp -al`` backups) keeps its contents. The
+    mode is the usual 0666 minus the umask, like any file the process creates.
     """
-    staging_root = out.parent / f".{out.name}.partial-{os.getpid()}"
-    staging = staging_root / out.name  # same basename: mergekit names the model card after it
-    staging_root.mkdir()
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        yield staging
-        _move_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def replaced_folder(out: Path):
-    """Yield ``out`` itself, empty; a previous ``out`` comes back if the job fails.
-
-    For outputs whose files must name their final paths while being written (the
-    demo's config names its model folders), so they cannot be staged elsewhere.
-    """
-    retired = out.parent / f".{out.name}.previous-{os.getpid()}"
-    if out.exists():
-        out.rename(retired)
-    try:
-        out.mkdir(parents=True)
-        yield out
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        if retired.exists():
-            retired.rename(out)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        staging.rename(out)
+# -- no-replace rename --------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2():
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+_RENAMEAT2 = _renameat2() if os.name == "posix" else None
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """Rename the folder ``source`` to ``target``; FileExistsError if ``target`` exists,
+    even as an empty folder (which POSIX ``rename`` would silently replace)."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
+            raise OSError(code, os.strerror(code), str(target))
+    _rename_onto_new_folder(source, target)
+
+
+def _rename_onto_new_folder(source: Path, target: Path) -> None:
+    """The portable equivalent: claim ``target`` with an exclusive mkdir, then rename onto
+    that empty folder; if anything was put into it meanwhile, rename fails (ENOTEMPTY)."""
+    if os.name != "posix":
+        os.rename(source, target)  # Windows: rename never replaces
         return
-    retired = staging.parent / "previous"
-    out.rename(retired)
-    staging.rename(out)
+    os.mkdir(target)  # FileExistsError if anything is there
+    try:
+        os.rename(source, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)  # ours, if still empty
+        raise
+
+
+# -- processes ----------------------------------------------------------------------------
+
+def _start_time(pid: int) -> Optional[int]:
+    """When ``pid`` started (clock ticks since boot, Linux), None where unknown or gone.
+    A PID that was reused by a later process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie has finished
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path("/proc").is_dir() or _start_time(pid) is not None
+
+
+def _owner_record() -> dict:
+    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+
+
+# -- staging folders ----------------------------------------------------------------------
+
+def staging_root(out: Path, pid: Optional[int] = None) -> Path:
+    return out.parent / f".{out.name}.partial-{pid or os.getpid()}"
+
+
+def _staging_roots(out: Path) -> List[Path]:
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.partial-(\d+)")
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def _owner_of(root: Path) -> dict:
+    pid = int(root.name.rsplit("-", 1)[1])
+    try:
+        recorded = json.loads((root / OWNER).read_text())
+    except (OSError, ValueError):  # not written yet, or lost: judge by the PID alone
+        recorded = {"start": _start_time(pid)}
+    return {"pid": pid, "start": recorded.get("start"), "host": recorded.get("host")}
+
+
+def _state(owner: dict) -> str:
+    """'alive', 'gone' (its process ended: the folder is stale) or 'elsewhere' (another host)."""
+    if owner["host"] not in (None, socket.gethostname()):
+        return "elsewhere"
+    if not _alive(owner["pid"]):
+        return "gone"
+    if owner["start"] is not None and _start_time(owner["pid"]) not in (None, owner["start"]):
+        return "gone"  # the PID now belongs to a later process
+    return "alive"
+
+
+def refuse_other_writers(out: Path, given, *, mine: Optional[Path] = None) -> None:
+    """Another live process is writing ``out``: refuse now rather than race it.
+
+    With ``mine`` (our own staging folder, just made), two processes that started at
+    the same moment see each other; the one that started later gives way.
+    """
+    for root in _staging_roots(out):
+        if root == mine:
+            continue
+        owner = _owner_of(root)
+        state = _state(owner)
+        if state == "gone":
+            continue
+        if mine is not None and state == "alive" and _order(owner) > _order(_owner_record()):
+            continue  # it started after us: it gives way
+        where = f" on {owner['host']}" if state == "elsewhere" else ""
+        raise ExpoConfigError(
+            f"another mergekit-expo process (PID {owner['pid']}{where}) is writing {given}: wait "
+            f"for it to finish or choose another output path (if no such process is running, "
+            f"delete {root})"
+        )
+
+
+def _order(owner: dict):
+    return (owner["start"] if owner["start"] is not None else -1, owner["pid"])
+
+
+def clean_stale(out: Path) -> None:
+    """Remove the staging folders of processes that are gone, and only those.
+
+    A replacement killed half-way may have left the previous output aside in its
+    staging folder: it goes back to ``out`` if the new output was not published;
+    if it was, the old one is deleted only if it is still exactly what was checked.
+    """
+    for root in _staging_roots(out):
+        if _state(_owner_of(root)) != "gone":
+            continue
+        previous = root / PREVIOUS
+        if previous.is_dir():
+            if (root / NEW / out.name).exists():  # not published: the old output goes back
+                with contextlib.suppress(OSError):
+                    rename_no_replace(previous, out)
+            else:
+                _remove_verified(previous)
+        _discard(root, out)
+
+
+def _remove_verified(folder: Path) -> bool:
+    try:
+        return manifest.remove(folder, manifest.verify(folder, manifest.read(folder).kind))
+    except manifest.NotOurs:
+        return False
+
+
+def _discard(root: Path, out: Path) -> None:
+    """Delete a staging folder. A previous output still aside in it (it could not be put
+    back, or something appeared in it while it was being removed) is kept beside ``out``."""
+    previous = root / PREVIOUS
+    if previous.is_dir():
+        kept = out.parent / f"{out.name}.previous-{root.name.rsplit('-', 1)[1]}"
+        with contextlib.suppress(OSError):
+            rename_no_replace(previous, kept)
+            LOG.warning("the previous %s could not be put back or removed safely: it is kept as %s",
+                        out, kept)
+    if not previous.exists():
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- parent folders -------------------------------------------------------------------------
+
+def make_parents(folder: Path) -> List[Path]:
+    """Create ``folder`` and missing parents; return those created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        os.mkdir(path)
+    return list(reversed(missing))
+
+
+def remove_if_empty(created: List[Path]) -> None:
+    """Undo :func:`make_parents` where nothing was put inside (rmdir fails otherwise)."""
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def staged_output(target):
+    """Yield a staging path (absent: the command creates it) for the checked ``target``
+    (an :class:`~mergekit_expo.output_guard.Output`); on success it becomes ``target.path``.
+
+    On any failure or interruption, the staging folder and any parent folder made for
+    it are removed: the output path is then untouched, or holds a complete output.
+    """
+    out = target.path
+    clean_stale(out)
+    refuse_other_writers(out, target.given)
+    created = make_parents(out.parent)
+    root = staging_root(out)
+    published = False
+    try:
+        try:
+            os.mkdir(root)
+        except FileExistsError:
+            raise ExpoConfigError(f"this process is already writing {target.given}") from None
+        write_file_atomically(root / OWNER, json.dumps(_owner_record()))
+        refuse_other_writers(out, target.given, mine=root)
+        staging = root / NEW / out.name
+        staging.parent.mkdir()
+        yield staging
+        manifest.write(staging, kind=target.kind, command=target.command)
+        _publish(staging, target, root / PREVIOUS)
+        published = True
+    finally:
+        _discard(root, out)
+        if not published:
+            remove_if_empty(created)
+
+
+def _publish(staging: Path, target, aside: Path) -> None:
+    out, given = target.path, target.given
+    if target.replaces is None:
+        _take_if_empty(out, given)
+        _move_in(staging, out, given)
+        return
+    try:
+        rename_no_replace(out, aside)
+    except FileNotFoundError:  # the previous output is gone: the path is free
+        _move_in(staging, out, given)
+        return
+    try:
+        if aside.is_symlink():
+            raise manifest.NotOurs("is now a symlink")
+        previous = manifest.verify(aside, target.kind)
+        if previous.id != target.replaces:
+            raise manifest.NotOurs("is another output than the one there when the command started")
+    except manifest.NotOurs as reason:
+        _put_back(aside, out)
+        raise ExpoConfigError(
+            f"{given} changed while the command ran (it {reason}): it was left as it is and this "
+            "output was discarded: check what is there, then rerun"
+        ) from None
+    try:
+        _move_in(staging, out, given)
+    except BaseException:
+        _put_back(aside, out)
+        raise
+    # Deleted only now, file by file as checked; what appeared since stays (see _discard).
+    manifest.remove(aside, previous)
+
+
+def _take_if_empty(out: Path, given) -> None:
+    """An empty folder at ``out`` (made by the user, or left empty) gives way; any other does not."""
+    if out.is_dir() and not out.is_symlink():
+        try:
+            os.rmdir(out)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise ExpoConfigError(_appeared(out, given)) from None
+
+
+def _move_in(staging: Path, out: Path, given) -> None:
+    try:
+        rename_no_replace(staging, out)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        raise ExpoConfigError(_appeared(out, given)) from None
+
+
+def _appeared(out: Path, given) -> str:
+    with contextlib.suppress(OSError):
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            return (f"{given} was created while the command ran and now holds {entries[0]}: it "
+                    "was left as it is and this output was discarded: write to another path")
+    return (f"{given} was created while the command ran (another process?): it was left as it "
+            "is and this output was discarded: write to another path")
+
+
+def _put_back(aside: Path, out: Path) -> None:
+    with contextlib.suppress(OSError):
+        rename_no_replace(aside, out)  # if this fails, _discard keeps it beside out

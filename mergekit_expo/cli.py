@@ -1,14 +1,25 @@
 """The ``mergekit-expo`` command: one entry point, one subcommand per job."""
 
 import importlib
+import sys
 
 import click
 
 from mergekit_expo import hosts
-from mergekit_expo.card.command import card_command
 from mergekit_expo.errors import ExpoConfigError, first_line
-from mergekit_expo.lora import lora_command
-from mergekit_expo.search.command import search_command
+
+try:
+    from mergekit_expo.card.command import card_command
+    from mergekit_expo.lora import lora_command
+    from mergekit_expo.search.command import search_command
+except Exception as error:  # transformers or peft could not even be imported
+    from mergekit_expo.environment import start_failure
+
+    explained = start_failure(error)
+    if explained is None or {"-v", "--verbose"} & set(sys.argv[1:]):
+        raise
+    click.echo(f"Error: {explained}", err=True)
+    sys.exit(1)
 
 # Commands that run merges through mergekit's own run_merge load mergekit only when
 # called: the others work beside any host, mergekitty included.

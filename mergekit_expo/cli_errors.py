@@ -83,6 +83,10 @@ def describe(error: Exception) -> str:
             "an output file exceeds the file size limit: raise `ulimit -f` or use a "
             "smaller --out-shard-size"
         )
+    if type(error).__name__ == "UnpicklingError" and "weights_only" in str(error):
+        # torch's advice here (weights_only=False) would run whatever code the pickle holds
+        return ("a pickled checkpoint holds more than tensors (it may contain code), so it was "
+                "not loaded: convert it to safetensors from a trusted source")
     lines = str(error).strip().splitlines() or [""]
     return f"{type(error).__name__}: {lines[0]} (run with -v for the full traceback)"
 

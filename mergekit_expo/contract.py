@@ -34,7 +34,7 @@ def check_inputs(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> 
         warn_same_checkpoint(str(base_id))
         return None
     if same_files(base_id, aligned[0]):
-        warn_same_checkpoint(str(aligned[0]))
+        warn_same_checkpoint(f"{base_id} and {aligned[0]} hold the same weights")
     return aligned[0]
 
 
@@ -66,10 +66,12 @@ def warn_same_checkpoint(model: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def same_files(first: Hashable, second: Hashable) -> bool:
+    from mergekit_expo.preflight import same_weights
+
     paths = [_local_path(i) for i in (first, second)]
     if None in paths:
         return False
-    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+    return os.path.realpath(paths[0]) == os.path.realpath(paths[1]) or same_weights(*paths)
 
 
 def _local_path(input_id: Hashable) -> Optional[str]:

@@ -7,7 +7,9 @@ import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.cli_errors import reports_errors
-from mergekit_expo.output_guard import DEMO_MARKER
+
+# Our text files that name the demo's own folders: written while staged, then pointed home.
+NAMES_FOLDERS = ("expo.yml", "merged/mergekit_config.yml", "merged/README.md")
 
 
 @click.command("demo")
@@ -17,7 +19,7 @@ from mergekit_expo.output_guard import DEMO_MARKER
               help="Extrapolation strength of the demo merge (0 gives the aligned model back)")
 @click.option("--family", default="llama", show_default=True,
               type=click.Choice(["llama", "mistral", "qwen2"]))
-@click.option("--overwrite", is_flag=True, help="Replace a previous demo folder at --out")
+@click.option("--overwrite", is_flag=True, help="Replace a demo folder this command wrote at --out, unchanged")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors
 def demo_command(out_dir: str, alpha: str, family: str, overwrite: bool, verbose: bool):
@@ -25,28 +27,41 @@ def demo_command(out_dir: str, alpha: str, family: str, overwrite: bool, verbose
     print where the result is and how it relates to its inputs."""
     from mergekit.options import MergeOptions
 
-    from mergekit_expo.atomic_output import replaced_folder
+    from mergekit_expo.atomic_output import staged_output
     from mergekit_expo.output_guard import check_output
     from mergekit_expo.run import run_config_file
     from mergekit_expo.synthetic import PairSpec, write_pair
 
     alpha = checked_alpha(alpha, option="--alpha")
-    root = check_output(out_dir, reads=[], kind="demo", overwrite=overwrite)
-    with replaced_folder(root):
-        (root / DEMO_MARKER).write_text("written by mergekit-expo demo; --overwrite may replace this folder\n")
-        models = root / "models"
-        click.echo(f"Generating a tiny {family} SFT/aligned pair in {models} ...")
-        sft, aligned = write_pair(str(models), PairSpec(family=family))
-        config_path = root / "expo.yml"
+    target = check_output(out_dir, reads=[], kind="demo", command="mergekit-expo demo",
+                          overwrite=overwrite)
+    with staged_output(target) as staging:
+        staging.mkdir()
+        click.echo(f"Generating a tiny {family} SFT/aligned pair in {target.path / 'models'} ...")
+        sft, aligned = write_pair(str(staging / "models"), PairSpec(family=family))
+        config_path = staging / "expo.yml"
         config_path.write_text(yaml.safe_dump({
             "merge_method": "expo",
             "base_model": sft,
             "models": [{"model": aligned, "parameters": {"alpha": alpha}}],
             "dtype": "bfloat16",
         }, sort_keys=False))
-        click.echo(f"Merging with mergekit (config: {config_path}) ...")
-        out = run_config_file(str(config_path), str(root / "merged"), MergeOptions(quiet=True))
-    click.echo(summary(sft, aligned, out, alpha))
+        click.echo(f"Merging with mergekit (config: {target.path / 'expo.yml'}) ...")
+        run_config_file(str(config_path), str(staging / "merged"), MergeOptions(quiet=True),
+                        command="mergekit-expo demo")
+        point_home(staging, target.path)
+    root = target.path
+    click.echo(summary(str(root / "models/sft"), str(root / "models/aligned"), root / "merged", alpha))
+
+
+def point_home(staging: Path, home: Path) -> None:
+    """The config and the model card name the staged folders: name the final ones."""
+    from mergekit_expo import manifest
+
+    for relative in NAMES_FOLDERS:
+        file = staging / relative
+        file.write_text(file.read_text(encoding="utf-8").replace(str(staging), str(home)), encoding="utf-8")
+    manifest.refresh(staging / "merged")
 
 
 def summary(sft_dir: str, aligned_dir: str, out_dir: Path, alpha: float) -> str:

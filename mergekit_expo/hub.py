@@ -43,9 +43,16 @@ def resolve(reference: Optional[str], role: str) -> Optional[str]:
         )
     try:
         return huggingface_hub.snapshot_download(repo, revision=revision or None, allow_patterns=PATTERNS)
-    except Exception as error:  # noqa: BLE001 - any Hub failure becomes one line
-        raise ExpoInputError(f"cannot fetch {role} {reference} from the Hub ({type(error).__name__}): "
-                             "check the id and your network, or pass a local folder") from None
+    except Exception as error:  # noqa: BLE001 - any Hub failure becomes one line; -v shows it whole
+        raise ExpoInputError(f"cannot fetch {role} {reference} from the Hub ({type(error).__name__}: "
+                             f"{_one_line(error)}): check the id, revision, access and network, or "
+                             "pass a local folder") from error
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+    """The Hub's message (status, gated repo, bad revision) on one line, shortened."""
+    text = " ".join(str(error).split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def offline() -> bool:

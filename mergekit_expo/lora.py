@@ -18,6 +18,7 @@ import torch
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.manifest import MANIFEST
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -47,20 +48,20 @@ def extrapolate_adapter(
 
     ``base`` (the SFT checkpoint folder) is needed only when the adapter carries
     full weights (``modules_to_save``), which are extrapolated against it.
-    ``overwrite`` replaces an existing adapter folder at ``out_dir`` (nothing else).
+    ``overwrite`` replaces an adapter this function wrote at ``out_dir`` (nothing else).
 
     >>> extrapolate_adapter("./dpo-lora", "./dpo-lora-expo", alpha=0.3)
     """
     from safetensors.torch import load_file, save_file
 
     from mergekit_expo import hub
-    from mergekit_expo.atomic_output import staged_folder
+    from mergekit_expo.atomic_output import staged_output
     from mergekit_expo.output_guard import check_output
 
     alpha = checked_alpha(alpha)
     source = Path(adapter_dir)
-    out = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
-                       kind="adapter", overwrite=overwrite)
+    target = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
+                          kind="adapter", command="mergekit-expo lora", overwrite=overwrite)
     base = hub.resolve(base, "base model")
     read_adapter_config(source)  # validates: a LoRA we can scale exactly
     tensors = load_file(source / ADAPTER_WEIGHTS)
@@ -89,14 +90,14 @@ def extrapolate_adapter(
         else:
             result[name] = tensor
 
-    with staged_folder(out) as staging:
+    with staged_output(target) as staging:
         staging.mkdir()
         for file in source.iterdir():
-            if file.is_file() and file.name not in WEIGHT_FILES:
+            if file.is_file() and file.name not in WEIGHT_FILES and file.name != MANIFEST:
                 shutil.copy2(file, staging / file.name)
         metadata = {"format": "pt", "expo_alpha": repr(alpha), "expo_source": str(source)}
         save_file(result, staging / ADAPTER_WEIGHTS, metadata=metadata)
-    return out
+    return target.path
 
 
 def read_adapter_config(source: Path) -> dict:
@@ -183,7 +184,7 @@ def _extrapolate_full(name, base, trained, alpha) -> torch.Tensor:
 @click.option("--base", type=click.Path(), default=None,
               help="SFT checkpoint folder or Hub id; needed when the adapter has modules_to_save weights")
 @click.option("--overwrite", is_flag=True,
-              help="Replace OUT_DIR if it holds a LoRA adapter (never an input)")
+              help="Replace OUT_DIR if it holds an adapter this command wrote, unchanged (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors
 def lora_command(adapter_dir, out_dir, alpha, base, overwrite, verbose):

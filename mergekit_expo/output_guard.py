@@ -7,67 +7,31 @@ single tensor. Two rules:
    adapter folders, the config file, data files, the search folder), compared both
    as written (a folder of symlinks is still the user's) and with symlinks resolved.
 2. An existing, non-empty output is replaced only with ``--overwrite``, and only when
-   it is clearly a previous output of the same kind (see :data:`KINDS`); the old one
-   is moved aside and removed only after the new one is in place.
+   it is exactly what a command of ours wrote there (its :mod:`~mergekit_expo.manifest`:
+   same kind, no file added, none changed). The replacement itself is in
+   :mod:`~mergekit_expo.atomic_output`.
 """
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
+from mergekit_expo import manifest
 from mergekit_expo.errors import ExpoConfigError
 
 PathLike = Union[str, Path]
-DEMO_MARKER = ".mergekit-expo-demo"
-WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 
 
 @dataclass(frozen=True)
-class OutputKind:
-    """What a previous output of one command looks like, in the user's words."""
+class Output:
+    """An output path that passed the checks, and what ``--overwrite`` may replace there."""
 
-    description: str
-    is_previous: Callable[[Path], bool]
-
-
-def _flat(folder: Path) -> bool:
-    # Outputs of mergekit and of our commands have no subfolders; a folder with
-    # subfolders is someone's workspace, however model-like its top level is.
-    return not any(entry.is_dir() for entry in folder.iterdir())
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(any(folder.glob(pattern)) for pattern in WEIGHT_GLOBS)
-
-
-def _is_merged_model(folder: Path) -> bool:
-    return (
-        (folder / "config.json").is_file()
-        and (folder / "mergekit_config.yml").is_file()
-        and _has_weights(folder)
-        and _flat(folder)
-    )
-
-
-def _is_adapter(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file() and _has_weights(folder) and _flat(folder)
-
-
-def _is_demo(folder: Path) -> bool:
-    return (folder / DEMO_MARKER).is_file()
-
-
-KINDS = {
-    "model": OutputKind(
-        "a merged model written by mergekit (config.json, weights and mergekit_config.yml, no subfolders)",
-        _is_merged_model,
-    ),
-    "adapter": OutputKind(
-        "a LoRA adapter folder (adapter_config.json and weights, no subfolders)", _is_adapter
-    ),
-    "demo": OutputKind(f"a folder written by `mergekit-expo demo` (it holds {DEMO_MARKER})", _is_demo),
-}
+    path: Path  # absolute
+    given: str  # as the user wrote it, for messages
+    kind: str  # see manifest.KINDS
+    command: str  # how the user ran it, recorded in the manifest
+    replaces: Optional[str] = None  # manifest id of the previous output checked; None: nothing
 
 
 def check_output(
@@ -75,44 +39,52 @@ def check_output(
     *,
     reads: Iterable[Tuple[str, Optional[PathLike]]],
     kind: str,
+    command: str,
     overwrite: bool = False,
-    option: str = "--overwrite",
-) -> Path:
-    """Return the absolute output folder, or raise ExpoConfigError in one line.
+) -> Output:
+    """Return the checked output, or raise ExpoConfigError in one line.
 
     ``reads`` pairs a description ("the aligned model") with a path the job reads;
     paths that are None are skipped; paths not on disk yet (a search folder) count.
     """
+    from mergekit_expo.atomic_output import clean_stale, refuse_other_writers
+
     out = _absolute(out_path)
     check_no_overlap(out, out_path, reads)
+    if out.is_symlink():
+        raise ExpoConfigError(f"output path {out_path} is a symlink: give the folder it should be "
+                              "written to itself")
     if out.exists() and not out.is_dir():
         raise ExpoConfigError(f"output path {out_path} is a file: choose a folder path")
+    clean_stale(out)
+    refuse_other_writers(out, out_path)
+    replaces = None
     if out.is_dir() and any(out.iterdir()):
-        previous = KINDS[kind]
         if not overwrite:
             raise ExpoConfigError(
                 f"output folder {out_path} already exists and is not empty: choose another "
-                f"path, or pass {option} to replace it (only {previous.description} is replaced)"
+                f"path, or pass --overwrite to replace it (only {manifest.KINDS[kind]} is replaced)"
             )
-        if not previous.is_previous(out):
+        try:
+            replaces = manifest.verify(out, kind).id
+        except manifest.NotOurs as reason:
             raise ExpoConfigError(
-                f"{option} refused: {out_path} is not {previous.description}, so it may hold "
-                "something of yours: choose another output path, or move it away yourself"
-            )
+                f"--overwrite refused: {out_path} {reason}; it may hold something of yours: "
+                "choose another output path, or move it away yourself"
+            ) from None
     check_writable_parent(out)
-    return out
+    return Output(path=out, given=str(out_path), kind=kind, command=command, replaces=replaces)
 
 
-def check_no_overlap(out: Path, out_path: PathLike, reads: Iterable[Tuple[str, Optional[PathLike]]]) -> None:
+def check_no_overlap(out: Path, out_path: PathLike, reads: Iterable[Tuple[str, Optional[PathLike]]], *,
+                     what: str = "output path", fix: str = "write the output to a path outside every input",
+                     ) -> None:
     for role, path in reads:
         if path is None:
             continue
         relation = _overlap(out, _absolute(path))
         if relation:
-            raise ExpoConfigError(
-                f"output path {out_path} {relation} {role} {path}: write the output to a "
-                "path outside every input"
-            )
+            raise ExpoConfigError(f"{what} {out_path} {relation} {role} {path}: {fix}")
 
 
 def _absolute(path: PathLike) -> Path:
@@ -134,12 +106,19 @@ def _overlap(out: Path, source: Path) -> Optional[str]:
 
 
 def check_writable_parent(out: Path) -> None:
-    parent = out.parent
+    """Try creating the missing parent folders, then remove them again: the command
+    creates them only when it writes, and removes them if it fails."""
+    from mergekit_expo.atomic_output import make_parents, remove_if_empty
+
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        created = make_parents(out.parent)
     except OSError as error:
         raise ExpoConfigError(
-            f"cannot create {parent} ({error.strerror}): choose a writable output folder"
+            f"cannot create {out.parent} ({error.strerror}): choose a writable output folder"
         ) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExpoConfigError(f"cannot write to {parent}: choose a writable output folder")
+    try:
+        writable = os.access(out.parent, os.W_OK | os.X_OK)
+    finally:
+        remove_if_empty(created)
+    if not writable:
+        raise ExpoConfigError(f"cannot write to {out.parent}: choose a writable output folder")

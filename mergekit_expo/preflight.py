@@ -6,6 +6,8 @@ from pathlib import Path
 from mergekit_expo.errors import ExpoInputError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+# Any of these lets transformers build the tokenizer (fast, sentencepiece, BPE or WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 # Keys that must agree for θ_aligned − θ_sft to be meaningful tensor by tensor.
 SHAPE_KEYS = (
     "hidden_size",
@@ -44,7 +46,53 @@ def check_model_folder(path: str, role: str) -> Path:
     for file in weights:
         if file.suffix == ".safetensors":
             _check_safetensors(file)
+        else:
+            check_pickle(file)
     return folder
+
+
+def has_tokenizer(path) -> bool:
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def check_tokenizer(path, role: str) -> None:
+    if not has_tokenizer(path):
+        raise ExpoInputError(
+            f"{role} model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): "
+            "copy the tokenizer files of the model it was trained from next to its config.json"
+        )
+
+
+def check_pickle(file: Path) -> None:
+    """A pickled checkpoint that would call functions is refused before anything loads it.
+
+    torch's weights-only loader refuses it too, but its message advises
+    ``weights_only=False``, which would run the code.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    fix = "so it is not loaded: convert the checkpoint to safetensors from a trusted source"
+    try:
+        calls = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+    except ValueError:  # not torch's zip format: a plain or pre-1.6 pickle
+        calls = None
+    except Exception:  # noqa: BLE001 - unreadable: the loader will say so
+        return
+    if calls:
+        raise ExpoInputError(f"{file} contains code ({calls[0]} is called when it is unpickled), {fix}")
+    if calls is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.load(str(file), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ExpoInputError(f"{file} is a pickle holding more than tensors (it may contain "
+                                 f"code), {fix}") from None
+        except Exception:  # noqa: BLE001 - the loader will say so
+            return
 
 
 def _check_safetensors(file: Path) -> None:
@@ -68,6 +116,32 @@ def _check_safetensors(file: Path) -> None:
             f"{file} is truncated ({file.stat().st_size} bytes, header says "
             f"{8 + header_size + end}): re-download or re-export it"
         )
+
+
+def same_weights(first, second) -> bool:
+    """True if two model folders hold byte-identical weight files: one checkpoint under two
+    names. Sampled fingerprints first (an SFT/aligned pair differs there, for the price of a
+    few MB), the whole files only when those agree."""
+    from mergekit_expo.manifest import fingerprint
+
+    first, second = Path(first), Path(second)
+    names = sorted({f.name for pattern in WEIGHT_PATTERNS for f in first.glob(pattern)})
+    if not names or names != sorted({f.name for pattern in WEIGHT_PATTERNS for f in second.glob(pattern)}):
+        return False
+    pairs = [(first / name, second / name) for name in names]
+    if any(fingerprint(a) != fingerprint(b) for a, b in pairs):
+        return False
+    return all(_same_bytes(a, b) for a, b in pairs)
+
+
+def _same_bytes(first: Path, second: Path) -> bool:
+    with open(first, "rb") as one, open(second, "rb") as other:
+        while True:
+            block = one.read(1 << 24)
+            if block != other.read(1 << 24):
+                return False
+            if not block:
+                return True
 
 
 def load_config(folder: Path) -> dict:
@@ -95,7 +169,7 @@ def check_pair(
                 f"{path}/config.json has no architectures entry: mergekit needs it to know "
                 'the tensor layout; add e.g. "architectures": ["LlamaForCausalLM"]'
             )
-    if sft_arch and aligned_arch and sft_arch != aligned_arch:
+    if sft_arch != aligned_arch:
         raise ExpoInputError(
             f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
             f"{aligned_arch[0]}: use the SFT checkpoint the aligned model was trained from"

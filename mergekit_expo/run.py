@@ -1,26 +1,29 @@
 """``mergekit-expo run``: mergekit's own ``run_merge``, with checks first and atomic output."""
 
 import logging
+import re
 from pathlib import Path
 
 import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
-from mergekit_expo.atomic_output import staged_folder
+from mergekit_expo.atomic_output import staged_output
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
-from mergekit_expo.output_guard import check_output
+from mergekit_expo.output_guard import Output, check_no_overlap, check_output
 from mergekit_expo.preflight import check_model_folder, check_pair, is_local_reference
 
 LOG = logging.getLogger("mergekit_expo")
+# mergekit's cache entries: f"{basename}_{crc32}_{basename}_{crc32}" (ModelPath._unique_id)
+CACHE_ENTRY = re.compile(r".+_\d+_.+_\d+")
 
 
 @click.command("run", cls=PrettyPrintHelp)
-@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.argument("config_file", type=click.Path())
 @click.argument("out_path", type=click.Path())
 @click.option("--overwrite", is_flag=True,
-              help="Replace OUT_PATH if it holds a previous mergekit output (never an input)")
+              help="Replace OUT_PATH if it holds a model this command wrote, unchanged (never an input)")
 @add_merge_options
 @reports_errors
 def run_command(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool):
@@ -30,9 +33,14 @@ def run_command(merge_options: MergeOptions, config_file: str, out_path: str, ov
     run_config_file(config_file, out_path, merge_options, overwrite=overwrite)
 
 
-def run_config_file(config_file, out_path, options, *, overwrite=False, search=None) -> Path:
-    """Merge ``config_file`` into ``out_path``; ``search``: the α search whose choice it is,
-    shown in the model card."""
+def run_config_file(config_file, out_path, options, *, overwrite=False, search=None,
+                    command="mergekit-expo run", checked: Output = None) -> Path:
+    """Merge ``config_file`` into ``out_path``; return the absolute output folder.
+
+    ``search``: the α search whose choice it is, shown in the model card.
+    ``checked``: the same output path as checked when an earlier step began (search's
+    --write-best): --overwrite then replaces only the output that was there then.
+    """
     from mergekit.merge import run_merge
 
     from mergekit_expo.card import check_card_inputs, write_card
@@ -40,21 +48,66 @@ def run_config_file(config_file, out_path, options, *, overwrite=False, search=N
     hub_ids = {}
     source, config = load_merge_config(config_file, hub_ids)
     # Before anything is read: the output may not touch an input, or anything not ours.
-    out = check_output(out_path, reads=reads_of(config, config_file), kind="model",
-                       overwrite=overwrite)
+    reads = reads_of(config, config_file)
+    target = check_output(out_path, reads=reads, kind="model", command=command, overwrite=overwrite)
+    if checked is not None and checked.replaces != target.replaces:
+        raise ExpoConfigError(
+            f"{out_path} changed since the command started: it was left as it is; check what "
+            "is there, then rerun"
+        )
+    check_lora_merge_cache(options.lora_merge_cache, target, reads)
     check_dtype("--lora-merge-dtype", options.lora_merge_dtype)
     check_device(options)
     if config.merge_method == "expo":
         check_expo_inputs(config)
     check_card_inputs(source, hub_ids=hub_ids, search=search)
-    with staged_folder(out) as staging:
+    options = tokenizer_options(options, config)
+    with staged_output(target) as staging:
         if any(m.lora for m in config.referenced_models()):
             options = lora_options(options, config, staging)
         run_merge(config, str(staging), options=options, config_source=source)
         if options.write_model_card:
             write_card(staging, source, hub_ids=hub_ids, search=search)
-    LOG.info("merged model written to %s", out)
-    return out
+    LOG.info("merged model written to %s", target.path)
+    return target.path
+
+
+def check_lora_merge_cache(cache, target: Output, reads) -> None:
+    """--lora-merge-cache is written to: never an input or the output, and never a
+    folder holding anything but mergekit's cached merges (``<model>_<crc>_<adapter>_<crc>``)."""
+    if cache is None:
+        return
+    folder = Path(cache)
+    check_no_overlap(folder.absolute(), cache, [*reads, ("the output", target.given)],
+                     what="--lora-merge-cache",
+                     fix="give a cache folder outside every input and the output")
+    if folder.exists() and not folder.is_dir():
+        raise ExpoConfigError(f"--lora-merge-cache {cache} is a file: give a folder")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir()
+                         if not (p.is_dir() and not p.is_symlink() and CACHE_ENTRY.fullmatch(p.name)))
+        if foreign:
+            raise ExpoConfigError(
+                f"--lora-merge-cache {cache} holds {foreign[0]}, which is not a merged LoRA model "
+                "mergekit cached there: give a new or empty folder, or one used only as this cache"
+            )
+
+
+def tokenizer_options(options, config):
+    """Where mergekit would copy the tokenizer from a folder that has none, it would
+    print a 20-line traceback and write a model without one: say so in one line."""
+    from mergekit_expo.preflight import has_tokenizer
+
+    if config.tokenizer is not None or config.tokenizer_source is not None or not options.copy_tokenizer:
+        return options
+    donor = config.base_model or config.referenced_models()[0]
+    path = donor.model.path
+    if donor.lora is not None or not is_local_reference(path) or has_tokenizer(path):
+        return options
+    LOG.warning("%s has no tokenizer files (tokenizer.json, tokenizer.model, ...): the merged model "
+                "is written without a tokenizer; copy the tokenizer files into it before loading it",
+                path)
+    return options.model_copy(update={"copy_tokenizer": False})
 
 
 def lora_options(options, config, staging: Path):

@@ -1,12 +1,18 @@
 """Shared fixtures: tiny generated checkpoint pairs and helpers to run the real CLIs."""
 
-import importlib.util
-import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+
+# Tests never reach the Hub; in-process commands read this when huggingface_hub is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest
 import torch
@@ -61,6 +67,43 @@ def run_cli(*args, cwd=None, check=True, timeout=600, env=None):
             f"{' '.join(command)} exited {result.returncode}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def invoke(*args, cwd):
+    """Run ``mergekit-expo ARGS`` in this process, in ``cwd`` (click's CliRunner): the same
+    command and exit code as the console script, without its ~4 s of imports. Returns what
+    :func:`run_cli` does."""
+    from click.testing import CliRunner
+
+    from mergekit_expo.cli import main
+
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        os.chdir(previous)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += f"\nuncaught {type(result.exception).__name__}: {result.exception}"
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
+
+def snapshot(root) -> dict:
+    """Every path under root (links not followed) with its content hash."""
+    state = {}
+    root = Path(root)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                state[key] = "link:" + os.readlink(path)
+            elif path.is_file():
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                state[key] = "dir"
+    return state
 
 
 def load_folder(path) -> dict:

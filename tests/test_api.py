@@ -54,6 +54,17 @@ def test_missing_tensor_is_named():
         mergekit_expo.extrapolate({"a": torch.zeros(2)}, {"a": torch.zeros(2), "b": torch.zeros(2)})
 
 
+def test_integer_tensors_that_differ_are_an_expo_error():
+    sft = {"w": torch.zeros(2), "step": torch.tensor([1, 2, 3])}
+    with pytest.raises(mergekit_expo.ExpoInputError, match="step is int64, not floating point, and differs"):
+        mergekit_expo.extrapolate(sft, {"w": torch.ones(2), "step": torch.tensor([1, 2, 4])})
+    with pytest.raises(mergekit_expo.ExpoInputError, match="step is int64 in the SFT model and float32"):
+        mergekit_expo.extrapolate(sft, {"w": torch.ones(2), "step": torch.tensor([1.0, 2.0, 3.0])})
+    # Equal ones are copied, as mergekit does.
+    merged = mergekit_expo.extrapolate(sft, {"w": torch.ones(2), "step": torch.tensor([1, 2, 3])})
+    assert torch.equal(merged["step"], torch.tensor([1, 2, 3]))
+
+
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), "strong", None])
 def test_bad_alpha(alpha):
     with pytest.raises(mergekit_expo.ExpoConfigError, match="alpha must be"):

@@ -6,6 +6,7 @@ import os
 import pickle
 import resource
 import shutil
+import sys
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, cli_env, expo_config, load_folder, run_cli, write_yaml
+from conftest import BIN, cli_env, expo_config, invoke, load_folder, run_cli, snapshot, write_yaml
 
 
 def looks_finished(out: Path) -> bool:
@@ -145,6 +146,29 @@ def python_tag_in_yaml(tmp, sft, aligned):
     return path
 
 
+class Exploit:
+    """A pickle that runs a shell command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def torch_pickle_with_code(tmp, sft, aligned):
+    (aligned / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": Exploit(tmp / "pwned")}, aligned / "pytorch_model.bin")
+    return expo_config(sft, aligned)
+
+
+def plain_pickle_with_code(tmp, sft, aligned):
+    (aligned / "model.safetensors").unlink()
+    with open(aligned / "pytorch_model.bin", "wb") as handle:
+        pickle.dump({"model.embed_tokens.weight": Exploit(tmp / "pwned")}, handle)
+    return expo_config(sft, aligned)
+
+
 CASES = {
     # name: (build, expected message part, also check mergekit-yaml's last line)
     "missing model folder": (missing_folder, "does not exist: check the path", False),
@@ -165,6 +189,9 @@ CASES = {
     "invalid YAML": (invalid_yaml, "is not valid YAML at line", False),
     "models: is not a list": (models_not_a_list, "models: Input should be a valid list", False),
     "YAML python tag": (python_tag_in_yaml, "not valid YAML", False),
+    "a torch checkpoint that calls a function": (
+        torch_pickle_with_code, "contains code (posix.system is called when it is unpickled)", False),
+    "a pickle that calls a function": (plain_pickle_with_code, "is a pickle holding more than tensors", False),
 }
 
 
@@ -181,13 +208,15 @@ def prepare(name, tmp_path, llama_pair):
 def test_run_gives_one_line(name, tmp_path, llama_pair):
     config, expected = prepare(name, tmp_path, llama_pair)
     out = tmp_path / "out"
-    result = run_cli("mergekit-expo", "run", config, out, cwd=tmp_path, check=False)
-    assert result.returncode != 0
+    before = snapshot(tmp_path)
+    result = invoke("run", config, out, cwd=tmp_path)  # in this process: see test_data_safety
+    assert result.returncode == 1
     lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
     assert not looks_finished(out) and not out.exists()
     assert not (tmp_path / "pwned").exists()
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("name", sorted(n for n, case in CASES.items() if case[2]))
@@ -304,7 +333,7 @@ def test_interrupted_run_leaves_no_model(tmp_path, pair_factory, signum, code):
     )
     deadline = time.time() + 120
     # Signal once the first output shard is on disk: the merge is half written.
-    while not list(tmp_path.glob(".out.partial-*/out/*.safetensors")):
+    while not list(tmp_path.glob(".out.partial-*/new/out/*.safetensors")):
         assert process.poll() is None and time.time() < deadline, "merge ended too early"
         time.sleep(0.01)
     process.send_signal(signum)
@@ -313,3 +342,170 @@ def test_interrupted_run_leaves_no_model(tmp_path, pair_factory, signum, code):
     assert "Traceback" not in stderr and "Error:" in stderr
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# -- search: every bad input is one line before any model loads, and nothing is written --------
+
+PREFS = [{"prompt": f"w{i} w{i + 1}", "chosen": f"w{i}", "rejected": f"w{i + 2}"} for i in range(4)]
+
+
+def jsonl(rows):
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+@pytest.fixture(scope="module")
+def search_template(tmp_path_factory, llama_pair):
+    root = tmp_path_factory.mktemp("search-inputs")
+    copy_pair(llama_pair, root)
+    (root / "prefs.jsonl").write_text(jsonl(PREFS))
+    # A finished search to resume; results name the models by absolute path: the shared pair's.
+    result = invoke("search", *llama_pair, "--data", "prefs.jsonl", "--alphas", "0", "--out", "./done",
+                    cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture
+def search_workspace(search_template, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(search_template, root)
+    return root
+
+
+def data_file(name, text):
+    def build(root):
+        (root / name).write_text(text) if isinstance(text, str) else (root / name).write_bytes(text)
+        return ("--data", name)
+    return build
+
+
+def without_tokenizer(root):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (root / "aligned" / name).unlink(missing_ok=True)
+    return ("--data", "prefs.jsonl")
+
+
+def bad(row_index, **changes):
+    rows = [dict(row) for row in PREFS]
+    rows[row_index].update(changes)
+    return [{k: v for k, v in row.items() if v is not ...} for row in rows]
+
+
+# name: (extra arguments given the workspace, the expected part of the one error line)
+SEARCH_CASES = {
+    "a later row lacks rejected": (
+        data_file("d.jsonl", jsonl(bad(2, rejected=...))), "d.jsonl line 3 has no 'rejected'"),
+    "a .json file holding an object": (
+        data_file("d.json", json.dumps({"rows": PREFS})), "d.json holds a JSON dict, not a list of rows"),
+    "a short row in a JSON list": (
+        data_file("d.json", json.dumps(bad(3, chosen=...))), "d.json item 3 has no 'chosen'"),
+    "a row that is not an object": (
+        data_file("d.json", json.dumps([*PREFS, ["w1", "w2", "w3"]])), "d.json item 4 is a list, not an object"),
+    "a null prompt": (
+        data_file("d.jsonl", jsonl(bad(1, prompt=None))), "d.jsonl line 2: 'prompt' is null, not text"),
+    "a number as an answer": (
+        data_file("d.jsonl", jsonl(bad(1, chosen=7))), "d.jsonl line 2: 'chosen' is a number, not text"),
+    "an empty answer": (
+        data_file("d.jsonl", jsonl(bad(3, rejected=""))), "d.jsonl line 4: 'rejected' is empty"),
+    "a CSV line with a field left out": (
+        data_file("d.csv", "prompt,chosen,rejected\nw1 w2,w1,w3\nw2 w3,w2\n"), "d.csv line 3: 'rejected' is empty"),
+    "a line that is not JSON": (
+        data_file("d.jsonl", jsonl(PREFS) + "{prompt: w1}\n"), "d.jsonl line 5 is not JSON"),
+    "a file that is not UTF-8": (data_file("d.jsonl", "é".encode("latin-1")), "is not UTF-8 text"),
+    "a later prompt missing, reward-model scorer": (
+        lambda r: ("--scorer", "reward-model", "--reward-model", "./sft",
+                   *data_file("p.jsonl", jsonl([{"prompt": "w1"}, {"question": "w2"}]))(r)),
+        "p.jsonl line 2 has no 'prompt'"),
+    "an aligned model without tokenizer files": (
+        without_tokenizer, "aligned model folder ./aligned has no tokenizer files"),
+    "resuming with another --max-new-tokens": (
+        lambda r: ("--data", "prefs.jsonl", "--out", "./done", "--max-new-tokens", "32"),
+        "./done holds results of a different search: --max-new-tokens was 64, now 32"),
+    "resuming with another --data file": (
+        lambda r: (*data_file("other.jsonl", jsonl(PREFS[:3]))(r), "--out", "./done"),
+        "--data: the file's contents (or path) differ"),
+    "resuming with the models swapped": (
+        lambda r: ("--data", "prefs.jsonl", "--out", "./done", "--swap"), "the aligned model was"),
+}
+RESUMED = {"resuming with another --max-new-tokens", "resuming with another --data file",
+           "resuming with the models swapped"}
+
+
+@pytest.mark.parametrize("name", sorted(SEARCH_CASES))
+def test_search_gives_one_line(name, search_workspace, llama_pair):
+    build, expected = SEARCH_CASES[name]
+    arguments = build(search_workspace)
+    models = ("./sft", "./aligned")
+    if name in RESUMED:  # the models the finished search in ./done scored
+        models = llama_pair[::-1] if "--swap" in arguments else llama_pair
+        arguments = tuple(a for a in arguments if a != "--swap")
+    if "--out" not in arguments:
+        arguments = (*arguments, "--out", "./s")
+    before = snapshot(search_workspace)
+    result = invoke("search", *models, "--alphas", "0,0.5", *arguments, cwd=search_workspace)
+    assert result.returncode == 1, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(search_workspace) == before
+
+
+def test_search_without_matplotlib_stops_before_any_work(search_workspace, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # Python's own "not installed"
+    before = snapshot(search_workspace)
+    result = invoke("search", "./sft", "./aligned", "--data", "prefs.jsonl", "--out", "./s",
+                    cwd=search_workspace)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith("pip install 'mergekit-expo[search]'")
+    assert snapshot(search_workspace) == before
+
+
+def test_a_broken_torchvision_is_named_with_its_fix(tmp_path):
+    # What PyPI's CUDA torchvision does beside a CPU torch: installed, and failing on import
+    # (transformers imports it when it is installed, so every command failed to start).
+    site = tmp_path / "site"
+    (site / "torchvision").mkdir(parents=True)
+    (site / "torchvision" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    (site / "torchvision-0.28.0.dist-info").mkdir()
+    (site / "torchvision-0.28.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
+    result = run_cli("mergekit-expo", "run", "c.yml", tmp_path / "out", cwd=tmp_path, check=False,
+                     env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: torchvision (operator torchvision::nms does not exist) is installed but does not work "
+        "with this torch (a CUDA build beside a CPU torch?), and transformers fails with it: pip "
+        "uninstall -y torchvision torchaudio torchcodec (mergekit-expo needs none of them)"]
+
+
+def test_sft_without_tokenizer_files_is_one_warning(tmp_path, llama_pair, caplog):
+    sft, aligned = copy_pair(llama_pair, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (sft / name).unlink(missing_ok=True)
+    config = write_yaml(tmp_path / "c.yml", expo_config(sft, aligned))
+    result = invoke("run", config, tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    messages = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert [m for m in messages if "no tokenizer files" in m and "written without a tokenizer" in m]
+    assert not [m for m in messages if "Failed to copy tokenizer" in m]
+    assert looks_finished(tmp_path / "out") and not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_a_byte_identical_copy_as_aligned_model_warns(tmp_path, llama_pair, caplog):
+    sft, _ = llama_pair
+    copy = tmp_path / "aligned-copy"
+    shutil.copytree(sft, copy)
+    (tmp_path / "prefs.jsonl").write_text(jsonl(PREFS))
+    config = write_yaml(tmp_path / "c.yml", expo_config(sft, copy))
+    assert invoke("run", config, tmp_path / "out", cwd=tmp_path).returncode == 0
+    result = invoke("search", sft, copy, "--data", "prefs.jsonl", "--alphas", "0", "--out", "./s",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [r.getMessage() for r in caplog.records if "same checkpoint" in r.getMessage()]
+    assert any("hold the same weights" in w and "output equals the aligned model" in w for w in warnings)
+    assert any("every α scores the aligned model" in w for w in warnings)
+    # A real pair (same shapes, same file sizes) is not taken for a copy.
+    from mergekit_expo.preflight import same_weights
+
+    assert not same_weights(*llama_pair)

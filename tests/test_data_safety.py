@@ -1,20 +1,35 @@
 """Nothing a hurried user types may destroy data or silently merge something else.
 
 Each case runs a real command in a workspace laid out like the README's
-(./models/{sft,aligned}, expo.yml, an adapter, a data file, a folder of notes) and
-checks, by file hashes, that nothing was changed, deleted or added.
+(./models/{sft,aligned}, expo.yml, adapters, a data file, a folder of notes, previous
+outputs of our commands) and checks, by file hashes, that nothing was changed, deleted
+or added. Table cases run in this process (click's CliRunner: the same command and exit
+code without ~4 s of imports each); the races run real, separate processes.
 """
 
-import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from conftest import make_adapter, run_cli
+from conftest import BIN, cli_env, expo_config, invoke, make_adapter, run_cli, snapshot, write_yaml
+
+
+def poison(folder, tensor_name, value):
+    from safetensors.torch import load_file, save_file
+
+    file = folder / "model.safetensors"
+    tensors = load_file(file)
+    tensors[tensor_name] = tensors[tensor_name].clone()
+    tensors[tensor_name].view(-1)[3] = value
+    save_file(tensors, file, metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +39,10 @@ def template(tmp_path_factory, llama_pair):
     models.mkdir()
     shutil.copytree(llama_pair[0], models / "sft")
     shutil.copytree(llama_pair[1], models / "aligned")
+    shutil.copytree(llama_pair[1], models / "poisoned")
+    poison(models / "poisoned", "model.layers.1.self_attn.q_proj.weight", float("nan"))
     make_adapter(models / "sft", root / "adapter")
+    make_adapter(models / "sft", root / "my_adapter", modules_to_save=["lm_head"])  # the user's own
     (root / "expo.yml").write_text(yaml.safe_dump({
         "merge_method": "expo",
         "base_model": "./models/sft",
@@ -35,7 +53,16 @@ def template(tmp_path_factory, llama_pair):
     (root / "prefs.jsonl").write_text("".join(
         json.dumps({"prompt": f"w{i} w{i + 1}", "chosen": f"w{i}", "rejected": f"w{i + 2}"}) + "\n"
         for i in range(4)))
+    (root / "my_scorer.py").write_text("def high(model, tokenizer):\n    return 'high'\n")
     (root / "link").symlink_to("models/aligned", target_is_directory=True)
+    # Previous outputs of our commands, as --overwrite may find them.
+    for arguments in (("run", "expo.yml", "./previous"), ("lora", "./adapter", "./expo_adapter"),
+                      ("demo", "--out", "./demo")):
+        result = invoke(*arguments, cwd=root)
+        assert result.returncode == 0, result.stderr
+    # What plain `mergekit-yaml` writes: the same files (run calls mergekit's run_merge), no manifest.
+    shutil.copytree(root / "previous", root / "plain")
+    (root / "plain" / ".mergekit-expo.json").unlink()
     return root
 
 
@@ -44,22 +71,6 @@ def workspace(template, tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(template, root, symlinks=True)
     return root
-
-
-def snapshot(root: Path) -> dict:
-    """Every path under root (links not followed) with its content hash."""
-    state = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                state[key] = "link:" + os.readlink(path)
-            elif path.is_file():
-                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                state[key] = "dir"
-    return state
 
 
 def edited_config(root, text_from, text_to, name="typo.yml"):
@@ -72,6 +83,28 @@ def with_top_level(root, extra, name="typo.yml"):
     path = root / name
     path.write_text((root / "expo.yml").read_text() + extra)
     return name
+
+
+def copy_with(root, source, name, change):
+    """A copy of a previous output with one change of the user's; returns its path as typed."""
+    shutil.copytree(root / source, root / name, symlinks=True)
+    change(root / name)
+    return f"./{name}"
+
+
+def add_file(relative, text="mine\n"):
+    def change(folder):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    return change
+
+
+def flip_a_byte(relative):
+    def change(folder):
+        data = bytearray((folder / relative).read_bytes())
+        data[len(data) // 2] ^= 1  # same size: only the content tells
+        (folder / relative).write_bytes(bytes(data))
+    return change
 
 
 SEARCH = ("search", "./models/sft", "./models/aligned", "--data", "prefs.jsonl")
@@ -162,7 +195,95 @@ CASES = {
         lambda r: ("demo", "--out", "./notes"), "pass --overwrite"),
     "demo: --overwrite on the models folder": (
         lambda r: ("demo", "--out", "./models", "--overwrite"), "--overwrite refused"),
+    # --overwrite replaces only what the command wrote, unchanged (file hashes, not names).
+    "run: --overwrite over a previous output plus a file of the user's": (
+        lambda r: ("run", "expo.yml", copy_with(r, "previous", "victim", add_file("notes.txt")),
+                   "--overwrite"), "holds notes.txt, which mergekit-expo run did not write"),
+    "run: --overwrite over a previous output plus a hidden file": (
+        lambda r: ("run", "expo.yml", copy_with(r, "previous", "victim", add_file(".todo")),
+                   "--overwrite"), "holds .todo, which"),
+    "run: --overwrite over a previous output plus a subfolder": (
+        lambda r: ("run", "expo.yml", copy_with(r, "previous", "victim", add_file("eval/scores.json")),
+                   "--overwrite"), "holds eval/, which"),
+    "run: --overwrite over a previous output whose model card was edited": (
+        lambda r: ("run", "expo.yml", copy_with(r, "previous", "victim", flip_a_byte("README.md")),
+                   "--overwrite"), "has README.md changed since mergekit-expo run wrote it"),
+    "run: --overwrite over a previous output whose weights were rewritten": (
+        lambda r: ("run", "expo.yml", copy_with(r, "previous", "victim", flip_a_byte("model.safetensors")),
+                   "--overwrite"), "has model.safetensors changed"),
+    "run: --overwrite over a plain mergekit-yaml output": (
+        lambda r: ("run", "expo.yml", "./plain", "--overwrite"), "has no .mergekit-expo.json"),
+    "run: --overwrite over an adapter of ours": (
+        lambda r: ("run", "expo.yml", "./expo_adapter", "--overwrite"), "is a LoRA adapter written by"),
+    "run: --overwrite over a demo folder": (
+        lambda r: ("run", "expo.yml", "./demo", "--overwrite"), "is a folder written by `mergekit-expo demo`"),
+    "run: output path is a symlink to a previous output": (
+        lambda r: ("run", "expo.yml", _symlink(r, "previous", "out-link"), "--overwrite"), "is a symlink"),
+    "search: --write-best --overwrite over a previous output plus a file": (
+        lambda r: (*SEARCH, "--out", "./s", "--write-best",
+                   copy_with(r, "previous", "victim", add_file("notes.txt")), "--overwrite"),
+        "holds notes.txt"),
+    "lora: --overwrite over the user's own peft adapter": (
+        lambda r: ("lora", "./adapter", "./my_adapter", "--overwrite"),
+        "has no .mergekit-expo.json, so `mergekit-expo lora` did not write it"),
+    "lora: --overwrite over an adapter of ours plus a file": (
+        lambda r: ("lora", "./adapter", copy_with(r, "expo_adapter", "victim", add_file("notes.txt")),
+                   "--overwrite"), "holds notes.txt, which mergekit-expo lora did not write"),
+    "lora: --overwrite over a merged model of ours": (
+        lambda r: ("lora", "./adapter", "./previous", "--overwrite"), "is a merged model written by"),
+    "demo: --overwrite over a demo folder plus a file": (
+        lambda r: ("demo", "--out", copy_with(r, "demo", "victim", add_file("models/notes.txt")),
+                   "--overwrite"), "holds models/notes.txt"),
+    # --lora-merge-cache is written to: the same rules as any output.
+    "run: --lora-merge-cache is the base model of a +lora reference": (
+        lambda r: ("run", edited_config(r, "./models/aligned", "./models/sft+./adapter"), "./out",
+                   "--lora-merge-cache", "./models/sft"),
+        "--lora-merge-cache ./models/sft is the base model"),
+    "run: --lora-merge-cache is a model folder the config does not read": (
+        lambda r: ("run", edited_config(r, "./models/aligned", "./models/sft+./adapter"), "./out",
+                   "--lora-merge-cache", "./models/aligned"),
+        "./models/aligned holds config.json, which is not a merged LoRA model"),
+    "run: --lora-merge-cache is the aligned model": (
+        lambda r: ("run", "expo.yml", "./out", "--lora-merge-cache", "./models/aligned"),
+        "--lora-merge-cache ./models/aligned is the input model"),
+    "run: --lora-merge-cache inside the adapter": (
+        lambda r: ("run", edited_config(r, "./models/aligned", "./models/sft+./adapter"), "./out",
+                   "--lora-merge-cache", "./adapter/cache"), "is inside the LoRA adapter"),
+    "run: --lora-merge-cache inside the output": (
+        lambda r: ("run", "expo.yml", "./out", "--lora-merge-cache", "./out/cache"), "is inside the output"),
+    "run: --lora-merge-cache holds someone's files": (
+        lambda r: ("run", "expo.yml", "./out", "--lora-merge-cache", "./notes"),
+        "holds notes.txt, which is not a merged LoRA model"),
+    # A failure after the work began leaves nothing it created behind.
+    "run: a merge failing in a new deep folder leaves no folders": (
+        lambda r: ("run", edited_config(r, "./models/aligned", "./models/poisoned"), "./deep/a/b/out"),
+        "already holds 1 NaN/inf value"),
+    "search: a scorer failing at the first α leaves no search folder": (
+        lambda r: ("search", "./models/sft", "./models/aligned", "--scorer", "my_scorer:high",
+                   "--alphas", "0", "--out", "./deep/s"),
+        "scorer my_scorer:high returned str 'high': it must return a float"),
+    # Hurried typing.
+    "run: output is the aligned model, with a trailing slash": (
+        lambda r: ("run", "expo.yml", "./models/aligned/", "--overwrite"), "is the input model"),
+    "run: output is the aligned model, through ..": (
+        lambda r: ("run", "expo.yml", "./notes/../models/aligned", "--overwrite"), "is the input model"),
+    "run: config and output swapped": (
+        lambda r: ("run", "./previous", "expo.yml"), "config file ./previous is a folder: check the path"),
+    "lora: adapter and output swapped": (
+        lambda r: ("lora", "./expo_adapter", "./adapter", "--overwrite"),
+        "has no .mergekit-expo.json, so `mergekit-expo lora` did not write it"),
 }
+
+# Through the console script, as the user runs it: exit code and stderr of a real process.
+SUBPROCESS = {"run: --overwrite over a previous output plus a file of the user's",
+              "lora: --overwrite over the user's own peft adapter",
+              "search: --write-best --overwrite over a previous output plus a file",
+              "demo: --overwrite over a demo folder plus a file"}
+
+
+def _symlink(root, target, name):
+    (root / name).symlink_to(target, target_is_directory=True)
+    return f"./{name}"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -170,7 +291,10 @@ def test_refused_and_nothing_touched(name, workspace):
     build, expected = CASES[name]
     arguments = build(workspace)
     before = snapshot(workspace)
-    result = run_cli("mergekit-expo", *arguments, cwd=workspace, check=False)
+    if name in SUBPROCESS:
+        result = run_cli("mergekit-expo", *arguments, cwd=workspace, check=False)
+    else:
+        result = invoke(*arguments, cwd=workspace)
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
@@ -178,19 +302,33 @@ def test_refused_and_nothing_touched(name, workspace):
     assert snapshot(workspace) == before
 
 
-def test_overwrite_replaces_previous_outputs(workspace):
-    run_cli("mergekit-expo", "run", "expo.yml", "./out", cwd=workspace)
-    before = snapshot(workspace / "out")
-    edited_config(workspace, "alpha: 0.5", "alpha: 0.2", "other.yml")
-    run_cli("mergekit-expo", "run", "other.yml", "./out", "--overwrite", cwd=workspace)
-    assert snapshot(workspace / "out") != before
-    assert "alpha: 0.2" in (workspace / "out" / "mergekit_config.yml").read_text()
+def hard_linked_copy(source: Path, target: Path) -> None:
+    """`cp -al`: a backup that shares every file with the original."""
+    shutil.copytree(source, target, copy_function=os.link)
 
-    run_cli("mergekit-expo", "lora", "./adapter", "./expo-adapter", cwd=workspace)
-    run_cli("mergekit-expo", "lora", "./adapter", "./expo-adapter", "--alpha", "0.5", "--overwrite",
-            cwd=workspace)
-    run_cli("mergekit-expo", "demo", "--out", "./demo", cwd=workspace)
-    run_cli("mergekit-expo", "demo", "--out", "./demo", "--overwrite", cwd=workspace)
+
+def manifest_id(folder: Path) -> str:
+    return json.loads((folder / ".mergekit-expo.json").read_text())["id"]
+
+
+def test_overwrite_replaces_previous_outputs_and_only_them(workspace):
+    # Each command replaces its own previous output; a hard-linked backup of it keeps its
+    # bytes (the old files are unlinked, never rewritten in place).
+    for source, arguments in (("previous", ("run", "expo.yml")),
+                              ("expo_adapter", ("lora", "./adapter")),
+                              ("demo", ("demo", "--alpha", "0.2", "--out"))):
+        hard_linked_copy(workspace / source, workspace / f"{source}-backup")
+        backup, old_id = snapshot(workspace / f"{source}-backup"), manifest_id(workspace / source)
+        result = invoke(*arguments, f"./{source}", "--overwrite", cwd=workspace)
+        assert result.returncode == 0, result.stderr
+        assert snapshot(workspace / f"{source}-backup") == backup
+        assert manifest_id(workspace / source) != old_id
+    assert "alpha: 0.2" in (workspace / "demo/expo.yml").read_text()
+    assert str(workspace / "demo/models/sft") in (workspace / "demo/expo.yml").read_text()
+    assert ".partial-" not in (workspace / "demo/merged/README.md").read_text()
+    # The replaced outputs are again outputs of ours, exactly: a second --overwrite accepts them.
+    result = invoke("run", "expo.yml", "./previous", "--overwrite", cwd=workspace)
+    assert result.returncode == 0, result.stderr
     assert not [p for p in workspace.iterdir() if p.name.startswith(".")]
 
 
@@ -199,9 +337,20 @@ def test_search_write_best_overwrites_and_says_it_resumes(workspace):
     run_cli("mergekit-expo", *search, cwd=workspace)
     result = run_cli("mergekit-expo", *search, cwd=workspace, check=False)
     assert result.returncode == 1 and "pass --overwrite" in result.stderr
-    result = run_cli("mergekit-expo", *search, "--overwrite", cwd=workspace)
-    assert "resuming: 2 of 2 α already scored in ./s" in result.stderr
+    hard_linked_copy(workspace / "s", workspace / "s-backup")
+    backup = snapshot(workspace / "s-backup")
+    result = run_cli("mergekit-expo", *search[:-4], "--alphas", "0,0.5,1", "--write-best", "./best",
+                     "--overwrite", cwd=workspace)
+    assert "resuming: 2 of 3 α already scored in ./s" in result.stderr
     assert (workspace / "best" / "mergekit_config.yml").is_file()
+    # Every report was replaced by a new file, not rewritten: the hard-linked backup is intact.
+    assert snapshot(workspace / "s-backup") == backup
+    assert snapshot(workspace / "s")["results.json"] != backup["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "results.csv", "best.yml", "score_vs_alpha.png"):
+        assert (workspace / "s" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not [p.name for p in (workspace / "s").iterdir() if p.name.startswith(".")]
 
 
 def test_one_slash_local_paths_are_treated_as_local(workspace):
@@ -215,3 +364,190 @@ def test_version():
     from mergekit_expo import __version__
 
     assert run_cli("mergekit-expo", "--version").stdout.strip() == f"mergekit-expo {__version__}"
+
+
+# -- the publish step: at the moment of the rename, whatever is at OUT stays -----------------
+
+@pytest.fixture(scope="module")
+def slow_config(tmp_path_factory, pair_factory):
+    """A pair that, with 1 MB shards, takes many file writes to merge: a test can act while
+    the merge is half done (the same pair as the interruption tests)."""
+    pair = pair_factory(hidden_size=512, intermediate_size=1536, num_layers=6, num_heads=8,
+                        num_kv_heads=8, dtype=torch.float32)
+    return write_yaml(tmp_path_factory.mktemp("slow") / "slow.yml", expo_config(*pair))
+
+
+def start_run(cwd, config, out, *extra):
+    return subprocess.Popen(
+        [str(BIN / "mergekit-expo"), "run", str(config), out, "--out-shard-size", "1M", *extra],
+        cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def pause_mid_merge(process, cwd: Path, name: str) -> None:
+    """SIGSTOP the process once its first shard is in its staging folder (many are left)."""
+    deadline = time.time() + 300
+    while not list(cwd.glob(f".{name}.partial-*/new/{name}/*.safetensors")):
+        assert process.poll() is None and time.time() < deadline, "the merge ended too early"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGSTOP)
+    assert list(cwd.glob(f".{name}.partial-*/new/{name}")), "published before the test could act"
+
+
+def finish(process):
+    process.send_signal(signal.SIGCONT)
+    stderr = process.communicate(timeout=600)[1]
+    return process.returncode, [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+def without_staging(state: dict) -> dict:
+    return {key: value for key, value in state.items() if ".partial-" not in key}
+
+
+def test_a_folder_made_at_the_output_during_the_merge_is_left_alone(workspace, slow_config):
+    process = start_run(workspace, slow_config, "./out")
+    pause_mid_merge(process, workspace, "out")
+    (workspace / "out").mkdir()
+    (workspace / "out" / "notes.txt").write_text("started while the merge ran\n")
+    expected = without_staging(snapshot(workspace))
+    code, errors = finish(process)
+    assert code == 1 and len(errors) == 1, errors
+    assert "./out was created while the command ran and now holds notes.txt" in errors[0]
+    assert snapshot(workspace) == expected
+
+
+def add_notes(workspace):
+    (workspace / "previous" / "notes.txt").write_text("my evaluation of the previous model\n")
+
+
+def swap_in_another_output(workspace):
+    # Another run's finished model takes the place of the one checked at the start.
+    shutil.rmtree(workspace / "previous")
+    shutil.copytree(workspace / "demo" / "merged", workspace / "previous")
+
+
+@pytest.mark.parametrize("change,reason", [
+    (add_notes, "it holds notes.txt, which mergekit-expo run did not write"),
+    (swap_in_another_output, "it is another output than the one there when the command started"),
+], ids=["a file added", "another output swapped in"])
+def test_overwrite_keeps_what_changed_at_the_output_during_the_merge(workspace, slow_config, change, reason):
+    process = start_run(workspace, slow_config, "./previous", "--overwrite")
+    pause_mid_merge(process, workspace, "previous")
+    change(workspace)
+    expected = without_staging(snapshot(workspace))
+    code, errors = finish(process)
+    assert code == 1 and len(errors) == 1, errors
+    assert f"./previous changed while the command ran ({reason})" in errors[0]
+    assert snapshot(workspace) == expected
+
+
+def test_two_runs_into_one_output_publish_one_and_refuse_the_other(workspace):
+    edited_config(workspace, "alpha: 0.5", "alpha: 0.9", "other.yml")
+    before = snapshot(workspace)
+    runs = {alpha: subprocess.Popen([str(BIN / "mergekit-expo"), "run", config, "./out"], cwd=workspace,
+                                    env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for alpha, config in ((0.5, "expo.yml"), (0.9, "other.yml"))}
+    results = {alpha: (p.wait(timeout=600), p.stderr.read()) for alpha, p in runs.items()}
+    assert sorted(code for code, _ in results.values()) == [0, 1], results
+    winner = next(alpha for alpha, (code, _) in results.items() if code == 0)
+    loser_errors = [l for l in results[0.5 if winner == 0.9 else 0.9][1].splitlines() if l.startswith("Error:")]
+    assert len(loser_errors) == 1 and any(reason in loser_errors[0] for reason in (
+        "is writing ./out", "./out was created while the command ran", "./out already exists")), loser_errors
+    assert f"alpha: {winner}" in (workspace / "out" / "mergekit_config.yml").read_text()
+    after = snapshot(workspace)
+    assert {k: v for k, v in after.items() if not k.startswith("out")} == before
+
+
+def test_a_live_writer_is_waited_for_and_a_killed_one_cleaned_up(workspace, slow_config):
+    first = start_run(workspace, slow_config, "./out")
+    pause_mid_merge(process=first, cwd=workspace, name="out")
+    staging = workspace / f".out.partial-{first.pid}"
+    result = invoke("run", "expo.yml", "./out", cwd=workspace)  # this process is the second writer
+    assert result.returncode == 1
+    assert f"another mergekit-expo process (PID {first.pid}) is writing ./out" in result.stderr
+    assert staging.is_dir() and not (workspace / "out").exists()
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert staging.is_dir()  # what kill -9 leaves
+    assert invoke("run", "expo.yml", "./out", cwd=workspace).returncode == 0
+    assert not staging.exists()
+    assert (workspace / "out" / ".mergekit-expo.json").is_file()
+    assert not [p.name for p in workspace.iterdir() if p.name.startswith(".")]
+
+
+# -- the pieces, in this process -----------------------------------------------------------
+
+@pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "mkdir-then-rename"])
+def test_rename_never_replaces(tmp_path, monkeypatch, portable):
+    from mergekit_expo import atomic_output
+
+    if portable:
+        monkeypatch.setattr(atomic_output, "_RENAMEAT2", None)
+    elif atomic_output._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    source = tmp_path / "new"
+    source.mkdir()
+    (source / "model.safetensors").write_text("new")
+    for prepare in (lambda t: t.mkdir(), lambda t: (t.mkdir(), (t / "notes.txt").write_text("mine"))):
+        target = tmp_path / "out"
+        prepare(target)
+        before = snapshot(tmp_path)
+        with pytest.raises(FileExistsError if not any(target.iterdir()) else OSError):
+            atomic_output.rename_no_replace(source, target)
+        assert snapshot(tmp_path) == before  # an empty folder is not replaced either
+        shutil.rmtree(target)
+    atomic_output.rename_no_replace(source, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_text() == "new" and not source.exists()
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def fake_staging(parent: Path, name: str, pid: int, start=None) -> Path:
+    root = parent / f".{name}.partial-{pid}"
+    (root / "new" / name).mkdir(parents=True)
+    (root / "new" / name / "model.safetensors").write_text("half written")
+    if start is not None:
+        (root / "owner.json").write_text(json.dumps({"pid": pid, "start": start, "host": os.uname().nodename}))
+    return root
+
+
+def test_only_staging_folders_of_ended_processes_are_cleaned(tmp_path):
+    from mergekit_expo.atomic_output import _start_time, clean_stale
+
+    mine = _start_time(os.getpid())
+    live = fake_staging(tmp_path, "out", os.getpid(), start=mine)
+    dead = fake_staging(tmp_path, "out", dead_pid())
+    reused = fake_staging(tmp_path, "other", os.getpid(), start=mine - 1)  # that PID's owner ended
+    unrelated = fake_staging(tmp_path, "out-2", dead_pid())
+    clean_stale(tmp_path / "out")
+    clean_stale(tmp_path / "other")
+    assert live.is_dir() and not dead.exists() and not reused.exists() and unrelated.is_dir()
+
+
+def test_a_replacement_killed_half_way_is_undone_or_finished(workspace):
+    from mergekit_expo.atomic_output import clean_stale
+
+    # Killed after moving the previous output aside, before publishing: it goes back.
+    before = snapshot(workspace / "previous")
+    root = fake_staging(workspace, "previous", dead_pid())
+    (workspace / "previous").rename(root / "previous")
+    clean_stale(workspace / "previous")
+    assert snapshot(workspace / "previous") == before and not root.exists()
+    # Killed after publishing, before deleting the old one: deleted, as checked.
+    root = fake_staging(workspace, "out", dead_pid())
+    shutil.rmtree(root / "new" / "out")
+    shutil.copytree(workspace / "previous", root / "previous")
+    (workspace / "out").mkdir()
+    clean_stale(workspace / "out")
+    assert not root.exists()
+    # ... unless it changed: then it is kept, beside the output.
+    root = fake_staging(workspace, "out", dead_pid())
+    shutil.rmtree(root / "new" / "out")
+    shutil.copytree(workspace / "previous", root / "previous")
+    (root / "previous" / "notes.txt").write_text("mine")
+    clean_stale(workspace / "out")
+    kept = workspace / f"out.previous-{root.name.rsplit('-', 1)[1]}"
+    assert (kept / "notes.txt").read_text() == "mine" and not root.exists()

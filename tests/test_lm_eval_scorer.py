@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import merges_of, run_cli
+from conftest import invoke, merges_of, run_cli
 
 pytest.importorskip("lm_eval")
 
@@ -101,10 +101,10 @@ def results_of(folder):
     return {round(r["alpha"], 6): r for r in json.loads((folder / "results.json").read_text())["results"]}
 
 
-def search(pair, out, *args, check=True):
+def search(pair, out, *args, check=True, cwd=None):
     return run_cli("mergekit-expo", "search", *pair, "--out", out,
                    "--alphas", ",".join(f"{a:g}" for a in ALPHAS), "--batch-size", str(BATCH),
-                   *args, check=check)
+                   *args, check=check, cwd=cwd)
 
 
 def test_each_alpha_scores_what_lm_eval_gives_the_merged_checkpoint(tmp_path, pair, tasks_dir, merged_at,
@@ -129,12 +129,29 @@ def test_each_alpha_scores_what_lm_eval_gives_the_merged_checkpoint(tmp_path, pa
 
 def test_metric_limit_and_few_shot_reach_lm_eval(tmp_path, pair, tasks_dir, merged_at, lm_eval_reference):
     out = tmp_path / "search"
-    search(pair, out, "--scorer", "lm-eval:toy_choice", "--tasks-path", tasks_dir,
-           "--metric", "acc_norm", "--limit", "10", "--num-fewshot", "2")
+    result = search(pair, out, "--scorer", "lm-eval:toy_choice", "--tasks-path", tasks_dir,
+                    "--metric", "acc_norm", "--limit", "10", "--num-fewshot", "2", cwd=tmp_path)
     found = results_of(out)
     expected = lm_eval_reference(merged_at(0.5), "toy_choice", limit=10, num_fewshot=2)
     assert found[0.5]["score"] == expected["acc_norm,none"]
     assert found[0.5]["n"] == 10
+    # One accuracy: Wilson's 95% interval of a share of 10 items, inside [0, 1].
+    for row in found.values():
+        p, n, z = row["score"], row["n"], 1.959963984540054
+        center = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+        assert (row["low"], row["high"]) == pytest.approx((center - half, center + half), abs=1e-12)
+        assert 0 <= row["low"] <= row["score"] <= row["high"] <= 1
+    # Run outside a git checkout: lm-eval's `git describe` stays quiet.
+    assert "not a git repository" not in result.stderr
+
+
+def test_wilson_interval_matches_published_values():
+    from mergekit_expo.search.lm_eval_scorer import wilson_interval
+
+    assert wilson_interval(0.0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert wilson_interval(0.5, 20) == pytest.approx((0.2993, 0.7007), abs=1e-4)
+    assert wilson_interval(1.0, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)
 
 
 def test_a_group_scores_its_aggregate_metric(tmp_path, pair, tasks_dir, merged_at, lm_eval_reference):
@@ -186,13 +203,15 @@ def test_bad_lm_eval_inputs(tmp_path, pair, tasks_dir):
         (["--scorer", "lm-eval:needs_hub", "--tasks-path", offline], "someone/some-dataset"),
         (["--scorer", "lm-eval:toy_choice", "--guard", "lm-eval:toy_answer", *local], "--guard needs --max-drop"),
         (["--scorer", "lm-eval:toy_choice", "--max-drop", "0.1", *local], "--max-drop needs --guard"),
-        (["--scorer", "lm-eval:toy_choice", "--metric", "f1", *local], "reports acc,none, acc_norm,none"),
+        (["--scorer", "lm-eval:toy_choice", "--metric", "f1", *local], "it reports acc, acc_norm"),
+        (["--scorer", "lm-eval:toy_choice", "--metric", "accnorm", *local],
+         "does not report --metric 'accnorm' (closest: acc_norm): it reports acc, acc_norm"),
         (["--scorer", "lm-eval:toy_choice", "--engine", "vllm", *local], "runs with --engine hf"),
         (["--scorer", "lm_eval:toy_choice", *local], "did you mean lm-eval:toy_choice"),
         (["--data", tmp_path / "x.jsonl", "--limit", "5"], "--limit only applies to lm-eval scorers"),
     ]
-    for args, message in cases:
-        result = run_cli("mergekit-expo", "search", *pair, "--out", tmp_path / "o", *args, check=False)
+    for args, message in cases:  # in this process: refusals need no ~4 s of imports each
+        result = invoke("search", *pair, "--out", tmp_path / "o", *args, cwd=tmp_path)
         assert result.returncode == 1, (args, result.stderr)
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
@@ -227,3 +246,22 @@ def test_worked_example_runs(tmp_path):
     assert "best alpha =" in result.stdout and "the guard lm-eval:toy_recall" in result.stdout
     best = yaml.safe_load((example / "search/best.yml").read_text())
     assert best["merge_method"] == "expo"
+
+
+def test_worked_example_without_the_package_says_what_to_run(tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    example = tmp_path / "lm_eval_guard"
+    shutil.copytree(REPO / "examples/lm_eval_guard", example,
+                    ignore=shutil.ignore_patterns("models", "search"))
+    # A shell where neither the project's venv nor an environment with the package is active.
+    result = subprocess.run(["bash", str(example / "run.sh")], env={"PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: mergekit-expo with lm-eval is not installed here: run 'bash scripts/setup.sh' in the "
+        "repository (or pip install 'mergekit-expo[lm-eval]' and activate that environment)"]
+    assert not (example / "models").exists()

@@ -106,8 +106,11 @@ def publish(folder: Path, files: Dict[str, bytes]) -> None:
     """Write each file beside its final name and rename it into place, README last.
 
     Each rename is atomic, and the README that embeds the other files appears only
-    once they are in place. (An output manifest would list these names here.)
+    once they are in place. An output of ours lists them in its manifest, so that a later
+    --overwrite still knows the folder as its own.
     """
+    from mergekit_expo import manifest
+
     for name in sorted(files, key=lambda n: n == README):
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         try:
@@ -120,6 +123,7 @@ def publish(folder: Path, files: Dict[str, bytes]) -> None:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+    manifest.record(folder, files)
 
 
 def _digest(text: str) -> str:

@@ -1,16 +1,18 @@
 """``mergekit-expo search``: score candidate α values in one process, no checkpoint per α."""
 
+import logging
 import os
 from pathlib import Path
 
 import click
 
 from mergekit_expo.cli_errors import reports_errors
-from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.errors import ExpoConfigError, first_line
 from mergekit_expo.search.engine import ENGINES
 from mergekit_expo.search.sampling import PRESETS
 
 DTYPES = ("bfloat16", "float16", "float32")
+LOG = logging.getLogger("mergekit_expo")
 
 
 def resolve_device(device: str) -> str:
@@ -24,23 +26,51 @@ def resolve_device(device: str) -> str:
 
 
 def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model,
-                         tasks_path=None) -> None:
-    """Both outputs, before anything is read: never over an input or someone's files."""
-    from mergekit_expo.output_guard import check_no_overlap, check_output
+                         tasks_path=None):
+    """Both outputs, before anything is read: never over an input or someone's files.
+
+    Returns the checked --write-best output (None without it).
+    """
+    from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
     from mergekit_expo.search.results import RESULTS
 
     inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
               ("the reward model", reward_model), ("the lm-eval tasks folder", tasks_path)]
-    out = Path(out_dir).absolute()
+    out = Path(os.path.abspath(out_dir))
     check_no_overlap(out, out_dir, inputs)
+    if out.exists() and not out.is_dir():
+        raise ExpoConfigError(f"--out {out_dir} is a file: choose a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
         raise ExpoConfigError(
             f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
             "choose a new or empty folder"
         )
+    check_writable_parent(out)
     if write_best:
-        check_output(write_best, reads=[*inputs, ("the search folder", out_dir)], kind="model",
-                     overwrite=overwrite)
+        return check_output(write_best, reads=[*inputs, ("the search folder", out_dir)], kind="model",
+                            command="mergekit-expo search --write-best", overwrite=overwrite)
+    return None
+
+
+def check_plotting() -> None:
+    """The search ends with a plot: fail now, not after hours of scoring."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise ExpoConfigError(
+            f"the search draws score_vs_alpha.png with matplotlib, which cannot be imported "
+            f"({first_line(error)}): pip install 'mergekit-expo[search]'"
+        ) from None
+
+
+def warn_if_same_weights(sft_folder, aligned_folder, sft, aligned) -> None:
+    from mergekit_expo.preflight import same_weights
+
+    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder) or same_weights(sft_folder,
+                                                                                        aligned_folder):
+        LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
+                    "weights): there is no alignment update, every α scores the aligned model",
+                    sft, aligned)
 
 
 def model_reference(reference: str) -> str:
@@ -122,7 +152,7 @@ def positive(context, parameter, value):
 @click.option("--trust-remote-code", is_flag=True, help="Run model code from the checkpoints (danger)")
 @click.option("--write-best", type=click.Path(), help="Merge the best α with mergekit into this folder")
 @click.option("--overwrite", is_flag=True,
-              help="Let --write-best replace a previous mergekit output (never an input)")
+              help="Let --write-best replace a model mergekit-expo wrote there, unchanged (never an input)")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors(interrupted="the α values scored so far are kept in results.json: "
                             "rerun the same command to resume")
@@ -135,7 +165,7 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
     set, in one process, without writing a checkpoint per α."""
     from mergekit_expo import hub
     from mergekit_expo.hosts import require_mergekit
-    from mergekit_expo.preflight import check_pair
+    from mergekit_expo.preflight import check_pair, check_tokenizer
     from mergekit_expo.search.engine import make_engine
     from mergekit_expo.search.runner import fingerprint, parse_alphas, search
     from mergekit_expo.search.sampling import build_sampling
@@ -155,8 +185,9 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
         candidates = [0.0, *candidates]
     sampling = build_sampling(preset, seed=seed, max_new_tokens=max_new_tokens, sample=sample,
                               temperature=temperature, top_p=top_p, top_k=top_k)
-    check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned, data=data,
-                         reward_model=reward_model, tasks_path=tasks_path)
+    best_output = check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned,
+                                       data=data, reward_model=reward_model, tasks_path=tasks_path)
+    check_plotting()
     device = resolve_device(device)
     if engine_name == "vllm":
         from mergekit_expo.search.vllm_engine import import_vllm
@@ -165,6 +196,8 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(reward_model, "reward model")
     check_pair(sft_folder, aligned_folder)  # before the search folder is created
+    check_tokenizer(aligned_folder, "aligned")
+    warn_if_same_weights(sft_folder, aligned_folder, sft, aligned)
     scorer_options = dict(data=data, reward_model=reward_folder, sampling=sampling, device=device,
                           batch_size=batch_size, trust_remote_code=trust_remote_code,
                           lm_eval_options=lm_eval_options)
@@ -193,5 +226,6 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
         from mergekit_expo.run import run_config_file
 
         out = run_config_file(str(reports["best"]), write_best,
-                              MergeOptions(device=device, quiet=True), overwrite=overwrite, search=out_dir)
+                              MergeOptions(device=device, quiet=True), overwrite=overwrite, search=out_dir,
+                              command="mergekit-expo search --write-best", checked=best_output)
         click.echo(f"ExPO model with alpha = {results.best().alpha:g} written to {out}")

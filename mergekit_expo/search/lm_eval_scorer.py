@@ -18,7 +18,9 @@ PREFIX = "lm-eval:"
 EXTRA = "pip install 'mergekit-expo[lm-eval]'"
 UNSUPPORTED_ENGINE = ("the lm-eval scorer runs with --engine hf: lm-eval's vLLM wrapper builds its own "
                       "vLLM instance, so it cannot score weights swapped in place")
-Z95 = 1.959963984540054  # the interval is lm-eval's standard error, two-sided 95%
+Z95 = 1.959963984540054  # two-sided 95%
+# Metrics that are a share of items scored 0 or 1 (their intervals lie within [0, 1]).
+SHARES = ("acc", "acc_norm", "exact_match")
 
 
 def is_lm_eval(scorer: Optional[str]) -> bool:
@@ -122,12 +124,35 @@ class LmEvalScorer:
             errors.append(float(stderr) if isinstance(stderr, (int, float)) else math.nan)
             per_task[name] = value
         value = sum(values) / len(values)
+        samples = {name: int(results[name].get("sample_len", 0) or 0) for name in self.tasks}
+        low, high = self._interval(value, errors, samples)
+        return Score(value=value, low=low, high=high, n=sum(samples.values()) or 1,
+                     extra={f"lm_eval:{name}": per_task[name] for name in self.tasks})
+
+    def _interval(self, value: float, errors: List[float], samples: dict):
+        """95% interval: Wilson's for one accuracy-like task (a share of n items, never outside
+        [0, 1]); else ±1.96 lm-eval standard errors (several tasks: of their mean, in
+        quadrature), clipped to [0, 1] when every metric is such a share."""
+        shares = all(self.metrics[name].partition(",")[0] in SHARES and self.higher_is_better[name]
+                     for name in self.tasks)
+        if shares and len(samples) == 1:
+            (name, n), = samples.items()
+            if n > 0 and not hasattr(self.tasks[name], "aggregate_metric_list"):  # a group: no n
+                return wilson_interval(value, n)
         # Tasks are scored on separate examples: their errors add in quadrature.
         stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
-        low, high = (None, None) if math.isnan(stderr) else (value - Z95 * stderr, value + Z95 * stderr)
-        samples = sum(int(results[name].get("sample_len", 0) or 0) for name in self.tasks)
-        return Score(value=value, low=low, high=high, n=samples or 1,
-                     extra={f"lm_eval:{name}": per_task[name] for name in self.tasks})
+        if math.isnan(stderr):
+            return None, None
+        low, high = value - Z95 * stderr, value + Z95 * stderr
+        return (max(low, 0.0), min(high, 1.0)) if shares else (low, high)
+
+
+def wilson_interval(share: float, n: int):
+    """Wilson's 95% score interval of a share of ``n`` items (within [0, 1], not degenerate at 0 or 1)."""
+    z2 = Z95 * Z95
+    center = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(center - half, 0.0), min(center + half, 1.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,9 +189,18 @@ def _metric_key(name: str, task, metric: Optional[str]) -> str:
     wanted = metric if "," in metric else next((key for key in reported if key.split(",")[0] == metric),
                                                metric)
     if wanted not in reported:
+        names = [_shown_metric(key) for key in reported]
+        close = difflib.get_close_matches(metric, names, n=1, cutoff=0.5)
+        hint = f" (closest: {close[0]})" if close else ""
         raise ExpoConfigError(
-            f"task {name} does not report --metric {metric!r}: it reports {', '.join(reported)}")
+            f"task {name} does not report --metric {metric!r}{hint}: it reports {', '.join(names)}")
     return wanted
+
+
+def _shown_metric(key: str) -> str:
+    """lm-eval's 'acc,none' as the user writes it: 'acc' (the filter only when there is one)."""
+    metric, _, filter_name = key.partition(",")
+    return metric if filter_name in ("", "none") else key
 
 
 def _higher_is_better(task, key: str) -> bool:
@@ -188,3 +222,19 @@ def _dataset_of(manager, name: str) -> str:
 def _quiet_lm_eval() -> None:
     # lm-eval logs every task's defaults at WARNING; our tqdm bars and summary are the report.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # It records `git describe` of the working folder in every result, and outside a git
+    # checkout git prints "fatal: not a git repository" once per evaluation. lm-eval has no
+    # option for it: the same call, with git's stderr silenced.
+    import lm_eval.evaluator
+
+    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+        lm_eval.evaluator.get_git_commit_hash = _git_commit_hash
+
+
+def _git_commit_hash():
+    import subprocess
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, OSError):
+        return None

