@@ -44,8 +44,12 @@ class _Commands(click.Group):
             return getattr(importlib.import_module(module), attribute)
         except ExpoConfigError as error:
             return _refusing(name, str(error))
-        except ImportError as error:  # a mergekit whose API moved
-            return _refusing(name, hosts.unsupported("mergekit", f"{what}: {hosts.without_path(first_line(error))}"))
+        except ImportError as error:  # a broken environment, or a mergekit whose API moved
+            from mergekit_expo.environment import start_failure
+
+            explained = start_failure(error) or hosts.unsupported(
+                "mergekit", f"{what}: {hosts.without_path(first_line(error))}")
+            return _refusing(name, explained)
 
 
 def _refusing(name: str, message: str) -> click.Command:

@@ -199,6 +199,25 @@ def test_local_inputs_are_named_in_the_text_not_the_metadata(models_dir, monkeyp
     assert "  - from 0.1 at the first layer to 0.5 at the last (linear in depth)\n" in text
 
 
+def test_card_on_our_own_output_keeps_it_replaceable(models_dir, monkeypatch):
+    # card rewrites README.md (and adds the plot) in a run output: the output's manifest
+    # must list them, so that --overwrite still knows the folder as its own.
+    monkeypatch.chdir(models_dir)
+    shutil.copy(CONFIGS / "expo.yml", models_dir / "e.yml")
+    ok("run", "e.yml", "./out")
+    data = models_dir / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
+    ok("search", "./models/sft", "./models/aligned", "--data", data, "--alphas", "0,0.3", "--out", "./s")
+    ok("card", "./out", "--search", "./s")
+    assert (models_dir / "out" / "score_vs_alpha.png").is_file()
+    ok("run", "e.yml", "./out", "--overwrite")
+    assert not (models_dir / "out" / "score_vs_alpha.png").exists()
+    (models_dir / "out" / "notes.txt").write_text("mine\n")
+    ok("card", "./out", "--search", "./s")
+    assert "notes.txt" in refused("run", "e.yml", "./out", "--overwrite")
+    assert (models_dir / "out" / "notes.txt").read_text() == "mine\n"
+
+
 # -- mergekit-expo card ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
