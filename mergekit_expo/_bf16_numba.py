@@ -36,12 +36,18 @@ def _jit(function):
 
 @_jit
 def expo_bf16(sft, aligned, out, alpha):
-    """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays)."""
+    """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays), rounded once."""
     for i in range(out.size):
         a = np.float64(_as_float32(np.uint32(aligned[i]) << np.uint32(16)))
         s = np.float64(_as_float32(np.uint32(sft[i]) << np.uint32(16)))
-        result = np.float32(a + (a - s) * alpha)
-        bits = _as_uint32(result)
-        nearest_even = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        result = a + (a - s) * alpha
+        # Round to odd in fp32 (as numerics.round_to_odd_fp32): nearest, then back toward
+        # zero if that moved away from it, and the last bit set if anything was cut off.
+        nearest = np.float32(result)
+        back = np.float64(nearest)
+        bits = _as_uint32(nearest)
+        bits = (bits - np.uint32(abs(back) > abs(result))) | np.uint32(back != result)
+        # then nearest-even to bf16
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         # NaN never reaches a checkpoint (check_finite raises); keep it a NaN.
-        out[i] = np.uint16(0x7FC0) if result != result else np.uint16(nearest_even)
+        out[i] = np.uint16(0x7FC0) if result != result else np.uint16(rounded)
