@@ -25,6 +25,26 @@ def _as_uint32(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _as_float64(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return types.float64(types.uint64), codegen
+
+
+@intrinsic
+def _as_uint64(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint64))
+
+    return types.uint64(types.float64), codegen
+
+
+# As numerics.narrowable for bf16: cut 43 of fp64's 52 significand bits, rounding to odd.
+_LOW = np.uint64((1 << 43) - 1)
+
+
 def _jit(function):
     # nogil: the caller runs spans on several Python threads (no numba thread pool,
     # so nothing to clash with torch's OpenMP, with fork, or with concurrent callers).
@@ -41,13 +61,11 @@ def expo_bf16(sft, aligned, out, alpha):
         a = np.float64(_as_float32(np.uint32(aligned[i]) << np.uint32(16)))
         s = np.float64(_as_float32(np.uint32(sft[i]) << np.uint32(16)))
         result = a + (a - s) * alpha
-        # Round to odd in fp32 (as numerics.round_to_odd_fp32): nearest, then back toward
-        # zero if that moved away from it, and the last bit set if anything was cut off.
-        nearest = np.float32(result)
-        back = np.float64(nearest)
-        bits = _as_uint32(nearest)
-        bits = (bits - np.uint32(abs(back) > abs(result))) | np.uint32(back != result)
-        # then nearest-even to bf16
+        # The steps of numerics.narrowable: round to odd at 9 stored bits (fp32 holds
+        # that exactly), then to nearest-even bf16 on the fp32 bits.
+        wide = _as_uint64(result)
+        wide = (wide | ((wide & _LOW) + _LOW)) & ~_LOW
+        bits = _as_uint32(np.float32(_as_float64(wide)))
         rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         # NaN never reaches a checkpoint (check_finite raises); keep it a NaN.
         out[i] = np.uint16(0x7FC0) if result != result else np.uint16(rounded)

@@ -2,8 +2,8 @@
 
 Per element: widen both bf16 inputs to fp64 exactly, compute ``a + (a - s) * alpha``
 with a separate multiply and add (no fused multiply-add, so every step rounds as the
-fp64 stream does), then narrow to bf16 rounded once: to odd in fp32, then to
-nearest-even, the same steps as :func:`mergekit_expo.numerics.round_to_odd_fp32`.
+fp64 stream does), then narrow to bf16 rounded once: to odd at two bits more than
+bf16 keeps, then to nearest-even, the steps of :func:`mergekit_expo.numerics.narrowable`.
 One pass instead of the stream's many, vectorised by LLVM, split into spans over as
 many threads as torch uses.
 
@@ -27,6 +27,11 @@ def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> 
     kernel = _compiled()
     if kernel is None:
         return None
+    return run_in_spans(kernel, sft, aligned, alpha)
+
+
+def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``kernel(sft_bits, aligned_bits, out_bits, alpha)`` over spans, one per torch thread."""
     out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
     sft_bits, aligned_bits, out_bits = _bits(sft), _bits(aligned), _bits(out)
     threads = max(1, torch.get_num_threads())

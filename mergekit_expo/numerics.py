@@ -19,8 +19,9 @@ _ACCELERATOR_CHUNK = 1 << 24
 # wins back only over ~0.5B elements: tensors this large appear from ~0.5B models up
 # (the embeddings), so merges of small models never load it.
 _FUSED_MIN_ELEMENTS = 1 << 22
-# Results in these dtypes are rounded to odd in fp32 first, then to nearest-even.
-NARROW_DTYPES = (torch.bfloat16, torch.float16)
+# fp64 significand bits (52 stored) to cut off when rounding to odd before narrowing:
+# keep the target's stored bits plus two (bf16: 7 + 2, fp16: 10 + 2).
+_ODD_ROUNDING_DROP = {torch.bfloat16: 52 - 9, torch.float16: 52 - 12}
 
 
 def extrapolate_tensor(
@@ -74,8 +75,6 @@ def stream_fp64(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch
     if chunk:
         aligned64 = torch.empty(chunk, dtype=torch.float64, device=out.device)
         delta64 = torch.empty(chunk, dtype=torch.float64, device=out.device)
-        narrow = out.dtype in NARROW_DTYPES
-        odd32 = torch.empty(chunk, dtype=torch.float32, device=out.device) if narrow else None
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
             a, d = aligned64[: stop - start], delta64[: stop - start]
@@ -83,33 +82,32 @@ def stream_fp64(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch
             d.copy_(flat_sft[start:stop])
             torch.sub(a, d, out=d)
             d.mul_(alpha).add_(a)
-            if narrow:
-                flat_out[start:stop].copy_(round_to_odd_fp32(d, odd32[: stop - start], scratch=a))
-            else:
-                flat_out[start:stop].copy_(d)  # fp32 or fp64: one rounding (or none) already
+            flat_out[start:stop].copy_(narrowable(d, out.dtype, scratch=a))
     return out
 
 
-def round_to_odd_fp32(x: torch.Tensor, out: torch.Tensor, *, scratch: torch.Tensor) -> torch.Tensor:
-    """Write fp64 ``x`` into fp32 ``out`` rounded to odd; ``scratch`` is fp64, ``x``'s size.
+def narrowable(values: torch.Tensor, dtype: torch.dtype, *, scratch: torch.Tensor) -> torch.Tensor:
+    """fp64 ``values`` made safe for torch's conversion to ``dtype``: rounded once, not twice.
 
-    Round to odd: toward zero, and the last bit set whenever anything was cut off. A
-    number rounded to odd with two or more spare bits, then to nearest-even, is rounded
-    once (Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved
-    algorithms using rounding to odd", IEEE TC 2008): torch's own fp64 -> bf16/fp16
-    conversion rounds to nearest fp32 first, which can create a false tie. It never
-    overflows: a finite value past fp32's range becomes fp32's largest (odd) number,
-    which bf16 and fp16 then round to inf exactly when the value itself rounds to inf.
+    torch narrows fp64 to bf16/fp16 through fp32, by nearest both times, and the first
+    rounding can land on a midpoint of the target (a false tie). So each value is first
+    rounded *to odd* at two bits more than the target keeps (toward zero, the last kept
+    bit set if anything was cut off): fp32 then holds it exactly, down to the smallest
+    values that still round to anything but zero, and the one remaining rounding, to
+    nearest-even, gives the value rounded once (Boldo & Melquiond, "Emulation of FMA
+    and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008).
+    Nothing can overflow on the way: a value rounds to inf exactly when it should.
+    Other dtypes come back as they are (fp64 -> fp32 is one rounding already).
+    ``scratch`` is an fp64 buffer of ``values``' size; the result may be it.
     """
-    out.copy_(x)  # nearest-even fp32: one of the two fp32 neighbours of x
-    # Where it moved away from zero, step back toward zero (the other neighbour);
-    # where it moved at all, set the last bit. The same steps as _bf16_numba.expo_bf16.
-    bits = out.view(torch.int32)
-    torch.gt(out.abs(), x.abs(), out=scratch)  # 1.0 where away from zero (NaN: 0)
-    bits.sub_(scratch.to(torch.int32))
-    torch.ne(out, x, out=scratch)  # 1.0 where inexact (NaN: 1, and a NaN stays a NaN)
-    bits.bitwise_or_(scratch.to(torch.int32))
-    return out
+    dropped = _ODD_ROUNDING_DROP.get(dtype)
+    if dropped is None:
+        return values
+    low = (1 << dropped) - 1  # the fp64 significand bits to cut off
+    bits, odd = values.view(torch.int64), scratch.view(torch.int64)
+    # (cut-off bits + low) carries into the last kept bit exactly when they are not all zero
+    torch.bitwise_and(bits, low, out=odd).add_(low).bitwise_or_(bits).bitwise_and_(~low)
+    return scratch
 
 
 def check_finite(
