@@ -261,3 +261,38 @@ def test_batcher_halves_on_out_of_memory_and_keeps_order():
         Batcher(1, "cpu").run(["aaaa"], lambda batch: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(ValueError):  # other errors are not retried
         Batcher(4, "cpu").run(["a"], lambda batch: (_ for _ in ()).throw(ValueError("bad")))
+
+
+@pytest.mark.parametrize("engine,option,value,owner", [
+    ("hf", "--tensor-parallel-size", "2", "vllm"),
+    ("hf", "--gpu-memory-utilization", "0.5", "vllm"),
+    ("hf", "--max-model-len", "128", "vllm"),
+    ("vllm", "--device", "cpu", "hf"),
+    ("vllm", "--batch-size", "4", "hf"),
+])
+def test_an_option_of_the_other_engine_is_one_error(tmp_path, engine, option, value, owner):
+    from click.testing import CliRunner
+
+    from mergekit_expo.cli import main
+
+    out = tmp_path / "search"
+    result = CliRunner().invoke(main, ["search", str(tmp_path / "sft"), str(tmp_path / "aligned"),
+                                       "--engine", engine, option, value, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (f"Error: {option} is an option of --engine {owner}, not of --engine "
+                                     f"{engine}: drop it, or use --engine {owner}")
+    assert not out.exists()
+
+
+def test_with_vllm_device_and_batch_size_place_the_reward_model(tmp_path):
+    # not ignored there: the reward model runs on the transformers side
+    from click.testing import CliRunner
+
+    from mergekit_expo.cli import main
+
+    result = CliRunner().invoke(main, ["search", str(tmp_path / "sft"), str(tmp_path / "aligned"),
+                                       "--engine", "vllm", "--scorer", "reward-model", "--device", "cpu",
+                                       "--batch-size", "4", "--out", str(tmp_path / "search")])
+    assert "is an option of" not in result.stderr
+    # it got past the option check, to the next one (this venv has no vLLM)
+    assert result.stderr.startswith("Error: --engine vllm needs vLLM"), result.stderr

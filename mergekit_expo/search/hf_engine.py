@@ -20,7 +20,7 @@ from mergekit_expo.search.sampling import Sampling
 
 class HFEngine(Engine):
     def __init__(self, sft: str, aligned: str, *, device: str = "cpu", dtype: Optional[str] = None,
-                 batch_size: Optional[int] = None, trust_remote_code: bool = False, **_ignored):
+                 batch_size: Optional[int] = None, trust_remote_code: bool = False):
         import transformers
 
         from mergekit_expo.preflight import check_pair

@@ -30,8 +30,7 @@ def import_vllm():
 class VLLMEngine(Engine):
     def __init__(self, sft: str, aligned: str, *, dtype: Optional[str] = None,
                  tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
-                 max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0,
-                 **_ignored):
+                 max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0):
         import transformers
 
         from mergekit_expo.preflight import check_pair
