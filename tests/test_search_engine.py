@@ -28,19 +28,34 @@ def test_batch_size_does_not_change_answers_or_log_probs(fp32_pair, pair_factory
 
     rng = random.Random(0)
     # float32: identical greedy answers, log-probs equal to 1e-6 (relative).
-    # bfloat16: padding changes the kernels' rounding; log-probs agree to 1e-3 (README).
-    for pair, tolerance, same_answers in ((fp32_pair, 1e-6, True),
-                                          (pair_factory(delta_scale=0.3), 1e-3, False)):
+    # bfloat16: padding changes the kernels' rounding; log-probs agree to 1e-3 (README), and
+    # an answer may differ only where the next token was a near-tie for the model.
+    for pair, tolerance in ((fp32_pair, 1e-6), (pair_factory(delta_scale=0.3), 1e-3)):
         one, many = HFEngine(*map(str, pair), batch_size=1), HFEngine(*map(str, pair), batch_size=8)
         prompts = [encode_prompt(one.tokenizer, words(rng, 2, 20)) for _ in range(24)]
         answers = [encode_answer(one.tokenizer, words(rng, 2, 12)) for _ in range(24)]
         for engine in (one, many):
             engine.set_alpha(0.5)
-        if same_answers:
-            greedy = Sampling(max_new_tokens=24)
+        greedy = Sampling(max_new_tokens=24)
+        if one.model.dtype == torch.float32:
             assert one.generate(prompts, greedy) == many.generate(prompts, greedy)
+        else:  # bf16 generation is slow on a CPU: 8 prompts, 12 tokens
+            short, greedy = prompts[:8], Sampling(max_new_tokens=12)
+            alone, batched = one.generate(short, greedy), many.generate(short, greedy)
+            parted = [(p, a, b) for p, a, b in zip(short, alone, batched) if a != b]
+            assert all(near_tie_where_they_part(one, *row) for row in parted), parted
         for a, b in zip(one.answer_logprobs(prompts, answers), many.answer_logprobs(prompts, answers)):
             assert abs(a - b) <= tolerance * max(1.0, abs(a))
+
+
+def near_tie_where_they_part(engine, prompt, first, second, gap=0.1):
+    """Whether the model's logits for the two first differing tokens are within ``gap``."""
+    eos = engine.tokenizer.eos_token_id  # an answer that stops first chose EOS there
+    ids = [engine.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in (first, second)]
+    common = next(i for i, (x, y) in enumerate(zip(*ids)) if x != y)
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([prompt + ids[0][:common]])).logits[0, -1].float()
+    return abs(float(logits[ids[0][common]] - logits[ids[1][common]])) <= gap
 
 
 def test_batched_generation_matches_one_prompt_at_a_time_with_transformers(fp32_pair):
