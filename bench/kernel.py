@@ -7,6 +7,7 @@ in this one run, the candidates timed in turns. Usage: python bench/kernel.py
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mergekit_expo.fused_kernel import run_in_spans
-from mergekit_expo.numerics import extrapolate_tensor, stream_fp64
+from mergekit_expo.numerics import check_finite, extrapolate_tensor, stream_fp64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fp64_reference import round_once  # noqa: E402
@@ -75,6 +76,22 @@ def two_roundings_kernel():
     return expo_bf16_two_roundings
 
 
+def stream_two_roundings(sft, aligned, alpha, chunk=1 << 18):
+    """The fp64 stream as it was before one rounding: torch's conversion (through fp32)."""
+    out = torch.empty_like(aligned)
+    flat_out, flat_aligned, flat_sft = out.view(-1), aligned.reshape(-1), sft.reshape(-1)
+    a64, d64 = torch.empty(chunk, dtype=torch.float64), torch.empty(chunk, dtype=torch.float64)
+    for start in range(0, flat_out.numel(), chunk):
+        stop = min(flat_out.numel(), start + chunk)
+        a, d = a64[: stop - start], d64[: stop - start]
+        a.copy_(flat_aligned[start:stop])
+        d.copy_(flat_sft[start:stop])
+        torch.sub(a, d, out=d)
+        d.mul_(alpha).add_(a)
+        flat_out[start:stop].copy_(d)
+    return out
+
+
 def candidates(dtype: torch.dtype, alpha: float):
     label = str(dtype).removeprefix("torch.")
     found = {"expo kernel (as merges run it)": lambda b, t: extrapolate_tensor(b, t, alpha)}
@@ -82,10 +99,18 @@ def candidates(dtype: torch.dtype, alpha: float):
         from mergekit_expo.fused_kernel import _compiled
 
         now, before = _compiled(), two_roundings_kernel()
+
+        def as_merges_ran_it(b, t):  # the previous loop, with the finite check a merge adds
+            out = run_in_spans(before, b, t, alpha)
+            check_finite(out, b, t, alpha, None, ("sft", "aligned"))
+            return out
+
+        found["expo kernel before (as merges ran it)"] = as_merges_ran_it
         found["fused kernel alone, rounding once"] = lambda b, t: run_in_spans(now, b, t, alpha)
         found["fused kernel before, rounding twice via fp32"] = lambda b, t: run_in_spans(before, b, t, alpha)
     found.update({
         "fp64 stream (expo's path off the CPU or bf16)": lambda b, t: stream_fp64(b, t, alpha),
+        "fp64 stream before, rounding twice via fp32": lambda b, t: stream_two_roundings(b, t, alpha),
         f"plain {label} b + (1+a)(t - b)": lambda b, t: b + (1 + alpha) * (t - b),
         f"plain {label} t + a(t - b) (paper script)": lambda b, t: t + alpha * (t - b),
         "fp32 + bound check, fp64 redo (candidate)": lambda b, t: fp32_with_fp64_redo(b, t, alpha),
@@ -95,20 +120,19 @@ def candidates(dtype: torch.dtype, alpha: float):
     return found
 
 
-def best_seconds(functions: dict, *args, rounds=5) -> dict:
-    """Best wall and CPU time of each function, timed in turns (a slow spell of the
-    machine hits all alike; CPU time, summed over threads, does not count waiting for
-    a core that another process holds)."""
+def timed_in_turns(functions: dict, *args, rounds=5) -> dict:
+    """Wall and CPU seconds of each function in every round, the functions timed in turns
+    (a slow spell of the machine hits neighbours alike; CPU time, summed over threads,
+    does not count waiting for a core that another process holds)."""
     for function in functions.values():
         function(*args)  # warm-up: compiles, first-touches
-    best = {name: (float("inf"), float("inf")) for name in functions}
+    times = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
             wall, cpu = time.perf_counter(), time.process_time()
             function(*args)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
 
 
 def main():
@@ -126,19 +150,23 @@ def main():
     sft, aligned = sft64.to(dtype), aligned64.to(dtype)
     exact = round_once(aligned.double() + args.alpha * (aligned.double() - sft.double()), dtype)
 
-    print(f"{args.elements / 1e6:.0f}M {args.dtype} elements, alpha={args.alpha!r}, "
+    print(f"{args.elements / 1e6:g}M {args.dtype} elements, alpha={args.alpha!r}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.rounds} rounds")
-    print(f"{'method':48} {'Melem/s':>9} {'vs first':>8} {'Melem/CPU-s':>12} {'vs first':>8} {'rounded once':>14}")
+    print(f"{'method':48} {'Melem/s':>8} {'Melem/CPU-s':>11} {'vs first, median of rounds (min-max)':>37} "
+          f"{'rounded once':>13}")
     functions = candidates(dtype, args.alpha)
     if args.methods:
         functions = {name: f for name, f in functions.items() if args.methods in name}
-    seconds = best_seconds(functions, sft, aligned, rounds=args.rounds)
-    first_wall, first_cpu = seconds[next(iter(functions))]
+    times = timed_in_turns(functions, sft, aligned, rounds=args.rounds)
+    first = times[next(iter(functions))]
     for name, function in functions.items():
-        wall, cpu = seconds[name]
+        wall, cpu = min(t[0] for t in times[name]), min(t[1] for t in times[name])
+        # speed relative to the first row, paired round by round (>1: faster than the first)
+        ratios = sorted(a[0] / b[0] for a, b in zip(first, times[name]))
+        spread = f"{statistics.median(ratios):.3f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
         equal = (function(sft, aligned) == exact).double().mean().item()
-        print(f"{name:48} {args.elements / wall / 1e6:9.0f} {first_wall / wall:7.2f}x "
-              f"{args.elements / cpu / 1e6:12.0f} {first_cpu / cpu:7.2f}x {equal:14.6%}")
+        print(f"{name:48} {args.elements / wall / 1e6:8.0f} {args.elements / cpu / 1e6:11.0f} {spread:>37} "
+              f"{equal:12.6%}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def expo_bf16(sft, aligned, out, alpha):
         # that exactly), then to nearest-even bf16 on the fp32 bits.
         wide = _as_uint64(result)
         wide = (wide | ((wide & _LOW) + _LOW)) & ~_LOW
-        bits = _as_uint32(np.float32(_as_float64(wide)))
+        narrow = np.float32(_as_float64(wide))  # exact
+        bits = _as_uint32(narrow)
         rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         # NaN never reaches a checkpoint (check_finite raises); keep it a NaN.
-        out[i] = np.uint16(0x7FC0) if result != result else np.uint16(rounded)
+        out[i] = np.uint16(0x7FC0) if narrow != narrow else np.uint16(rounded)
