@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_expo.fused_kernel import run_in_spans
+from mergekit_expo.fused_kernel import _bits, run_in_spans
 from mergekit_expo.numerics import check_finite, extrapolate_tensor, stream_fp64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -108,6 +108,18 @@ def candidates(dtype: torch.dtype, alpha: float):
         found["expo kernel before (as merges ran it)"] = as_merges_ran_it
         found["fused kernel alone, rounding once"] = lambda b, t: run_in_spans(now, b, t, alpha)
         found["fused kernel before, rounding twice via fp32"] = lambda b, t: run_in_spans(before, b, t, alpha)
+        # the loop itself, one thread, into an output already touched: its arithmetic alone
+        reused = {}
+
+        def loop_only(kernel):
+            def run(b, t):
+                out = reused.setdefault("out", torch.empty_like(t))
+                kernel(_bits(b), _bits(t), _bits(out), float(alpha))
+                return out
+            return run
+
+        found["fused loop only (1 thread, output reused)"] = loop_only(now)
+        found["fused loop only before (1 thread, output reused)"] = loop_only(before)
     found.update({
         "fp64 stream (expo's path off the CPU or bf16)": lambda b, t: stream_fp64(b, t, alpha),
         "fp64 stream before, rounding twice via fp32": lambda b, t: stream_two_roundings(b, t, alpha),
