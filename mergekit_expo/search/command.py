@@ -104,6 +104,22 @@ def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) 
         import_lm_eval()
 
 
+# Options that one engine takes; given with the other engine they are an error, never dropped.
+ENGINE_OPTIONS = {"hf": ("device", "batch_size"),
+                  "vllm": ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")}
+
+
+def check_engine_options(engine_name, given, uses_reward_model) -> None:
+    """``given``: names of the options on the command line (not defaults)."""
+    for owner, names in ENGINE_OPTIONS.items():
+        if owner == engine_name or (owner == "hf" and uses_reward_model):
+            continue  # with vLLM, --device and --batch-size place and batch the reward model
+        for name in names:
+            if name in given:
+                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {owner}, "
+                                      f"not of --engine {engine_name}: drop it, or use --engine {owner}")
+
+
 def positive(context, parameter, value):
     if value is not None and value < 1:
         raise click.BadParameter(f"must be at least 1, got {value}")
@@ -131,10 +147,12 @@ def positive(context, parameter, value):
 @click.option("--refine", is_flag=True, help="Also score the midpoints around the best α")
 @click.option("--engine", "engine_name", type=click.Choice(ENGINES), default="hf", show_default=True,
               help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto (hf engine)")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Load and merge in this dtype  [default: checkpoint's]")
 @click.option("--batch-size", type=int, callback=positive,
-              help="Prompts per batch  [default: automatic, halved on out-of-memory]")
+              help="Prompts per batch (hf engine; with vllm: the reward model's)  "
+                   "[default: automatic, halved on out-of-memory]")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)),
               help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
                    "penalties 0.1, up to 2048 tokens); options below override it")
@@ -180,6 +198,10 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
     candidates = parse_alphas(alphas)
     lm_eval_options = dict(tasks_path=tasks_path, limit=limit, num_fewshot=num_fewshot, metric=metric)
     check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options)
+    context = click.get_current_context()
+    given = {name for name in context.params
+             if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    check_engine_options(engine_name, given, uses_reward_model="reward-model" in (scorer, guard))
     if guard and 0.0 not in candidates:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
         candidates = [0.0, *candidates]
@@ -203,11 +225,12 @@ def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num
                           lm_eval_options=lm_eval_options)
     scoring = make_scorer(scorer, **scorer_options)
     guarding = make_scorer(guard, **scorer_options) if guard else None
-    engine_options = dict(device=device, dtype=dtype, batch_size=batch_size,
-                          trust_remote_code=trust_remote_code,
-                          tensor_parallel_size=tensor_parallel_size,
-                          gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                          seed=seed)
+    engine_options = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    if engine_name == "hf":
+        engine_options.update(device=device, batch_size=batch_size)
+    else:
+        engine_options.update(tensor_parallel_size=tensor_parallel_size, seed=seed,
+                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
     settings = {"data": fingerprint(data), "reward_model": reward_model and model_reference(reward_model),
                 "sampling": sampling.settings(), "engine": engine_name}
     for role, used in (("scorer", scoring), ("guard", guarding)):

@@ -51,6 +51,18 @@ class ExpoCheckpoint:
             sft, aligned = sft.to(self.dtype), aligned.to(self.dtype)
         return extrapolate_tensor(sft.to(device), aligned.to(device), alpha, name=name)
 
+    def shape(self, name: str) -> tuple:
+        return tuple(self._sources[name][1].get_slice(name).get_shape())
+
+    def rows(self, name: str, rows: List[int], whole: bool = False):
+        """(sft, aligned) rows of a tensor (all of it with ``whole``), as the arithmetic reads them."""
+        pair = []
+        for source in self._sources[name]:
+            part = source.get_slice(name)
+            tensor = part[:] if whole else torch.cat([part[r:r + 1] for r in rows])
+            pair.append(tensor.to(self.dtype) if self.dtype is not None else tensor)
+        return tuple(pair)
+
     def layers(self, alpha: float, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
         """The ExPO tensors of one layer at a time (embeddings and head in a group of their own)."""
         for names in self.groups:
