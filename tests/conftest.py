@@ -55,38 +55,108 @@ def cli_env():
     return env
 
 
-def run_cli(*args, cwd=None, check=True, timeout=600, env=None):
-    """Run an installed console script (mergekit-yaml, mergekit-expo, ...) in a subprocess."""
-    command = [str(BIN / args[0]), *map(str, args[1:])]
-    result = subprocess.run(
-        command, cwd=cwd, env=dict(cli_env(), **(env or {})), capture_output=True, text=True,
-        timeout=timeout,
-    )
+# Console scripts a test may run in this process: the same click command the script
+# calls, without ~4 s of imports per call. Process-level behaviour (the .pth start-up
+# hook, signals, a console script's exit status) is tested with process=True.
+IN_PROCESS = {
+    "mergekit-expo": "mergekit_expo.cli:main",
+    "mergekit-yaml": "mergekit.scripts.run_yaml:main",
+    "mergekit-multi": "mergekit.scripts.multimerge:main",
+}
+
+
+def run_cli(*args, cwd=None, check=True, timeout=600, env=None, process=False):
+    """Run a console script (mergekit-yaml, mergekit-expo, ...): in this process through
+    click's CliRunner, or with ``process=True`` (or a script not in IN_PROCESS) as the
+    installed script in a subprocess. Returns a CompletedProcess either way."""
+    if process or args[0] not in IN_PROCESS:
+        command = [str(BIN / args[0]), *map(str, args[1:])]
+        result = subprocess.run(
+            command, cwd=cwd, env=dict(cli_env(), **(env or {})), capture_output=True, text=True,
+            timeout=timeout,
+        )
+    else:
+        result = _run_in_process(args, cwd=cwd, env=env)
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{' '.join(command)} exited {result.returncode}\n{result.stderr[-4000:]}"
+            f"{' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"
         )
     return result
 
 
-def invoke(*args, cwd):
-    """Run ``mergekit-expo ARGS`` in this process, in ``cwd`` (click's CliRunner): the same
-    command and exit code as the console script, without its ~4 s of imports. Returns what
-    :func:`run_cli` does."""
+def _run_in_process(args, *, cwd=None, env=None):
+    import importlib
+    import io
+    import logging
+    import traceback
+
     from click.testing import CliRunner
 
-    from mergekit_expo.cli import main
-
+    module, _, name = IN_PROCESS[args[0]].partition(":")
+    command = getattr(importlib.import_module(module), name)
+    forget_warnings()
+    log = io.StringIO()  # what a fresh process would print through logging's stderr handler
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
     previous = os.getcwd()
-    os.chdir(cwd)
     try:
-        result = CliRunner().invoke(main, [str(a) for a in args])
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(command, [str(a) for a in args[1:]], prog_name=args[0],
+                                    env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})})
     finally:
         os.chdir(previous)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += f"\nuncaught {type(result.exception).__name__}: {result.exception}"
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+        root.removeHandler(handler)
+        if cwd is not None:
+            _forget_modules_from(Path(cwd).resolve())
+    stderr = log.getvalue() + result.stderr
+    error = result.exception
+    if error is not None and not isinstance(error, SystemExit):
+        # As the interpreter would print it when the script let it escape.
+        stderr += "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, stderr)
+
+
+def _forget_modules_from(folder: Path) -> None:
+    """A user's module:function scorer is imported from the working folder; the next
+    command, like a fresh process, must import its own."""
+    if REPO.is_relative_to(folder) or Path(sys.prefix).resolve().is_relative_to(folder):
+        return  # a working folder above the package's own code
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder):
+            del sys.modules[name]
+    sys.path[:] = [entry for entry in sys.path if entry != str(folder) and entry != os.fspath(folder)]
+
+
+def forget_warnings():
+    """What a process keeps between merges, which a fresh process would not have: our
+    once-per-process warnings, and mergekit's caches keyed by model path (a relative
+    ./models/sft names another folder in the next test's working folder)."""
+    from mergekit_expo import alpha, contract
+
+    tasks = sys.modules.get("mergekit.io.tasks")
+    if tasks is not None:
+        tasks.LoaderCache.loaders.clear()
+    auto = sys.modules.get("mergekit.architecture.auto")
+    if auto is not None:
+        auto.infer_architecture_info.cache_clear()
+
+    alpha._warned_large.clear()
+    contract.warn_same_checkpoint.cache_clear()
+    contract.same_files.cache_clear()
+    self_check = sys.modules.get("mergekit_expo.search.self_check")
+    if self_check is not None:
+        self_check.warn_if_untested.cache_clear()
+
+
+def invoke(*args, cwd):
+    """Run ``mergekit-expo ARGS`` in this process, in ``cwd``: the same command and exit
+    code as the console script, without its ~4 s of imports."""
+    return run_cli("mergekit-expo", *args, cwd=cwd, check=False)
 
 
 def snapshot(root) -> dict:

@@ -471,7 +471,7 @@ def test_a_broken_torchvision_is_named_with_its_fix(tmp_path):
     (site / "torchvision-0.28.0.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
     result = run_cli("mergekit-expo", "run", "c.yml", tmp_path / "out", cwd=tmp_path, check=False,
-                     env={"PYTHONPATH": str(site)})
+                     env={"PYTHONPATH": str(site)}, process=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "Error: torchvision (operator torchvision::nms does not exist) is installed but does not work "

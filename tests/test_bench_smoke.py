@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cli_env
 
 
+@pytest.mark.slow
 def test_bench_run_smoke(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench/run.py"), "--sizes", "0.01B", "--repeats", "1",
@@ -30,11 +33,13 @@ def run_script(*args):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_kernel_benchmark_smoke():
     out = run_script(REPO / "bench/kernel.py", "--elements", "200000")
     assert "expo kernel" in out and "100.000000%" in out
 
 
+@pytest.mark.slow
 def test_search_lora_and_profile_benchmarks_smoke(tmp_path):
     cache = tmp_path / "cache"
     out = run_script(REPO / "bench/search_vs_naive.py", "--size", "0.01B", "--k", "2",
@@ -66,6 +71,7 @@ def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
     assert result.stderr.strip() == "Error: no CUDA device is visible: run this on a GPU machine"
 
 
+@pytest.mark.slow
 def test_search_engines_benchmark_smoke(tmp_path):
     out = run_script(REPO / "bench/search_engines.py", "--hidden", "64", "--layers", "2", "--prompts", "4",
                      "--new-tokens", "8", "--batch-size", "4", "--work", tmp_path / "engines")

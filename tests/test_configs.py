@@ -60,16 +60,18 @@ def assert_extrapolated(out, sft, aligned, alpha_for):
 
 @pytest.mark.parametrize("config", sorted(EXPECTED_ALPHA))
 def test_config(models_dir, config):
-    run_cli("mergekit-yaml", CONFIGS / config, "./out", cwd=models_dir)
+    # The basic recipe through the installed console script: the .pth start-up hook
+    # must register expo in a fresh mergekit-yaml process.
+    run_cli("mergekit-yaml", CONFIGS / config, "./out", cwd=models_dir, process=config == "expo.yml")
     out = load_folder(models_dir / "out")
     sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
     assert_extrapolated(out, sft, aligned, EXPECTED_ALPHA[config])
 
 
 def test_multi_stage_config(models_dir):
-    run_cli(
+    run_cli(  # a real mergekit-multi process: its stages know expo through the start-up hook
         "mergekit-multi", CONFIGS / MULTI, "--intermediate-dir", "./stages",
-        "--out-path", "./out", cwd=models_dir,
+        "--out-path", "./out", cwd=models_dir, process=True,
     )
     stage = load_folder(models_dir / "stages/expo-stage")
     sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")

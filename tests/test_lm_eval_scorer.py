@@ -230,6 +230,7 @@ def test_missing_lm_eval_names_the_extra(tmp_path, pair, tasks_dir):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_worked_example_runs(tmp_path):
     import shutil
     import subprocess

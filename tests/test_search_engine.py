@@ -158,9 +158,12 @@ def test_prompts_carry_exactly_one_bos_and_scores_use_those_ids(template, fp32_p
 
 # -- Hub ids -------------------------------------------------------------------------
 
-def test_hub_ids_resolve_offline_from_the_cache(tmp_path, pair_factory):
+def test_hub_ids_resolve_offline_from_the_cache(tmp_path, pair_factory, monkeypatch):
+    from huggingface_hub import constants
+
     pair = pair_factory(delta_scale=0.3)
     cache = hub_cache(tmp_path / "hub", {"org/sft": pair[0], "org/aligned": pair[1]})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # as HF_HUB_CACHE does in a process
     env = {"HF_HUB_CACHE": str(cache)}
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
