@@ -62,6 +62,8 @@ IN_PROCESS = {
     "mergekit-expo": "mergekit_expo.cli:main",
     "mergekit-yaml": "mergekit.scripts.run_yaml:main",
     "mergekit-multi": "mergekit.scripts.multimerge:main",
+    "mergekitty-yaml": "mergekitty.scripts.run_yaml:main",
+    "mergekitty-mega": "mergekitty.scripts.megamerge:main",
 }
 
 
@@ -138,12 +140,13 @@ def forget_warnings():
     ./models/sft names another folder in the next test's working folder)."""
     from mergekit_expo import alpha, contract
 
-    tasks = sys.modules.get("mergekit.io.tasks")
-    if tasks is not None:
-        tasks.LoaderCache.loaders.clear()
-    auto = sys.modules.get("mergekit.architecture.auto")
-    if auto is not None:
-        auto.infer_architecture_info.cache_clear()
+    for host in ("mergekit", "mergekitty"):  # whichever hosts this process has loaded
+        loaders = getattr(getattr(sys.modules.get(f"{host}.io.tasks"), "LoaderCache", None), "loaders", None)
+        if loaders is not None:
+            loaders.clear()
+        infer = getattr(sys.modules.get(f"{host}.architecture.auto"), "infer_architecture_info", None)
+        if infer is not None and hasattr(infer, "cache_clear"):
+            infer.cache_clear()
 
     alpha._warned_large.clear()
     contract.warn_same_checkpoint.cache_clear()

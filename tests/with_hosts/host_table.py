@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from conftest import BIN, cli_env
+from conftest import BIN, cli_env, run_cli
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,11 @@ HOSTS = (
 PRESENT = [host for host in HOSTS if importlib.util.find_spec(host.name)]
 
 
-def run_host(*args, cwd=None, check=True, timeout=600):
-    """Run a console script (host CLI or mergekit-expo) of this venv or of PYTHONPATH."""
+def run_host(*args, cwd=None, check=True, timeout=600, process=False):
+    """Run a console script (host CLI or mergekit-expo) of this venv or of PYTHONPATH: in
+    this process unless ``process`` (see conftest.run_cli)."""
+    if not process:
+        return run_cli(*args, cwd=cwd, check=check, timeout=timeout)
     env = cli_env()
     extra = os.environ.get("PYTHONPATH")  # set by the launcher for a second host only
     folders = [BIN]
