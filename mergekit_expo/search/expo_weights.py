@@ -7,7 +7,7 @@ engine can hand them to its own loader (transformers' conversion, vLLM's
 
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 
@@ -51,10 +51,18 @@ class ExpoCheckpoint:
             sft, aligned = sft.to(self.dtype), aligned.to(self.dtype)
         return extrapolate_tensor(sft.to(device), aligned.to(device), alpha, name=name)
 
-    def layers(self, alpha: float, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
-        """The ExPO tensors of one layer at a time (embeddings and head in a group of their own)."""
+    @property
+    def names(self) -> List[str]:
+        return [name for names in self.groups for name in names]
+
+    def layers(self, alphas: Union[float, Mapping[str, float]], device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+        """The ExPO tensors of one layer at a time (embeddings and head in a group of their own).
+
+        ``alphas``: one α for every tensor, or each tensor's own (checkpoint name -> α).
+        """
+        alpha_of = alphas.__getitem__ if isinstance(alphas, Mapping) else (lambda _name: alphas)
         for names in self.groups:
-            yield {name: self.tensor(name, alpha, device) for name in names}
+            yield {name: self.tensor(name, alpha_of(name), device) for name in names}
 
 
 def _by_layer(names: List[str]) -> List[List[str]]:

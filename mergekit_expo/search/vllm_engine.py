@@ -67,8 +67,10 @@ class VLLMEngine(Engine):
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.update_seconds = None
 
-    def set_alpha(self, alpha: float) -> None:
-        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alpha, self.dtype))
+    def set_alphas(self, alphas) -> None:
+        # A dict of a few thousand names and floats: each worker computes its tensors itself.
+        alphas = dict(alphas) if not isinstance(alphas, (int, float)) else float(alphas)
+        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alphas, self.dtype))
         self.update_seconds = max(seconds)
 
     def generate(self, prompts: Sequence[List[int]], sampling: Sampling,
