@@ -114,8 +114,8 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
             study.enqueue([plan.space.reference()], REFERENCE)
             study.enqueue(wanted, GRID)
             done = {r["candidate"] for r in study.rows()}
-            resumed = sum(f"alpha={c['alpha']:g}" in done for c in [plan.space.reference(), *wanted])
-            total = len({alpha for alpha in [0.0, *plan.grid]})
+            every = {f"alpha={alpha:g}" for alpha in [0.0, *plan.grid]}
+            resumed, total = len(every & done), len(every)
             if resumed:
                 click.echo(f"resuming: {resumed} of {total} α already scored in {out}", err=True)
         else:

@@ -72,13 +72,19 @@ def open_storage(url: str, heartbeat: int):
     if "://" not in url:
         raise ExpoConfigError(f"--storage {url} is neither a database URL (sqlite:///path, "
                               f"postgresql://user@host/db) nor a journal file (a path ending in {JOURNAL_SUFFIX})")
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-    except Exception as error:  # noqa: BLE001
-        raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}: check the URL, "
-                              "the server and its driver (psycopg2 for PostgreSQL)") from None
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        except Exception as error:  # noqa: BLE001
+            # Workers started together race to create the tables: the loser finds them made.
+            racing = ("already exists", "UNIQUE constraint failed", "database is locked")
+            if any(text in str(error) for text in racing) and attempt < 9:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}: check the URL, "
+                                  "the server and its driver (psycopg2 for PostgreSQL)") from None
 
 
 def make_sampler(name: str, seed: int):
