@@ -227,6 +227,8 @@ def search_command(sft, aligned, settings):
         open_engine=lambda: make_engine(s.engine, sft_folder, aligned_folder, **engine_options))
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
+    click.echo(f"this worker scored {len(log.scored)} candidate{'s' if len(log.scored) != 1 else ''} "
+               f"and waited {log.idle_seconds:.1f} s for other workers' candidates", err=True)
     if s.write_best:
         if log.scored and log.last_completed not in log.scored:
             click.echo(f"the worker that scored the last candidate merges {reports['best']} into "
