@@ -21,6 +21,10 @@ class ExpoNumericsError(ExpoError):
     """A tensor holds, or the extrapolation produced, a non-finite value."""
 
 
+class ExpoEngineError(ExpoError):
+    """An α-search engine does not hold the weights it was asked to set."""
+
+
 def first_line(error: BaseException) -> str:
     """A library's exception as one line: its message's first line, else its type's name."""
     text = str(error).strip()

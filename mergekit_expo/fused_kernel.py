@@ -2,9 +2,10 @@
 
 Per element: widen both bf16 inputs to fp64 exactly, compute ``a + (a - s) * alpha``
 with a separate multiply and add (no fused multiply-add, so every step rounds as the
-fp64 reference does), then narrow to fp32 and to bf16 with round-to-nearest-even, the
-two roundings torch's own fp64 -> bf16 conversion makes. One pass instead of the
-stream's six, vectorised by LLVM, split into spans over as many threads as torch uses.
+fp64 stream does), then narrow to bf16 rounded once: to odd at two bits more than
+bf16 keeps, then to nearest-even, the steps of :func:`mergekit_expo.numerics.narrowable`.
+One pass instead of the stream's many, vectorised by LLVM, split into spans over as
+many threads as torch uses.
 
 numba is imported on the first call, never at start-up; without it, or where it cannot
 compile, :func:`extrapolate_bf16` returns None and the caller streams through fp64.
@@ -26,6 +27,11 @@ def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> 
     kernel = _compiled()
     if kernel is None:
         return None
+    return run_in_spans(kernel, sft, aligned, alpha)
+
+
+def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``kernel(sft_bits, aligned_bits, out_bits, alpha)`` over spans, one per torch thread."""
     out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
     sft_bits, aligned_bits, out_bits = _bits(sft), _bits(aligned), _bits(out)
     threads = max(1, torch.get_num_threads())
@@ -67,11 +73,14 @@ def _compiled():
 
 
 def _self_check(kernel) -> None:
-    # Compiles now, and refuses a build whose rounding differs from torch's on a tie.
-    sft = torch.tensor([0.0, 1.0, -2.0], dtype=torch.bfloat16)
-    aligned = torch.tensor([1.0, 1.0078125, 3.0], dtype=torch.bfloat16)
-    out = torch.empty_like(aligned)
-    kernel(_bits(sft), _bits(aligned), _bits(out), 0.5)
-    expected = (aligned.double() + 0.5 * (aligned.double() - sft.double())).to(torch.bfloat16)
-    if not torch.equal(out, expected):
-        raise RuntimeError(f"self-check gave {out.tolist()}, expected {expected.tolist()}")
+    # Compiles now, and refuses a build that rounds differently from the rule. With
+    # aligned 1 + 2**-6 and sft 1 + 2**-7, alpha = 0.5 lands halfway between two bf16
+    # numbers (even wins: down); alpha = 0.5 + 2**-30 lands just above that midpoint
+    # (up), where rounding through fp32 to nearest first would make it a tie (down).
+    sft = torch.tensor([1.0078125, -1.0078125, 0.0], dtype=torch.bfloat16)
+    aligned = torch.tensor([1.015625, -1.015625, 1.0], dtype=torch.bfloat16)
+    for alpha, expected in ((0.5, [1.015625, -1.015625, 1.5]), (0.5 + 2.0 ** -30, [1.0234375, -1.0234375, 1.5])):
+        out = torch.empty_like(aligned)
+        kernel(_bits(sft), _bits(aligned), _bits(out), alpha)
+        if out.tolist() != expected:
+            raise RuntimeError(f"self-check at alpha={alpha!r} gave {out.tolist()}, expected {expected}")

@@ -19,6 +19,9 @@ _ACCELERATOR_CHUNK = 1 << 24
 # wins back only over ~0.5B elements: tensors this large appear from ~0.5B models up
 # (the embeddings), so merges of small models never load it.
 _FUSED_MIN_ELEMENTS = 1 << 22
+# fp64 significand bits (52 stored) to cut off when rounding to odd before narrowing:
+# keep the target's stored bits plus two (bf16: 7 + 2, fp16: 10 + 2).
+_ODD_ROUNDING_DROP = {torch.bfloat16: 52 - 9, torch.float16: 52 - 12}
 
 
 def extrapolate_tensor(
@@ -79,8 +82,32 @@ def stream_fp64(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch
             d.copy_(flat_sft[start:stop])
             torch.sub(a, d, out=d)
             d.mul_(alpha).add_(a)
-            flat_out[start:stop].copy_(d)
+            flat_out[start:stop].copy_(narrowable(d, out.dtype, scratch=a))
     return out
+
+
+def narrowable(values: torch.Tensor, dtype: torch.dtype, *, scratch: torch.Tensor) -> torch.Tensor:
+    """fp64 ``values`` made safe for torch's conversion to ``dtype``: rounded once, not twice.
+
+    torch narrows fp64 to bf16/fp16 through fp32, by nearest both times, and the first
+    rounding can land on a midpoint of the target (a false tie). So each value is first
+    rounded *to odd* at two bits more than the target keeps (toward zero, the last kept
+    bit set if anything was cut off): fp32 then holds it exactly, down to the smallest
+    values that still round to anything but zero, and the one remaining rounding, to
+    nearest-even, gives the value rounded once (Boldo & Melquiond, "Emulation of FMA
+    and correctly rounded sums: proved algorithms using rounding to odd", IEEE TC 2008).
+    Nothing can overflow on the way: a value rounds to inf exactly when it should.
+    Other dtypes come back as they are (fp64 -> fp32 is one rounding already).
+    ``scratch`` is an fp64 buffer of ``values``' size; the result may be it.
+    """
+    dropped = _ODD_ROUNDING_DROP.get(dtype)
+    if dropped is None:
+        return values
+    low = (1 << dropped) - 1  # the fp64 significand bits to cut off
+    bits, odd = values.view(torch.int64), scratch.view(torch.int64)
+    # (cut-off bits + low) carries into the last kept bit exactly when they are not all zero
+    torch.bitwise_and(bits, low, out=odd).add_(low).bitwise_or_(bits).bitwise_and_(~low)
+    return scratch
 
 
 def check_finite(

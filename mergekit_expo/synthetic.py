@@ -1,11 +1,10 @@
-"""Tiny SFT/aligned checkpoint pairs with random weights, for the demo, tests and benchmarks.
+"""Tiny SFT/aligned checkpoint pairs with random weights, for the demo and tests.
 
 No hub is needed: configs are built locally and weights drawn from a seeded RNG.
 The "aligned" model is the SFT model plus a small per-tensor perturbation, which is
 what a short DPO run looks like from the weights' point of view.
 """
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -21,7 +20,6 @@ MOE_SETTINGS = {
 }
 BASE_VOCAB = [f"w{i}" for i in range(60)]
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
-CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,6 @@ class PairSpec:
     max_shard_size: Optional[str] = None  # e.g. "200KB" to write sharded checkpoints
     added_tokens: Sequence[str] = ()  # tokens only the aligned model knows
     seed: int = 0
-    vocab_size: Optional[int] = None  # write_random_pair only; write_pair uses its tokenizer's
 
 
 def model_config(spec: PairSpec, vocab_size: int):
@@ -147,58 +144,3 @@ def write_tokenizer(path: str, base_vocab: Sequence[str], added: Sequence[str]):
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
     tokenizer.save_pretrained(path)
-
-
-def write_random_pair(root: str, spec: PairSpec, shard_bytes: int = 2_000_000_000) -> Tuple[str, str]:
-    """Write a large pair fast: random tensors streamed shard by shard, no model in memory.
-
-    Shapes come from the transformers model built on the meta device; the folders
-    look like Hub checkpoints (config.json, model-0000k-of-0000n.safetensors, index).
-    """
-    import json
-
-    import transformers
-    from safetensors.torch import save_file
-
-    config = model_config(spec, spec.vocab_size or len(SPECIAL + BASE_VOCAB))
-    config.dtype = str(spec.dtype).removeprefix("torch.")
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    config.architectures = [type(model).__name__]
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    del model
-    shards, current, size = [], [], 0
-    for name, shape in shapes.items():
-        current.append(name)
-        size += math.prod(shape) * spec.dtype.itemsize
-        if size >= shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-    if current:
-        shards.append(current)
-
-    generator = torch.Generator().manual_seed(spec.seed)
-    folders = [os.path.join(os.path.abspath(root), n) for n in ("sft", "aligned")]
-    for folder in folders:
-        os.makedirs(folder, exist_ok=True)
-        config.save_pretrained(folder)
-    weight_map = {}
-    for index, names in enumerate(shards, start=1):
-        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        sft, aligned = {}, {}
-        for name in names:
-            base = torch.randn(shapes[name], generator=generator) * 0.02
-            if name.endswith("norm.weight"):
-                base = 1 + 5 * base
-            noise = torch.randn(shapes[name], generator=generator) * (spec.delta_scale * float(base.std()))
-            sft[name], aligned[name] = base.to(spec.dtype), (base + noise).to(spec.dtype)
-            weight_map[name] = file
-            del base, noise
-        for folder, tensors in zip(folders, (sft, aligned)):
-            save_file(tensors, os.path.join(folder, file), metadata={"format": "pt"})
-        del sft, aligned
-    total = sum(math.prod(s) for s in shapes.values()) * spec.dtype.itemsize
-    for folder in folders:
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as handle:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, handle, indent=2)
-    return folders[0], folders[1]

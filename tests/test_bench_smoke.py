@@ -21,7 +21,7 @@ def test_bench_run_smoke(tmp_path):
     assert {r["method"] for r in rows} == {"expo", "task_arithmetic", "paper"}
     assert all(r["completed"] == "True" for r in rows)
     expo = next(r for r in rows if r["method"] == "expo")
-    assert float(expo["fidelity"]) >= 0.9999
+    assert float(expo["fidelity"]) == 1.0  # rounded once, judged by tests/fp64_reference.py
     assert Path(tmp_path / "out/results.png").stat().st_size > 0
 
 

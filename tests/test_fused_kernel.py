@@ -1,24 +1,28 @@
-"""The fused bf16 CPU kernel and the fp64 stream, each held bit for bit to the fp64 reference."""
+"""The fused bf16 CPU kernel and the fp64 stream, each held bit for bit to the fp64 value rounded once."""
 
+import math
 import threading
 
 import pytest
 import torch
 
-from fp64_reference import expo_fp64
+from fp64_reference import expo_fp64, round_once
 from mergekit_expo import numerics
 from mergekit_expo.errors import ExpoNumericsError
 from mergekit_expo.fused_kernel import extrapolate_bf16
 
 ALPHAS = [0.3, 0.37, 0.5, 1.0, 2.0, -0.5, 1e-3, 7.25]
+# α whose binary expansion has long runs, and one a mergekit gradient produces: through
+# fp32 by nearest first, these round twice on many elements.
+LONG_RUNS = [0.3 + 2.0 ** -30, 0.5 + 2.0 ** -20, 0.123456789, 0.1 + 0.4 * 17 / 31]
 
 
 def bits(tensor):
     return tensor.view(torch.int16)
 
 
-def reference(sft, aligned, alpha):
-    return expo_fp64(sft, aligned, alpha).to(torch.bfloat16)
+def reference(sft, aligned, alpha, dtype=torch.bfloat16):
+    return round_once(expo_fp64(sft, aligned, alpha), dtype)
 
 
 def weights(n=1 << 22, seed=0, delta=0.002):
@@ -47,31 +51,81 @@ def test_the_fused_kernel_is_available_with_the_installed_numba():
 
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_fused_and_stream_equal_the_fp64_reference_bit_for_bit(alpha):
-    sft, aligned = weights(seed=int(abs(alpha) * 100))
+    sft, aligned = weights(n=1 << 20, seed=int(abs(alpha) * 100))
     expected = bits(reference(sft, aligned, alpha))
     assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), expected)
     assert torch.equal(bits(numerics.stream_fp64(sft, aligned, alpha)), expected)
 
 
-@pytest.mark.parametrize("alpha", [0.3, 0.5, -0.7, 2.0])
-def test_awkward_values_match_where_the_reference_is_finite(alpha):
+@pytest.mark.parametrize("alpha", [0.3, 0.5, -0.7, 2.0, *LONG_RUNS])
+def test_awkward_values_bit_for_bit(alpha):
     sft, aligned = awkward_pairs()
     expected = reference(sft, aligned, alpha)
-    finite = torch.isfinite(expected)
-    assert finite.sum() > 300  # the awkward cases really are exercised
+    assert torch.isfinite(expected).sum() > 300  # the awkward cases really are exercised
     for result in (extrapolate_bf16(sft, aligned, alpha), numerics.stream_fp64(sft, aligned, alpha)):
-        assert torch.equal(bits(result)[finite], bits(expected)[finite])
-        assert not torch.isfinite(result[~finite]).any()
+        assert torch.equal(bits(result), bits(expected))
 
 
-def test_few_ulp_deltas_full_of_exact_ties():
-    # deltas of 1-4 bf16 ulps: many results are exact ties at alpha = 0.5 and 0.25
-    sft, _ = weights(n=1 << 21, seed=3)
-    steps = torch.randint(-4, 5, sft.shape, generator=torch.Generator().manual_seed(4))
-    aligned = (sft.view(torch.int16) + steps.to(torch.int16)).view(torch.bfloat16)
-    aligned = torch.where(torch.isfinite(aligned), aligned, sft)
-    for alpha in (0.5, 0.25, 0.3):
-        assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), bits(reference(sft, aligned, alpha)))
+def few_ulp_pairs(dtype=torch.bfloat16, n=1 << 20, seed=3):
+    """aligned = sft moved by -4..4 units in the last place: results full of ties and near-ties."""
+    sft, _ = weights(n=n, seed=seed)
+    sft = sft.to(dtype)
+    steps = torch.randint(-4, 5, sft.shape, generator=torch.Generator().manual_seed(seed + 1))
+    aligned = (sft.view(torch.int16) + steps.to(torch.int16)).view(dtype)
+    return sft, torch.where(torch.isfinite(aligned), aligned, sft)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.25, 0.3, *LONG_RUNS])
+def test_few_ulp_deltas_full_of_ties_and_false_ties(alpha):
+    sft, aligned = few_ulp_pairs()
+    expected = bits(reference(sft, aligned, alpha))
+    assert torch.equal(bits(extrapolate_bf16(sft, aligned, alpha)), expected)
+    assert torch.equal(bits(numerics.stream_fp64(sft, aligned, alpha)), expected)
+
+
+@pytest.mark.parametrize("alpha", [0.3, *LONG_RUNS])
+def test_the_stream_rounds_float16_once(alpha):
+    sft, aligned = few_ulp_pairs(torch.float16, n=1 << 18)
+    assert torch.equal(bits(numerics.stream_fp64(sft, aligned, alpha)),
+                       bits(reference(sft, aligned, alpha, torch.float16)))
+
+
+def edge_cases(dtype):
+    """(sft, aligned, alpha, expected) rows, the expected results worked out by hand."""
+    tiny = 2.0 ** -133 if dtype == torch.bfloat16 else 2.0 ** -24  # the smallest subnormal
+    largest = torch.finfo(dtype).max
+    ulp_at_largest = 2.0 ** (120 if dtype == torch.bfloat16 else 5)
+    return [
+        # false tie among subnormals: 3 + 1.5·(1 + 2**-29) smallest subnormals is just above 4.5
+        (0.0, 3 * tiny, 0.5 + 2.0 ** -30, 5 * tiny),
+        # largest + half an ulp is a tie that goes to inf; just below it stays finite
+        (largest - ulp_at_largest, largest, 0.5, math.inf),
+        (largest - ulp_at_largest, largest, 0.5 - 2.0 ** -30, largest),
+        (-largest + ulp_at_largest, -largest, 0.5 - 2.0 ** -30, -largest),
+        # far past fp32's range: inf, with its sign
+        (-largest, largest, 3.0, math.inf),
+        # results that round to zero keep their sign; an exact zero is +0 (IEEE: -0 - -0 = +0)
+        (3 * tiny, tiny, 0.7, -0.0),
+        (-3 * tiny, -tiny, 0.7, 0.0),
+        (1.0, 0.5, 1.0, 0.0),
+        (-0.0, -0.0, 0.3, 0.0),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_edge_cases_worked_out_by_hand(dtype):
+    rows = edge_cases(dtype)
+    expected = torch.tensor([row[3] for row in rows], dtype=dtype)
+    for sft_value, aligned_value, alpha, want in rows:
+        sft, aligned = (torch.tensor([v], dtype=torch.float64).to(dtype) for v in (sft_value, aligned_value))
+        results = [numerics.stream_fp64(sft, aligned, alpha)]
+        if dtype == torch.bfloat16:
+            results.append(extrapolate_bf16(sft, aligned, alpha))
+        want_bits = bits(torch.tensor([want], dtype=dtype))
+        assert torch.equal(bits(reference(sft, aligned, alpha, dtype)), want_bits), (sft_value, aligned_value, alpha)
+        for result in results:
+            assert torch.equal(bits(result), want_bits), (sft_value, aligned_value, alpha, result.item(), want)
+    assert len(expected) == len(rows)
 
 
 def test_only_large_contiguous_cpu_bf16_tensors_take_the_fused_path():
@@ -102,7 +156,7 @@ def test_overflow_on_the_fused_path_names_the_tensor():
 
 
 def test_calls_from_several_threads_at_once_stay_exact():
-    pairs = [weights(n=1 << 22, seed=seed) for seed in range(4)]
+    pairs = [weights(n=1 << 21, seed=seed) for seed in range(4)]
     results = [None] * len(pairs)
 
     def work(index):

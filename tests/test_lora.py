@@ -66,7 +66,7 @@ def test_modules_to_save_are_extrapolated_against_base(tmp_path, sft_dir):
     trained_head = load_folder(adapter)["base_model.model.lm_head.weight"]
     new_head = load_folder(tmp_path / "expo")["base_model.model.lm_head.weight"]
     equal, worst = fidelity(new_head, base_head, trained_head, ALPHA)
-    assert equal >= 0.9999 and worst <= 1.0
+    assert equal == 1.0 and worst <= 1.0
     assert not torch.equal(trained_head, base_head)
 
 

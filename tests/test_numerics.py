@@ -1,13 +1,27 @@
-"""The expo kernel against an fp64 reference, through mergekit's own merge API."""
+"""The expo kernel against the fp64 value rounded once and exact rationals, through mergekit's own merge API."""
+
+import random
+from fractions import Fraction
 
 import pytest
 import torch
 from mergekit.merge_methods import merge_tensors
 
 import mergekit_expo  # noqa: F401  (registers expo)
-from fp64_reference import expo_fp64, fidelity
+from fp64_reference import exact_expo, expo_fp64, fidelity, round_fraction, round_once
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# Held-out α, each with the exact rational it stands for: the float itself where its
+# binary expansion is what was meant, the decimal as written, and the rational a
+# mergekit gradient computes (0.1 + 0.4·17/31 = 99/310).
+HELD_OUT = [
+    (0.3 + 2.0 ** -30, Fraction(0.3 + 2.0 ** -30)),
+    (0.5 + 2.0 ** -20, Fraction(0.5 + 2.0 ** -20)),
+    (0.123456789, Fraction(0.123456789)),
+    (0.3, Fraction("0.3")),
+    (0.37, Fraction("0.37")),
+    (0.1 + 0.4 * 17 / 31, Fraction(99, 310)),
+]
 
 
 def weights_pair(dtype, n=1_000_000, spread=0.02, delta=0.002, seed=0):
@@ -30,8 +44,44 @@ def test_matches_fp64_reference_rounded_once(dtype, alpha):
     out = expo(sft, aligned, alpha)
     assert out.dtype == dtype
     equal, worst_ulps = fidelity(out, sft, aligned, alpha)
-    assert equal >= 0.9999, f"{equal:.6f} correctly rounded"
+    assert equal == 1.0, f"{equal:.6f} rounded once"
     assert worst_ulps <= 1.0
+
+
+def few_ulp_pair(dtype, n, seed=0):
+    """aligned = sft moved by -4..4 units in the last place: results full of ties and near-ties."""
+    sft, _ = weights_pair(dtype, n=n, seed=seed)
+    steps = torch.randint(-4, 5, sft.shape, generator=torch.Generator().manual_seed(seed + 1))
+    aligned = (sft.view(torch.int16) + steps.to(torch.int16)).view(dtype)
+    return sft, aligned
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alpha,exact_alpha", HELD_OUT)
+def test_sampled_elements_equal_exact_rationals_rounded_once(dtype, alpha, exact_alpha):
+    # Python floats and fractions only: no torch conversion decides anything here.
+    pairs = [weights_pair(dtype, n=20_000, seed=5), few_ulp_pair(dtype, n=20_000, seed=6)]
+    for sft, aligned in pairs:
+        out = expo(sft, aligned, alpha).double().tolist()
+        sample = random.Random(7).sample(range(len(out)), 1500)
+        s, a = sft.double().tolist(), aligned.double().tolist()
+        for i in sample:
+            fp64_value = a[i] + alpha * (a[i] - s[i])  # IEEE fp64, one step at a time
+            assert out[i] == round_fraction(Fraction(fp64_value), dtype), (i, s[i], a[i])
+            # and, on these held-out pairs, the exact real result rounded once
+            assert out[i] == round_fraction(exact_expo(s[i], a[i], exact_alpha), dtype), (i, s[i], a[i])
+
+
+def test_the_fused_kernel_through_mergekit_api():
+    from mergekit_expo import fused_kernel, numerics
+
+    sft, aligned = few_ulp_pair(torch.bfloat16, n=numerics._FUSED_MIN_ELEMENTS, seed=8)
+    calls = fused_kernel._compiled.cache_info()
+    out = expo(sft, aligned, 0.3 + 2.0 ** -30)
+    after = fused_kernel._compiled.cache_info()
+    assert after.hits + after.misses == calls.hits + calls.misses + 1  # the fused pass ran
+    expected = round_once(expo_fp64(sft, aligned, 0.3 + 2.0 ** -30), torch.bfloat16)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -76,6 +126,7 @@ def test_out_dtype_rounds_the_fp32_path_to_bf16():
     sft, aligned = weights_pair(torch.float32)
     out = expo(sft, aligned, 0.3, out_dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
+    # rounded once to fp32, then mergekit's own cast to bf16: a second rounding
     equal, worst = fidelity(out, sft, aligned, 0.3)
     assert equal >= 0.9999 and worst <= 1.0
 

@@ -130,9 +130,12 @@ def test_resume_skips_done_alphas_and_refine_adds_midpoints(tmp_path, pair, pref
             "--alphas", "0,0.4,0.8", "--refine")
     second = results_of(out)
     assert first[0.0] == second[0.0] and first[0.4] == second[0.4]  # not recomputed
-    best = max(second[a]["score"] for a in (0.0, 0.4, 0.8))
-    assert 0.8 in second and len(second) >= 4  # a midpoint next to the best was added
-    assert max(r["score"] for r in second.values()) >= best
+    # the best of the grid (score, then mean margin), and exactly the midpoints on either side of it
+    coarse = (0.0, 0.4, 0.8)
+    best = max(coarse, key=lambda a: (second[a]["score"], second[a]["extra"]["mean_margin"]))
+    index = coarse.index(best)
+    midpoints = {round((best + coarse[i]) / 2, 6) for i in (index - 1, index + 1) if 0 <= i < len(coarse)}
+    assert set(second) == {*coarse, *midpoints}, (best, sorted(second))
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, pair, preference_file):

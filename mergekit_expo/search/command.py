@@ -125,6 +125,22 @@ def check_space_options(settings) -> None:
                               "needs tpe, cmaes or random")
 
 
+# Options that one engine takes; given with the other engine they are an error, never dropped.
+ENGINE_OPTIONS = {"hf": ("device", "batch_size"),
+                  "vllm": ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")}
+
+
+def check_engine_options(engine_name, given, uses_reward_model) -> None:
+    """``given``: names of the options on the command line (not defaults)."""
+    for owner, names in ENGINE_OPTIONS.items():
+        if owner == engine_name or (owner == "hf" and uses_reward_model):
+            continue  # with vLLM, --device and --batch-size place and batch the reward model
+        for name in names:
+            if name in given:
+                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {owner}, "
+                                      f"not of --engine {engine_name}: drop it, or use --engine {owner}")
+
+
 def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space for these models and the resolver of its candidates (through mergekit)."""
     import json
@@ -181,6 +197,10 @@ def search_command(sft, aligned, settings):
     grid = parse_alphas(s.alphas) if s.space == "scalar" else None
     alpha_range = parse_range(s.alpha_range)
     check_scorer_options(s.scorer, s.guard, s.max_drop, s.engine, s.lm_eval_options())
+    context = click.get_current_context()
+    given = {name for name in context.params
+             if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    check_engine_options(s.engine, given, uses_reward_model="reward-model" in (s.scorer, s.guard))
     if s.guard and grid is not None and 0.0 not in grid:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
     sampling = build_sampling(s.preset, seed=s.seed, max_new_tokens=s.max_new_tokens, sample=s.sample,
@@ -207,10 +227,12 @@ def search_command(sft, aligned, settings):
                           lm_eval_options=s.lm_eval_options())
     scoring = make_scorer(s.scorer, **scorer_options)
     guarding = make_scorer(s.guard, **scorer_options) if s.guard else None
-    engine_options = dict(device=device, dtype=s.dtype, batch_size=s.batch_size,
-                          trust_remote_code=s.trust_remote_code, tensor_parallel_size=s.tensor_parallel_size,
-                          gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len,
-                          seed=s.seed)
+    engine_options = dict(dtype=s.dtype, trust_remote_code=s.trust_remote_code)
+    if s.engine == "hf":
+        engine_options.update(device=device, batch_size=s.batch_size)
+    else:
+        engine_options.update(tensor_parallel_size=s.tensor_parallel_size, seed=s.seed,
+                              gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)
     identity = {"data": fingerprint(s.data), "reward_model": s.reward_model and model_reference(s.reward_model),
                 "sampling": sampling.settings(), "engine": s.engine, "sft": model_reference(sft),
                 "aligned": model_reference(aligned), "dtype": s.dtype}

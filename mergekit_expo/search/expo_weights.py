@@ -55,6 +55,18 @@ class ExpoCheckpoint:
     def names(self) -> List[str]:
         return [name for names in self.groups for name in names]
 
+    def shape(self, name: str) -> tuple:
+        return tuple(self._sources[name][1].get_slice(name).get_shape())
+
+    def rows(self, name: str, rows: List[int], whole: bool = False):
+        """(sft, aligned) rows of a tensor (all of it with ``whole``), as the arithmetic reads them."""
+        pair = []
+        for source in self._sources[name]:
+            part = source.get_slice(name)
+            tensor = part[:] if whole else torch.cat([part[r:r + 1] for r in rows])
+            pair.append(tensor.to(self.dtype) if self.dtype is not None else tensor)
+        return tuple(pair)
+
     def layers(self, alphas: Union[float, Mapping[str, float]], device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
         """The ExPO tensors of one layer at a time (embeddings and head in a group of their own).
 

@@ -4,6 +4,8 @@ Weights go through transformers' own checkpoint conversion (the one
 ``from_pretrained`` uses), one layer at a time: models whose class renames or fuses
 checkpoint tensors on load (Mixtral's and Qwen-MoE's experts, for example) get
 exactly the weights the merged checkpoint would load to, with no name map of ours.
+That conversion is transformers' internal API: every α is checked after loading
+(:mod:`.self_check`).
 """
 
 from typing import Callable, List, Optional, Sequence
@@ -20,12 +22,14 @@ from mergekit_expo.search.sampling import Sampling
 
 class HFEngine(Engine):
     def __init__(self, sft: str, aligned: str, *, device: str = "cpu", dtype: Optional[str] = None,
-                 batch_size: Optional[int] = None, trust_remote_code: bool = False, **_ignored):
+                 batch_size: Optional[int] = None, trust_remote_code: bool = False):
         import transformers
 
         from mergekit_expo.preflight import check_pair
+        from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
 
         check_pair(sft, aligned)
+        warn_if_untested("hf")
         transformers.utils.logging.disable_progress_bar()  # our bars, not one per layer load
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.weights = ExpoCheckpoint(sft, aligned, torch_dtype)
@@ -35,6 +39,8 @@ class HFEngine(Engine):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             aligned, trust_remote_code=trust_remote_code)
         self._attach(model, tokenizer, device, batch_size)
+        held = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
+        self.probe = WeightProbe(self.weights, held, engine="hf")
 
     @classmethod
     def for_model(cls, model, tokenizer, *, device: str = "cpu", batch_size: Optional[int] = None):
@@ -52,6 +58,12 @@ class HFEngine(Engine):
 
     # -- weights ---------------------------------------------------------------------
     def set_alphas(self, alphas) -> None:
+        self._load_weights(alphas)
+        state = self.model.state_dict()
+        self.probe.check(alphas, {name: state[name].reshape(-1)[positions].cpu()
+                                  for name, positions in self.probe.requests().items()})
+
+    def _load_weights(self, alphas) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import convert_and_load_state_dict_in_model
         from transformers.modeling_utils import LoadStateDictConfig

@@ -58,11 +58,13 @@ class SearchSettings(BaseModel):
     # -- Engine -----------------------------------------------------------------------------
     engine: str = _option("Engine", "hf", type=_choices(("hf", "vllm")), show_default=True,
                           help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
-    device: str = _option("Engine", "cpu", show_default=True, help="cpu, cuda, cuda:N or auto (hf engine)")
+    device: str = _option("Engine", "cpu", show_default=True,
+                          help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
     dtype: Optional[str] = _option("Engine", type=_choices(DTYPES),
                                    help="Load and merge in this dtype  [default: checkpoint's]")
     batch_size: Optional[int] = _option("Engine", type=int, callback=_positive,
-                                        help="Prompts per batch  [default: automatic, halved on out-of-memory]")
+                                        help="Prompts per batch (hf engine; with vllm: the reward model's)  "
+                                             "[default: automatic, halved on out-of-memory]")
     tensor_parallel_size: Optional[int] = _option("Engine", type=int, callback=_positive,
                                                   help="vLLM: GPUs per model  [default: all visible GPUs; 1 on CPU]")
     gpu_memory_utilization: Optional[float] = _option("Engine", type=float,

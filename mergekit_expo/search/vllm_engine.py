@@ -3,7 +3,9 @@
 vLLM is what takes a model past one GPU (``--tensor-parallel-size``) and, on its Ray
 backend, past one node; we build on it and add only the ExPO tensors
 (:mod:`.vllm_worker`). Generation is one ``LLM.generate`` call for the whole dev set;
-preference log-likelihoods come from vLLM's prompt log-probabilities.
+preference log-likelihoods come from vLLM's prompt log-probabilities. ``reload_weights``
+with an iterator is not a stable vLLM interface: every α is checked after loading, in
+every worker (:mod:`.self_check`).
 """
 
 import os
@@ -38,14 +40,15 @@ def import_vllm():
 class VLLMEngine(Engine):
     def __init__(self, sft: str, aligned: str, *, dtype: Optional[str] = None,
                  tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
-                 max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0,
-                 **_ignored):
+                 max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0):
         import transformers
 
         from mergekit_expo.preflight import check_pair
+        from mergekit_expo.search.self_check import warn_if_untested
 
         vllm = import_vllm()
         check_pair(sft, aligned)
+        warn_if_untested("vllm")
         self.sft, self.aligned, self.dtype = sft, aligned, dtype
         size = tensor_parallel_size or default_parallel_size()
         check_parallel_size(size, aligned)
@@ -66,12 +69,32 @@ class VLLMEngine(Engine):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned, trust_remote_code=trust_remote_code)
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.update_seconds = None
+        self.probe = self._weight_probe()
+
+    def _weight_probe(self):
+        """What every worker holds under its checkpoint name and shape (TP shards are not)."""
+        import torch
+
+        from mergekit_expo.search.expo_weights import ExpoCheckpoint
+        from mergekit_expo.search.self_check import WeightProbe
+
+        per_worker = [{name: (tuple(shape), dtype) for name, (shape, dtype) in held.items()}
+                      for held in self.llm.collective_rpc("expo_held")]
+        held = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in per_worker[0].items()
+                if all(worker.get(name) == (shape, dtype) for worker in per_worker)}
+        checkpoint = ExpoCheckpoint(self.sft, self.aligned, getattr(torch, self.dtype) if self.dtype else None)
+        return WeightProbe(checkpoint, held, engine="vllm")
 
     def set_alphas(self, alphas) -> None:
+        import torch
+
         # A dict of a few thousand names and floats: each worker computes its tensors itself.
         alphas = dict(alphas) if not isinstance(alphas, (int, float)) else float(alphas)
         seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alphas, self.dtype))
         self.update_seconds = max(seconds)
+        for found in self.llm.collective_rpc("expo_read", args=(self.probe.requests(),)):
+            self.probe.check(alphas, {name: torch.tensor(values, dtype=torch.float64)
+                                     for name, values in found.items()})
 
     def generate(self, prompts: Sequence[List[int]], sampling: Sampling,
                  progress: Optional[Callable] = None) -> List[str]:

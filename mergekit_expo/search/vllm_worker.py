@@ -32,3 +32,15 @@ class ExpoWorkerExtension:
 
         self.reload_weights(weights_iterator=tensors())  # the worker sets vLLM's config context
         return time.perf_counter() - start
+
+    # -- read-back for the engine's self-check (mergekit_expo.search.self_check) --------
+    def expo_held(self) -> dict:
+        """name -> (shape, dtype name) of every parameter this worker holds."""
+        return {name: (list(p.shape), str(p.dtype).removeprefix("torch."))
+                for name, p in self.model_runner.get_model().named_parameters()}
+
+    def expo_read(self, requests: dict) -> dict:
+        """name -> the values at the given flat positions, as floats (exact for every float dtype)."""
+        held = dict(self.model_runner.get_model().named_parameters())
+        return {name: held[name].detach().reshape(-1)[positions].double().cpu().tolist()
+                for name, positions in requests.items()}

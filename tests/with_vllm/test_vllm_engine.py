@@ -59,8 +59,30 @@ def test_in_place_alpha_equals_an_engine_loaded_from_the_merge(pair, merged_at, 
         found[alpha] = (engine.generate(prompts, Sampling(max_new_tokens=8)),
                         engine.answer_logprobs(prompts, ANSWERS))
     engine.close()
-    for alpha in (0.5,) if parallel == 2 else (0.5, 0.0):
+    for alpha in (0.5, 0.0):
         assert found[alpha] == plain_vllm(merged_at(alpha), engine.tokenizer, parallel), alpha
+
+
+def test_a_worker_whose_reload_does_not_load_is_caught(pair, monkeypatch):
+    from mergekit_expo.errors import ExpoEngineError
+    from mergekit_expo.search import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "WORKER_EXTENSION", "faulty_worker.FaultyWorkerExtension")
+    engine = vllm_engine.VLLMEngine(str(pair[0]), str(pair[1]))
+    try:
+        covered = engine.probe.covered
+        assert len(covered) == 4 and any("norm" in name for name in covered)
+        engine.set_alpha(0.3)  # the real reload passes
+        for fault in ("does nothing", "reloads from disk"):
+            engine.llm.collective_rpc("expo_fault", args=(fault,))
+            with pytest.raises(ExpoEngineError) as caught:
+                engine.set_alpha(0.5)
+            message = str(caught.value)
+            assert message.startswith(f"--engine vllm (vllm {vllm.__version__}) does not hold the weights "
+                                      "of alpha=0.5: "), (fault, message)
+            assert any(f": {name} reads " in message for name in covered), message
+    finally:
+        engine.close()
 
 
 def test_preference_log_probs_agree_with_the_transformers_engine(pair):

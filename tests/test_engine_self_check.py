@@ -1,0 +1,93 @@
+"""The transformers engine checks every α it sets: a loader that does nothing, or reloads
+from disk, is caught before anything is scored (vLLM's: tests/with_vllm)."""
+
+import json
+import logging
+
+import pytest
+
+from mergekit_expo.checkpoint import load_all
+from mergekit_expo.errors import ExpoEngineError
+from mergekit_expo.search import self_check
+from mergekit_expo.search.hf_engine import HFEngine
+
+
+class LoadsNothing(HFEngine):
+    """As if transformers silently ignored the tensors it is handed."""
+
+    def _load_weights(self, alpha):
+        pass
+
+
+class ReloadsFromDisk(HFEngine):
+    """As if the loader read the aligned checkpoint from disk instead."""
+
+    def _load_weights(self, alpha):
+        self.model.load_state_dict(load_all(self.aligned_folder))
+
+
+@pytest.fixture(scope="module")
+def pair(pair_factory):
+    return tuple(map(str, pair_factory(delta_scale=0.3)))
+
+
+@pytest.mark.parametrize("faulty", [LoadsNothing, ReloadsFromDisk])
+def test_a_loader_that_does_not_load_is_caught(pair, faulty):
+    import transformers
+
+    engine = faulty(*pair)
+    engine.aligned_folder = pair[1]
+    engine.set_alpha(0.0)  # α = 0 is the aligned model: nothing to tell apart
+    with pytest.raises(ExpoEngineError) as caught:
+        engine.set_alpha(0.3)
+    message = str(caught.value)
+    assert message.startswith(f"--engine hf (transformers {transformers.__version__}) does not hold "
+                              "the weights of alpha=0.3: ")
+    assert any(f": {name} reads " in message for name in engine.probe.covered), message
+    assert "nothing was scored" in message and "\n" not in message
+
+
+def test_nothing_is_scored_after_a_failed_check(pair, tmp_path):
+    from mergekit_expo.search.runner import search
+    from mergekit_expo.search.scorers import PreferenceScorer
+
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4"}) + "\n")
+    with pytest.raises(ExpoEngineError):
+        search(*pair, str(tmp_path / "s"), PreferenceScorer(str(data)), [0.3],
+               open_engine=lambda: LoadsNothing(*pair))
+    results = tmp_path / "s" / "results.json"
+    assert not results.exists() or json.loads(results.read_text())["results"] == []
+
+
+def test_what_the_check_reads_back(pair, pair_factory):
+    engine = HFEngine(*pair)
+    covered = engine.probe.covered
+    assert len(covered) == 4 and len(set(covered)) == 4
+    assert any("norm" in name for name in covered) and any("proj" in name for name in covered)
+    for alpha in (0.5, 0.0, 0.3):
+        engine.set_alpha(alpha)  # the real loader passes
+    # renamed or fused tensors are not read back: Mixtral's experts are fused on load
+    moe = HFEngine(*map(str, pair_factory(family="mixtral")))
+    assert moe.probe.covered and not any("experts" in name for name in moe.probe.covered)
+
+
+def test_the_installed_transformers_is_in_the_tested_range(caplog):
+    self_check.warn_if_untested.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="mergekit_expo"):
+        self_check.warn_if_untested("hf")
+    assert caplog.text == ""
+
+
+def test_an_untested_version_warns_once(caplog, monkeypatch):
+    import transformers
+
+    monkeypatch.setitem(self_check.TESTED, "hf", ("transformers", "4.40", "4.41"))
+    self_check.warn_if_untested.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="mergekit_expo"):
+        self_check.warn_if_untested("hf")
+        self_check.warn_if_untested("hf")
+    self_check.warn_if_untested.cache_clear()
+    assert caplog.messages == [f"transformers {transformers.__version__} is outside the versions --engine hf "
+                               "was tested with (transformers 4.40 to 4.41): each α's weights are checked "
+                               "after loading"]
