@@ -134,7 +134,7 @@ def choice_words(results, stage) -> List[str]:
                      "is within the noise.")
     if excluded:
         words.append(
-            f"Excluded: {'α = ' if results.scalar else ''}{'; '.join(r.label for r in excluded)}, whose guard "
+            f"Excluded: {'α = ' if results.scalar else ''}{(', ' if results.scalar else '; ').join(r.label for r in excluded)}, whose guard "
             "fell more than "
             f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
             f"(to {', '.join(_number(r.guard) for r in excluded)}).")
