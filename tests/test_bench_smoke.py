@@ -76,3 +76,10 @@ def test_search_engines_benchmark_smoke(tmp_path):
     out = run_script(REPO / "bench/search_engines.py", "--hidden", "64", "--layers", "2", "--prompts", "4",
                      "--new-tokens", "8", "--batch-size", "4", "--work", tmp_path / "engines")
     assert "engine/plain" in out and "preference" in out
+
+
+@pytest.mark.slow
+def test_search_workers_benchmark_smoke(tmp_path):
+    out = run_script(REPO / "bench/search_workers.py", "--hidden", "64", "--layers", "2", "--rows", "4",
+                     "--candidates", "4", "--repeats", "1", "--work", tmp_path / "workers")
+    assert "2 workers:" in out and "0 duplicates" in out and "structured / scalar" in out

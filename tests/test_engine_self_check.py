@@ -54,10 +54,17 @@ def test_nothing_is_scored_after_a_failed_check(pair, tmp_path):
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4"}) + "\n")
     with pytest.raises(ExpoEngineError):
-        search(*pair, str(tmp_path / "s"), PreferenceScorer(str(data)), [0.3],
-               open_engine=lambda: LoadsNothing(*pair))
+        from mergekit_expo.search.command import model_space
+        from mergekit_expo.search.runner import Plan
+        from mergekit_expo.search.settings import SearchSettings
+
+        space, resolve = model_space(SearchSettings(), *pair, *pair)
+        search(str(tmp_path / "s"), PreferenceScorer(str(data)), Plan(space=space, resolve=resolve, grid=[0.3]),
+               settings={}, open_engine=lambda: LoadsNothing(*pair))
+    # α = 0, the reference scored first, is the aligned model: a loader that loads nothing
+    # passes there. α = 0.3 is caught before it is scored.
     results = tmp_path / "s" / "results.json"
-    assert not results.exists() or json.loads(results.read_text())["results"] == []
+    assert [r["alpha"] for r in json.loads(results.read_text())["results"]] == [0.0]
 
 
 def test_what_the_check_reads_back(pair, pair_factory):

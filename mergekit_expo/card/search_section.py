@@ -14,26 +14,31 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
     settings = results.settings
     check_same_models(results, stage)
     best, excluded = results.best(), results.excluded()
-    excluded_alphas = {row.alpha for row in excluded}
+    excluded_keys = {row.key for row in excluded}
     guarded = bool(settings.get("guard"))
+    coordinates = list(best.coordinates)
     rows = []
     for row in results.rows:
         note = []
-        if row.alpha == 0:
+        if row.is_reference:
             note.append("the aligned model")
-        if row.alpha == best.alpha:
+        if row.key == best.key:
             note.append("**chosen**")
-        if row.alpha in excluded_alphas:
+        if row.key in excluded_keys:
             note.append("excluded by the guard")
-        cells = [f"{row.alpha:g}", _number(row.score), _interval(row.low, row.high)]
+        values = row.coordinates
+        cells = [f"{values[name]:.3g}" for name in coordinates] + [_number(row.score), _interval(row.low, row.high)]
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
-    header = ["α", "score", "95% interval", *(["guard", "guard 95% interval"] if guarded else []), ""]
+    names = ["α"] if results.scalar else [f"α {name.replace('_', ' ')}" for name in coordinates]
+    header = [*names, "score", "95% interval", *(["guard", "guard 95% interval"] if guarded else []), ""]
     engine = ENGINES.get(settings.get("engine"), settings.get("engine") or ENGINES["hf"])
     dtype = settings.get("dtype") or "the checkpoints' own"
     facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
              *_data_facts(results), f"engine: {engine}, dtype: {dtype}"]
+    if not results.scalar:
+        facts.insert(0, space_words(results))
     if guarded:
         guard = f"guard: {scorer_words(settings['guard'], settings, settings.get('guard_settings'))}"
         if results.max_drop is not None:
@@ -42,6 +47,25 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         facts.append(guard)
     return {"facts": facts, "header": header, "rows": rows, "choice": choice_words(results, stage),
             "plot": plot}
+
+
+SPACE_WORDS = {
+    "module": "one α each for attention (`self_attn`), MLP (`mlp`, experts and routers included) and "
+              "everything else (embeddings, norms, `lm_head`)",
+    "depth": "α at the first and at the last layer, interpolated over the layers as mergekit "
+             "interpolates a gradient list",
+    "module+depth": "for each of attention, MLP and everything else, α at the first and at the last layer, "
+                    "interpolated over the layers",
+}
+
+
+def space_words(results) -> str:
+    settings = results.settings
+    low, high = settings.get("alpha_range") or (0, 1)
+    sampler = settings.get("sampler") or "tpe"
+    return (f"space: `{results.space}`, {SPACE_WORDS.get(results.space, results.space)}; each coordinate in "
+            f"[{low:g}, {high:g}], {len(results.rows)} candidates drawn by optuna's `{sampler}` sampler "
+            "after α = 0 everywhere")
 
 
 def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:
@@ -92,27 +116,62 @@ def choice_words(results, stage) -> List[str]:
     """Why the chosen α won, and how far to trust it."""
     best, baseline, excluded = results.best(), results.baseline(), results.excluded()
     allowed = [r for r in results.rows if r not in excluded]
-    words = [f"α = {best.alpha:g} has the highest score ({_number(best.score)}) of the "
-             f"{len(allowed)} α values" + (" allowed by the guard" if excluded else " searched") + "."]
+    what = "α values" if results.scalar else "candidates"
+    chosen = f"α = {best.label}" if results.scalar else f"The candidate {best.label}"
+    words = [f"{chosen} has the highest score ({_number(best.score)}) of the "
+             f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched") + "."]
     ties = [r for r in allowed if r.score == best.score and r is not best]
     if ties:
         rule = ("the larger mean log-likelihood margin (chosen over rejected) breaks the tie"
-                if "mean_margin" in (best.extra or {}) else "the smaller α is kept")
-        words.append(f"It ties with α = {', '.join(f'{r.alpha:g}' for r in ties)} on the score; {rule}.")
-    if best.alpha == 0:
+                if "mean_margin" in (best.extra or {}) else
+                "the smaller α is kept" if results.scalar else "the earlier candidate is kept")
+        words.append(f"It ties with {'α = ' if results.scalar else ''}{', '.join(r.label for r in ties)} "
+                     f"on the score; {rule}.")
+    if best.is_reference:
         words.append("No α > 0 scored above the aligned model itself on this data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
         words.append("Its 95% interval overlaps that of α = 0 (the aligned model): on this data the gain "
                      "is within the noise.")
     if excluded:
         words.append(
-            f"Excluded: α = {', '.join(f'{r.alpha:g}' for r in excluded)}, whose guard fell more than "
+            f"Excluded: {'α = ' if results.scalar else ''}{(', ' if results.scalar else '; ').join(r.label for r in excluded)}, whose guard "
+            "fell more than "
             f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
             f"(to {', '.join(_number(r.guard) for r in excluded)}).")
-    configured = scalar_alpha(stage)
-    if configured is None or abs(configured - best.alpha) > 1e-9:
+    if not merged_with_choice(results, best, stage):
         words.append("This model was merged with α as configured above, not with the search's choice.")
     return words
+
+
+def merged_with_choice(results, best, stage) -> bool:
+    """Whether the stage's α is the search's choice: one number, or the same filters and
+    gradient lists as best.yml's."""
+    if results.scalar:
+        configured = scalar_alpha(stage)
+        return configured is not None and abs(configured - best.alpha) <= 1e-9
+    import yaml
+
+    try:
+        chosen = yaml.safe_load((results.folder / "best.yml").read_text())["models"][0]["parameters"]["alpha"]
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return False
+    config = stage.config
+    if config.slices or config.modules:
+        return False
+    aligned = [m for m in config.models or [] if m.model != config.base_model]
+    setting = (aligned[0].parameters or {}).get("alpha") if aligned else None
+    return _plain(setting) == _plain(chosen)
+
+
+def _plain(setting):
+    """A parameter setting as plain data (mergekit parses filters into objects)."""
+    if hasattr(setting, "model_dump"):
+        setting = setting.model_dump(exclude_none=True)
+    if isinstance(setting, list):
+        return [_plain(item) for item in setting]
+    if isinstance(setting, dict):
+        return {key: _plain(value) for key, value in setting.items() if value is not None}
+    return float(setting) if isinstance(setting, (int, float)) and not isinstance(setting, bool) else setting
 
 
 def scalar_alpha(stage) -> Optional[float]:

@@ -1,5 +1,6 @@
-"""``mergekit-expo search``: score candidate α values in one process, no checkpoint per α."""
+"""``mergekit-expo search``: score candidate α values per worker process, no checkpoint per candidate."""
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -8,10 +9,8 @@ import click
 
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError, first_line
-from mergekit_expo.search.engine import ENGINES
-from mergekit_expo.search.sampling import PRESETS
+from mergekit_expo.search.settings import GroupedHelp, search_options
 
-DTYPES = ("bfloat16", "float16", "float32")
 LOG = logging.getLogger("mergekit_expo")
 
 
@@ -33,6 +32,7 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
     """
     from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
     from mergekit_expo.search.results import RESULTS
+    from mergekit_expo.search.study import DEFAULT_STORAGE
 
     inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
               ("the reward model", reward_model), ("the lm-eval tasks folder", tasks_path)]
@@ -40,7 +40,8 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
     check_no_overlap(out, out_dir, inputs)
     if out.exists() and not out.is_dir():
         raise ExpoConfigError(f"--out {out_dir} is a file: choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file() \
+            and not (out / DEFAULT_STORAGE).is_file():
         raise ExpoConfigError(
             f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
             "choose a new or empty folder"
@@ -104,6 +105,26 @@ def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) 
         import_lm_eval()
 
 
+def check_space_options(settings) -> None:
+    """Options of one space used with another, the range and the sampler: one line each."""
+    if settings.space == "scalar":
+        for given, name in ((settings.trials, "--trials"), (settings.alpha_range, "--alpha-range")):
+            if given is not None:
+                raise ExpoConfigError(f"{name} applies to --space module, depth or module+depth; --space scalar "
+                                      "scores the --alphas grid: drop it, or choose another --space")
+        if settings.sampler not in (None, "grid"):
+            raise ExpoConfigError(f"--sampler {settings.sampler} draws from a range; --space scalar scores the "
+                                  "--alphas grid: drop --sampler, or choose --space module, depth or module+depth")
+        return
+    for given, name in ((settings.alphas, "--alphas"), (settings.refine or None, "--refine")):
+        if given is not None:
+            raise ExpoConfigError(f"{name} applies to --space scalar; --space {settings.space} draws candidates "
+                                  "from --alpha-range: use --alpha-range LO,HI and --trials N instead")
+    if settings.sampler == "grid":
+        raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space scalar; --space {settings.space} "
+                              "needs tpe, cmaes or random")
+
+
 # Options that one engine takes; given with the other engine they are an error, never dropped.
 ENGINE_OPTIONS = {"hf": ("device", "batch_size"),
                   "vllm": ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")}
@@ -120,135 +141,140 @@ def check_engine_options(engine_name, given, uses_reward_model) -> None:
                                       f"not of --engine {engine_name}: drop it, or use --engine {owner}")
 
 
-def positive(context, parameter, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be at least 1, got {value}")
-    return value
+def model_space(settings, sft_folder, aligned_folder, sft, aligned):
+    """The space for these models and the resolver of its candidates (through mergekit)."""
+    import json
+
+    from mergekit_expo.checkpoint import shard_of
+    from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
+
+    names = sorted(shard_of(Path(aligned_folder)))
+    model_type = json.loads((Path(aligned_folder) / "config.json").read_text()).get("model_type")
+    sft_ref, aligned_ref = model_reference(sft), model_reference(aligned)
+    if settings.space in ("module", "module+depth"):
+        planned = planned_alphas(Space("scalar").config(sft_folder, aligned_folder, {"alpha": 0.0}),
+                                 trust_remote_code=settings.trust_remote_code)
+        space = make_space(settings.space, sorted(planned))
+    else:
+        space = make_space(settings.space, names)
+    resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names, model_type=model_type,
+                                 dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+                                 named=(sft_ref, aligned_ref))
+    return space, resolver
 
 
-@click.command("search")
+@click.command("search", cls=GroupedHelp)
 @click.argument("sft")
 @click.argument("aligned")
-@click.option("--scorer", default="preference", show_default=True,
-              help="preference, reward-model, lm-eval:TASK[,TASK...], or module:function returning a float")
-@click.option("--guard", help="A second scorer (any kind, typically lm-eval:TASK) that must not drop")
-@click.option("--max-drop", type=float,
-              help="With --guard: exclude α whose guard score is more than this below α = 0's")
-@click.option("--tasks-path", type=click.Path(exists=True, file_okay=False),
-              help="lm-eval: folder of your own task YAMLs (lm-eval's include path)")
-@click.option("--limit", type=int, callback=positive, help="lm-eval: score only the first N examples per task")
-@click.option("--num-fewshot", type=int, help="lm-eval: few-shot examples  [default: each task's]")
-@click.option("--metric", help="lm-eval: metric to score, e.g. acc_norm  [default: each task's first]")
-@click.option("--data", help="JSONL/CSV (or saved datasets folder) with the prompts or preference pairs")
-@click.option("--reward-model", help="Sequence-classification model folder or Hub id (reward-model scorer)")
-@click.option("--out", "out_dir", default="./expo-search", show_default=True, type=click.Path(),
-              help="Folder for results.json/csv, the plot and best.yml; rerunning resumes it")
-@click.option("--alphas", help="Comma-separated α values  [default: 0,0.1,...,0.6]")
-@click.option("--refine", is_flag=True, help="Also score the midpoints around the best α")
-@click.option("--engine", "engine_name", type=click.Choice(ENGINES), default="hf", show_default=True,
-              help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Load and merge in this dtype  [default: checkpoint's]")
-@click.option("--batch-size", type=int, callback=positive,
-              help="Prompts per batch (hf engine; with vllm: the reward model's)  "
-                   "[default: automatic, halved on out-of-memory]")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)),
-              help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
-                   "penalties 0.1, up to 2048 tokens); options below override it")
-@click.option("--max-new-tokens", type=int, help="Answer length (reward-model scorer)  [default: 64]")
-@click.option("--sample/--greedy", default=None, help="Seeded sampling or greedy decoding  [default: greedy]")
-@click.option("--temperature", type=float, help="Sampling temperature  [default: 1.0]")
-@click.option("--top-p", type=float, help="Nucleus sampling mass  [default: 1.0]")
-@click.option("--top-k", type=int, help="Top-k cut, 0 = off  [default: 0]")
-@click.option("--seed", default=0, show_default=True,
-              help="Seed of sampling (--sample); reruns draw the same answers")
-@click.option("--tensor-parallel-size", type=int, callback=positive,
-              help="vLLM: GPUs per model  [default: all visible GPUs; 1 on CPU]")
-@click.option("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory it may take")
-@click.option("--max-model-len", type=int, callback=positive, help="vLLM: context length to reserve")
-@click.option("--trust-remote-code", is_flag=True, help="Run model code from the checkpoints (danger)")
-@click.option("--write-best", type=click.Path(), help="Merge the best α with mergekit into this folder")
-@click.option("--overwrite", is_flag=True,
-              help="Let --write-best replace a model mergekit-expo wrote there, unchanged (never an input)")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
-@reports_errors(interrupted="the α values scored so far are kept in results.json: "
+@search_options
+@reports_errors(interrupted="the candidates scored so far are kept in the study and results.json: "
                             "rerun the same command to resume")
-def search_command(sft, aligned, scorer, guard, max_drop, tasks_path, limit, num_fewshot, metric,
-                   data, reward_model, out_dir, alphas, refine, engine_name,
-                   device, dtype, batch_size, preset, max_new_tokens, sample, temperature, top_p,
-                   top_k, seed, tensor_parallel_size, gpu_memory_utilization, max_model_len,
-                   trust_remote_code, write_best, overwrite, verbose):
-    """Pick α the way the paper does: score the ExPO model of each candidate α on a dev
-    set, in one process, without writing a checkpoint per α."""
+def search_command(sft, aligned, settings):
+    """Pick α the way the paper does: score the ExPO model of each candidate on a dev
+    set, in one process per worker, without writing a checkpoint per candidate.
+
+    A candidate is one α (--space scalar) or one per module group and/or depth; any
+    number of processes running this command on one --out (or --storage) share the work.
+    """
     from mergekit_expo import hub
     from mergekit_expo.hosts import require_mergekit
     from mergekit_expo.preflight import check_pair, check_tokenizer
     from mergekit_expo.search.engine import make_engine
-    from mergekit_expo.search.runner import fingerprint, parse_alphas, search
+    from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range, search
     from mergekit_expo.search.sampling import build_sampling
     from mergekit_expo.search.scorers import make_scorer
+    from mergekit_expo.search.study import open_storage, storage_url
 
-    if write_best:  # before the search: its merge needs mergekit, not just any host
+    s = settings
+    if s.write_best:  # before the search: its merge needs mergekit, not just any host
         require_mergekit("--write-best")
-    if engine_name == "hf":
+    if s.engine == "hf":
         from mergekit_expo.search.hf_engine import check_transformers_loader
 
         check_transformers_loader()
-    candidates = parse_alphas(alphas)
-    lm_eval_options = dict(tasks_path=tasks_path, limit=limit, num_fewshot=num_fewshot, metric=metric)
-    check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options)
+    require_mergekit("mergekit-expo search")  # candidates resolve through mergekit's planner
+    check_space_options(s)
+    grid = parse_alphas(s.alphas) if s.space == "scalar" else None
+    alpha_range = parse_range(s.alpha_range)
+    check_scorer_options(s.scorer, s.guard, s.max_drop, s.engine, s.lm_eval_options())
     context = click.get_current_context()
     given = {name for name in context.params
              if context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
-    check_engine_options(engine_name, given, uses_reward_model="reward-model" in (scorer, guard))
-    if guard and 0.0 not in candidates:
+    check_engine_options(s.engine, given, uses_reward_model="reward-model" in (s.scorer, s.guard))
+    if s.guard and grid is not None and 0.0 not in grid:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
-        candidates = [0.0, *candidates]
-    sampling = build_sampling(preset, seed=seed, max_new_tokens=max_new_tokens, sample=sample,
-                              temperature=temperature, top_p=top_p, top_k=top_k)
-    best_output = check_search_outputs(out_dir, write_best, overwrite, sft=sft, aligned=aligned,
-                                       data=data, reward_model=reward_model, tasks_path=tasks_path)
+    sampling = build_sampling(s.preset, seed=s.seed, max_new_tokens=s.max_new_tokens, sample=s.sample,
+                              temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    best_output = check_search_outputs(s.out, s.write_best, s.overwrite, sft=sft, aligned=aligned,
+                                       data=s.data, reward_model=s.reward_model, tasks_path=s.tasks_path)
     check_plotting()
-    device = resolve_device(device)
-    if engine_name == "vllm":
+    check_optuna(s.sampler)
+    if s.storage:  # an unopenable storage is one line before any model is read
+        open_storage(storage_url(s.storage, s.out), s.heartbeat)
+    device = resolve_device(s.device)
+    if s.engine == "vllm":
         from mergekit_expo.search.vllm_engine import import_vllm
 
         import_vllm()  # before anything is read or written: name the extra to install
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
-    reward_folder = hub.resolve(reward_model, "reward model")
+    reward_folder = hub.resolve(s.reward_model, "reward model")
     check_pair(sft_folder, aligned_folder)  # before the search folder is created
     check_tokenizer(aligned_folder, "aligned")
     warn_if_same_weights(sft_folder, aligned_folder, sft, aligned)
-    scorer_options = dict(data=data, reward_model=reward_folder, sampling=sampling, device=device,
-                          batch_size=batch_size, trust_remote_code=trust_remote_code,
-                          lm_eval_options=lm_eval_options)
-    scoring = make_scorer(scorer, **scorer_options)
-    guarding = make_scorer(guard, **scorer_options) if guard else None
-    engine_options = dict(dtype=dtype, trust_remote_code=trust_remote_code)
-    if engine_name == "hf":
-        engine_options.update(device=device, batch_size=batch_size)
+    space, resolver = model_space(s, sft_folder, aligned_folder, sft, aligned)
+    scorer_options = dict(data=s.data, reward_model=reward_folder, sampling=sampling, device=device,
+                          batch_size=s.batch_size, trust_remote_code=s.trust_remote_code,
+                          lm_eval_options=s.lm_eval_options())
+    scoring = make_scorer(s.scorer, **scorer_options)
+    guarding = make_scorer(s.guard, **scorer_options) if s.guard else None
+    engine_options = dict(dtype=s.dtype, trust_remote_code=s.trust_remote_code)
+    if s.engine == "hf":
+        engine_options.update(device=device, batch_size=s.batch_size)
     else:
-        engine_options.update(tensor_parallel_size=tensor_parallel_size, seed=seed,
-                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
-    settings = {"data": fingerprint(data), "reward_model": reward_model and model_reference(reward_model),
-                "sampling": sampling.settings(), "engine": engine_name}
+        engine_options.update(tensor_parallel_size=s.tensor_parallel_size, seed=s.seed,
+                              gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)
+    identity = {"data": fingerprint(s.data), "reward_model": s.reward_model and model_reference(s.reward_model),
+                "sampling": sampling.settings(), "engine": s.engine, "sft": model_reference(sft),
+                "aligned": model_reference(aligned), "dtype": s.dtype}
     for role, used in (("scorer", scoring), ("guard", guarding)):
         if hasattr(used, "settings"):  # lm-eval: tasks, metrics, limit, few-shot
-            settings[f"{role}_settings"] = used.settings()
-    results, reports = search(
-        model_reference(sft), model_reference(aligned), out_dir, scoring, candidates, refine=refine,
-        settings=settings, dtype=dtype, guard=guarding, max_drop=max_drop,
-        about={"data_file": data and os.path.abspath(data)},
-        open_engine=lambda: make_engine(engine_name, sft_folder, aligned_folder, **engine_options))
+            identity[f"{role}_settings"] = used.settings()
+    plan = Plan(space=space, resolve=resolver, grid=grid, refine=s.refine,
+                trials=None if grid is not None else (s.trials or DEFAULT_TRIALS), alpha_range=alpha_range,
+                sampler=s.sampler or ("grid" if grid is not None else "tpe"), seed=s.seed, storage=s.storage,
+                heartbeat=s.heartbeat)
+    results, reports, log = search(
+        s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
+        about={"data_file": s.data and os.path.abspath(s.data)},
+        open_engine=lambda: make_engine(s.engine, sft_folder, aligned_folder, **engine_options))
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
-    if write_best:
+    click.echo(f"this worker scored {len(log.scored)} candidate{'s' if len(log.scored) != 1 else ''} "
+               f"and waited {log.idle_seconds:.1f} s for other workers' candidates", err=True)
+    if s.write_best:
+        if log.scored and log.last_completed not in log.scored:
+            click.echo(f"the worker that scored the last candidate merges {reports['best']} into "
+                       f"{s.write_best}", err=True)
+            return
         from mergekit.options import MergeOptions
 
         from mergekit_expo.run import run_config_file
 
-        out = run_config_file(str(reports["best"]), write_best,
-                              MergeOptions(device=device, quiet=True), overwrite=overwrite, search=out_dir,
+        out = run_config_file(str(reports["best"]), s.write_best,
+                              MergeOptions(device=device, quiet=True), overwrite=s.overwrite, search=s.out,
                               command="mergekit-expo search --write-best", checked=best_output)
-        click.echo(f"ExPO model with alpha = {results.best().alpha:g} written to {out}")
+        best = results.best()
+        click.echo(f"ExPO model with {'alpha = ' if results.scalar else ''}{best.label} written to {out}")
+
+
+def check_optuna(sampler) -> None:
+    """optuna (and CMA-ES's own package for --sampler cmaes), before anything is read."""
+    needed = [("optuna", "the search keeps its candidates in an optuna study")]
+    if sampler == "cmaes":
+        needed.append(("cmaes", "--sampler cmaes runs optuna's CMA-ES sampler on the cmaes package"))
+    for module, why in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ExpoConfigError(f"{why}, and {module} cannot be imported ({first_line(error)}): "
+                                  "pip install 'mergekit-expo[search]'") from None

@@ -6,7 +6,7 @@ this interface only, so a new engine needs no change to them.
 """
 
 from abc import ABC, abstractmethod
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 from mergekit_expo.search.sampling import Sampling
 
@@ -20,8 +20,13 @@ class Engine(ABC):
     context_length: int = 0
 
     @abstractmethod
+    def set_alphas(self, alphas: Union[float, Mapping[str, float]]) -> None:
+        """Make the loaded weights θ_aligned + α·(θ_aligned − θ_sft), exactly, with one α for
+        every tensor or each checkpoint tensor's own (name -> α, as the search resolves it)."""
+
     def set_alpha(self, alpha: float) -> None:
-        """Make the loaded weights θ_aligned + α·(θ_aligned − θ_sft), exactly."""
+        """One α everywhere."""
+        self.set_alphas(alpha)
 
     @abstractmethod
     def generate(self, prompts: Sequence[List[int]], sampling: Sampling,

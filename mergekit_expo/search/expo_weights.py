@@ -7,7 +7,7 @@ engine can hand them to its own loader (transformers' conversion, vLLM's
 
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 
@@ -51,6 +51,10 @@ class ExpoCheckpoint:
             sft, aligned = sft.to(self.dtype), aligned.to(self.dtype)
         return extrapolate_tensor(sft.to(device), aligned.to(device), alpha, name=name)
 
+    @property
+    def names(self) -> List[str]:
+        return [name for names in self.groups for name in names]
+
     def shape(self, name: str) -> tuple:
         return tuple(self._sources[name][1].get_slice(name).get_shape())
 
@@ -63,10 +67,14 @@ class ExpoCheckpoint:
             pair.append(tensor.to(self.dtype) if self.dtype is not None else tensor)
         return tuple(pair)
 
-    def layers(self, alpha: float, device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
-        """The ExPO tensors of one layer at a time (embeddings and head in a group of their own)."""
+    def layers(self, alphas: Union[float, Mapping[str, float]], device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+        """The ExPO tensors of one layer at a time (embeddings and head in a group of their own).
+
+        ``alphas``: one α for every tensor, or each tensor's own (checkpoint name -> α).
+        """
+        alpha_of = alphas.__getitem__ if isinstance(alphas, Mapping) else (lambda _name: alphas)
         for names in self.groups:
-            yield {name: self.tensor(name, alpha, device) for name in names}
+            yield {name: self.tensor(name, alpha_of(name), device) for name in names}
 
 
 def _by_layer(names: List[str]) -> List[List[str]]:

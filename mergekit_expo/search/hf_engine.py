@@ -57,13 +57,13 @@ class HFEngine(Engine):
         self.batcher = Batcher(batch_size, device)
 
     # -- weights ---------------------------------------------------------------------
-    def set_alpha(self, alpha: float) -> None:
-        self._load_weights(alpha)
+    def set_alphas(self, alphas) -> None:
+        self._load_weights(alphas)
         state = self.model.state_dict()
-        self.probe.check(alpha, {name: state[name].reshape(-1)[positions].cpu()
-                                 for name, positions in self.probe.requests().items()})
+        self.probe.check(alphas, {name: state[name].reshape(-1)[positions].cpu()
+                                  for name, positions in self.probe.requests().items()})
 
-    def _load_weights(self, alpha: float) -> None:
+    def _load_weights(self, alphas) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import convert_and_load_state_dict_in_model
         from transformers.modeling_utils import LoadStateDictConfig
@@ -72,7 +72,7 @@ class HFEngine(Engine):
         loaded = set()
         mapping = get_model_conversion_mapping(self.model)
         with torch.no_grad():
-            for tensors in self.weights.layers(alpha, device=self.device):
+            for tensors in self.weights.layers(alphas, device=self.device):
                 config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.model.dtype,
                                              weight_mapping=mapping)
                 info, _ = convert_and_load_state_dict_in_model(self.model, tensors, config)
@@ -161,7 +161,7 @@ def _is_tied(model, name: str) -> bool:
 
 def check_transformers_loader() -> None:
     """Refuse in one line, before anything is read, a transformers whose checkpoint
-    loader ``set_alpha`` cannot call (its signature as of transformers 5.16)."""
+    loader ``set_alphas`` cannot call (its signature as of transformers 5.16)."""
     import inspect
 
     import transformers

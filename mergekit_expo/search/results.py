@@ -1,9 +1,10 @@
-"""Results of an α search on disk: resumable JSON, CSV, plot, and a ready mergekit config.
+"""Reports of an α search: results.json/csv, the plot, and a ready mergekit config.
 
-results.json is rewritten atomically after every α, so Ctrl-C or kill -9 leaves the
-last complete state and a rerun with the same settings skips the α values it has.
-Every file is written as a temporary file renamed over the old one: a hard-linked
-backup of the folder (``cp -al``) keeps its contents.
+The search's state lives in its optuna study (:mod:`.study`); these files are read
+from it and rewritten atomically after every candidate, by whichever worker scored
+it, so Ctrl-C or kill -9 leaves the last complete state. Every file is written as a
+temporary file renamed over the old one: a hard-linked backup of the folder
+(``cp -al``) keeps its contents.
 """
 
 import csv
@@ -11,7 +12,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -19,6 +20,7 @@ from mergekit_expo.atomic_output import write_file_atomically
 from mergekit_expo.errors import ExpoConfigError
 
 RESULTS = "results.json"
+PLOT = "score_vs_alpha.png"
 
 
 @dataclass
@@ -34,6 +36,34 @@ class AlphaResult:
     guard: Optional[float] = None  # the --guard scorer's score at this α
     guard_low: Optional[float] = None
     guard_high: Optional[float] = None
+    alphas: Optional[Dict[str, float]] = None  # the candidate's coordinates ({"alpha": α} for scalar)
+    candidate: Optional[str] = None  # its name: answers/<candidate>.jsonl
+    trial: Optional[int] = None  # its trial in the study
+
+    @property
+    def coordinates(self) -> Dict[str, float]:
+        return dict(self.alphas) if self.alphas else {"alpha": self.alpha}
+
+    @property
+    def key(self) -> str:
+        return self.candidate or f"alpha={self.alpha:g}"
+
+    @property
+    def label(self) -> str:
+        """``0.3`` for one α, ``attention=0.2 mlp=0.5 other=0.1`` for a vector."""
+        coordinates = self.coordinates
+        if list(coordinates) == ["alpha"]:
+            return f"{coordinates['alpha']:g}"
+        return " ".join(f"{name}={value:.3g}" for name, value in coordinates.items())
+
+    @property
+    def is_reference(self) -> bool:
+        return all(value == 0 for value in self.coordinates.values())
+
+
+def candidate_name(space_name: str, candidate: Dict[str, float], trial: int) -> str:
+    """How answers/ and results.csv name a candidate: by its α for scalar, else by trial."""
+    return f"alpha={candidate['alpha']:g}" if space_name == "scalar" else f"trial-{trial}"
 
 
 class SearchResults:
@@ -107,8 +137,16 @@ class SearchResults:
         make_parents(self.folder)
         self.save()
 
+    @property
+    def space(self) -> str:
+        return self.settings.get("space") or "scalar"
+
+    @property
+    def scalar(self) -> bool:
+        return self.space == "scalar"
+
     def baseline(self) -> Optional[AlphaResult]:
-        return next((r for r in self.rows if r.alpha == 0), None)
+        return next((r for r in self.rows if r.is_reference), None)
 
     def excluded(self) -> List[AlphaResult]:
         """α whose guard score fell more than --max-drop below the guard at α = 0."""
@@ -121,46 +159,56 @@ class SearchResults:
     def best(self) -> AlphaResult:
         """Highest score among the allowed α; ties (common for accuracies) go to the larger
         mean margin. α = 0 is never excluded, so some α is always allowed."""
-        excluded = {r.alpha for r in self.excluded()}
-        allowed = [r for r in self.rows if r.alpha not in excluded]
+        excluded = {r.key for r in self.excluded()}
+        allowed = [r for r in self.rows if r.key not in excluded]
         return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
-    def write_reports(self, sft: str, aligned: str, dtype: Optional[str]) -> dict:
-        """results.csv, score_vs_alpha.png and best.yml; return their paths."""
-        self.save()  # this run's --max-drop, even when every α was scored before
+    def write_tables(self) -> dict:
+        """results.json and results.csv, one row per candidate with its α vector."""
+        self.save()  # this run's --max-drop, even when every candidate was scored before
         csv_path = self.folder / "results.csv"
         with io.StringIO(newline="") as handle:
             writer = csv.writer(handle)
+            coordinates = list(self.rows[0].coordinates) if self.rows else ["alpha"]
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
-            excluded = {r.alpha for r in self.excluded()}
-            writer.writerow(["alpha", "score", "low", "high", "n", "seconds", *guard, *extra_keys])
+            excluded = {r.key for r in self.excluded()}
+            writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *extra_keys,
+                             "candidate"])
             for r in self.rows:
-                guarded = [r.guard, r.guard_low, r.guard_high, r.alpha in excluded] if self.guarded else []
-                writer.writerow([r.alpha, r.score, r.low, r.high, r.n, round(r.seconds, 3), *guarded,
-                                 *[(r.extra or {}).get(k) for k in extra_keys]])
+                guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
+                values = r.coordinates
+                writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
+                                 round(r.seconds, 3), *guarded, *[(r.extra or {}).get(k) for k in extra_keys],
+                                 r.key])
             write_file_atomically(csv_path, handle.getvalue())
+        return {"csv": csv_path, "json": self.folder / RESULTS}
+
+    def write_reports(self, config_of) -> dict:
+        """results.json/csv, score_vs_alpha.png and best.yml; return their paths.
+
+        ``config_of(coordinates)`` is the mergekit config of a candidate: the same function
+        (:meth:`.space.Space.config`) whose α the engine scored.
+        """
+        paths = self.write_tables()
         best = self.best()
-        config = {
-            "merge_method": "expo",
-            "base_model": sft,
-            "models": [{"model": aligned, "parameters": {"alpha": best.alpha}}],
-        }
-        if dtype:
-            config["dtype"] = dtype
         best_path = self.folder / "best.yml"
         guard_line = ""
         if self.guarded and self.max_drop is not None:
             guard_line = (f"# guarded by {self.settings['guard']}: {best.guard:.6g} "
                           f"(at most {self.max_drop:g} below alpha = 0)\n")
+        what = "alpha" if self.scalar else f"candidate ({best.label})"
         write_file_atomically(
             best_path,
-            f"# best alpha by {self.settings['scorer']}: score {best.score:.6g}\n" + guard_line
-            + yaml.safe_dump(config, sort_keys=False),
+            f"# best {what} by {self.settings['scorer']}: score {best.score:.6g}\n" + guard_line
+            + yaml.safe_dump(config_of(best.coordinates), sort_keys=False),
         )
-        plot_path = self.folder / "score_vs_alpha.png"
-        self._plot(plot_path)
-        return {"csv": csv_path, "json": self.folder / RESULTS, "best": best_path, "plot": plot_path}
+        plot_path = self.folder / PLOT
+        if self.scalar:
+            self._plot(plot_path)
+        else:
+            self._plot_vectors(plot_path)
+        return dict(paths, best=best_path, plot=plot_path)
 
     @property
     def guarded(self) -> bool:
@@ -213,27 +261,65 @@ class SearchResults:
                          s=80, color="black", zorder=4, label="excluded by the guard")
         axis.set_ylabel(f"{field} ({label})")
 
+    def _plot_vectors(self, path: Path) -> None:
+        """optuna's matplotlib views of the candidates: a contour (heat map) for two
+        coordinates, parallel coordinates for more."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from mergekit_expo.search.study import _optuna
+
+        optuna = _optuna()
+        coordinates = list(self.rows[0].coordinates)
+        low = min(min(r.coordinates.values()) for r in self.rows)
+        high = max(max(r.coordinates.values()) for r in self.rows)
+        distribution = optuna.distributions.FloatDistribution(low, high if high > low else low + 1)
+        study = optuna.create_study(direction="maximize")
+        excluded = {r.key for r in self.excluded()}
+        for r in self.rows:
+            if r.key in excluded:
+                continue
+            study.add_trial(optuna.trial.create_trial(
+                params=r.coordinates, distributions={c: distribution for c in coordinates}, value=r.score))
+        if len(coordinates) == 2 and len(study.trials) >= 3:
+            axes = optuna.visualization.matplotlib.plot_contour(study, target_name=self.settings["scorer"])
+        else:
+            axes = optuna.visualization.matplotlib.plot_parallel_coordinate(
+                study, target_name=self.settings["scorer"])
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        best = self.best()
+        figure.suptitle(f"ExPO: best {best.label} (score {best.score:.4g})"
+                        + (f"; {len(excluded)} excluded by the guard" if excluded else ""), fontsize=9)
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        write_file_atomically(path, image.getvalue())
+
     def summary(self) -> str:
         guard = f" {'guard':>10}" if self.guarded else ""
-        lines = [f"{'alpha':>7} {'score':>10} {'95% interval':>22} {'n':>5} {'seconds':>8}{guard}"]
+        first = "alpha" if self.scalar else "candidate"
+        width = max([7] + [len(r.label) for r in self.rows])
+        lines = [f"{first:>{width}} {'score':>10} {'95% interval':>22} {'n':>5} {'seconds':>8}{guard}"]
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
             guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
-            lines.append(f"{r.alpha:7.3g} {r.score:10.4g} {interval:>22} {r.n:5d} {r.seconds:8.2f}{guard}")
+            lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} {r.seconds:8.2f}{guard}")
         best = self.best()
-        lines.append(f"best alpha = {best.alpha:g} (score {best.score:.4g})")
+        lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g})")
         baseline = self.baseline()
         if baseline is not None:
             lines.append(f"alpha = 0 (the aligned model) scores {baseline.score:.4g}")
         excluded = self.excluded()
         if excluded:
             lines.append(
-                f"excluded alpha {', '.join(f'{r.alpha:g}' for r in excluded)}: the guard "
+                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: the guard "
                 f"{self.settings['guard']} fell more than {self.max_drop:g} below its {baseline.guard:.4g} "
                 f"at alpha = 0 (to {', '.join(f'{r.guard:.4g}' for r in excluded)})")
         elif self.guarded and self.max_drop is not None:
-            lines.append(f"no alpha excluded: the guard {self.settings['guard']} stayed within "
-                         f"{self.max_drop:g} of alpha = 0")
+            lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
+                         f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")
         return "\n".join(lines)
 
 
@@ -252,7 +338,7 @@ OPTION_NAMES = {
     "temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed",
     "presence_penalty": "--preset", "frequency_penalty": "--preset", "limit": "--limit",
     "num_fewshot": "--num-fewshot", "metrics": "--metric", "tasks": "--scorer/--guard lm-eval tasks",
-    "tasks_path": "--tasks-path",
+    "tasks_path": "--tasks-path", "space": "--space", "alpha_range": "--alpha-range", "sampler": "--sampler",
 }
 
 

@@ -1,15 +1,22 @@
-"""The α search loop: score each candidate once, resumably, and write the reports."""
+"""The α search loop: for each candidate, set the weights, score, record; then report.
+
+settings → study → candidate → per-tensor α (mergekit's planner) → engine weights →
+scores → study → reports. Any number of processes may run this on one study.
+"""
 
 import hashlib
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import click
 
 from mergekit_expo.errors import ExpoConfigError
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
+DEFAULT_TRIALS = 30
 
 
 def parse_alphas(text: Optional[str]) -> List[float]:
@@ -22,6 +29,22 @@ def parse_alphas(text: Optional[str]) -> List[float]:
     if not values:
         raise ExpoConfigError("--alphas is empty: give e.g. --alphas 0,0.3,0.5")
     return sorted(set(values))
+
+
+def parse_range(text: Optional[str]) -> Tuple[float, float]:
+    """``LO,HI`` of --alpha-range, LO < HI."""
+    from mergekit_expo.alpha import checked_alpha
+
+    if not text:
+        return (0.0, 1.0)
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2:
+        raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
+    low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
+    if not low < high:
+        raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {min(low, high):g},"
+                              f"{max(low, high) if low != high else high + 1:g}")
+    return low, high
 
 
 def refined(alphas: List[float], best: float) -> List[float]:
@@ -46,57 +69,162 @@ def fingerprint(*parts: Optional[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def search(sft: str, aligned: str, out: str, scorer, alphas: Iterable[float], *,
-           open_engine: Callable, refine: bool = False, settings: Optional[dict] = None,
-           dtype: Optional[str] = None, guard=None, max_drop: Optional[float] = None,
-           about: Optional[dict] = None):
-    """Score each α (skipping those already in ``out``) and write the reports.
+@dataclass
+class Plan:
+    """What to search: the space, its candidates or budget, and how candidates are drawn."""
 
-    ``open_engine()`` builds the engine; it is called only if some α is left to score.
-    With a ``guard`` scorer, every α is scored by it too, and the best α is chosen among
-    those whose guard score stays within ``max_drop`` of the guard at α = 0. ``about``
-    is kept in results.json for reports (e.g. the data file's name).
-    """
-    from tqdm import tqdm
+    space: object  # space.Space
+    resolve: Callable  # candidate -> {checkpoint tensor: α}
+    grid: Optional[List[float]] = None  # --space scalar
+    refine: bool = False
+    trials: Optional[int] = None  # the other spaces
+    alpha_range: Tuple[float, float] = (0.0, 1.0)
+    sampler: str = "grid"
+    seed: int = 0
+    storage: Optional[str] = None
+    heartbeat: int = 60
 
-    from mergekit_expo.search.results import AlphaResult, SearchResults
 
-    settings = dict(settings or {}, sft=sft, aligned=aligned, scorer=scorer.name, dtype=dtype)
+def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dict,
+           guard=None, max_drop: Optional[float] = None, about: Optional[dict] = None):
+    """Score candidates with the other workers of the study until none is left; write the
+    reports. Returns (results, report paths, this worker's log)."""
+    from mergekit_expo.atomic_output import make_parents
+    from mergekit_expo.search.results import SearchResults
+    from mergekit_expo.search.study import GRID, REFERENCE, SearchStudy, last_completed, storage_url
+
+    settings = dict(settings, scorer=scorer.name, space=plan.space.name)
     if guard is not None:
         settings["guard"] = guard.name
-    results = SearchResults.open(out, settings, max_drop=max_drop, about=about)
-    pending = list(alphas)
-    resumed = sum(results.done(a) for a in pending)
-    if resumed:
-        click.echo(f"resuming: {resumed} of {len(pending)} α already scored in {out}", err=True)
-    engine = None
+    if plan.space.name != "scalar":
+        settings.update(alpha_range=list(plan.alpha_range), sampler=plan.sampler)
+    folder = Path(out)
+    created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
+    where = f"--storage {plan.storage}" if plan.storage else out
+    url = storage_url(plan.storage, out)
+    study = None
     try:
-        while pending:
-            for alpha in tqdm(pending, desc="alpha"):
-                if results.done(alpha):
-                    continue
-                if engine is None:
-                    engine = open_engine()
-                start = time.perf_counter()
-                engine.set_alpha(alpha)
-                updated = time.perf_counter() - start
-                progress = lambda total: tqdm(total=total, desc=f"alpha={alpha:g}", leave=False)  # noqa: E731
-                score = scorer(engine, progress=progress)
-                checked = guard(engine, progress=progress) if guard is not None else None
-                results.add(AlphaResult(alpha=alpha, score=score.value, low=score.low, high=score.high,
-                                        n=score.n, seconds=time.perf_counter() - start,
-                                        extra=_merged_extra(score, checked), update_seconds=updated,
-                                        guard=checked and checked.value, guard_low=checked and checked.low,
-                                        guard_high=checked and checked.high))
-            pending = []
-            if refine:
-                refine = False
-                pending = [a for a in refined([r.alpha for r in results.rows], results.best().alpha)
-                           if not results.done(a)]
-    finally:
-        if engine is not None:
-            engine.close()
-    return results, results.write_reports(sft, aligned, dtype)
+        study = SearchStudy(plan.space, url=url, where=where, sampler=plan.sampler, seed=plan.seed,
+                            heartbeat=plan.heartbeat, settings=settings,
+                            budget=plan.trials, alpha_range=plan.alpha_range)
+        results = SearchResults(folder, settings, [], max_drop=max_drop, about=about)
+        run = _Run(study, results, scorer, guard, plan, open_engine, created)
+        if plan.grid is not None:
+            wanted = [{"alpha": alpha} for alpha in plan.grid]
+            study.enqueue([plan.space.reference()], REFERENCE)
+            study.enqueue(wanted, GRID)
+            done = {r["candidate"] for r in study.rows()}
+            every = {f"alpha={alpha:g}" for alpha in [0.0, *plan.grid]}
+            resumed, total = len(every & done), len(every)
+            if resumed:
+                click.echo(f"resuming: {resumed} of {total} α already scored in {out}", err=True)
+        else:
+            study.enqueue([plan.space.reference()], REFERENCE)
+            done = len(study.rows())
+            if done:
+                click.echo(f"resuming: {done} candidates already scored in {out}", err=True)
+        try:
+            log = study.work(run.evaluate, after=run.record, more=run.refinements if plan.refine else None)
+            log.last_completed = last_completed(study)
+        finally:
+            run.close()
+    except BaseException:
+        _clean_up(study, folder, created, url if not plan.storage else None)
+        raise
+    results.rows = run.rows()
+    if not results.rows:
+        raise ExpoConfigError("no candidate was scored: check the other workers' errors, or rerun")
+    return results, results.write_reports(plan.resolve.config), log
+
+
+class _Run:
+    """One worker's scoring of candidates, and the reports it keeps current."""
+
+    def __init__(self, study, results, scorer, guard, plan: Plan, open_engine, created):
+        self.study, self.results, self.scorer, self.guard, self.plan = study, results, scorer, guard, plan
+        self.open_engine, self.engine, self.created = open_engine, None, created
+
+    def evaluate(self, candidate: dict, trial) -> dict:
+        from tqdm import tqdm
+
+        from mergekit_expo.search.results import candidate_name
+
+        if self.engine is None:
+            self.engine = self.open_engine()
+        name = candidate_name(self.plan.space.name, candidate, trial.number)
+        description = self.plan.space.describe(candidate)
+        start = time.perf_counter()
+        self.engine.set_alphas(self.plan.resolve(candidate))
+        updated = time.perf_counter() - start
+        progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
+        score = self.scorer(self.engine, progress=progress)
+        checked = self.guard(self.engine, progress=progress) if self.guard is not None else None
+        seconds = time.perf_counter() - start
+        self._write_answers(name, score, checked)
+        row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
+                   n=score.n, seconds=seconds, extra=_merged_extra(score, checked), update_seconds=updated,
+                   guard=checked and checked.value, guard_low=checked and checked.low,
+                   guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
+        return row
+
+    def _write_answers(self, name: str, score, checked) -> None:
+        """answers/<candidate>.jsonl: what each row produced and scored, for reading or judging."""
+        from mergekit_expo.atomic_output import make_parents, write_file_atomically
+
+        records = [dict(record) for record in (score.rows or [])]
+        if checked is not None and checked.rows and not records:
+            records = [dict(record, scorer="guard") for record in checked.rows]
+        if not records:
+            return
+        folder = self.results.folder / "answers"
+        make_parents(folder)
+        write_file_atomically(folder / f"{name}.jsonl",
+                              "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+    def rows(self):
+        from mergekit_expo.search.results import AlphaResult
+
+        rows = [AlphaResult(**{k: v for k, v in row.items() if k in AlphaResult.__dataclass_fields__})
+                for row in self.study.rows()]
+        if self.plan.space.name == "scalar":
+            return sorted(rows, key=lambda r: r.alpha)
+        return sorted(rows, key=lambda r: r.trial)
+
+    def record(self) -> None:
+        """After each candidate: results.json/csv from every worker's rows, atomically."""
+        from mergekit_expo.atomic_output import make_parents
+
+        self.results.rows = self.rows()
+        make_parents(self.results.folder)
+        self.results.write_tables()
+
+    def refinements(self) -> List[dict]:
+        """--refine: the midpoints around the best α of the --alphas grid, once."""
+        grid = [row for row in self.rows() if row.alpha in set(self.plan.grid) | {0.0}]
+        if not grid:
+            return []
+        self.results.rows = grid
+        best = self.results.best().alpha
+        return [{"alpha": alpha} for alpha in refined([row.alpha for row in grid], best)]
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+def _clean_up(study, folder: Path, created: list, url: Optional[str]) -> None:
+    """A run that failed before any candidate was scored leaves nothing behind that it made."""
+    from mergekit_expo.atomic_output import remove_if_empty
+
+    if not created:
+        return
+    if study is not None and (study.rows() or study.others_running()):
+        return
+    if url is not None:
+        database = Path(url[len("sqlite:///"):])
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+    remove_if_empty(created)
 
 
 def _merged_extra(score, guard) -> Optional[dict]:

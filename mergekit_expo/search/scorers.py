@@ -31,6 +31,8 @@ class Score:
     high: Optional[float] = None
     n: int = 1
     extra: Optional[dict] = None
+    # Per scored row, for answers/<candidate>.jsonl: prompt, answer(s), score.
+    rows: Optional[List[dict]] = None
 
 
 def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):
@@ -83,16 +85,21 @@ class PreferenceScorer:
                         raise ExpoInputError(f"data file {self.path} {where}: {field!r} encodes to no "
                                              "tokens: give it text the tokenizer knows")
             lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
-            self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length,
-                                                    "preference rows")
+            kept, self._skipped = _fitting(list(zip(encoded, self.rows)), lengths, engine.context_length,
+                                           "preference rows")
+            self._encoded = [item for item, _ in kept]
+            self._kept_rows = [row for _, row in kept]
         contexts = [c for c, _, _ in self._encoded for _ in (0, 1)]
         answers = [answer for _, chosen, rejected in self._encoded for answer in (chosen, rejected)]
         totals = engine.answer_logprobs(contexts, answers, progress=progress)
         margins = [totals[i] - totals[i + 1] for i in range(0, len(totals), 2)]
         wins = [1.0 if m > 0 else 0.0 for m in margins]
         low, high = bootstrap_interval(wins)
+        rows = [{"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+                 "logp_chosen": totals[2 * i], "logp_rejected": totals[2 * i + 1], "score": win}
+                for i, (row, win) in enumerate(zip(self._kept_rows, wins))]
         return Score(value=sum(wins) / len(wins), low=low, high=high, n=len(wins),
-                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped})
+                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped}, rows=rows)
 
 
 class RewardModelScorer:
@@ -115,8 +122,10 @@ class RewardModelScorer:
         sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(self._encoded, answers)]
         rewards = self.reward.scores(sequences)
         low, high = bootstrap_interval(rewards)
+        rows = [{"prompt": prompt, "answer": answer, "score": reward}
+                for (prompt, _), answer, reward in zip(self._encoded, answers, rewards)]
         return Score(value=sum(rewards) / len(rewards), low=low, high=high, n=len(rewards),
-                     extra={"skipped": self._skipped})
+                     extra={"skipped": self._skipped}, rows=rows)
 
 
 class CallableScorer:

@@ -84,11 +84,13 @@ class WeightProbe:
         """name -> flat positions to read back from the running model."""
         return {s.name: s.positions for s in self.samples}
 
-    def check(self, alpha: float, found: Mapping[str, torch.Tensor]) -> None:
-        """Raise ExpoEngineError unless ``found`` (name -> values read back) is ExPO at ``alpha``."""
+    def check(self, alphas, found: Mapping[str, torch.Tensor]) -> None:
+        """Raise ExpoEngineError unless ``found`` (name -> values read back) is ExPO at ``alphas``:
+        one α for every tensor, or each checkpoint tensor's own (name -> α)."""
         from mergekit_expo.numerics import extrapolate_tensor
 
         for sample in self.samples:
+            alpha = alphas[sample.name] if isinstance(alphas, Mapping) else alphas
             expected = extrapolate_tensor(sample.sft, sample.aligned, alpha).to(sample.dtype)
             got = found[sample.name].to(sample.dtype).reshape(-1)
             differ = (_bits(got) != _bits(expected)).nonzero().view(-1)

@@ -85,13 +85,15 @@ class VLLMEngine(Engine):
         checkpoint = ExpoCheckpoint(self.sft, self.aligned, getattr(torch, self.dtype) if self.dtype else None)
         return WeightProbe(checkpoint, held, engine="vllm")
 
-    def set_alpha(self, alpha: float) -> None:
+    def set_alphas(self, alphas) -> None:
         import torch
 
-        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alpha, self.dtype))
+        # A dict of a few thousand names and floats: each worker computes its tensors itself.
+        alphas = dict(alphas) if not isinstance(alphas, (int, float)) else float(alphas)
+        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alphas, self.dtype))
         self.update_seconds = max(seconds)
         for found in self.llm.collective_rpc("expo_read", args=(self.probe.requests(),)):
-            self.probe.check(alpha, {name: torch.tensor(values, dtype=torch.float64)
+            self.probe.check(alphas, {name: torch.tensor(values, dtype=torch.float64)
                                      for name, values in found.items()})
 
     def generate(self, prompts: Sequence[List[int]], sampling: Sampling,

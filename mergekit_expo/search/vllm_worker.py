@@ -11,7 +11,8 @@ between processes. Kept free of vLLM imports: vLLM imports it in its workers.
 class ExpoWorkerExtension:
     """Mixed into vLLM's worker class through ``LLM(worker_extension_cls=...)``."""
 
-    def expo_set_alpha(self, sft: str, aligned: str, alpha: float, dtype=None) -> float:
+    def expo_set_alpha(self, sft: str, aligned: str, alpha, dtype=None) -> float:
+        """``alpha``: one α for every tensor, or a dict of checkpoint name -> α."""
         import time
 
         from mergekit_expo.search.expo_weights import ExpoCheckpoint

@@ -132,3 +132,26 @@ def test_bad_vllm_inputs(pair, pair_factory, tmp_path):
                          *options, "--out", tmp_path / "o", check=False)
         errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
         assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, tmp_path):
+    """A module+depth candidate (filters and gradients) set in place through vLLM's loader
+    gives what vLLM loaded from the `mergekit-yaml` output of its best.yml gives."""
+    from conftest import write_yaml
+
+    from mergekit_expo.search.command import model_space
+    from mergekit_expo.search.sampling import Sampling
+    from mergekit_expo.search.settings import SearchSettings
+    from mergekit_expo.search.vllm_engine import VLLMEngine
+
+    sft, aligned = (str(p) for p in pair)
+    space, resolve = model_space(SearchSettings(space="module+depth"), sft, aligned, sft, aligned)
+    candidate = {name: 0.2 * (i + 1) for i, name in enumerate(space.coordinates)}
+    run_cli("mergekit-yaml", write_yaml(tmp_path / "best.yml", resolve.config(candidate)), tmp_path / "out")
+    engine = VLLMEngine(sft, aligned)
+    prompts = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
+    engine.set_alphas(resolve(candidate))
+    found = (engine.generate(prompts, Sampling(max_new_tokens=8)), engine.answer_logprobs(prompts, ANSWERS))
+    tokenizer = engine.tokenizer
+    engine.close()
+    assert found == plain_vllm(tmp_path / "out", tokenizer, 1)

@@ -1,0 +1,209 @@
+"""Where the search looks: α as one number, per module group, per depth, or both.
+
+A candidate is a dict of coordinates (``{"attention": 0.2, "mlp": 0.5, "other": 0.1}``).
+It becomes a mergekit ``parameters.alpha`` value (filters and gradient lists, plain
+YAML), and the α of every tensor is what mergekit's own planner makes of that value
+for the searched models: the engine's weights and the merge of ``best.yml`` come from
+the same resolution, so they cannot drift apart.
+
+Groups, by substring of the tensor name (mergekit's filters, first match wins):
+
+- attention: ``self_attn`` (q/k/v/o projections and their biases)
+- mlp: ``mlp`` (dense MLPs; Qwen2-MoE's experts, shared expert and router) and
+  ``block_sparse_moe`` (Mixtral's experts and router)
+- other: everything else (embeddings, norms, ``lm_head``)
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from mergekit_expo.errors import ExpoConfigError
+
+SPACES = ("scalar", "module", "depth", "module+depth")
+GROUPS = ("attention", "mlp", "other")
+# Substrings of tensor names that make up each group, in mergekit filter syntax.
+GROUP_FILTERS = {"attention": ("self_attn",), "mlp": ("mlp", "block_sparse_moe")}
+ENDS = ("first", "last")
+
+Candidate = Dict[str, float]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A named space and, for ``module`` spaces, the filters that this model needs."""
+
+    name: str
+    filters: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # (group, substrings), "other" excluded
+
+    @property
+    def coordinates(self) -> List[str]:
+        if self.name == "scalar":
+            return ["alpha"]
+        if self.name == "module":
+            return list(GROUPS)
+        if self.name == "depth":
+            return [f"alpha_{end}" for end in ENDS]
+        return [f"{group}_{end}" for group in GROUPS for end in ENDS]
+
+    @property
+    def by_module(self) -> bool:
+        return self.name in ("module", "module+depth")
+
+    @property
+    def by_depth(self) -> bool:
+        return self.name in ("depth", "module+depth")
+
+    def reference(self) -> Candidate:
+        """α = 0 everywhere: the aligned model as it is."""
+        return {name: 0.0 for name in self.coordinates}
+
+    def alpha_setting(self, candidate: Mapping[str, float]):
+        """The mergekit ``parameters.alpha`` value of a candidate."""
+        missing = [name for name in self.coordinates if name not in candidate]
+        if missing:
+            raise ExpoConfigError(f"candidate {dict(candidate)} has no {missing[0]} for --space {self.name}")
+        value = {name: float(candidate[name]) for name in self.coordinates}
+
+        def of(group: Optional[str]):
+            if not self.by_depth:
+                return value[group or "alpha"]
+            return [value[f"{group or 'alpha'}_{end}"] for end in ENDS]
+
+        if not self.by_module:
+            return of(None)
+        setting = [{"filter": substring, "value": of(group)}
+                   for group, substrings in self.filters for substring in substrings]
+        return setting + [{"value": of("other")}]
+
+    def config(self, sft: str, aligned: str, candidate: Mapping[str, float],
+               dtype: Optional[str] = None) -> dict:
+        """The mergekit config of a candidate: what ``best.yml`` holds."""
+        config = {"merge_method": "expo", "base_model": sft,
+                  "models": [{"model": aligned, "parameters": {"alpha": self.alpha_setting(candidate)}}]}
+        if dtype:
+            config["dtype"] = dtype
+        return config
+
+    def describe(self, candidate: Mapping[str, float]) -> str:
+        """``alpha=0.3`` for a scalar, ``attention=0.2 mlp=0.5 other=0.1`` otherwise."""
+        if self.name == "scalar":
+            return f"alpha={candidate['alpha']:g}"
+        return " ".join(f"{name}={candidate[name]:.4g}" for name in self.coordinates)
+
+
+def make_space(name: str, tensor_names: Sequence[str]) -> Space:
+    """The space ``name`` for a model with these tensors; refuse one it cannot express."""
+    if name not in SPACES:
+        raise ExpoConfigError(f"--space {name!r} is not a space: use one of {', '.join(SPACES)}")
+    if name in ("scalar", "depth"):
+        return Space(name)
+    filters = []
+    claimed = set()
+    for group, substrings in GROUP_FILTERS.items():
+        used = tuple(s for s in substrings if any(s in t and t not in claimed for t in tensor_names))
+        if not used:
+            raise ExpoConfigError(
+                f"--space {name}: no tensor of this model is in the {group} group (names containing "
+                f"{' or '.join(substrings)}): use --space scalar or depth")
+        claimed |= {t for t in tensor_names if any(s in t for s in used)}
+        filters.append((group, used))
+    if all(t in claimed for t in tensor_names):
+        raise ExpoConfigError(f"--space {name}: every tensor of this model is attention or MLP, so "
+                              "the other group is empty: use --space scalar or depth")
+    return Space(name, tuple(filters))
+
+
+def planned_alphas(config: dict, *, trust_remote_code: bool = False) -> Dict[str, float]:
+    """The α mergekit's planner gives each tensor of the aligned model under ``config``,
+    by the tensor names mergekit plans (transformers' model layout).
+
+    The config is planned as ``mergekit-yaml`` plans it (architecture, layer count,
+    gradients over layers, filters, precedence) and never executed; the α is read from
+    the planned merge tasks, so the search scores exactly what the merge writes.
+    """
+    from mergekit.architecture import get_architecture_info
+    from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+    from mergekit.options import MergeOptions
+    from mergekit.plan import MergePlanner
+
+    merge_config = MergeConfiguration.model_validate(config)
+    options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
+    arch_info = get_architecture_info(merge_config, options)
+    LoaderCache().setup(options=options)
+    out_config = _model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
+    planner = MergePlanner(merge_config, arch_info, options=options, out_model_config=out_config)
+    alphas: Dict[str, float] = {}
+    aligned = merge_config.models[0].model
+    # Planned, never executed: nothing is read or written at this path.
+    for task in planner.plan_to_disk(out_path="/nonexistent/expo-search-plan"):
+        merge = getattr(task, "tensor_task", None)
+        if merge is None or aligned not in merge.input_parameters:
+            continue
+        alpha = merge.input_parameters[aligned].get("alpha")
+        if alpha is not None:
+            alphas[task.tensor_name] = float(alpha)
+    return alphas
+
+
+def model_layout_names(model_type: Optional[str], checkpoint_names: Sequence[str]) -> Dict[str, str]:
+    """checkpoint tensor name -> the model-layout name mergekit plans it under.
+
+    mergekit reads checkpoints through transformers' conversion mapping (Mixtral's and
+    Qwen-MoE's per-expert tensors become one fused ``mlp.experts.gate_up_proj``); the
+    same mapping, applied in the same order, says which planned tensor each checkpoint
+    tensor feeds. ExPO is elementwise, so extrapolating the sources with their target's α
+    and fusing them gives the target's bits.
+    """
+    transforms = []
+    if model_type:
+        try:
+            from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        except ImportError:  # a transformers without conversions: names are the layout
+            pass
+        else:
+            transforms = get_checkpoint_conversion_mapping(model_type) or []
+    layout = {}
+    for name in checkpoint_names:
+        renamed = name
+        for transform in transforms:
+            candidate, pattern = transform.rename_source_key(renamed)
+            if pattern is not None:
+                renamed = candidate
+        layout[name] = renamed
+    return layout
+
+
+class CandidateResolver:
+    """Candidate -> α of every checkpoint tensor of the aligned model, through mergekit."""
+
+    def __init__(self, space: "Space", sft: str, aligned: str, *, checkpoint_names: Sequence[str],
+                 model_type: Optional[str], dtype: Optional[str] = None, trust_remote_code: bool = False,
+                 named: Optional[Tuple[str, str]] = None):
+        """``sft``/``aligned``: the folders planned against; ``named``: how configs name the
+        models (Hub ids as given, or absolute paths), default the folders."""
+        self.space, self.sft, self.aligned, self.dtype = space, sft, aligned, dtype
+        self.named = named or (sft, aligned)
+        self.trust_remote_code = trust_remote_code
+        self.layout = model_layout_names(model_type, checkpoint_names)
+
+    def config(self, candidate: Mapping[str, float]) -> dict:
+        """The mergekit config of a candidate, as best.yml holds it."""
+        return self.space.config(*self.named, candidate, self.dtype)
+
+    def __call__(self, candidate: Mapping[str, float]) -> Dict[str, float]:
+        from mergekit_expo.errors import ExpoInputError
+
+        planned = planned_alphas(self.space.config(self.sft, self.aligned, candidate, self.dtype),
+                                 trust_remote_code=self.trust_remote_code)
+        alphas = {}
+        for name, target in self.layout.items():
+            alpha = planned.get(target, planned.get(name))
+            if alpha is None:
+                raise ExpoInputError(
+                    f"tensor {name} of the aligned model is not in mergekit's merge plan for this "
+                    "architecture (mergekit-yaml would not write it), so the search cannot score what "
+                    "the merge writes: merge with mergekit-expo run and score the result")
+            alphas[name] = alpha
+        return alphas

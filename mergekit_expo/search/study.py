@@ -1,0 +1,359 @@
+"""The search as an optuna study: what to try next, where trials live, who scores what.
+
+- The sampler says what to try next: optuna's TPE, CMA-ES or random sampler for the
+  multi-dimensional spaces; for ``scalar``, the ``--alphas`` grid, enqueued as trials.
+- The storage holds every trial: SQLite in ``--out`` by default, any optuna RDB URL
+  (PostgreSQL across machines) or a journal file through ``--storage``.
+- Any number of worker processes run the same loop on one storage. Enqueued
+  candidates are popped atomically by optuna, so a worker never takes one that another
+  has; a candidate that shows up twice anyway (two workers enqueueing the same grid at
+  once) is scored only in its lowest-numbered live trial, the others are pruned unscored.
+- A worker that dies mid-candidate: with a database storage its heartbeats stop and,
+  after the grace period, optuna fails the trial and enqueues it again
+  (``RetryHeartbeatStaleTrialCallback``); with a journal file, a worker on the same
+  machine sees its process gone and does the same. Ctrl-C re-enqueues at once.
+"""
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.search.space import Candidate, Space
+
+LOG = logging.getLogger("mergekit_expo")
+STUDY = "expo-search"
+DEFAULT_STORAGE = "study.db"  # in --out
+JOURNAL_SUFFIX = ".journal"
+ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
+REFERENCE, GRID, SAMPLED, DUPLICATE, SPARE = "reference", "grid", "sampled", "duplicate", "spare"
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # The heartbeat runs around each candidate here (ask/tell), as Study.optimize would run it.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def storage_url(storage: Optional[str], out: str) -> str:
+    return storage or f"sqlite:///{Path(os.path.abspath(out)) / DEFAULT_STORAGE}"
+
+
+def is_journal(url: str) -> bool:
+    return url.endswith(JOURNAL_SUFFIX) and "://" not in url
+
+
+def open_storage(url: str, heartbeat: int):
+    """An optuna storage for ``url``; one error line when it cannot be opened."""
+    optuna = _optuna()
+    if is_journal(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        if not Path(url).parent.is_dir():
+            raise ExpoConfigError(f"--storage {url}: folder {Path(url).parent} does not exist: create it "
+                                  "(on a filesystem every worker sees) or give another path")
+        try:
+            # The open(2)-based lock also works on NFS, where symlink locks may not.
+            return optuna.storages.JournalStorage(
+                JournalFileBackend(url, lock_obj=optuna.storages.journal.JournalFileOpenLock(url)))
+        except Exception as error:  # noqa: BLE001 - optuna's and the OS's failures become one line
+            raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}") from None
+    if "://" not in url:
+        raise ExpoConfigError(f"--storage {url} is neither a database URL (sqlite:///path, "
+                              f"postgresql://user@host/db) nor a journal file (a path ending in {JOURNAL_SUFFIX})")
+    for attempt in range(10):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        except Exception as error:  # noqa: BLE001
+            # Workers started together race to create the tables: the loser finds them made.
+            racing = ("already exists", "UNIQUE constraint failed", "database is locked")
+            if any(text in str(error) for text in racing) and attempt < 9:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}: check the URL, "
+                                  "the server and its driver (psycopg2 for PostgreSQL)") from None
+
+
+def make_sampler(name: str, seed: int):
+    """optuna's sampler ``name``, seeded per trial number from ``seed``: one worker's rerun
+    draws the same candidates, and workers asking at the same moment never share a stream."""
+    optuna = _optuna()
+    makers = {
+        # constant_liar: running trials count as bad ones, so parallel workers spread out.
+        # multivariate: the coordinates are modelled jointly (measured: closer to a hidden
+        # target in 40 trials than independent TPE, CMA-ES or random search).
+        "tpe": lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True),
+        "cmaes": lambda s: optuna.samplers.CmaEsSampler(seed=s, warn_independent_sampling=False),
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+        "grid": lambda s: optuna.samplers.RandomSampler(seed=s),  # never drawn from: the grid is enqueued
+    }
+    make = makers[name]
+
+    class PerTrialSeed(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self._number, self._sampler = None, None
+
+        def _for(self, trial):
+            if trial.number != self._number:
+                self._number, self._sampler = trial.number, make((seed * 1_000_003 + trial.number) % 2 ** 32)
+            return self._sampler
+
+        def infer_relative_search_space(self, study, trial):
+            return self._for(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._for(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial):
+            self._for(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            self._for(trial).after_trial(study, trial, state, values)
+
+    return PerTrialSeed()
+
+
+@dataclass
+class WorkerLog:
+    """What one worker did: for reports and the workers benchmark."""
+
+    scored: List[int] = field(default_factory=list)  # trial numbers this worker scored
+    pruned: int = 0  # duplicates and spare trials it closed unscored
+    idle_seconds: float = 0.0  # waiting for other workers' candidates
+    last_completed: Optional[int] = None
+
+
+class SearchStudy:
+    """One worker's view of the shared study."""
+
+    def __init__(self, space: Space, *, url: str, where: str, sampler: str, seed: int, heartbeat: int,
+                 settings: dict, budget: Optional[int], alpha_range=(0.0, 1.0)):
+        self.optuna = _optuna()
+        self.space, self.url, self.budget, self.alpha_range = space, url, budget, alpha_range
+        self.where = where
+        self.storage = open_storage(url, heartbeat)
+        self.heartbeat = heartbeat
+        self.sampler_name = sampler
+        self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
+                                              sampler=make_sampler(sampler, seed), load_if_exists=True)
+        self._check_settings(settings)
+        self.log = WorkerLog()
+
+    # -- settings ---------------------------------------------------------------------------
+    def _check_settings(self, settings: dict) -> None:
+        from mergekit_expo.search.results import difference
+
+        saved = self.study.user_attrs.get("settings")
+        if saved is None:
+            self.study.set_user_attr("settings", settings)
+        elif saved != settings:
+            raise ExpoConfigError(f"{self.where} holds results of a different search: "
+                                  f"{difference(saved, settings)}: use another "
+                                  f"{'--storage' if self.where.startswith('--storage') else '--out'}, "
+                                  "or delete it to start over")
+
+    # -- candidates -------------------------------------------------------------------------
+    def trials(self):
+        return self.study.get_trials(deepcopy=False)
+
+    def _live(self, trial) -> bool:
+        states = self.optuna.trial.TrialState
+        return trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) and \
+            trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
+
+    def _key(self, candidate: Candidate):
+        return tuple(round(float(candidate[name]), 9) for name in self.space.coordinates)
+
+    def known(self) -> set:
+        return {self._key(t.user_attrs[CANDIDATE]) for t in self.trials()
+                if self._live(t) and CANDIDATE in t.user_attrs}
+
+    def enqueue(self, candidates: Sequence[Candidate], role: str) -> int:
+        """Enqueue the candidates no live trial has; return how many were enqueued."""
+        known = self.known()
+        added = 0
+        for candidate in candidates:
+            if self._key(candidate) in known:
+                continue
+            known.add(self._key(candidate))
+            # Inside the range, the sampler sees it as a point like any other.
+            params = dict(candidate) if self._in_range(candidate) else {}
+            self.study.enqueue_trial(params, user_attrs={ROLE: role, CANDIDATE: dict(candidate)})
+            added += 1
+        return added
+
+    def _in_range(self, candidate: Candidate) -> bool:
+        low, high = self.alpha_range
+        return self.budget is not None and all(low <= float(v) <= high for v in candidate.values())
+
+    def completed(self) -> List:
+        states = self.optuna.trial.TrialState
+        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs]
+
+    def rows(self) -> List[dict]:
+        return [dict(t.user_attrs[ROW], trial=t.number) for t in self.completed()]
+
+    def _sampled_count(self, below: Optional[int] = None) -> int:
+        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE) != REFERENCE
+                   and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED and (below is None or t.number < below))
+
+    # -- the worker loop --------------------------------------------------------------------
+    def others_running(self) -> bool:
+        states = self.optuna.trial.TrialState
+        return any(t.state == states.RUNNING for t in self.trials())
+
+    def work(self, evaluate: Callable[[Candidate, object], dict], *, after: Callable[[], None] = None,
+             more: Callable[[], List[Candidate]] = None, poll: float = 0.5) -> WorkerLog:
+        """Score candidates until none is left; ``evaluate(candidate, trial)`` returns the row,
+        ``after()`` runs after each (reports).
+
+        ``more()`` is asked for further candidates once everything enqueued is scored
+        (``--refine``); it returns [] when there are none.
+        """
+        states = self.optuna.trial.TrialState
+        while True:
+            self._recover()
+            trials = self.trials()
+            waiting = [t for t in trials if t.state == states.WAITING]
+            running = [t for t in trials if t.state == states.RUNNING]
+            sampling = self.budget is not None and self._sampled_count() < self.budget
+            if not waiting and not sampling:
+                if running:  # others are scoring: theirs may fail and come back
+                    start = time.perf_counter()
+                    time.sleep(poll)
+                    self.log.idle_seconds += time.perf_counter() - start
+                    continue
+                if more is not None and self.enqueue(more(), GRID):
+                    continue
+                return self.log
+            trial = self.study.ask()
+            candidate = self._candidate_of(trial)
+            if candidate is None:
+                continue
+            self._score(trial, candidate, evaluate)
+            if after is not None:
+                after()
+
+    def _candidate_of(self, trial) -> Optional[Candidate]:
+        """The trial's candidate, or None when it is closed unscored (a duplicate, or spare)."""
+        states = self.optuna.trial.TrialState
+        attributes = trial.user_attrs
+        role = attributes.get(ROLE)
+        if role is None:  # a fresh trial: sampled, if the budget allows
+            if self.budget is None or self._sampled_count(below=trial.number) >= self.budget:
+                trial.set_user_attr(ROLE, SPARE)
+                self.study.tell(trial, state=states.PRUNED)
+                self.log.pruned += 1
+                return None
+            low, high = self.alpha_range
+            candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
+            trial.set_user_attr(ROLE, SAMPLED)
+            trial.set_user_attr(CANDIDATE, candidate)
+        else:
+            candidate = attributes.get(CANDIDATE)
+            low, high = self.alpha_range
+            if candidate is None:  # a sampled trial that died before it was drawn, retried
+                candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
+                trial.set_user_attr(CANDIDATE, candidate)
+            elif self._in_range(candidate):  # enqueued with these values: record them as its params
+                candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
+        key = self._key(candidate)
+        first = min((t.number for t in self.trials() if self._live(t) and CANDIDATE in t.user_attrs
+                     and self._key(t.user_attrs[CANDIDATE]) == key), default=trial.number)
+        if first < trial.number:  # another trial has it: score it there, once
+            trial.set_user_attr(ROLE, DUPLICATE)
+            self.study.tell(trial, state=states.PRUNED)
+            self.log.pruned += 1
+            return None
+        return candidate
+
+    def _score(self, trial, candidate: Candidate, evaluate) -> None:
+        from mergekit_expo.atomic_output import _owner_record
+
+        states = self.optuna.trial.TrialState
+        trial.set_user_attr(WORKER, _owner_record())
+        try:
+            with self._heartbeats(trial):
+                row = evaluate(candidate, trial)
+        except BaseException as error:
+            from mergekit_expo.cli_errors import Interrupted
+
+            if isinstance(error, (Interrupted, KeyboardInterrupt)):
+                # Ctrl-C: give the candidate back before leaving, for another worker or a rerun.
+                self._requeue(trial)
+            with contextlib.suppress(Exception):
+                self.study.tell(trial, state=states.FAIL)
+            raise
+        trial.set_user_attr(ROW, row)
+        self.study.tell(trial, row["score"])
+        self.log.scored.append(trial.number)
+
+    def _requeue(self, trial) -> None:
+        attributes = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, CANDIDATE)}
+        self.study.enqueue_trial(dict(trial.params), user_attrs=attributes)
+
+    @contextlib.contextmanager
+    def _heartbeats(self, trial):
+        """optuna's heartbeat for this trial while it is scored (database storages)."""
+        storage = self.storage
+        if not isinstance(storage, self.optuna.storages.RDBStorage):
+            yield
+            return
+        stop = threading.Event()
+
+        def beat():
+            while True:
+                with contextlib.suppress(Exception):
+                    storage.record_heartbeat(trial._trial_id)
+                if stop.wait(self.heartbeat):
+                    return
+
+        thread = threading.Thread(target=beat, name="expo-search-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _recover(self) -> None:
+        """Put the candidates of dead workers back in the queue."""
+        self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
+        if not is_journal(self.url):
+            return
+        from mergekit_expo.atomic_output import _state
+
+        states = self.optuna.trial.TrialState
+        for trial in self.trials():
+            owner = trial.user_attrs.get(WORKER)
+            if trial.state != states.RUNNING or not owner or _state(owner) != "gone":
+                continue
+            # Two workers may both do this: the second copy is then a duplicate, pruned unscored.
+            self.storage.set_trial_state_values(trial._trial_id, states.FAIL)
+            self._requeue(trial)
+
+
+def last_completed(study: SearchStudy) -> Optional[int]:
+    """The trial that completed last: its worker merges --write-best."""
+    finished = [t for t in study.completed() if t.datetime_complete is not None]
+    return max(finished, key=lambda t: (t.datetime_complete, t.number)).number if finished else None
+
+
+def host() -> str:
+    return socket.gethostname()
