@@ -31,6 +31,17 @@ def merged_at(pair, tmp_path_factory):
     return merges_of(pair, tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def engine(pair):
+    """One tensor-parallel-1 engine for the tests that set weights and score (a start
+    costs ~45 s on this CPU); each test sets the α it needs first."""
+    from mergekit_expo.search.vllm_engine import VLLMEngine
+
+    started = VLLMEngine(str(pair[0]), str(pair[1]))
+    yield started
+    started.close()
+
+
 def plain_vllm(folder, tokenizer, parallel):
     """An engine loaded from a checkpoint folder: answers and answer log-probs."""
     llm = vllm.LLM(model=str(folder), tensor_parallel_size=parallel, seed=0)
@@ -47,18 +58,22 @@ def plain_vllm(folder, tokenizer, parallel):
 
 
 @pytest.mark.parametrize("parallel", [1, 2])
-def test_in_place_alpha_equals_an_engine_loaded_from_the_merge(pair, merged_at, parallel):
+def test_in_place_alpha_equals_an_engine_loaded_from_the_merge(pair, merged_at, parallel, request):
     from mergekit_expo.search.sampling import Sampling
     from mergekit_expo.search.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(str(pair[0]), str(pair[1]), tensor_parallel_size=parallel)
+    if parallel == 1:
+        engine = request.getfixturevalue("engine")
+    else:
+        engine = VLLMEngine(str(pair[0]), str(pair[1]), tensor_parallel_size=parallel)
     prompts = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
     found = {}
     for alpha in (0.5, 0.0):  # out of order: nothing may accumulate between α values
         engine.set_alpha(alpha)
         found[alpha] = (engine.generate(prompts, Sampling(max_new_tokens=8)),
                         engine.answer_logprobs(prompts, ANSWERS))
-    engine.close()
+    if parallel != 1:
+        engine.close()
     for alpha in (0.5, 0.0):
         assert found[alpha] == plain_vllm(merged_at(alpha), engine.tokenizer, parallel), alpha
 
@@ -85,11 +100,9 @@ def test_a_worker_whose_reload_does_not_load_is_caught(pair, monkeypatch):
         engine.close()
 
 
-def test_preference_log_probs_agree_with_the_transformers_engine(pair):
+def test_preference_log_probs_agree_with_the_transformers_engine(pair, engine):
     from mergekit_expo.search.hf_engine import HFEngine
-    from mergekit_expo.search.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(str(pair[0]), str(pair[1]))
     hf = HFEngine(str(pair[0]), str(pair[1]), batch_size=4)
     prompts = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
     for alpha in (0.0, 0.5):
@@ -99,7 +112,6 @@ def test_preference_log_probs_agree_with_the_transformers_engine(pair):
         # its own matmul paths): per-sequence sums agree within 2% (measured up to 0.6%).
         for a, b in zip(engine.answer_logprobs(prompts, ANSWERS), hf.answer_logprobs(prompts, ANSWERS)):
             assert a == pytest.approx(b, rel=0.02, abs=0.05)
-    engine.close()
 
 
 def test_search_command_resumes_and_writes_the_best_merge(pair, merged_at, tmp_path):
@@ -134,7 +146,7 @@ def test_bad_vllm_inputs(pair, pair_factory, tmp_path):
         assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
 
 
-def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, tmp_path):
+def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, engine, tmp_path):
     """A module+depth candidate (filters and gradients) set in place through vLLM's loader
     gives what vLLM loaded from the `mergekit-yaml` output of its best.yml gives."""
     from conftest import write_yaml
@@ -142,16 +154,12 @@ def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, tmp_p
     from mergekit_expo.search.command import model_space
     from mergekit_expo.search.sampling import Sampling
     from mergekit_expo.search.settings import SearchSettings
-    from mergekit_expo.search.vllm_engine import VLLMEngine
 
     sft, aligned = (str(p) for p in pair)
     space, resolve = model_space(SearchSettings(space="module+depth"), sft, aligned, sft, aligned)
     candidate = {name: 0.2 * (i + 1) for i, name in enumerate(space.coordinates)}
     run_cli("mergekit-yaml", write_yaml(tmp_path / "best.yml", resolve.config(candidate)), tmp_path / "out")
-    engine = VLLMEngine(sft, aligned)
     prompts = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
     engine.set_alphas(resolve(candidate))
     found = (engine.generate(prompts, Sampling(max_new_tokens=8)), engine.answer_logprobs(prompts, ANSWERS))
-    tokenizer = engine.tokenizer
-    engine.close()
-    assert found == plain_vllm(tmp_path / "out", tokenizer, 1)
+    assert found == plain_vllm(tmp_path / "out", engine.tokenizer, 1)
