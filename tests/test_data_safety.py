@@ -79,6 +79,15 @@ def edited_config(root, text_from, text_to, name="typo.yml"):
     return name
 
 
+def old_search(root):
+    """A search folder as versions before the optuna study wrote it: results.json only."""
+    folder = root / "old-search"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"settings": {"scorer": "preference"}, "results": [
+        {"alpha": 0.0, "score": 0.5, "low": None, "high": None, "n": 4, "seconds": 1.0}]}))
+    return "./old-search"
+
+
 def with_top_level(root, extra, name="typo.yml"):
     path = root / name
     path.write_text((root / "expo.yml").read_text() + extra)
@@ -172,6 +181,8 @@ CASES = {
                    "--out", "./notes"), "contains the data file"),
     "search: --out holds someone's files": (
         lambda r: (*SEARCH, "--out", "./notes"), "not an α search"),
+    "search: --out holds an earlier version's search (no study)": (
+        lambda r: (*SEARCH, "--out", old_search(r)), "earlier search without its study"),
     "search: --write-best is the aligned model": (
         lambda r: (*SEARCH, "--out", "./s", "--write-best", "./models/aligned", "--overwrite"),
         "is the aligned"),

@@ -25,7 +25,7 @@ def resolve_device(device: str) -> str:
 
 
 def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model,
-                         tasks_path=None):
+                         tasks_path=None, storage=None):
     """Both outputs, before anything is read: never over an input or someone's files.
 
     Returns the checked --write-best output (None without it).
@@ -45,6 +45,14 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
         raise ExpoConfigError(
             f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
             "choose a new or empty folder"
+        )
+    if (out / RESULTS).is_file() and not (out / DEFAULT_STORAGE).is_file() and not storage:
+        # Written before searches kept their study: resuming would start afresh and
+        # replace its results.json.
+        raise ExpoConfigError(
+            f"--out {out_dir} holds the results of an earlier search without its study "
+            f"({DEFAULT_STORAGE}), which this version cannot resume: choose a new --out "
+            "(that folder is left as it is)"
         )
     check_writable_parent(out)
     if write_best:
@@ -206,7 +214,8 @@ def search_command(sft, aligned, settings):
     sampling = build_sampling(s.preset, seed=s.seed, max_new_tokens=s.max_new_tokens, sample=s.sample,
                               temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     best_output = check_search_outputs(s.out, s.write_best, s.overwrite, sft=sft, aligned=aligned,
-                                       data=s.data, reward_model=s.reward_model, tasks_path=s.tasks_path)
+                                       data=s.data, reward_model=s.reward_model, tasks_path=s.tasks_path,
+                                       storage=s.storage)
     check_plotting()
     check_optuna(s.sampler)
     if s.storage:  # an unopenable storage is one line before any model is read
