@@ -162,6 +162,17 @@ def invoke(*args, cwd):
     return run_cli("mergekit-expo", *args, cwd=cwd, check=False)
 
 
+def poison(folder, tensor_name, value):
+    """Put ``value`` (a NaN, say) into one element of a single-file checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    file = Path(folder) / "model.safetensors"
+    tensors = load_file(file)
+    tensors[tensor_name] = tensors[tensor_name].clone()
+    tensors[tensor_name].view(-1)[3] = value
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
 def snapshot(root) -> dict:
     """Every path under root (links not followed) with its content hash."""
     state = {}

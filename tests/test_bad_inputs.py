@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, cli_env, expo_config, invoke, load_folder, run_cli, snapshot, write_yaml
+from conftest import BIN, cli_env, expo_config, invoke, load_folder, poison, run_cli, snapshot, write_yaml
 
 
 def looks_finished(out: Path) -> bool:
@@ -38,16 +38,6 @@ def edit_config(folder, **changes):
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
-
-
-def poison(folder, tensor_name, value):
-    from safetensors.torch import load_file, save_file
-
-    file = folder / "model.safetensors"
-    tensors = load_file(file)
-    tensors[tensor_name] = tensors[tensor_name].clone()
-    tensors[tensor_name].view(-1)[3] = value
-    save_file(tensors, file, metadata={"format": "pt"})
 
 
 # Each case: build(tmp_path, sft, aligned) -> config dict (or a path to the YAML),

@@ -19,17 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, cli_env, expo_config, invoke, make_adapter, run_cli, snapshot, write_yaml
-
-
-def poison(folder, tensor_name, value):
-    from safetensors.torch import load_file, save_file
-
-    file = folder / "model.safetensors"
-    tensors = load_file(file)
-    tensors[tensor_name] = tensors[tensor_name].clone()
-    tensors[tensor_name].view(-1)[3] = value
-    save_file(tensors, file, metadata={"format": "pt"})
+from conftest import BIN, cli_env, expo_config, invoke, make_adapter, poison, run_cli, snapshot, write_yaml
 
 
 @pytest.fixture(scope="module")

@@ -218,6 +218,28 @@ def test_a_killed_workers_candidate_is_completed_by_the_other(storage, llama_pai
         assert len(redone) == 1 and redone[0].user_attrs["worker"]["pid"] == second.pid
 
 
+def test_a_candidate_taken_by_a_worker_killed_before_it_named_itself_is_given_back(llama_pair, tmp_path):
+    # kill -9 between optuna's ask() and anything the worker records: no owner, no
+    # heartbeat. A rerun must not wait for that trial forever.
+    import optuna
+
+    from mergekit_expo.search.study import CANDIDATE, GRID, ROLE
+
+    (tmp_path / "slow_scorer.py").write_text(SLOW_SCORER.format(pause=0))
+    worker = start_worker(tmp_path, llama_pair, "--alphas", "0,0.2", "--heartbeat", "1")
+    assert worker.wait(timeout=300) == 0, worker.stderr.read()
+    study = optuna.load_study(study_name="expo-search", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    study.enqueue_trial({}, user_attrs={ROLE: GRID, CANDIDATE: {"alpha": 0.4}})
+    orphan = study.ask()  # RUNNING, and its worker is gone before it says who it is
+    rerun = start_worker(tmp_path, llama_pair, "--alphas", "0,0.2,0.4", "--heartbeat", "1")
+    stdout, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())["results"]
+    assert sorted(r["alpha"] for r in rows) == [0.0, 0.2, 0.4]
+    states = {t.number: t.state.name for t in study_trials(tmp_path / "s")}
+    assert states[orphan.number] == "FAIL"
+
+
 @pytest.fixture(scope="module")
 def gpt2_pair(tmp_path_factory, llama_pair):
     """A pair whose tensor names have no self_attn: --space module cannot split it."""

@@ -8,10 +8,11 @@
   candidates are popped atomically by optuna, so a worker never takes one that another
   has; a candidate that shows up twice anyway (two workers enqueueing the same grid at
   once) is scored only in its lowest-numbered live trial, the others are pruned unscored.
-- A worker that dies mid-candidate: with a database storage its heartbeats stop and,
-  after the grace period, optuna fails the trial and enqueues it again
-  (``RetryHeartbeatStaleTrialCallback``); with a journal file, a worker on the same
-  machine sees its process gone and does the same. Ctrl-C re-enqueues at once.
+- A worker that dies mid-candidate: a worker on the same machine sees its process gone
+  and enqueues the candidate again; elsewhere, with a database storage its heartbeats
+  stop and, after the grace period, optuna fails the trial and enqueues it again
+  (``RetryHeartbeatStaleTrialCallback``); a trial that never named its owner is given
+  back after the grace period. Ctrl-C re-enqueues at once.
 """
 
 import contextlib
@@ -243,6 +244,7 @@ class SearchStudy:
                     continue
                 return self.log
             trial = self.study.ask()
+            self._claim(trial)
             candidate = self._candidate_of(trial)
             if candidate is None:
                 continue
@@ -283,11 +285,15 @@ class SearchStudy:
             return None
         return candidate
 
-    def _score(self, trial, candidate: Candidate, evaluate) -> None:
+    def _claim(self, trial) -> None:
+        """Name this process as the trial's owner at once: a rerun on this host can then
+        tell a dead owner's trial from a live one without waiting for heartbeats."""
         from mergekit_expo.atomic_output import _owner_record
 
-        states = self.optuna.trial.TrialState
         trial.set_user_attr(WORKER, _owner_record())
+
+    def _score(self, trial, candidate: Candidate, evaluate) -> None:
+        states = self.optuna.trial.TrialState
         try:
             with self._heartbeats(trial):
                 row = evaluate(candidate, trial)
@@ -333,20 +339,34 @@ class SearchStudy:
             thread.join()
 
     def _recover(self) -> None:
-        """Put the candidates of dead workers back in the queue."""
-        self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
-        if not is_journal(self.url):
-            return
+        """Put the candidates of dead workers back in the queue.
+
+        A trial is given back when optuna finds its heartbeats stale (database storages),
+        when its owner ran on this host and is gone, or when it never named an owner (a
+        worker killed right after taking it) and is older than the grace period: no
+        RUNNING trial waits forever.
+        """
+        from datetime import datetime
+
         from mergekit_expo.atomic_output import _state
 
+        self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
         states = self.optuna.trial.TrialState
         for trial in self.trials():
+            if trial.state != states.RUNNING:
+                continue
             owner = trial.user_attrs.get(WORKER)
-            if trial.state != states.RUNNING or not owner or _state(owner) != "gone":
+            if owner:
+                dead = _state(owner) == "gone"
+            else:
+                started = trial.datetime_start
+                dead = started is not None and (datetime.now() - started).total_seconds() > 3 * self.heartbeat
+            if not dead:
                 continue
             # Two workers may both do this: the second copy is then a duplicate, pruned unscored.
-            self.storage.set_trial_state_values(trial._trial_id, states.FAIL)
-            self._requeue(trial)
+            with contextlib.suppress(Exception):  # another worker failed it first
+                self.storage.set_trial_state_values(trial._trial_id, states.FAIL)
+                self._requeue(trial)
 
 
 def last_completed(study: SearchStudy) -> Optional[int]:
