@@ -247,9 +247,16 @@ def make_parents(folder: Path) -> List[Path]:
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
+    created = []
     for path in reversed(missing):
-        os.mkdir(path)
-    return list(reversed(missing))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue  # another process (a second search worker) made it first: not ours to remove
+        created.append(path)
+    return created
 
 
 def remove_if_empty(created: List[Path]) -> None:
@@ -288,6 +295,9 @@ def staged_output(target):
         staging.parent.mkdir()
         yield staging
         manifest.write(staging, kind=target.kind, command=target.command)
+        from mergekit_expo.cli_errors import raise_if_interrupted
+
+        raise_if_interrupted()  # a signal dropped inside a callback still stops the publish
         _publish(staging, target, root / PREVIOUS)
         published = True
     finally:

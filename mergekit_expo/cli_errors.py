@@ -31,6 +31,17 @@ def _on_signal(signum, frame):
     raise Interrupted(signum)
 
 
+def raise_if_interrupted() -> None:
+    """Raise the interruption again where it was lost.
+
+    An exception raised while Python runs a weakref callback or ``__del__`` is printed and
+    dropped, so a signal arriving then would go unnoticed: long loops call this between
+    steps, and outputs check once more before they are published.
+    """
+    if _received:
+        raise Interrupted(_received[0])
+
+
 NOTHING_LEFT = "nothing was left that looks like a finished output"
 
 
@@ -46,6 +57,7 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     def wrapper(*args, **kwargs):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
+        _received.clear()
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return command(*args, **kwargs)

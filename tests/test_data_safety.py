@@ -554,3 +554,38 @@ def test_a_replacement_killed_half_way_is_undone_or_finished(workspace):
     clean_stale(workspace / "out")
     kept = workspace / f"out.previous-{root.name.rsplit('-', 1)[1]}"
     assert (kept / "notes.txt").read_text() == "mine" and not root.exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_dropped_inside_a_weakref_callback_still_stops_the_publish(tmp_path):
+    # Python prints and drops an exception raised while it runs a weakref callback, so a
+    # SIGTERM arriving then never reaches the command: the publish must notice it anyway.
+    import weakref
+
+    from mergekit_expo import cli_errors
+    from mergekit_expo.atomic_output import staged_output
+    from mergekit_expo.output_guard import check_output
+
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):  # the handler runs at the next bytecode boundary: in here
+            pass
+
+    class Thing:
+        pass
+
+    target = check_output(str(tmp_path / "out"), reads=[], kind="adapter", command="mergekit-expo lora")
+    cli_errors._received.clear()
+    previous = signal.signal(signal.SIGTERM, cli_errors._on_signal)
+    try:
+        with pytest.raises(cli_errors.Interrupted):
+            with staged_output(target) as staging:
+                staging.mkdir()
+                (staging / "adapter_model.safetensors").write_bytes(b"half")
+                thing = Thing()
+                ref = weakref.ref(thing, callback)  # noqa: F841 (kept alive to fire)
+                del thing
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cli_errors._received.clear()
+    assert sorted(os.listdir(tmp_path)) == []

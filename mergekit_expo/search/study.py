@@ -227,8 +227,11 @@ class SearchStudy:
         ``more()`` is asked for further candidates once everything enqueued is scored
         (``--refine``); it returns [] when there are none.
         """
+        from mergekit_expo.cli_errors import raise_if_interrupted
+
         states = self.optuna.trial.TrialState
         while True:
+            raise_if_interrupted()
             self._recover()
             trials = self.trials()
             waiting = [t for t in trials if t.state == states.WAITING]
