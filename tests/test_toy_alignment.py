@@ -67,3 +67,39 @@ def test_progress_map_pilot_scores_dpo_alone(tmp_path):
     assert all(list(by_alpha) == ["0.0"] for by_alpha in seed["dev"].values())  # no ExPO model computed
     assert "test" not in seed and not (tmp_path / "dev_heatmap.png").exists()
     assert "DPO dev reward by progress" in result.stdout
+
+
+@pytest.mark.slow
+def test_structured_alpha_quick(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples/toy_alignment/structured_alpha.py"), "--quick", "--seeds", "0",
+         "--out", str(tmp_path)],
+        env=cli_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["budget"] == 5 and summary["quick"]
+    points = summary["seeds"][0]["points"]
+    assert sorted(float(f) for f in points) == [0.25, 1.0]
+    for point in points.values():
+        searches = point["searches"]
+        assert set(searches) == {"a", "b", "c"} and all(len(rows) == 5 for rows in searches.values())
+        for rows in searches.values():  # α = 0 everywhere is scored first in every arm
+            assert set(rows[0]["alphas"].values()) == {0.0}
+        assert [r["alphas"]["alpha"] for r in searches["a"]] == [0, 0.5, 1, 1.5, 2]
+        assert set(searches["c"][1]["alphas"]) == {f"{g}_{e}" for g in ("attention", "mlp", "other")
+                                                    for e in ("first", "last")}
+        arms = point["arms"]
+        assert set(arms) == {"a", "a7", "b", "c", "d", "d'", "e"}
+        for arm in ("a", "b", "c"):  # what the search scored is what this process scores
+            assert arms[arm]["dev"] == arms[arm]["search_dev"]
+            assert arms[arm]["search_dev"] == max(r["score"] for r in searches[arm])
+        alpha = arms["a"]["candidate"]["alpha"]
+        assert arms["d"]["candidate"] == {"attention": 0.5 * alpha, "mlp": alpha, "other": alpha}
+        assert arms["d'"]["candidate"]["other"] == 0.0 and arms["e"]["candidate"] == {"alpha": 0.0}
+        assert all(len(a["test_per_prompt"]) == summary["settings"]["test_prompts"] for a in arms.values())
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["structured alpha helps"] in ("yes", "no", "inconclusive")
+    assert set(verdict["arms"]) == {"b", "c", "d"}
+    assert (tmp_path / "test_reward.png").stat().st_size > 0
+    assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()

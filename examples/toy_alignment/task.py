@@ -101,3 +101,20 @@ def dev_reward(model, tokenizer) -> float:
     """Scorer for `mergekit-expo search --scorer task:dev_reward` (greedy, dev split)."""
     scores = mean_reward(model, tokenizer, prompts("dev", DEV_PROMPTS))
     return sum(scores) / len(scores)
+
+
+DEV_SAMPLING_SEEDS = (100, 101)
+
+
+def dev_rewards_sampled(model, tokenizer) -> List[float]:
+    """Per-prompt dev reward when sampling as on test (temperature 0.7), mean of the seeds."""
+    dev = prompts("dev", DEV_PROMPTS)
+    per_seed = [mean_reward(model, tokenizer, dev, seed=seed) for seed in DEV_SAMPLING_SEEDS]
+    return [sum(scores) / len(scores) for scores in zip(*per_seed)]
+
+
+def dev_reward_sampled(model, tokenizer) -> float:
+    """Scorer for `mergekit-expo search --scorer task:dev_reward_sampled` (protocol v3):
+    the dev split sampled as on test, so that dev is not at its ceiling."""
+    scores = dev_rewards_sampled(model, tokenizer)
+    return sum(scores) / len(scores)
