@@ -262,13 +262,13 @@ def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
 def test_accuracy_ties_are_broken_by_the_mean_margin(tmp_path):
     from mergekit_expo.search.results import AlphaResult, SearchResults
 
-    results = SearchResults.open(str(tmp_path / "s"), {"scorer": "preference"})
+    results = SearchResults(tmp_path / "s", {"scorer": "preference"}, [])
     for alpha, margin in ((0.0, 0.1), (0.3, 0.5), (0.5, 0.2)):
-        results.add(AlphaResult(alpha=alpha, score=0.75, low=None, high=None, n=4, seconds=1.0,
-                                extra={"mean_margin": margin}))
+        results.rows.append(AlphaResult(alpha=alpha, score=0.75, low=None, high=None, n=4, seconds=1.0,
+                                        extra={"mean_margin": margin}))
     assert results.best().alpha == 0.3
-    results.add(AlphaResult(alpha=0.6, score=0.8, low=None, high=None, n=4, seconds=1.0,
-                            extra={"mean_margin": -1.0}))
+    results.rows.append(AlphaResult(alpha=0.6, score=0.8, low=None, high=None, n=4, seconds=1.0,
+                                    extra={"mean_margin": -1.0}))
     assert results.best().alpha == 0.6  # the score itself still comes first
 
 

@@ -77,31 +77,6 @@ class SearchResults:
         self.about = dict(about or {})
 
     @classmethod
-    def open(cls, folder: str, settings: dict, max_drop: Optional[float] = None,
-             about: Optional[dict] = None) -> "SearchResults":
-        """Resume from ``folder`` if it holds results of the same search settings.
-
-        The folder is not created here: :meth:`add` does, with the first result.
-        """
-        path = Path(folder)
-        if path.exists() and not path.is_dir():
-            raise ExpoConfigError(f"--out {folder} is a file: choose a folder")
-        rows = []
-        if (path / RESULTS).is_file():
-            saved = _read(path / RESULTS)
-            try:
-                rows = [AlphaResult(**row) for row in saved["results"]]
-            except (KeyError, TypeError):
-                raise ExpoConfigError(
-                    f"{path / RESULTS} is not a search's results file: use another --out, or "
-                    "delete it to start over"
-                ) from None
-            if saved.get("settings") != settings:
-                raise ExpoConfigError(f"{folder} holds results of a different search: "
-                                      f"{difference(saved.get('settings') or {}, settings)}: "
-                                      "use another --out, or delete it to start over")
-        return cls(path, settings, rows, max_drop, about)
-    @classmethod
     def load(cls, folder: str) -> "SearchResults":
         """A search as it is on disk, with the --max-drop of its last run (for a model card)."""
         path = Path(folder)
@@ -125,17 +100,6 @@ class SearchResults:
             json.dumps({"settings": self.settings, "about": about, "results": [asdict(r) for r in self.rows]},
                        indent=2),
         )
-
-    def done(self, alpha: float) -> bool:
-        return any(abs(row.alpha - alpha) < 1e-9 for row in self.rows)
-
-    def add(self, row: AlphaResult) -> None:
-        from mergekit_expo.atomic_output import make_parents
-
-        self.rows.append(row)
-        self.rows.sort(key=lambda r: r.alpha)
-        make_parents(self.folder)
-        self.save()
 
     @property
     def space(self) -> str:
