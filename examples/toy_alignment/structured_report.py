@@ -1,7 +1,6 @@
 """Tables, picture and verdict of protocol v3 (structured_alpha.py), by its pre-stated rule."""
 
 import json
-import random
 import statistics
 from pathlib import Path
 
