@@ -83,7 +83,7 @@ def checks(summary: dict, v2_path: Path) -> list:
         for fraction, point in s["points"].items():
             for arm in ("a", "b", "c"):
                 worst = max(worst, abs(point["arms"][arm]["search_dev"] - point["arms"][arm]["dev"]))
-            old = v2.get(s["seed"], {}).get("dev", {}).get(f"{float(fraction):g}", {}).get("0.0")
+            old = v2.get(s["seed"], {}).get("dev", {}).get(str(float(fraction)), {}).get("0.0")
             new = point["greedy_dev"][0.0] if 0.0 in point["greedy_dev"] else point["greedy_dev"]["0.0"]
             if old is not None and old != new:
                 lines.append(f"- seed {s['seed']}, {100 * float(fraction):.0f}%: greedy dev at α = 0 is "
