@@ -74,6 +74,7 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            _received.clear()  # a later command in this process starts uninterrupted
 
     return wrapper
 
