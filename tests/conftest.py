@@ -34,7 +34,14 @@ def pytest_addoption(parser):
                      help="also run the long end-to-end tests (marked slow): what CI runs")
 
 
+# Suites that run for minutes in a venv of their own: started first, so that the other
+# test process works through everything else meanwhile.
+LONGEST_FIRST = ("tests/test_vllm_venv.py", "tests/test_hosts.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
     # Fast by default, slow by choice: plain `pytest` skips the long end-to-end runs.
     if config.getoption("--full"):
         return

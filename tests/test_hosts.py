@@ -37,7 +37,8 @@ def test_host_suite_passes_in_its_venv(suite):
     if pythonpath:
         env["PYTHONPATH"] = str(REPO / pythonpath)
     paths = [f"tests/with_hosts/{name}" if name.endswith(".py") else name for name in files]
-    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths],
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-o", "addopts=", *paths],  # one process there: no xdist in that venv
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     sys.stdout.write(result.stdout[-2000:])

