@@ -9,13 +9,16 @@ import pytest
 from conftest import REPO, cli_env
 
 
+def run_example(script, *args):
+    result = subprocess.run([sys.executable, str(REPO / "examples/toy_alignment" / script), *map(str, args)],
+                            env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
 def test_toy_alignment_quick(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples/toy_alignment/run.py"), "--quick", "--out", str(tmp_path)],
-        env=cli_env(), capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_example("run.py", "--quick", "--out", tmp_path)
     report = json.loads((tmp_path / "results.json").read_text())
     models = [row["model"] for row in report["rows"]]
     assert models.count("DPO") == 5 and models.count("DPO + ExPO") == 5 and models[0] == "SFT"
@@ -30,12 +33,7 @@ def test_toy_alignment_quick(tmp_path):
 
 @pytest.mark.slow
 def test_progress_map_quick(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples/toy_alignment/progress_map.py"), "--quick", "--seeds", "0",
-         "--out", str(tmp_path)],
-        env=cli_env(), capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_example("progress_map.py", "--quick", "--seeds", "0", "--out", tmp_path)
     summary = json.loads((tmp_path / "results.json").read_text())
     seed = summary["seeds"][0]
     assert sorted(float(f) for f in seed["dev"]) == [0.25, 0.5, 1.0]
@@ -55,12 +53,8 @@ def test_progress_map_quick(tmp_path):
 
 @pytest.mark.slow
 def test_progress_map_pilot_scores_dpo_alone(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples/toy_alignment/progress_map.py"), "--quick", "--pilot",
-         "--seeds", "0", "--dpo-lr", "1e-5", "--out", str(tmp_path)],
-        env=cli_env(), capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_example("progress_map.py", "--quick", "--pilot", "--seeds", "0", "--dpo-lr", "1e-5",
+                         "--out", tmp_path)
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["pilot"] and summary["dpo_lr"] == 1e-5
     seed = summary["seeds"][0]
@@ -71,12 +65,7 @@ def test_progress_map_pilot_scores_dpo_alone(tmp_path):
 
 @pytest.mark.slow
 def test_structured_alpha_quick(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "examples/toy_alignment/structured_alpha.py"), "--quick", "--seeds", "0",
-         "--out", str(tmp_path)],
-        env=cli_env(), capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_example("structured_alpha.py", "--quick", "--seeds", "0", "--out", tmp_path)
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["budget"] == 5 and summary["quick"]
     points = summary["seeds"][0]["points"]
