@@ -79,11 +79,17 @@ def test_what_the_check_reads_back(pair, pair_factory):
     assert moe.probe.covered and not any("experts" in name for name in moe.probe.covered)
 
 
-def test_the_installed_transformers_is_in_the_tested_range(caplog):
+@pytest.mark.parametrize("version, warns", [("5.19.0", False), ("5.25.3", False), ("5.18.2", True),
+                                             ("5.26.0", True), ("6.0.0", True)])
+def test_the_tested_range_is_inclusive_by_minor_version(caplog, monkeypatch, version, warns):
+    # a stated version, not the installed one: a newer release must never fail a test
+    monkeypatch.setitem(self_check.TESTED, "hf", ("transformers", "5.19", "5.25"))
+    monkeypatch.setattr(self_check, "library_version", lambda engine: version)
     self_check.warn_if_untested.cache_clear()
     with caplog.at_level(logging.WARNING, logger="mergekit_expo"):
         self_check.warn_if_untested("hf")
-    assert caplog.text == ""
+    self_check.warn_if_untested.cache_clear()
+    assert bool(caplog.messages) == warns, caplog.messages
 
 
 def test_an_untested_version_warns_once(caplog, monkeypatch):

@@ -27,7 +27,7 @@ from mergekit_expo.errors import ExpoEngineError
 LOG = logging.getLogger("mergekit_expo")
 
 #: The library versions each engine was tested with (first and last minor version, inclusive).
-TESTED = {"hf": ("transformers", "5.19", "5.24"), "vllm": ("vllm", "0.32", "0.32")}
+TESTED = {"hf": ("transformers", "5.19", "5.25"), "vllm": ("vllm", "0.32", "0.32")}
 _TENSORS = 4  # tensors compared per α
 _ELEMENTS = 16  # values compared per tensor
 _ROWS = 4  # rows read per matrix when choosing the values
