@@ -1,0 +1,163 @@
+"""Racing candidates on shared dev rows: score every survivor on the next block of rows,
+drop those clearly worse than the leader, stop when one is left or the rest are equivalent.
+
+Every survivor is scored on the same rows, so the paired per-row differences to the
+leader carry far less noise than the scores themselves (F-race, Hoeffding races).
+
+The rule, after each round (``n`` rows scored by every survivor):
+
+- the leader is the survivor with the highest mean score;
+- a survivor ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
+  lower confidence bound above 0: ``mean(d) − z·sd(d)/√n > 0``;
+- with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
+  ``--max-drop`` with the same confidence;
+- the race ends when one survivor is left, when every survivor's upper 95% bound of ``d``
+  is below the tolerance, or when the rows run out. The tolerance is ``--race-tolerance``
+  standard errors of a full-data score (one row's spread / √rows): by default 2, about
+  what a full search's 95% interval cannot separate, so a flat peak ends early.
+
+``z`` is Bonferroni-corrected for every comparison the race can make (``candidates − 1``
+per round, times the rounds): the candidate that is best on the whole dev set is
+dropped with probability at most ``1 − confidence`` (normal approximation of the mean of
+paired differences; rows drawn from the dev set in a seeded random order).
+"""
+
+import math
+import random
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Dict, List, Optional, Sequence
+
+#: rows in the first block, at least: fewer make the per-row spread too noisy to test on
+MIN_BLOCK = 16
+#: the rows are split into at most this many blocks, so the correction for looking again
+#: after every block stays small
+MAX_ROUNDS = 8
+DEFAULT_TOLERANCE = 2.0
+_EQUIVALENT_Z = NormalDist().inv_cdf(0.95)  # one-sided: stopping early never drops the best
+
+
+def fmean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def stdev(values: Sequence[float]) -> float:
+    """Sample standard deviation (statistics.stdev, without its exact-fraction cost)."""
+    mean = fmean(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def row_blocks(rows: int, seed: int = 0) -> List[List[int]]:
+    """Row indices in a seeded order, cut into equal blocks of at least MIN_BLOCK rows."""
+    order = list(range(rows))
+    random.Random(seed).shuffle(order)
+    size = max(MIN_BLOCK, math.ceil(rows / MAX_ROUNDS))
+    return [order[start:start + size] for start in range(0, rows, size)]
+
+
+@dataclass(frozen=True)
+class RaceRule:
+    candidates: int  # in the race from the start
+    rounds: int  # blocks there are
+    rows: int  # in the whole dev set
+    confidence: float = 0.95
+    tolerance: float = DEFAULT_TOLERANCE  # in standard errors of a full-data score
+    max_drop: Optional[float] = None  # the guard's allowed drop below α = 0
+
+    @property
+    def z(self) -> float:
+        comparisons = max(1, (self.candidates - 1) * self.rounds)
+        return NormalDist().inv_cdf(1 - (1 - self.confidence) / comparisons)
+
+
+@dataclass
+class Standing:
+    """The race after a round: who leads, who is out and why, whether it is over."""
+
+    leader: str
+    survivors: List[str]
+    dropped: Dict[str, str] = field(default_factory=dict)  # candidate -> reason
+    finished: Optional[str] = None  # why the race ended, or None
+
+
+def _paired(better: Sequence[float], worse: Sequence[float]):
+    """Mean and standard error of the paired differences ``better − worse``."""
+    differences = [b - w for b, w in zip(better, worse, strict=True)]
+    spread = stdev(differences) if len(differences) > 1 else 0.0
+    return fmean(differences), spread / math.sqrt(len(differences))
+
+
+def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
+          guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None) -> Standing:
+    """One round's verdict. ``scores``: each survivor's per-row scores on the same rows, in
+    the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among them."""
+    z = rule.z
+    dropped = {}
+    if guard is not None and rule.max_drop is not None:
+        for name in scores:
+            mean, error = _paired(guard[reference], guard[name])
+            if name != reference and mean - z * error > rule.max_drop:
+                dropped[name] = f"guard {mean:.4g} ± {z * error:.3g} below α = 0"
+    running = [name for name in scores if name not in dropped]
+    if not running:
+        return Standing("", [], dropped, "every candidate fails the guard")
+    leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
+    for name in running:
+        mean, error = _paired(scores[leader], scores[name])
+        if name != leader and mean - z * error > 0:
+            dropped[name] = f"below {leader} by {mean:.4g} ± {z * error:.3g}"
+    survivors = [name for name in running if name not in dropped]
+    return Standing(leader, survivors, dropped, _finished(scores, survivors, leader, rule, rows_left))
+
+
+def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_left: bool) -> Optional[str]:
+    if len(survivors) == 1:
+        return "one candidate left"
+    spread = fmean([stdev(scores[name]) for name in survivors]) if len(scores[leader]) > 1 else 0.0
+    within = rule.tolerance * spread / math.sqrt(rule.rows)
+
+    def upper(name):
+        mean, error = _paired(scores[leader], scores[name])
+        return mean + _EQUIVALENT_Z * error
+
+    if all(name == leader or upper(name) <= within for name in survivors):
+        return f"the survivors are within {within:.3g} of the leader"
+    if not rows_left:
+        return "every row is scored"
+    return None
+
+
+@dataclass
+class Race:
+    """The race so far, replayed from the per-row scores every worker reads from the study:
+    each worker reaches the same verdicts, so none has to coordinate the rounds."""
+
+    rounds: List[Standing]  # one per finished round
+    survivors: List[str]
+    next_block: Optional[int]  # the block to score next; None: the race is over
+    scoring: List[str]  # who is scored on it: the survivors, and α = 0 in a guarded race
+    dropped_in: Dict[str, int]  # candidate -> the round it was dropped in (1-based)
+
+
+def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: RaceRule, *,
+           guard: Optional[Dict[str, Dict[int, float]]] = None, guard_blocks: Optional[List[List[int]]] = None,
+           reference: Optional[str] = None) -> Race:
+    """``scores[candidate][row]``: what is scored so far, every candidate of the race a key."""
+    survivors, rounds, dropped_in = list(scores), [], {}
+    for number, block in enumerate(blocks):
+        # α = 0 stays scored in a guarded race: every other guard is measured against it
+        scoring = survivors + ([reference] if guard is not None and reference not in survivors else [])
+        rows = [row for earlier in blocks[:number + 1] for row in earlier]
+        guard_rows = [row for earlier in (guard_blocks or [])[:number + 1] for row in earlier]
+        if any(row not in scores[name] for name in scoring for row in rows) or guard is not None and \
+                any(row not in guard[name] for name in scoring for row in guard_rows):
+            return Race(rounds, survivors, number, scoring, dropped_in)
+        standing = judge({name: [scores[name][row] for row in rows] for name in survivors}, rule,
+                         rows_left=number + 1 < len(blocks), reference=reference,
+                         guard=guard and {name: [guard[name][row] for row in guard_rows] for name in scoring})
+        rounds.append(standing)
+        dropped_in.update({name: number + 1 for name in standing.dropped})
+        survivors = standing.survivors
+        if standing.finished:
+            break
+    return Race(rounds, survivors, None, [], dropped_in)
