@@ -80,9 +80,8 @@ def check_driver(url: str) -> None:
 
     try:
         dialect = make_url(url).get_dialect()
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy's parse and plugin errors become one line
-        raise ExpoConfigError(f"--storage {shown(url)} is not a database URL SQLAlchemy reads "
-                              f"({first_line(error)}): e.g. postgresql://user:password@host/db") from None
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: opening it says why
+        return
     try:
         dialect.import_dbapi()
     except ImportError as error:
@@ -114,17 +113,15 @@ def open_storage(url: str, heartbeat: int):
         try:
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-                # a server restarted between two candidates costs a reconnect, not the worker
-                engine_kwargs={"pool_pre_ping": True})
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
         except Exception as error:  # noqa: BLE001
             # Workers started together race to create the tables: the loser finds them made.
-            racing = ("already exists", "duplicate key value", "UNIQUE constraint failed", "database is locked")
+            racing = ("already exists", "UNIQUE constraint failed", "database is locked")
             if any(text in str(error) for text in racing) and attempt < 9:
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise ExpoConfigError(f"--storage {shown(url)} cannot be opened: {first_line(error)}: check the URL "
-                                  "and that the server is running") from None
+            raise ExpoConfigError(f"--storage {shown(url)} cannot be opened: {first_line(error)}: check "
+                                  "the URL and that the server is running") from None
 
 
 def storage_failures(method):
@@ -204,11 +201,12 @@ class WorkerLog:
 class SearchStudy:
     """One worker's view of the shared study."""
 
+    @storage_failures
     def __init__(self, space: Space, *, url: str, where: str, sampler: str, seed: int, heartbeat: int,
                  settings: dict, budget: Optional[int], alpha_range=(0.0, 1.0)):
+        self.where = where  # first: storage failures name it
         self.optuna = _optuna()
         self.space, self.url, self.budget, self.alpha_range = space, url, budget, alpha_range
-        self.where = where
         self.storage = open_storage(url, heartbeat)
         self.heartbeat = heartbeat
         self.sampler_name = sampler
