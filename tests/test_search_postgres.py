@@ -32,7 +32,7 @@ def norm(model, tokenizer):
     return {NORM}
 '''
 
-# Scores like SLOW_SCORER, and breaks the storage once, while scoring the second candidate.
+# Scores the embeddings' norm, and breaks the storage once, while scoring the second candidate.
 BREAKING_SCORER = f'''import os
 import sqlite3
 import subprocess
@@ -99,8 +99,8 @@ def stop_then_resume(tmp_path, pair, break_storage, storage, restore):
     """A worker whose storage ``break_storage`` breaks mid-search stops with one line; once
     ``restore()`` has run, the same command resumes and scores every candidate. Returns the
     error line."""
-    (tmp_path / "slow_scorer.py").write_text(BREAKING_SCORER.format(break_storage))
-    command = ("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", "0.5,1", "--out", "./s",
+    (tmp_path / "breaking_scorer.py").write_text(BREAKING_SCORER.format(break_storage))
+    command = ("search", *pair, "--scorer", "breaking_scorer:norm", "--alphas", "0.5,1", "--out", "./s",
                *(["--storage", storage] if storage else []))
     try:  # its own process: the rerun must see that the worker holding the candidate is gone
         failed = run_cli("mergekit-expo", *command, cwd=tmp_path, check=False, process=True)
