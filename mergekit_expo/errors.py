@@ -25,6 +25,10 @@ class ExpoEngineError(ExpoError):
     """An α-search engine does not hold the weights it was asked to set."""
 
 
+class ExpoStorageError(ExpoError):
+    """The search's study could not be read or written while the search ran."""
+
+
 def first_line(error: BaseException) -> str:
     """A library's exception as one line: its message's first line, else its type's name."""
     text = str(error).strip()

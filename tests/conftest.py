@@ -293,6 +293,22 @@ def llama_pair(pair_factory):
     return pair_factory()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server of this test process (stopped and removed at the end);
+    ``postgres.database(name)`` gives a new database's URL."""
+    from postgres_server import INSTALL, PostgresServer, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.fail(f"no PostgreSQL server on PATH or in /usr/lib/postgresql/*/bin: {INSTALL}", pytrace=False)
+    server = PostgresServer(binaries)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def models_dir(tmp_path, pair_factory):
     """A working folder holding ./models/{sft,aligned,other}, as configs/ expect."""

@@ -2,6 +2,7 @@
 scored in place, shared by worker processes through one optuna study."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -156,11 +157,27 @@ def norm(model, tokenizer):
 '''
 
 
-def start_worker(folder, pair, *extra):
+def start_worker(folder, pair, *extra, out="./s", host=None):
+    """A worker process in ``folder``; with ``host``, as if on another machine: under that
+    hostname, in a UTS namespace of its own."""
     command = [str(BIN / "mergekit-expo"), "search", str(pair[0]), str(pair[1]), "--scorer", "slow_scorer:norm",
-               "--out", "./s", *map(str, extra)]
+               "--out", out, *map(str, extra)]
+    if host is not None:
+        namespace = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+        command = [*namespace, "sh", "-c", 'hostname "$0" && exec "$@"', host, *command]
     return subprocess.Popen(command, cwd=folder, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def kill_mid_candidate(worker, out):
+    """SIGKILL ``worker`` while it scores its second candidate (once its first is in ``out``'s results)."""
+    deadline = time.time() + 120
+    while not (out / "results.json").exists():
+        assert worker.poll() is None and time.time() < deadline, worker.stderr.read() if worker.poll() else ""
+        time.sleep(0.2)
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
 
 
 def test_two_workers_share_one_out_and_score_each_candidate_once(llama_pair, tmp_path):
@@ -194,16 +211,7 @@ def test_a_killed_workers_candidate_is_completed_by_the_other(storage, llama_pai
     if storage == "journal":
         extra += ["--storage", tmp_path / "study.journal"]
     first = start_worker(tmp_path, llama_pair, *extra)
-    deadline = time.time() + 120
-    running = None
-    while running is None:  # wait until the first worker is scoring its second candidate
-        assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else ""
-        time.sleep(0.2)
-        if (tmp_path / "s" / "results.json").exists():
-            running = [r["alpha"] for r in json.loads((tmp_path / "s" / "results.json").read_text())["results"]]
-    time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    kill_mid_candidate(first, tmp_path / "s")
     second = start_worker(tmp_path, llama_pair, *extra)
     stdout, stderr = second.communicate(timeout=300)
     assert second.returncode == 0, stderr

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Tuple
 
 import click
 
-from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.errors import ExpoConfigError, ExpoStorageError
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
@@ -91,7 +91,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     reports. Returns (results, report paths, this worker's log)."""
     from mergekit_expo.atomic_output import make_parents
     from mergekit_expo.search.results import SearchResults
-    from mergekit_expo.search.study import GRID, REFERENCE, SearchStudy, last_completed, storage_url
+    from mergekit_expo.search.study import GRID, REFERENCE, SearchStudy, last_completed, shown, storage_url
 
     settings = dict(settings, scorer=scorer.name, space=plan.space.name)
     if guard is not None:
@@ -100,7 +100,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         settings.update(alpha_range=list(plan.alpha_range), sampler=plan.sampler)
     folder = Path(out)
     created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
-    where = f"--storage {plan.storage}" if plan.storage else out
+    where = f"--storage {shown(plan.storage)}" if plan.storage else out
     url = storage_url(plan.storage, out)
     study = None
     try:
@@ -128,8 +128,9 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
             log.last_completed = last_completed(study)
         finally:
             run.close()
-    except BaseException:
-        _clean_up(study, folder, created, url if not plan.storage else None)
+    except BaseException as error:
+        if not isinstance(error, ExpoStorageError):  # a study that cannot be read is left as it is
+            _clean_up(study, folder, created, url if not plan.storage else None)
         raise
     results.rows = run.rows()
     if not results.rows:

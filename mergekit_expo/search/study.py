@@ -16,6 +16,7 @@
 """
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.search.space import Candidate, Space
 
 LOG = logging.getLogger("mergekit_expo")
@@ -55,6 +56,40 @@ def is_journal(url: str) -> bool:
     return url.endswith(JOURNAL_SUFFIX) and "://" not in url
 
 
+def shown(url: str) -> str:
+    """``url`` as messages print it: a database URL's password masked."""
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):  # not a URL SQLAlchemy can parse: shown as given
+        return make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+# How to install the driver SQLAlchemy picks for a URL; others get a generic line.
+DRIVERS = {
+    "psycopg": "pip install 'mergekit-expo[postgres]'",  # postgresql:// and postgresql+psycopg://
+    "psycopg2": "pip install psycopg2-binary",  # postgresql+psycopg2://
+}
+
+
+def check_driver(url: str) -> None:
+    """The database driver SQLAlchemy uses for ``url`` can be imported: else one line naming it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: opening it says why
+        return
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        install = DRIVERS.get(dialect.driver, f"install the Python package that provides {dialect.driver}")
+        raise ExpoConfigError(f"--storage {shown(url)} needs the database driver {dialect.driver}, which "
+                              f"cannot be imported ({first_line(error)}): {install}") from None
+
+
 def open_storage(url: str, heartbeat: int):
     """An optuna storage for ``url``; one error line when it cannot be opened."""
     optuna = _optuna()
@@ -73,6 +108,7 @@ def open_storage(url: str, heartbeat: int):
     if "://" not in url:
         raise ExpoConfigError(f"--storage {url} is neither a database URL (sqlite:///path, "
                               f"postgresql://user@host/db) nor a journal file (a path ending in {JOURNAL_SUFFIX})")
+    check_driver(url)
     for attempt in range(10):
         try:
             return optuna.storages.RDBStorage(
@@ -84,8 +120,30 @@ def open_storage(url: str, heartbeat: int):
             if any(text in str(error) for text in racing) and attempt < 9:
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}: check the URL, "
-                                  "the server and its driver (psycopg2 for PostgreSQL)") from None
+            raise ExpoConfigError(f"--storage {shown(url)} cannot be opened: {first_line(error)}: check "
+                                  "the URL and that the server is running") from None
+
+
+def storage_failures(method):
+    """A storage that fails mid-search (server down, file gone, locked too long) is one
+    line saying so; what it holds is kept, so the same command resumes."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from optuna.exceptions import StorageInternalError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return method(self, *args, **kwargs)
+        except ExpoError:
+            raise
+        except (StorageInternalError, SQLAlchemyError, OSError) as error:  # no user code runs in these
+            cause = first_line(error.__cause__ or error)
+            raise ExpoStorageError(f"the study ({self.where}) could not be read or written: {cause}: the "
+                                   "candidates scored so far are kept; rerun the same command to resume once "
+                                   "it is reachable again") from None
+
+    return wrapper
 
 
 def make_sampler(name: str, seed: int):
@@ -143,11 +201,12 @@ class WorkerLog:
 class SearchStudy:
     """One worker's view of the shared study."""
 
+    @storage_failures
     def __init__(self, space: Space, *, url: str, where: str, sampler: str, seed: int, heartbeat: int,
                  settings: dict, budget: Optional[int], alpha_range=(0.0, 1.0)):
+        self.where = where  # first: storage failures name it
         self.optuna = _optuna()
         self.space, self.url, self.budget, self.alpha_range = space, url, budget, alpha_range
-        self.where = where
         self.storage = open_storage(url, heartbeat)
         self.heartbeat = heartbeat
         self.sampler_name = sampler
@@ -157,6 +216,7 @@ class SearchStudy:
         self.log = WorkerLog()
 
     # -- settings ---------------------------------------------------------------------------
+    @storage_failures
     def _check_settings(self, settings: dict) -> None:
         from mergekit_expo.search.results import difference
 
@@ -170,6 +230,7 @@ class SearchStudy:
                                   "or delete it to start over")
 
     # -- candidates -------------------------------------------------------------------------
+    @storage_failures
     def trials(self):
         return self.study.get_trials(deepcopy=False)
 
@@ -185,6 +246,7 @@ class SearchStudy:
         return {self._key(t.user_attrs[CANDIDATE]) for t in self.trials()
                 if self._live(t) and CANDIDATE in t.user_attrs}
 
+    @storage_failures
     def enqueue(self, candidates: Sequence[Candidate], role: str) -> int:
         """Enqueue the candidates no live trial has; return how many were enqueued."""
         known = self.known()
@@ -246,8 +308,7 @@ class SearchStudy:
                 if more is not None and self.enqueue(more(), GRID):
                     continue
                 return self.log
-            trial = self.study.ask()
-            self._claim(trial)
+            trial = self._take()
             candidate = self._candidate_of(trial)
             if candidate is None:
                 continue
@@ -255,6 +316,7 @@ class SearchStudy:
             if after is not None:
                 after()
 
+    @storage_failures
     def _candidate_of(self, trial) -> Optional[Candidate]:
         """The trial's candidate, or None when it is closed unscored (a duplicate, or spare)."""
         states = self.optuna.trial.TrialState
@@ -288,12 +350,15 @@ class SearchStudy:
             return None
         return candidate
 
-    def _claim(self, trial) -> None:
-        """Name this process as the trial's owner at once: a rerun on this host can then
-        tell a dead owner's trial from a live one without waiting for heartbeats."""
+    @storage_failures
+    def _take(self):
+        """A trial, with this process named as its owner at once: a rerun on this host can
+        then tell a dead owner's trial from a live one without waiting for heartbeats."""
         from mergekit_expo.atomic_output import _owner_record
 
+        trial = self.study.ask()
         trial.set_user_attr(WORKER, _owner_record())
+        return trial
 
     def _score(self, trial, candidate: Candidate, evaluate) -> None:
         states = self.optuna.trial.TrialState
@@ -309,6 +374,10 @@ class SearchStudy:
             with contextlib.suppress(Exception):
                 self.study.tell(trial, state=states.FAIL)
             raise
+        self._record(trial, row)
+
+    @storage_failures
+    def _record(self, trial, row: dict) -> None:
         trial.set_user_attr(ROW, row)
         self.study.tell(trial, row["score"])
         self.log.scored.append(trial.number)
@@ -341,6 +410,7 @@ class SearchStudy:
             stop.set()
             thread.join()
 
+    @storage_failures
     def _recover(self) -> None:
         """Put the candidates of dead workers back in the queue.
 
