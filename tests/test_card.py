@@ -147,7 +147,8 @@ def test_search_write_best_with_a_guard_explains_the_choice(tmp_path, offline_hu
 # start of the second slice's gradient).
 SLICES_WITH_A_GRADIENT = {
     "merge_method": "expo", "base_model": "./models/sft", "dtype": "bfloat16",
-    "slices": [{"sources": [{"model": "./models/aligned", "layer_range": [0, 1], "parameters": {"alpha": 0.2}},
+    "slices": [{"sources": [{"model": "./models/aligned", "layer_range": [0, 1],
+                             "parameters": {"alpha": 0.2}},
                             {"model": "./models/sft", "layer_range": [0, 1]}]},
                {"sources": [{"model": "./models/aligned", "layer_range": [1, 2],
                              "parameters": {"alpha": [0.3, 0.7]}},
@@ -189,7 +190,7 @@ def test_the_card_states_the_alpha_each_tensor_was_merged_with(models_dir, monke
     said = {float(word.split(" ")[0]) for line in expected for word in line.split(": ", 1)[-1].split("; ")}
     out = load_folder(models_dir / "out")
     sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
-    measured = {tensor: [a for a in sorted(said) if fidelity(value, sft[tensor], aligned[tensor], a)[0] == 1.0]
+    measured = {tensor: [a for a in sorted(said) if fidelity(value, sft[tensor], aligned[tensor], a)[0] == 1]
                 for tensor, value in out.items()}
     from mergekit_expo.search.space import planned_tensor_alphas
 
@@ -211,7 +212,7 @@ def four_layers(pair_factory, tmp_path_factory):
                                    "every tensor of the layers: from 0.1 at layer 0 to 0.4 at layer 3, "
                                    "linear in depth"]),
     ({"alpha": [0.1, 0.5, 0.2]}, None, ["`model.embed_tokens`, `model.norm`, `lm_head`: 0.1",
-                                        "every tensor of the layers: 0.1 at layer 0; 0.3667 at layer 1; "
+                                        "every tensor of the layers: 0.1 at layer 0; 0.366667 at layer 1; "
                                         "0.4 at layer 2; 0.2 at layer 3"]),
     ({"alpha": [{"filter": "mlp", "value": 0.4}]}, None,
      ["`mlp.up_proj`, `mlp.gate_proj`, `mlp.down_proj` in every layer: 0.4", "every other tensor: 0.3"]),
@@ -436,8 +437,8 @@ def test_card_without_mergekit_names_what_to_install(plain_output, tmp_path, mon
     for name in [name for name in sys.modules if name.split(".")[0] == "mergekit"]:
         monkeypatch.setitem(sys.modules, name, None)  # Python's own "not installed"
     before = snapshot(root / "out")
-    assert refused("card", "./out", "--overwrite") == (
-        "Error: mergekit-expo card needs mergekit, which is not installed: pip install 'mergekit>=0.1.4,<0.2'")
+    assert refused("card", "./out", "--overwrite") == ("Error: mergekit-expo card needs mergekit, which is "
+                                                       "not installed: pip install 'mergekit>=0.1.4,<0.2'")
     assert snapshot(root / "out") == before
 
 

@@ -52,7 +52,7 @@ def describe(planned: Dict[str, Optional[float]]) -> List[str]:
     for key, text in words.items():
         groups[text].append(key)
     size = {text: sum(len(by_part[key]) if key[0] else 1 for key in keys) for text, keys in groups.items()}
-    largest = max(groups, key=size.get)  # named last, as "every other tensor" where that is shorter
+    largest = max(groups, key=size.get)  # named last, as "every other tensor" unless it is the layers
     stacks = {stack for stack, _ in by_part}
     lines = [f"{_labels(keys, by_part, stacks)}: {text}" for text, keys in groups.items() if text != largest]
     return lines + [f"{_labels(groups[largest], by_part, stacks, other=True)}: {largest}"]
@@ -82,7 +82,7 @@ def _over_layers(by_layer: Dict[int, Optional[float]]) -> str:
     runs, start = [], 0
     while start < len(layers):
         end = start
-        while end + 1 < len(layers) and layers[end + 1] == layers[end] + 1 and values[end + 1] == values[start]:
+        while _next_to(layers, end) and values[end + 1] == values[start]:
             end += 1
         if end == start:
             end = _linear_end(layers, values, start)
@@ -91,9 +91,14 @@ def _over_layers(by_layer: Dict[int, Optional[float]]) -> str:
     return "; ".join(runs)
 
 
+def _next_to(layers, index) -> bool:
+    return index + 1 < len(layers) and layers[index + 1] == layers[index] + 1
+
+
 def _linear_end(layers, values, start) -> int:
+    """The last layer of a linear run from ``start`` (three layers at least), else ``start``."""
     end = start
-    while (end + 1 < len(layers) and layers[end + 1] == layers[end] + 1 and None not in values[start:end + 2]
+    while (_next_to(layers, end) and None not in values[start:end + 2]
            and (end == start or math.isclose(values[end + 1] - values[end], values[start + 1] - values[start],
                                              rel_tol=1e-6, abs_tol=1e-9))):
         end += 1
@@ -115,7 +120,7 @@ def _value(alpha: Optional[float]) -> str:
 
 
 def _number(alpha: float) -> str:
-    return f"{alpha:.4g}"
+    return f"{alpha:g}"
 
 
 def _short(name: str) -> str:
