@@ -27,13 +27,11 @@ def resolve(reference: Optional[str], role: str) -> Optional[str]:
     if reference is None or not is_hub_id(reference):
         return reference
     import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     repo, _, revision = reference.partition("@")
-    try:
-        return huggingface_hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
-    except LocalEntryNotFoundError:
-        pass
+    folder = cached_snapshot(reference)
+    if folder is not None:
+        return folder
     if offline():
         raise ExpoInputError(
             f"{role} {reference} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
@@ -47,6 +45,18 @@ def resolve(reference: Optional[str], role: str) -> Optional[str]:
         raise ExpoInputError(f"cannot fetch {role} {reference} from the Hub ({type(error).__name__}: "
                              f"{_one_line(error)}): check the id, revision, access and network, or "
                              "pass a local folder") from error
+
+
+def cached_snapshot(reference: str) -> Optional[str]:
+    """The snapshot folder of Hub id ``reference`` in the local cache, or None; never downloads."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, _, revision = reference.partition("@")
+    try:
+        return huggingface_hub.snapshot_download(repo, revision=revision or None, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return None
 
 
 def _one_line(error: Exception, limit: int = 200) -> str:

@@ -141,6 +141,18 @@ def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[st
                 yield from unknown_keys(value, model[key], f"{where}.{key}")
 
 
+def cached_references(data: dict) -> dict:
+    """A config mapping whose Hub ids are their snapshot folders where the local cache has
+    them, and local folders ./x/y: what mergekit can plan without the network."""
+    from mergekit_expo import hub
+
+    def cached(reference: str) -> str:
+        parts = [hub.is_hub_id(part) and hub.cached_snapshot(part) or part for part in reference.split("+")]
+        return "+".join(parts)
+
+    return _map_model_strings(_map_model_strings(data, _local_form), cached)
+
+
 def _map_model_strings(node, transform):
     """Apply ``transform`` to every string that names a model (base_model:, model:, …)."""
     if isinstance(node, dict):

@@ -142,48 +142,94 @@ def test_search_write_best_with_a_guard_explains_the_choice(tmp_path, offline_hu
 
 # -- α in words -----------------------------------------------------------------------
 
+# Slices, the second with a gradient: tensors outside the layer stack do not all take one
+# slice's value (measured: embed_tokens takes the first slice's, norm and lm_head the
+# start of the second slice's gradient).
+SLICES_WITH_A_GRADIENT = {
+    "merge_method": "expo", "base_model": "./models/sft", "dtype": "bfloat16",
+    "slices": [{"sources": [{"model": "./models/aligned", "layer_range": [0, 1],
+                             "parameters": {"alpha": 0.2}},
+                            {"model": "./models/sft", "layer_range": [0, 1]}]},
+               {"sources": [{"model": "./models/aligned", "layer_range": [1, 2],
+                             "parameters": {"alpha": [0.3, 0.7]}},
+                            {"model": "./models/sft", "layer_range": [1, 2]}]}]}
+
+
+def alpha_lines(text: str) -> list:
+    """The card's α: the line after "**α**:", or its sub-items."""
+    block = text.split("- **α**:", 1)[1].split("\n\n", 1)[0]
+    return [block.strip()] if "\n" not in block else [line[4:] for line in block.splitlines()[1:]]
+
+
 @pytest.mark.parametrize("name, expected", [
     ("expo.yml", ["0.3"]),
-    ("expo-gradient.yml", ["from 0.1 at the first layer to 0.5 at the last (linear in depth)",
-                           "Tensors outside the layer stack (embeddings, final norm, output head) take a "
-                           "gradient's first value."]),
-    ("expo-keep-embeddings.yml", ["0 (the aligned model's values) for tensors whose name contains "
-                                  "`embed_tokens`, `lm_head` or `norm`; 0.4 for every other tensor"]),
-    ("expo-slices.yml", ["layer 0 of the aligned model: 0.2", "layer 1 of the aligned model: 0.5"]),
+    ("expo-gradient.yml", ["`model.embed_tokens`, `model.norm`, `lm_head`: 0.1",
+                           "every tensor of the layers: 0.1 at layer 0; 0.5 at layer 1"]),
+    ("expo-keep-embeddings.yml", ["`model.embed_tokens`, `model.norm`, `lm_head`, `input_layernorm`, "
+                                  "`post_attention_layernorm` in every layer: 0 (the aligned model's values)",
+                                  "every other tensor: 0.4"]),
+    ("expo-slices.yml", ["`model.embed_tokens`: 0.2", "`model.norm`, `lm_head`: 0.5",
+                         "every tensor of the layers: 0.2 at layer 0; 0.5 at layer 1"]),
+    ("slices with a gradient", ["`model.embed_tokens`: 0.2", "`model.norm`, `lm_head`: 0.3",
+                                "every tensor of the layers: 0.2 at layer 0; 0.7 at layer 1"]),
 ])
-def test_alpha_in_words_for_every_shipped_config(name, expected):
-    from mergekit.config import MergeConfiguration
+def test_the_card_states_the_alpha_each_tensor_was_merged_with(models_dir, monkeypatch, name, expected):
+    from conftest import load_folder
+    from fp64_reference import fidelity
 
-    from mergekit_expo.card.alpha_words import alpha_in_words
+    monkeypatch.chdir(models_dir)
+    config = models_dir / "c.yml"
+    if name.endswith(".yml"):
+        shutil.copy(CONFIGS / name, config)
+    else:
+        write_yaml(config, SLICES_WITH_A_GRADIENT)
+    ok("run", config, "./out")
+    assert alpha_lines(ModelCard.load(models_dir / "out" / "README.md").text) == expected
+    # What the merge did, tensor by tensor: the one α among the card's whose fp64 result,
+    # rounded once, is every element of the output tensor.
+    said = {float(word.split(" ")[0]) for line in expected for word in line.split(": ", 1)[-1].split("; ")}
+    out = load_folder(models_dir / "out")
+    sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
+    measured = {tensor: [a for a in sorted(said) if fidelity(value, sft[tensor], aligned[tensor], a)[0] == 1]
+                for tensor, value in out.items()}
+    from mergekit_expo.search.space import planned_tensor_alphas
 
-    config = MergeConfiguration.model_validate(yaml.safe_load((CONFIGS / name).read_text()))
-    assert alpha_in_words(config) == expected
+    planned = planned_tensor_alphas(yaml.safe_load(config.read_text()))  # what the words describe
+    assert measured == {tensor: [alpha] for tensor, alpha in planned.items()}
+
+
+@pytest.fixture(scope="module")
+def four_layers(pair_factory, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deep")
+    for link, target in zip(("sft", "aligned"), pair_factory(num_layers=4)):
+        (root / link).symlink_to(target, target_is_directory=True)
+    return root
 
 
 @pytest.mark.parametrize("parameters, top_level, expected", [
-    ({}, None, "0.3 (the default)"),
-    ({"alpha": [0.1, 0.3, 0.5]}, None,
-     "0.1, 0.3, 0.5 spread evenly over depth (0.1 at the first layer, 0.5 at the last, linear in between)"),
+    ({}, None, ["0.3"]),
+    ({"alpha": [0.1, 0.4]}, None, ["`model.embed_tokens`, `model.norm`, `lm_head`: 0.1",
+                                   "every tensor of the layers: from 0.1 at layer 0 to 0.4 at layer 3, "
+                                   "linear in depth"]),
+    ({"alpha": [0.1, 0.5, 0.2]}, None, ["`model.embed_tokens`, `model.norm`, `lm_head`: 0.1",
+                                        "every tensor of the layers: 0.1 at layer 0; 0.366667 at layer 1; "
+                                        "0.4 at layer 2; 0.2 at layer 3"]),
     ({"alpha": [{"filter": "mlp", "value": 0.4}]}, None,
-     "0.4 for tensors whose name contains `mlp`; 0.3 (the default) for every other tensor"),
+     ["`mlp.up_proj`, `mlp.gate_proj`, `mlp.down_proj` in every layer: 0.4", "every other tensor: 0.3"]),
     ({"alpha": [{"filter": "mlp", "value": 0.4}]}, {"alpha": 0.1},  # falls through to the top level
-     "0.4 for tensors whose name contains `mlp`; 0.1 for every other tensor"),
+     ["`mlp.up_proj`, `mlp.gate_proj`, `mlp.down_proj` in every layer: 0.4", "every other tensor: 0.1"]),
     ({"alpha": [{"filter": "mlp", "value": 0.5}, {"value": 0}, {"filter": "attn", "value": 9}]}, None,
-     "0.5 for tensors whose name contains `mlp`; 0 (the aligned model's values) for every other tensor"),
-    ({"alpha": [{"filter": "self_attn", "value": [0, 0.4]}, {"value": 0.2}]}, None,
-     "from 0 at the first layer to 0.4 at the last (linear in depth) for tensors whose name contains "
-     "`self_attn`; 0.2 for every other tensor"),
-    ({"alpha": "1e-1"}, None, "0.1"),
+     ["`mlp.up_proj`, `mlp.gate_proj`, `mlp.down_proj` in every layer: 0.5",
+      "every other tensor: 0 (the aligned model's values)"]),
+    ({"alpha": "1e-1"}, None, ["0.1"]),
 ])
-def test_alpha_in_words_for_any_mergekit_setting(parameters, top_level, expected):
-    from mergekit.config import MergeConfiguration
-
+def test_alpha_in_words_is_what_mergekit_plans(four_layers, monkeypatch, parameters, top_level, expected):
     from mergekit_expo.card.alpha_words import alpha_in_words
 
-    config = MergeConfiguration.model_validate(
-        {"merge_method": "expo", "base_model": "./sft", "parameters": top_level,
-         "models": [{"model": "./aligned", "parameters": parameters or None}]})
-    assert alpha_in_words(config)[0] == expected
+    monkeypatch.chdir(four_layers)
+    config = {"merge_method": "expo", "base_model": "./sft", "parameters": top_level,
+              "models": [{"model": "./aligned", "parameters": parameters or None}]}
+    assert alpha_in_words(config) == expected
 
 
 def test_local_inputs_are_named_in_the_text_not_the_metadata(models_dir, monkeypatch):
@@ -196,7 +242,7 @@ def test_local_inputs_are_named_in_the_text_not_the_metadata(models_dir, monkeyp
     assert metadata["tags"][:3] == ["mergekit", "merge", "expo"] and metadata["library_name"] == "transformers"
     text = ModelCard.load(readme).text
     assert "mergekit's `base_model`): `./models/sft`" in text and "SFT model): `./models/aligned`" in text
-    assert "  - from 0.1 at the first layer to 0.5 at the last (linear in depth)\n" in text
+    assert "  - every tensor of the layers: 0.1 at layer 0; 0.5 at layer 1\n" in text
 
 
 def test_card_on_our_own_output_keeps_it_replaceable(models_dir, monkeypatch):
@@ -216,6 +262,34 @@ def test_card_on_our_own_output_keeps_it_replaceable(models_dir, monkeypatch):
     ok("card", "./out", "--search", "./s")
     assert "notes.txt" in refused("run", "e.yml", "./out", "--overwrite")
     assert (models_dir / "out" / "notes.txt").read_text() == "mine\n"
+
+
+def test_rewriting_a_searched_card_keeps_how_alpha_was_chosen(models_dir, monkeypatch):
+    monkeypatch.chdir(models_dir)
+    data = models_dir / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
+    ok("search", "./models/sft", "./models/aligned", "--data", data, "--alphas", "0,0.3", "--out", "./s",
+       "--write-best", "./best")
+    readme = models_dir / "best" / "README.md"
+    written = readme.read_bytes()
+    assert "## How α was chosen" in written.decode() and "](score_vs_alpha.png)" in written.decode()
+    ok("card", "./best")  # no --search: the section and its plot stay
+    assert readme.read_bytes() == written
+    assert (models_dir / "best" / "score_vs_alpha.png").is_file()
+
+
+def test_a_sampled_search_counts_its_candidates_exactly(models_dir, monkeypatch):
+    monkeypatch.chdir(models_dir)
+    data = models_dir / "prefs.jsonl"
+    data.write_text(json.dumps({"prompt": "w1 w2", "chosen": "w3", "rejected": "w4 w5"}) + "\n")
+    ok("search", "./models/sft", "./models/aligned", "--data", data, "--space", "depth", "--trials", 2,
+       "--out", "./s", "--write-best", "./best")
+    rows = json.loads((models_dir / "s" / "results.json").read_text())["results"]
+    zero = [r for r in rows if not any(r["alphas"].values())]
+    assert len(zero) == 1 and len(rows) == 3  # α = 0 everywhere, then the 2 trials
+    text = (models_dir / "best" / "README.md").read_text()
+    assert ("each coordinate in [0, 1]; 3 candidates: α = 0 everywhere, then 2 drawn by optuna's `tpe` "
+            "sampler\n") in text
 
 
 # -- mergekit-expo card ---------------------------------------------------------------
@@ -257,6 +331,27 @@ def test_card_upgrades_a_plain_mergekit_yaml_output(plain_output, tmp_path, monk
     edited = snapshot(out)
     assert "was edited after mergekit-expo wrote it" in refused("card", "./out", "--overwrite")
     assert snapshot(out) == edited
+
+
+@pytest.mark.parametrize("edit", [
+    ("# out\n", "# My model\n"),  # the title
+    ("* ./models/aligned\n", "* ./models/aligned\n\nTrained on my own data.\n"),  # after the inputs
+    ("as a base.", "as a base. It is my best model so far."),  # a sentence after the base line
+    ("tags:\n", "license: mit\ntags:\n"),  # a front-matter key
+    ("tags:\n- mergekit\n- merge\n", "tags:\n- mergekit\n- merge\n- mine\n"),  # a tag
+])
+def test_card_never_replaces_an_edited_mergekit_card(plain_output, tmp_path, monkeypatch, edit):
+    root = tmp_path / "ws"
+    shutil.copytree(plain_output, root, symlinks=True)
+    monkeypatch.chdir(root)
+    readme = root / "out" / "README.md"
+    text = readme.read_text()
+    assert edit[0] in text
+    readme.write_text(text.replace(*edit, 1))
+    before = snapshot(root / "out")
+    assert "README.md was not written by mergekit or mergekit-expo (or was edited since" in refused(
+        "card", "./out", "--overwrite")
+    assert snapshot(root / "out") == before
 
 
 def test_card_refuses_folders_that_are_not_expo_outputs(plain_output, pair, tmp_path, monkeypatch):
@@ -305,6 +400,18 @@ def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch)
     out = models_dir / "out"
     assert "./models/sft" not in (out / "README.md").read_text()
     assert "pass --multi-config PIPELINE.yml" in refused("card", "./out")
+    # A pipeline is evidence for an output only if its final stage is what wrote it.
+    (models_dir / "heavier.yml").write_text((models_dir / "multi.yml").read_text().replace("0.7", "0.6"))
+    linear = {"merge_method": "linear", "dtype": "bfloat16",
+              "models": [{"model": "./models/aligned", "parameters": {"weight": 0.5}},
+                         {"model": "./models/other", "parameters": {"weight": 0.5}}]}
+    run_cli("mergekit-yaml", write_yaml(models_dir / "linear.yml", linear), "./lin", cwd=models_dir)
+    for folder, pipeline, why in [("./out", "heavier.yml", "its config differs from that stage's"),
+                                  ("./lin", "multi.yml", "its config uses no output of stage `expo-stage`")]:
+        before = snapshot(models_dir / folder)
+        line = refused("card", folder, "--multi-config", pipeline, "--overwrite")
+        assert f"was not written by the final stage of {pipeline} ({why}" in line
+        assert snapshot(models_dir / folder) == before
     ok("card", "./out", "--multi-config", "multi.yml", "--overwrite")
     text = ModelCard.load(out / "README.md").text
     assert "### ExPO stage `expo-stage`" in text
@@ -319,6 +426,38 @@ def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch)
     assert metadata["base_model"] == ["org/sft", "org/aligned", "org/other"]
     assert metadata["base_model_relation"] == "merge"
 
+
+
+def test_card_without_mergekit_names_what_to_install(plain_output, tmp_path, monkeypatch):
+    import sys
+
+    root = tmp_path / "ws"
+    shutil.copytree(plain_output, root, symlinks=True)
+    monkeypatch.chdir(root)
+    for name in [name for name in sys.modules if name.split(".")[0] == "mergekit"]:
+        monkeypatch.setitem(sys.modules, name, None)  # Python's own "not installed"
+    before = snapshot(root / "out")
+    assert refused("card", "./out", "--overwrite") == ("Error: mergekit-expo card needs mergekit, which is "
+                                                       "not installed: pip install 'mergekit>=0.1.4,<0.2'")
+    assert snapshot(root / "out") == before
+
+
+def test_card_from_another_folder_warns_that_relative_paths_become_hub_ids(models_dir):
+    (models_dir / "llama").symlink_to(models_dir / "models", target_is_directory=True)
+    write_yaml(models_dir / "relative.yml", expo_config("llama/sft", "llama/aligned"))
+    run_cli("mergekit-expo", "run", "relative.yml", "./out", cwd=models_dir)
+    (models_dir / "elsewhere").mkdir()
+    warned = "no folder here and not in the Hugging Face cache"
+    elsewhere = run_cli("mergekit-expo", "card", "../out", cwd=models_dir / "elsewhere")
+    lines = [line for line in elsewhere.stderr.splitlines() if warned in line]
+    assert len(lines) == 1, elsewhere.stderr
+    assert lines[0].endswith("llama/sft, llama/aligned: no folder here and not in the Hugging Face cache, so "
+                             "the card names them as Hub ids; if they are local folders, run card from the "
+                             "folder the merge ran in")
+    assert front_matter(models_dir / "out" / "README.md")["base_model"] == ["llama/sft", "llama/aligned"]
+    there = run_cli("mergekit-expo", "card", "./out", cwd=models_dir)
+    assert warned not in there.stderr
+    assert "base_model" not in front_matter(models_dir / "out" / "README.md")
 
 
 def test_search_section_names_each_scorer_kind(tmp_path):

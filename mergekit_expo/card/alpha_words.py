@@ -1,141 +1,127 @@
-"""α as configured, in words: what a model card says about the extrapolation strength.
+"""α in words, as mergekit's own planner resolves the config per tensor.
 
-Any value mergekit accepts for a parameter is described: a number, a gradient over
-depth (``[0.1, 0.5]``), a filter list (``- filter: mlp`` / ``value: …``), per-slice and
-per-module settings, in mergekit's order of precedence (input model, slice, module,
-top level, then the method's default). A filter list that matches no tensor falls
-through to the next level, as mergekit's parameter resolver does.
+The card embeds the exact YAML; these lines say what it comes to: which tensors take
+which α, read from the planned merge (gradients, filters, slices and precedence are
+mergekit's, never our reading of its rules). A layer's tensors are named once for all
+layers, and a run of layers by its ends.
 """
 
-from typing import List, Optional, Sequence, Tuple
+import logging
+import math
+import re
+from collections import defaultdict
+from typing import Dict, List, Optional
 
-from mergekit_expo.alpha import DEFAULT_ALPHA
-
-NAME = "alpha"
-LAYERS = ("the first layer", "the last")
-SLICE_LAYERS = ("the slice's first layer", "its last")
-OUTSIDE_THE_STACK = ("Tensors outside the layer stack (embeddings, final norm, output head) take a "
-                     "gradient's first value.")
-
-
-def alpha_in_words(config) -> List[str]:
-    """One line per part of the model with its own α setting, then notes; for a
-    ``MergeConfiguration`` whose ``base_model`` is the SFT model."""
-    words = _Words()
-    if config.modules:
-        lines = [f"module `{name}`: {line}" for name, module in config.modules.items()
-                 for line in _levels_of(words, config, module, (module.parameters, config.parameters))]
-    else:
-        lines = _levels_of(words, config, config, (config.parameters,))
-    return lines + words.notes()
+LOG = logging.getLogger("mergekit_expo")
+LAYER = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<part>.+)$")  # the first number: the layer
+AS_CONFIGURED = ("as configured below (not resolved per tensor: mergekit could not read the input "
+                 "models where this card was written)")
 
 
-def _levels_of(words, config, holder, outer: Tuple) -> List[str]:
-    base = config.base_model
-    if holder.slices:
-        lines = []
-        for output_slice in holder.slices:
-            aligned = [s for s in output_slice.sources if s.model != (output_slice.base_model or base)]
-            if not aligned:
-                continue
-            start, end = aligned[0].layer_range
-            span = f"layer {start}" if end - start == 1 else f"layers {start}–{end - 1}"
-            chain = (aligned[0].parameters, output_slice.parameters, *outer)
-            lines.append(f"{span} of the aligned model: "
-                         + words.chain(chain, within=SLICE_LAYERS, single_layer=end - start == 1))
-        return lines
-    models = [m for m in (holder.models or []) if m.model != base]
-    if not models:
-        return [words.chain(outer, within=LAYERS)]
-    return [words.chain((m.parameters, *outer), within=LAYERS) for m in models[:1]]
+def alpha_in_words(data: dict) -> List[str]:
+    """One line per group of tensors with the same α, for an expo config (the YAML mapping:
+    Hub ids are planned from the local cache); one line when every tensor takes the same α."""
+    from mergekit_expo.errors import first_line
+    from mergekit_expo.merge_config import cached_references
+    from mergekit_expo.search.space import planned_tensor_alphas
 
-
-class _Words:
-    def __init__(self):
-        self.gradient = False
-        self.single_layer = False
-
-    def notes(self) -> List[str]:
-        notes = [OUTSIDE_THE_STACK] if self.gradient else []
-        if self.single_layer:
-            notes.append("A one-layer slice takes a gradient's last value (mergekit places it at the end).")
-        return notes
-
-    def chain(self, levels: Sequence[Optional[dict]], *, within: Tuple[str, str],
-              single_layer: bool = False) -> str:
-        """The first level that sets α, and what its filter list falls through to."""
-        settings = [level[NAME] for level in levels if level and NAME in level]
-        if single_layer:
-            self.single_layer = self.single_layer or any(_has_gradient(s) for s in settings)
-        if not settings:
-            return f"{DEFAULT_ALPHA:g} (the default)"
-        if _conditions(settings[0]) is None:
-            return self.value(settings[0], within=within)  # the common case: one number or gradient
-        parts = []
-        for setting in settings:
-            parts.append(self.setting(setting, within=within, other=bool(parts)))
-            if not _may_fall_through(setting):
-                return "; ".join(parts)
-        parts.append(f"{DEFAULT_ALPHA:g} (the default) for every {'other ' if parts else ''}tensor")
-        return "; ".join(parts)
-
-    def setting(self, setting, *, within: Tuple[str, str], other: bool = False) -> str:
-        conditions = _conditions(setting)
-        if conditions is None:
-            return f"{self.value(setting, within=within)} for every {'other ' if other else ''}tensor"
-        parts, filters = [], []  # consecutive filters with one value are named together
-        for index, condition in enumerate(conditions):
-            value = self.value(condition.value, within=within)
-            if condition.filter in (None, "*"):
-                parts.append(f"{value} for every {'other ' if parts or other else ''}tensor")
-                break  # mergekit takes the first match: later entries never apply
-            filters.append(f"`{condition.filter}`")
-            following = conditions[index + 1] if index + 1 < len(conditions) else None
-            if following is None or following.filter in (None, "*") or following.value != condition.value:
-                names = filters[0] if len(filters) == 1 else f"{', '.join(filters[:-1])} or {filters[-1]}"
-                parts.append(f"{value} for tensors whose name contains {names}")
-                filters = []
-        return "; ".join(parts)
-
-    def value(self, value, *, within: Tuple[str, str]) -> str:
-        if isinstance(value, list):
-            values = [_number(v) for v in value]
-            if len(set(values)) == 1:
-                return _with_meaning(values[0])
-            self.gradient = True
-            first, last = within
-            if len(values) == 2:
-                return f"from {values[0]} at {first} to {values[1]} at {last} (linear in depth)"
-            return (f"{', '.join(values)} spread evenly over depth ({values[0]} at {first}, "
-                    f"{values[-1]} at {last}, linear in between)")
-        return _with_meaning(_number(value))
-
-
-def _conditions(setting):
-    """The ConditionalParameter entries of a filter list, or None for a number/gradient."""
-    items = setting if isinstance(setting, list) else [setting]
-    if items and all(hasattr(item, "value") and hasattr(item, "filter") for item in items):
-        return items
-    return None
-
-
-def _may_fall_through(setting) -> bool:
-    conditions = _conditions(setting)
-    return conditions is not None and all(c.filter not in (None, "*") for c in conditions)
-
-
-def _has_gradient(setting) -> bool:
-    conditions = _conditions(setting)
-    values = [c.value for c in conditions] if conditions is not None else [setting]
-    return any(isinstance(v, list) and len({_number(x) for x in v}) > 1 for v in values)
-
-
-def _number(value) -> str:
     try:
-        return f"{float(value):g}"
-    except (TypeError, ValueError):
-        return str(value)
+        planned = planned_tensor_alphas(cached_references(data))
+    except Exception as error:  # noqa: BLE001 - an input not readable here only costs these words
+        LOG.warning("α is described as configured, not per tensor: mergekit could not plan the merge "
+                    "here (%s); run card from the folder the merge ran in", first_line(error))
+        return [AS_CONFIGURED]
+    return describe(planned)
 
 
-def _with_meaning(value: str) -> str:
-    return f"{value} (the aligned model's values)" if value in ("0", "-0") else value
+def describe(planned: Dict[str, Optional[float]]) -> List[str]:
+    """``planned``: tensor name -> α (None: copied from the SFT model), in plan order."""
+    if len(set(planned.values())) == 1:
+        return [_value(next(iter(planned.values())))]
+    words = {}  # label -> its α in words; a layer part is labelled once for every layer
+    by_part = defaultdict(dict)
+    for name, alpha in planned.items():
+        match = LAYER.match(name)
+        if match:
+            by_part[match["stack"], match["part"]][int(match["index"])] = alpha
+        else:
+            words[(None, name)] = _value(alpha)
+    for key, by_layer in by_part.items():
+        words[key] = _over_layers(by_layer)
+    groups = defaultdict(list)
+    for key, text in words.items():
+        groups[text].append(key)
+    size = {text: sum(len(by_part[key]) if key[0] else 1 for key in keys) for text, keys in groups.items()}
+    largest = max(groups, key=size.get)  # named last, as "every other tensor" unless it is the layers
+    stacks = {stack for stack, _ in by_part}
+    lines = [f"{_labels(keys, by_part, stacks)}: {text}" for text, keys in groups.items() if text != largest]
+    return lines + [f"{_labels(groups[largest], by_part, stacks, other=True)}: {largest}"]
+
+
+def _labels(keys, by_part, stacks, *, other: bool = False) -> str:
+    parts = [key for key in keys if key[0] is not None]
+    named = [name for stack, name in keys if stack is None]
+    if other and set(parts) != set(by_part):
+        return "every other tensor"
+    if set(parts) == set(by_part) and len(stacks) == 1:
+        layered = ["every tensor of the layers"]
+    else:
+        layered = []
+        for stack in sorted({stack for stack, _ in parts}):
+            names = ", ".join(f"`{_short(part)}`" for s, part in parts if s == stack)
+            layered.append(f"{names} in every layer" + (f" of `{stack}`" if len(stacks) > 1 else ""))
+    return ", ".join([*(f"`{_short(name)}`" for name in named), *layered])
+
+
+def _over_layers(by_layer: Dict[int, Optional[float]]) -> str:
+    """One value, or runs of layers: constant, or linear in depth over three layers or more."""
+    layers = sorted(by_layer)
+    values = [by_layer[i] for i in layers]
+    if len(set(values)) == 1:
+        return _value(values[0])
+    runs, start = [], 0
+    while start < len(layers):
+        end = start
+        while _next_to(layers, end) and values[end + 1] == values[start]:
+            end += 1
+        if end == start:
+            end = _linear_end(layers, values, start)
+        runs.append(_run(layers, values, start, end))
+        start = end + 1
+    return "; ".join(runs)
+
+
+def _next_to(layers, index) -> bool:
+    return index + 1 < len(layers) and layers[index + 1] == layers[index] + 1
+
+
+def _linear_end(layers, values, start) -> int:
+    """The last layer of a linear run from ``start`` (three layers at least), else ``start``."""
+    end = start
+    while (_next_to(layers, end) and None not in values[start:end + 2]
+           and (end == start or math.isclose(values[end + 1] - values[end], values[start + 1] - values[start],
+                                             rel_tol=1e-6, abs_tol=1e-9))):
+        end += 1
+    return end if end - start >= 2 else start
+
+
+def _run(layers, values, start, end) -> str:
+    if values[start] == values[end]:
+        span = f"layer {layers[start]}" if end == start else f"layers {layers[start]}–{layers[end]}"
+        return f"{_value(values[start])} at {span}"
+    return (f"from {_number(values[start])} at layer {layers[start]} to {_number(values[end])} at layer "
+            f"{layers[end]}, linear in depth")
+
+
+def _value(alpha: Optional[float]) -> str:
+    if alpha is None:
+        return "none: the SFT model's values (no aligned model is an input there)"
+    return f"{_number(alpha)} (the aligned model's values)" if alpha == 0 else _number(alpha)
+
+
+def _number(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+def _short(name: str) -> str:
+    return name[:-len(".weight")] if name.endswith(".weight") else name

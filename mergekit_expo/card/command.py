@@ -1,5 +1,6 @@
 """``mergekit-expo card OUT``: (re)write the model card of an existing ExPO merge output."""
 
+import logging
 from pathlib import Path
 
 import click
@@ -8,6 +9,8 @@ from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
 
 CONFIG = "mergekit_config.yml"
+MERGEKITTY_CONFIG = "mergekitty_config.yml"  # what mergekitty writes instead
+LOG = logging.getLogger("mergekit_expo")
 
 
 @click.command("card")
@@ -26,14 +29,19 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
     """Write the Hub model card (README.md) of OUT_PATH, an ExPO merge output, from its
     mergekit_config.yml: lineage metadata, the formula with the SFT and aligned models,
     α, and with --search how α was chosen. The weights are never touched."""
+    from mergekit_expo.hosts import require_mergekit
+
+    require_mergekit("mergekit-expo card")  # configs, cards and α are read through mergekit
     from mergekit_expo.card.files import README, check_card_targets, publish
     from mergekit_expo.card.writer import card_files
 
     out = Path(out_path)
     source = read_merge_output(out, out_path)
-    pipeline = read_pipeline(multi_config, out, source) if multi_config else None
-    if pipeline is None:
-        check_expo_output(out_path, source)
+    if multi_config:
+        pipeline, lineage = read_pipeline(multi_config, out, source)
+    else:
+        pipeline, lineage = None, check_expo_output(out_path, source)
+    warn_unverified_hub_ids(lineage)
     files = card_files(out, source, search=search_dir, pipeline=pipeline)
     check_card_targets(out, source, files, overwrite=overwrite)
     publish(out, files)
@@ -46,6 +54,11 @@ def read_merge_output(out: Path, out_path: str) -> str:
     if not out.is_dir():
         what = "does not exist" if not out.exists() else "is not a folder"
         raise ExpoConfigError(f"{out_path} {what}: pass the folder mergekit-yaml or mergekit-expo run wrote")
+    if not (out / CONFIG).is_file() and (out / MERGEKITTY_CONFIG).is_file():
+        raise ExpoConfigError(
+            f"{out_path} is a mergekitty output ({MERGEKITTY_CONFIG}), and `card` describes mergekit merges "
+            "only (mergekitty resolves some α settings differently): merge the config with `mergekit-expo "
+            "run CONFIG OUT`, which writes the card, to publish with one")
     for name in (CONFIG, "config.json"):
         if not (out / name).is_file():
             raise ExpoConfigError(
@@ -54,10 +67,12 @@ def read_merge_output(out: Path, out_path: str) -> str:
     return (out / CONFIG).read_text(encoding="utf-8")
 
 
-def check_expo_output(out_path: str, source: str) -> None:
+def check_expo_output(out_path: str, source: str):
+    """The lineage of OUT's own config, if it is an expo merge."""
     from mergekit_expo.card.lineage import lineage_of_config
 
-    stage = lineage_of_config(source, where=f"{out_path}/{CONFIG}").final
+    lineage = lineage_of_config(source, where=f"{out_path}/{CONFIG}")
+    stage = lineage.final
     if not stage.is_expo:
         raise ExpoConfigError(
             f"{out_path} is a {stage.config.merge_method} merge, not an expo one: `card` writes ExPO "
@@ -65,25 +80,30 @@ def check_expo_output(out_path: str, source: str) -> None:
     if not stage.aligned:
         raise ExpoConfigError(f"{out_path}/{CONFIG} names no aligned model besides the SFT base_model: "
                               "it is not the output of an expo merge")
+    return lineage
 
 
-def read_pipeline(multi_config: str, out: Path, source: str) -> str:
-    """The mergekit-multi config, checked against what OUT's own config says."""
-    from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
+def read_pipeline(multi_config: str, out: Path, source: str):
+    """The mergekit-multi config and its lineage, if its final stage is what wrote OUT."""
+    from mergekit_expo.card.lineage import check_written_by, lineage_of_pipeline
 
     path = Path(multi_config)
     if not path.is_file():
         raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to mergekit-multi")
     text = path.read_text(encoding="utf-8")
     lineage = lineage_of_pipeline(text, out.name, where=f"--multi-config {multi_config}")
-    written = lineage_of_config(source, where=f"{out}/{CONFIG}").final
-    final = lineage.final
-    if (written.config.merge_method != final.config.merge_method
-            or len(written.inputs) != len(final.inputs)):
-        raise ExpoConfigError(
-            f"{out} was not written by the final stage of {multi_config} ({out}/{CONFIG} is a "
-            f"{written.config.merge_method} merge of {len(written.inputs)} models): pass the pipeline "
-            "that wrote it")
     if not lineage.expo_stages:
         raise ExpoConfigError(f"{multi_config} has no expo stage leading to {out}: `card` writes ExPO cards")
-    return text
+    check_written_by(lineage, source, out=str(out), pipeline=multi_config)
+    return text, lineage
+
+
+def warn_unverified_hub_ids(lineage) -> None:
+    """A reference that is no folder here is published as a Hub id: say so unless the
+    Hugging Face cache knows it (a relative path read from another folder looks the same)."""
+    unknown = lineage.uncached_hub_ids()
+    if unknown:
+        them = "them as Hub ids; if they are local folders" if len(unknown) > 1 else \
+            "it as a Hub id; if it is a local folder"
+        LOG.warning("%s: no folder here and not in the Hugging Face cache, so the card names %s, run "
+                    "card from the folder the merge ran in", ", ".join(unknown), them)

@@ -6,9 +6,9 @@ own unedited card from one a user edited and from a README it never wrote.
 """
 
 import hashlib
+import itertools
 import os
 import re
-import string
 import tempfile
 from enum import Enum
 from pathlib import Path
@@ -21,7 +21,7 @@ from mergekit_expo.errors import ExpoConfigError
 README = "README.md"
 MARK = "<!-- written by mergekit-expo card; sha256 {digest} -->"
 _MARK = re.compile(r"\n<!-- written by mergekit-expo card; sha256 ([0-9a-f]{64}) -->\n*\Z")
-MERGEKIT_METADATA = {"base_model", "tags", "library_name"}  # what mergekit's card puts there
+CONFIGURATION = "## Configuration"  # the heading after the search section
 
 
 class Readme(Enum):
@@ -48,32 +48,57 @@ def readme_kind(folder: Path, config_source: Optional[str]) -> Readme:
     match = _MARK.search(text)
     if match:
         return Readme.OURS if _digest(text[:match.start()]) == match.group(1) else Readme.OURS_EDITED
-    if config_source is not None and is_mergekit_card(text, config_source):
+    if config_source is not None and is_mergekit_card(text, config_source, folder.name):
         return Readme.MERGEKIT
     return Readme.OTHER
 
 
-def is_mergekit_card(text: str, config_source: str) -> bool:
-    """Whether ``text`` is mergekit's generated card for this config, as mergekit wrote it."""
-    from mergekit.card import CARD_TEMPLATE
+def is_mergekit_card(text: str, config_source: str, name: str) -> bool:
+    """Whether ``text`` is, to the byte, the card mergekit writes for this config into a
+    folder called ``name``: regenerated with mergekit's own generator.
 
-    pattern = []
-    for literal, field, _, _ in string.Formatter().parse(CARD_TEMPLATE):
-        pattern.append(re.escape(literal))
-        if field == "config_yaml":
-            pattern.append(re.escape(config_source))
-        elif field in ("metadata", "model_list"):
-            pattern.append(f"(?P<{field}>.*?)")
-        elif field is not None:
-            pattern.append(r"[^\n]*")
-    match = re.fullmatch("".join(pattern), text, flags=re.S)
-    if not match:
-        return False
+    Two things of that card depend on where and when the merge ran, and are read from
+    ``text`` itself: which inputs mergekit took for Hub ids (its ``base_model`` list) and
+    the order of its lists (mergekit lists the inputs in set order).
+    """
+    import mergekit.card as mergekit_card
+    from mergekit.config import MergeConfiguration
+
+    front = text.split("\n---\n", 1)[0]
     try:
-        metadata = yaml.safe_load(match.group("metadata"))
-    except yaml.YAMLError:
+        hub = yaml.safe_load(front[len("---\n"):]).get("base_model") if front.startswith("---\n") else None
+        config = MergeConfiguration.model_validate(yaml.safe_load(config_source))
+    except Exception:  # noqa: BLE001 - no front matter or config mergekit could have written
         return False
-    return isinstance(metadata, dict) and set(metadata) <= MERGEKIT_METADATA
+    if not isinstance(hub, list) or not all(isinstance(reference, str) for reference in hub):
+        return False
+    is_hf = mergekit_card.is_hf
+    mergekit_card.is_hf = set(hub).__contains__  # what mergekit found on the Hub then, not now
+    try:
+        cards = [mergekit_card.generate_card(config, config_source, title) for title in (name, None)]
+    finally:
+        mergekit_card.is_hf = is_hf
+    return _unordered(text) in map(_unordered, cards)
+
+
+def _unordered(card: str) -> str:
+    """The card with each list above the config sorted (``- `` and ``* `` lines)."""
+    head, fence, config = card.partition("```yaml\n")
+    lines = []
+    for is_item, run in itertools.groupby(head.split("\n"), key=lambda line: line.startswith(("- ", "* "))):
+        lines.extend(sorted(run) if is_item else run)
+    return "\n".join(lines) + fence + config
+
+
+def kept_search_section(folder: Path) -> Optional[str]:
+    """The "How α was chosen" section of the folder's card, if it is our unedited card."""
+    from mergekit_expo.card.search_section import HEADING
+
+    if readme_kind(folder, None) is not Readme.OURS:
+        return None
+    text = (folder / README).read_text(encoding="utf-8")
+    start = text.find(f"\n{HEADING}\n") + 1
+    return text[start:text.index(f"\n{CONFIGURATION}\n", start)] if start else None
 
 
 def check_card_targets(folder: Path, config_source: str, new_files: Dict[str, bytes], *, overwrite: bool) -> None:
@@ -89,8 +114,8 @@ def check_card_targets(folder: Path, config_source: str, new_files: Dict[str, by
             f"{where} is mergekit's model card: pass --overwrite to replace it with the ExPO card")
     if kind is Readme.OTHER:
         raise ExpoConfigError(
-            f"{where} was not written by mergekit or mergekit-expo (or was edited since): move it "
-            "away yourself (--overwrite replaces only an unedited generated card)")
+            f"{where} was not written by mergekit or mergekit-expo (or was edited since, or the folder "
+            "renamed): move it away yourself (--overwrite replaces only an unedited generated card)")
     for name, content in new_files.items():
         path = folder / name
         if name == README or not (path.exists() or path.is_symlink()):

@@ -6,6 +6,7 @@ from typing import List, Optional
 from mergekit_expo.errors import ExpoConfigError
 
 PLOT = "score_vs_alpha.png"  # the search's plot, under the same name in the output
+HEADING = "## How α was chosen"
 ENGINES = {"hf": "transformers (`--engine hf`)", "vllm": "vLLM (`--engine vllm`)"}
 
 
@@ -63,9 +64,11 @@ def space_words(results) -> str:
     settings = results.settings
     low, high = settings.get("alpha_range") or (0, 1)
     sampler = settings.get("sampler") or "tpe"
+    drawn = sum(not row.is_reference for row in results.rows)
+    first = "α = 0 everywhere, then " if results.baseline() is not None else ""
     return (f"space: `{results.space}`, {SPACE_WORDS.get(results.space, results.space)}; each coordinate in "
-            f"[{low:g}, {high:g}], {len(results.rows)} candidates drawn by optuna's `{sampler}` sampler "
-            "after α = 0 everywhere")
+            f"[{low:g}, {high:g}]; {len(results.rows)} candidates: {first}{drawn} drawn by optuna's "
+            f"`{sampler}` sampler")
 
 
 def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from mergekit_expo.card.alpha_words import alpha_in_words
-from mergekit_expo.card.files import README, marked, publish
+from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
 from mergekit_expo.card.search_section import PLOT, check_same_models, search_section
 from mergekit_expo.errors import ExpoConfigError
@@ -57,8 +57,10 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     if not lineage.expo_stages:
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
-    section = None
-    if search is not None:
+    section, kept = None, None
+    if search is None:
+        kept = kept_search_section(folder)  # a card of ours rewritten without --search keeps its search
+    else:
         from mergekit_expo.search.results import SearchResults
 
         results = SearchResults.load(search)
@@ -66,21 +68,21 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
         if plot.is_file():
             files[PLOT] = plot.read_bytes()
         section = search_section(results, _searched_stage(results, lineage), plot=PLOT if PLOT in files else None)
-    files[README] = marked(str(_card(folder, lineage, section))).encode("utf-8")
+    files[README] = marked(str(_card(folder, lineage, section, kept))).encode("utf-8")
     return files
 
 
-def _card(folder: Path, lineage: Lineage, section: Optional[dict]):
+def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optional[str]):
     from huggingface_hub import ModelCard
 
     stages = [{"name": stage.name, "sft": stage.sft.markdown,
                "aligned": " and ".join(model.markdown for model in stage.aligned),
-               "alpha": alpha_in_words(stage.config)} for stage in lineage.expo_stages]
+               "alpha": alpha_in_words(stage.data)} for stage in lineage.expo_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
         summary=_summary(lineage, stages[0]), paper=PAPER, expo_stages=stages,
         pipeline=_pipeline_lines(lineage) if lineage.pipeline else None, search=section,
-        config_yaml=lineage.source.rstrip("\n"))
+        kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
 
 
 def _card_data(folder: Path, lineage: Lineage):

@@ -113,14 +113,9 @@ def make_space(name: str, tensor_names: Sequence[str]) -> Space:
     return Space(name, tuple(filters))
 
 
-def planned_alphas(config: dict, *, trust_remote_code: bool = False) -> Dict[str, float]:
-    """The α mergekit's planner gives each tensor of the aligned model under ``config``,
-    by the tensor names mergekit plans (transformers' model layout).
-
-    The config is planned as ``mergekit-yaml`` plans it (architecture, layer count,
-    gradients over layers, filters, precedence) and never executed; the α is read from
-    the planned merge tasks, so the search scores exactly what the merge writes.
-    """
+def merge_planner(config, *, trust_remote_code: bool = False):
+    """mergekit's planner for ``config`` (a dict or a ``MergeConfiguration``, copied: planning
+    rewrites it), set up as ``mergekit-yaml`` sets it up; its ``config`` is the planned copy."""
     from mergekit.architecture import get_architecture_info
     from mergekit.config import MergeConfiguration
     from mergekit.io.tasks import LoaderCache
@@ -128,23 +123,46 @@ def planned_alphas(config: dict, *, trust_remote_code: bool = False) -> Dict[str
     from mergekit.options import MergeOptions
     from mergekit.plan import MergePlanner
 
-    merge_config = MergeConfiguration.model_validate(config)
+    data = config if isinstance(config, dict) else config.model_dump()
+    merge_config = MergeConfiguration.model_validate(data)
     options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
     arch_info = get_architecture_info(merge_config, options)
     LoaderCache().setup(options=options)
     out_config = _model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
-    planner = MergePlanner(merge_config, arch_info, options=options, out_model_config=out_config)
-    alphas: Dict[str, float] = {}
-    aligned = merge_config.models[0].model
+    return MergePlanner(merge_config, arch_info, options=options, out_model_config=out_config)
+
+
+def planned_tensor_alphas(config, *, trust_remote_code: bool = False) -> Dict[str, Optional[float]]:
+    """The α mergekit's planner gives each output tensor under ``config``, by the tensor
+    names mergekit plans (transformers' model layout); None where no aligned model is an
+    input (a slice of the SFT model alone: its values are copied).
+
+    The config is planned as ``mergekit-yaml`` plans it (architecture, layer count,
+    gradients over layers, filters, slices, precedence) and never executed; the α is read
+    from the planned merge tasks, so what is described or scored is what the merge writes.
+    """
+    alphas: Dict[str, Optional[float]] = {}
     # Planned, never executed: nothing is read or written at this path.
-    for task in planner.plan_to_disk(out_path="/nonexistent/expo-search-plan"):
+    for task in merge_planner(config, trust_remote_code=trust_remote_code).plan_to_disk(
+            out_path="/nonexistent/expo-plan"):
         merge = getattr(task, "tensor_task", None)
-        if merge is None or aligned not in merge.input_parameters:
-            continue
-        alpha = merge.input_parameters[aligned].get("alpha")
-        if alpha is not None:
-            alphas[task.tensor_name] = float(alpha)
+        if merge is not None:
+            alphas[task.tensor_name] = _alpha_of(merge)
     return alphas
+
+
+def _alpha_of(merge) -> Optional[float]:
+    parameters = getattr(merge, "input_parameters", None)
+    if parameters is None:  # mergekit 0.1.4: expo's own task (hosts.task_api)
+        return float(merge.alpha) if getattr(merge, "aligned_model", None) is not None else None
+    values = [p["alpha"] for model, p in parameters.items() if model != merge.base_model and "alpha" in p]
+    return float(values[0]) if values else None
+
+
+def planned_alphas(config: dict, *, trust_remote_code: bool = False) -> Dict[str, float]:
+    """The α of each tensor the aligned model is an input of (see planned_tensor_alphas)."""
+    planned = planned_tensor_alphas(config, trust_remote_code=trust_remote_code)
+    return {name: alpha for name, alpha in planned.items() if alpha is not None}
 
 
 def model_layout_names(model_type: Optional[str], checkpoint_names: Sequence[str]) -> Dict[str, str]:

@@ -28,6 +28,12 @@ def test_merging_commands_point_to_mergekitty_yaml(tmp_path, models_dir, command
     assert not (tmp_path / "out").exists()
 
 
+def test_card_names_what_to_install(models_dir):
+    run_host("mergekitty-yaml", CONFIGS / "expo.yml", models_dir / "out", cwd=models_dir)
+    result = run_host("mergekit-expo", "card", models_dir / "out", cwd=models_dir, check=False)
+    assert_refused(result, "mergekit-expo card needs mergekit", MERGEKITTY, "pip install 'mergekit")
+
+
 def test_help_lists_them_as_unavailable():
     result = run_host("mergekit-expo", "--help")
     assert "run     unavailable here" in result.stdout and "lora" in result.stdout

@@ -43,3 +43,17 @@ def test_each_host_cli_merges_the_same_bits(models_dir):
         assert fidelity(tensor, sft[name], aligned[name], 0.3)[0] == 1.0, name
         for other in ("mergekitty-yaml", "mergekit-expo"):
             assert outputs[other][name].equal(tensor), (other, name)
+
+
+def test_card_on_a_mergekitty_output_says_what_to_do(models_dir):
+    from conftest import snapshot
+
+    run_host("mergekitty-yaml", CONFIGS / "expo.yml", "./out", cwd=models_dir)
+    assert (models_dir / "out" / "mergekitty_config.yml").is_file()
+    before = snapshot(models_dir / "out")
+    result = run_host("mergekit-expo", "card", "./out", "--overwrite", cwd=models_dir, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "./out is a mergekitty output (mergekitty_config.yml)" in lines[0]
+    assert "merge the config with `mergekit-expo run CONFIG OUT`" in lines[0]
+    assert snapshot(models_dir / "out") == before
