@@ -35,6 +35,8 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
 
     out = Path(out_dir)
     saved = _read(out / RESULTS) if (out / RESULTS).is_file() else {}
+    if not isinstance(saved, dict):
+        raise ExpoConfigError(f"{out / RESULTS} is not a search's results: use another --out")
     has_study = (out / DEFAULT_STORAGE).is_file()
     if not saved and not has_study:
         return  # a new or empty folder
