@@ -27,7 +27,7 @@ def checked_alpha(value: Any, *, option: Optional[str] = None, in_search: bool =
     except (TypeError, ValueError):
         raise _not_a_number(value, option) from None
     if not math.isfinite(alpha):
-        fix = f"give {option} a number such as 0.3" if option else "set alpha to a number such as 0.3"
+        fix = f"write e.g. {_example(option)}" if option else "set alpha to a number such as 0.3"
         raise ExpoConfigError(f"alpha must be finite, got {value!r}: {fix}")
     if alpha > LARGE_ALPHA:
         _warn_large(alpha, in_search)
@@ -49,11 +49,18 @@ def _warn_large(alpha: float, in_search: bool) -> None:
     )
 
 
+# How each option that takes α is written; others take one number.
+EXAMPLES = {"--alphas": "--alphas 0,0.3,0.5 (comma-separated numbers)",
+            "--alpha-range": "--alpha-range 0,1 (two numbers LO,HI)"}
+
+
+def _example(option: str) -> str:
+    return EXAMPLES.get(option, f"{option} 0.3")
+
+
 def _not_a_number(value: Any, option: Optional[str]) -> ExpoConfigError:
     if option:
-        example = "--alphas 0,0.3,0.5 (comma-separated numbers)" if option == "--alphas" \
-            else f"{option} 0.3"
-        return ExpoConfigError(f"{option}: {value!r} is not a number: write e.g. {example}")
+        return ExpoConfigError(f"{option}: {value!r} is not a number: write e.g. {_example(option)}")
     return ExpoConfigError(
         f"alpha must be a number, got {value!r}: write e.g. 'alpha: 0.3' "
         "(or a list of numbers for a per-layer gradient)"

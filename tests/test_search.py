@@ -231,6 +231,22 @@ def test_callable_scorer_from_the_working_folder(tmp_path, pair):
     assert found[0.0]["low"] is None and found[0.0]["n"] == 1
 
 
+def test_a_failing_user_scorer_is_named_with_the_candidate(tmp_path, pair):
+    (tmp_path / "boom.py").write_text(
+        "calls = []\n\n\n"
+        "def score(model, tokenizer):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 1:  # alpha = 0, the reference, is scored first\n"
+        "        raise RuntimeError('user scorer exploded')\n"
+        "    return 1.0\n")
+    result = run_cli("mergekit-expo", "search", *pair, "--scorer", "boom:score", "--out", tmp_path / "s",
+                     "--alphas", "0,0.5", cwd=tmp_path, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].startswith("Error: --scorer boom:score raised RuntimeError: user scorer exploded "
+                                "while scoring alpha=0.5"), errors[0]
+
+
 def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -3,6 +3,7 @@ scored in place, shared by worker processes through one optuna study."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,7 +240,8 @@ def test_a_candidate_taken_by_a_worker_killed_before_it_named_itself_is_given_ba
     study = optuna.load_study(study_name="expo-search", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     study.enqueue_trial({}, user_attrs={ROLE: GRID, CANDIDATE: {"alpha": 0.4}})
     orphan = study.ask()  # RUNNING, and its worker is gone before it says who it is
-    rerun = start_worker(tmp_path, llama_pair, "--alphas", "0,0.2,0.4", "--heartbeat", "1")
+    # The study's --alphas: while the orphan may still be a live worker's, other ones are refused.
+    rerun = start_worker(tmp_path, llama_pair, "--alphas", "0,0.2", "--heartbeat", "1")
     stdout, stderr = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, stderr
     rows = json.loads((tmp_path / "s" / "results.json").read_text())["results"]
@@ -275,6 +277,9 @@ def test_bad_space_inputs_are_one_line_and_write_nothing(llama_pair, gpt2_pair, 
         (gpt2_pair, ["--space", "module"], "no tensor of this model is in the attention group"),
         (llama_pair, ["--trials", "5"], "--trials applies to --space module, depth or module+depth"),
         (llama_pair, ["--space", "depth", "--alpha-range", "1,0.5"], "--alpha-range 1,0.5: LO must be below HI"),
+        (llama_pair, ["--space", "depth", "--alpha-range", "0,x"],
+         "'x' is not a number: write e.g. --alpha-range 0,1"),
+        (llama_pair, ["--space", "depth", "--alpha-range", "0,inf"], "write e.g. --alpha-range 0,1"),
         (llama_pair, ["--space", "depth", "--alphas", "0,1"], "--alphas applies to --space scalar"),
         (llama_pair, ["--sampler", "tpe"], "--space scalar scores the --alphas grid"),
         (llama_pair, ["--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot be opened"),
@@ -333,3 +338,69 @@ def test_help_is_grouped():
         assert section + ":" in result.stdout, section
     space_section = result.stdout.split("Space and workers options:")[1].split("Output options:")[0]
     assert all(f"--{o}" in space_section for o in ("space", "alpha-range", "trials", "sampler", "storage"))
+
+
+def write_prefs(path, count):
+    rows = [{"prompt": f"w{i} w{i + 1}", "chosen": f"w{i}", "rejected": f"w{i + 2}"} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_an_out_belongs_to_one_study(llama_pair, tmp_path):
+    """Reports of one study are never replaced by another's: another storage, data or scorer
+    on an --out is refused before any work, naming what differs; the same study resumes."""
+    write_prefs(tmp_path / "prefs.jsonl", 3)
+    write_prefs(tmp_path / "prefs2.jsonl", 2)
+    search = ("search", *llama_pair, "--alphas", "0,0.5")
+    assert invoke(*search, "--data", "prefs.jsonl", "--out", "./s", cwd=tmp_path).returncode == 0
+    assert invoke(*search, "--data", "prefs.jsonl", "--out", "./j", "--storage", "./one.journal",
+                  cwd=tmp_path).returncode == 0
+    journal = str(tmp_path / "one.journal")
+    (tmp_path / "held").mkdir()  # a default study whose first candidate was never scored
+    shutil.copy(tmp_path / "s" / "study.db", tmp_path / "held")
+    cases = [
+        (["--data", "prefs2.jsonl", "--storage", "./x.journal", "--out", "./s"],
+         ["--storage was not set (the study in ./s), now " + str(tmp_path / "x.journal"), "--data"]),
+        (["--data", "prefs.jsonl", "--scorer", "nowhere:score", "--storage", "./x.journal", "--out", "./s"],
+         ["--storage was not set", "--scorer was 'preference', now 'nowhere:score'"]),
+        (["--data", "prefs.jsonl", "--storage", "./two.journal", "--out", "./j"],
+         [f"--storage was {journal}, now {tmp_path / 'two.journal'}"]),
+        (["--data", "prefs.jsonl", "--out", "./j"], [f"--storage was {journal}, now not set"]),
+        (["--data", "prefs.jsonl", "--storage", "./x.journal", "--out", "./held"], ["--storage was not set"]),
+    ]
+    for args, named in cases:
+        before = snapshot(tmp_path)
+        result = invoke(*search, *args, cwd=tmp_path)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.returncode == 1 and len(errors) == 1, (args, result.stderr)
+        assert all(text in errors[0] for text in named) and "use another --out" in errors[0], errors[0]
+        assert "Traceback" not in result.stderr and snapshot(tmp_path) == before, args
+    for args in (["--out", "./s"], ["--out", "./j", "--storage", "./one.journal"]):
+        again = invoke(*search, "--data", "prefs.jsonl", *args, cwd=tmp_path)
+        assert again.returncode == 0 and "resuming: 2 of 2" in again.stderr, again.stderr
+
+
+def test_workers_of_one_study_take_one_budget(llama_pair, tmp_path):
+    """A worker joining with another --trials is refused; a budget raised while a worker runs
+    (a rerun that came between its candidates) is followed, so its --out ends with every candidate."""
+    import optuna
+
+    from mergekit_expo.search.study import PLAN
+
+    (tmp_path / "slow_scorer.py").write_text(SLOW_SCORER.format(pause=2))
+    first = start_worker(tmp_path, llama_pair, "--space", "depth", "--trials", 3, "--sampler", "random")
+    deadline = time.time() + 120
+    # results.json: the study is set up (reading it earlier races the worker creating its tables)
+    while not (tmp_path / "s" / "results.json").exists() or not any(
+            t.state.name == "RUNNING" for t in study_trials(tmp_path / "s")):
+        assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else ""
+        time.sleep(0.1)
+    joined = invoke("search", *llama_pair, "--scorer", "slow_scorer:norm", "--out", "./s", "--space", "depth",
+                    "--trials", 4, "--sampler", "random", cwd=tmp_path)
+    errors = [line for line in joined.stderr.splitlines() if line.startswith("Error:")]
+    assert joined.returncode == 1 and len(errors) == 1 and "--trials was 3, now 4" in errors[0], joined.stderr
+    study = optuna.load_study(study_name="expo-search", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    study.set_user_attr(PLAN, {"trials": 4})
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())["results"]
+    assert len(rows) == 5 and "this worker scored 5 candidates" in stderr

@@ -25,12 +25,11 @@ def resolve_device(device: str) -> str:
 
 
 def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, reward_model,
-                         tasks_path=None, storage=None):
-    """Both outputs, before anything is read: never over an input or someone's files.
-
-    Returns the checked --write-best output (None without it).
-    """
+                         settings, tasks_path=None, storage=None):
+    """Both outputs, before anything is read: never over an input, someone's files or another
+    study's reports. Returns the checked --write-best output (None without it)."""
     from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
+    from mergekit_expo.search.ownership import check_owner
     from mergekit_expo.search.results import RESULTS
     from mergekit_expo.search.study import DEFAULT_STORAGE
 
@@ -46,14 +45,7 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
             f"--out {out_dir} already holds files that are not an α search (no {RESULTS}): "
             "choose a new or empty folder"
         )
-    if (out / RESULTS).is_file() and not (out / DEFAULT_STORAGE).is_file() and not storage:
-        # Written before searches kept their study: resuming would start afresh and
-        # replace its results.json.
-        raise ExpoConfigError(
-            f"--out {out_dir} holds the results of an earlier search without its study "
-            f"({DEFAULT_STORAGE}), which this version cannot resume: choose a new --out "
-            "(that folder is left as it is)"
-        )
+    check_owner(out_dir, storage, settings)
     check_writable_parent(out)
     if write_best:
         return check_output(write_best, reads=[*inputs, ("the search folder", out_dir)], kind="model",
@@ -149,6 +141,22 @@ def check_engine_options(engine_name, given, uses_reward_model) -> None:
                                       f"not of --engine {engine_name}: drop it, or use --engine {owner}")
 
 
+def study_settings(s, sampling, sft, aligned, grid, alpha_range) -> dict:
+    """What makes two runs the same search (results.json's settings): another value is refused,
+    by the --out before any work and by the study itself."""
+    from mergekit_expo.search.runner import fingerprint
+
+    reward_model = s.reward_model and model_reference(s.reward_model)
+    settings = {"data": fingerprint(s.data), "reward_model": reward_model, "sampling": sampling.settings(),
+                "engine": s.engine, "sft": model_reference(sft), "aligned": model_reference(aligned),
+                "dtype": s.dtype, "scorer": s.scorer, "space": s.space}
+    if s.guard:
+        settings["guard"] = s.guard
+    if grid is None:
+        settings.update(alpha_range=list(alpha_range), sampler=s.sampler or "tpe")
+    return settings
+
+
 def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space for these models and the resolver of its candidates (through mergekit)."""
     import json
@@ -188,7 +196,7 @@ def search_command(sft, aligned, settings):
     from mergekit_expo.hosts import require_mergekit
     from mergekit_expo.preflight import check_pair, check_tokenizer
     from mergekit_expo.search.engine import make_engine
-    from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range, search
+    from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, parse_alphas, parse_range, search
     from mergekit_expo.search.sampling import build_sampling
     from mergekit_expo.search.scorers import make_scorer
     from mergekit_expo.search.study import open_storage, storage_url
@@ -213,9 +221,10 @@ def search_command(sft, aligned, settings):
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
     sampling = build_sampling(s.preset, seed=s.seed, max_new_tokens=s.max_new_tokens, sample=s.sample,
                               temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    identity = study_settings(s, sampling, sft, aligned, grid, alpha_range)
     best_output = check_search_outputs(s.out, s.write_best, s.overwrite, sft=sft, aligned=aligned,
                                        data=s.data, reward_model=s.reward_model, tasks_path=s.tasks_path,
-                                       storage=s.storage)
+                                       storage=s.storage, settings=identity)
     check_plotting()
     check_optuna(s.sampler)
     if s.storage:  # an unopenable storage is one line before any model is read
@@ -242,9 +251,6 @@ def search_command(sft, aligned, settings):
     else:
         engine_options.update(tensor_parallel_size=s.tensor_parallel_size, seed=s.seed,
                               gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len)
-    identity = {"data": fingerprint(s.data), "reward_model": s.reward_model and model_reference(s.reward_model),
-                "sampling": sampling.settings(), "engine": s.engine, "sft": model_reference(sft),
-                "aligned": model_reference(aligned), "dtype": s.dtype}
     for role, used in (("scorer", scoring), ("guard", guarding)):
         if hasattr(used, "settings"):  # lm-eval: tasks, metrics, limit, few-shot
             identity[f"{role}_settings"] = used.settings()

@@ -68,8 +68,11 @@ def candidate_name(space_name: str, candidate: Dict[str, float], trial: int) -> 
 
 class SearchResults:
     def __init__(self, folder: Path, settings: dict, rows: List[AlphaResult],
-                 max_drop: Optional[float] = None, about: Optional[dict] = None):
+                 max_drop: Optional[float] = None, about: Optional[dict] = None,
+                 storage: Optional[str] = None):
         self.folder, self.settings, self.rows = folder, settings, rows
+        # The study's storage (None: study.db in the folder): the folder belongs to that study.
+        self.storage = storage
         # Not a search setting: a rerun with another --max-drop reuses every score.
         self.max_drop = max_drop
         # What reports and model cards say of the search (the data file's name), also
@@ -97,8 +100,8 @@ class SearchResults:
         about = dict(self.about, max_drop=self.max_drop)
         write_file_atomically(
             self.folder / RESULTS,
-            json.dumps({"settings": self.settings, "about": about, "results": [asdict(r) for r in self.rows]},
-                       indent=2),
+            json.dumps({"settings": self.settings, "storage": self.storage, "about": about,
+                        "results": [asdict(r) for r in self.rows]}, indent=2),
         )
 
     @property
@@ -303,22 +306,28 @@ OPTION_NAMES = {
     "presence_penalty": "--preset", "frequency_penalty": "--preset", "limit": "--limit",
     "num_fewshot": "--num-fewshot", "metrics": "--metric", "tasks": "--scorer/--guard lm-eval tasks",
     "tasks_path": "--tasks-path", "space": "--space", "alpha_range": "--alpha-range", "sampler": "--sampler",
+    "trials": "--trials", "alphas": "--alphas", "refine": "--refine",
 }
 
 
 def difference(saved: dict, wanted: dict) -> str:
-    """The first setting that differs, by its option name, with both values."""
+    """Every setting that differs, by its option name, with both values."""
+    return "; ".join(differences(saved, wanted)) or "its settings differ"
+
+
+def differences(saved: dict, wanted: dict) -> List[str]:
+    found = []
     for key in sorted(set(saved) | set(wanted)):
         old, new = saved.get(key), wanted.get(key)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            return difference(old, new)
-        if key == "data":
-            return "--data: the file's contents (or path) differ from the searched one"
-        name = OPTION_NAMES.get(key, key)
-        return f"{name} was {_shown(old)}, now {_shown(new)}"
-    return "its settings differ"
+            found += differences(old, new)
+        elif key == "data":
+            found.append("--data: the file's contents (or path) differ from the searched one")
+        else:
+            found.append(f"{OPTION_NAMES.get(key, key)} was {_shown(old)}, now {_shown(new)}")
+    return list(dict.fromkeys(found))  # --preset's two penalties: named once
 
 
 def _shown(value) -> str:

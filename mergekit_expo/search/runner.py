@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Tuple
 
 import click
 
-from mergekit_expo.errors import ExpoConfigError, ExpoStorageError
+from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
@@ -90,24 +90,24 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     """Score candidates with the other workers of the study until none is left; write the
     reports. Returns (results, report paths, this worker's log)."""
     from mergekit_expo.atomic_output import make_parents
+    from mergekit_expo.search.ownership import storage_record
     from mergekit_expo.search.results import SearchResults
     from mergekit_expo.search.study import GRID, REFERENCE, SearchStudy, last_completed, shown, storage_url
 
-    settings = dict(settings, scorer=scorer.name, space=plan.space.name)
-    if guard is not None:
-        settings["guard"] = guard.name
-    if plan.space.name != "scalar":
-        settings.update(alpha_range=list(plan.alpha_range), sampler=plan.sampler)
     folder = Path(out)
     created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
     where = f"--storage {shown(plan.storage)}" if plan.storage else out
     url = storage_url(plan.storage, out)
     study = None
     try:
+        # What workers running together must agree on; a rerun may change it.
+        agreed = {"trials": plan.trials} if plan.grid is None else \
+            {"alphas": plan.grid, "refine": plan.refine}
         study = SearchStudy(plan.space, url=url, where=where, sampler=plan.sampler, seed=plan.seed,
-                            heartbeat=plan.heartbeat, settings=settings,
-                            budget=plan.trials, alpha_range=plan.alpha_range)
-        results = SearchResults(folder, settings, [], max_drop=max_drop, about=about)
+                            heartbeat=plan.heartbeat, settings=settings, plan=agreed,
+                            alpha_range=plan.alpha_range)
+        results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
+                                storage=storage_record(plan.storage))
         run = _Run(study, results, scorer, guard, plan, open_engine, created)
         if plan.grid is not None:
             wanted = [{"alpha": alpha} for alpha in plan.grid]
@@ -124,7 +124,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
             if done:
                 click.echo(f"resuming: {done} candidates already scored in {out}", err=True)
         try:
-            log = study.work(run.evaluate, after=run.record, more=run.refinements if plan.refine else None)
+            log = study.work(run.evaluate, after=run.record, more=run.refinements)
             log.last_completed = last_completed(study)
         finally:
             run.close()
@@ -158,8 +158,9 @@ class _Run:
         self.engine.set_alphas(self.plan.resolve(candidate))
         updated = time.perf_counter() - start
         progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
-        score = self.scorer(self.engine, progress=progress)
-        checked = self.guard(self.engine, progress=progress) if self.guard is not None else None
+        score = self._scored("--scorer", self.scorer, progress, name, description)
+        checked = self._scored("--guard", self.guard, progress, name, description) \
+            if self.guard is not None else None
         seconds = time.perf_counter() - start
         self._write_answers(name, score, checked)
         row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
@@ -167,6 +168,18 @@ class _Run:
                    guard=checked and checked.value, guard_low=checked and checked.low,
                    guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
         return row
+
+    def _scored(self, option: str, scorer, progress, name: str, description: str):
+        """The scorer's score; a failure of its code (a user's scorer) names it and the candidate."""
+        try:
+            return scorer(self.engine, progress=progress)
+        except ExpoError:
+            raise
+        except Exception as error:
+            what = type(error).__name__ + (f": {first_line(error)}" if str(error).strip() else "")
+            candidate = description if description == name else f"{name} ({description})"
+            raise ExpoConfigError(f"{option} {scorer.name} raised {what} while scoring {candidate}: fix it, "
+                                  "or run with -v for its traceback") from error
 
     def _write_answers(self, name: str, score, checked) -> None:
         """answers/<candidate>.jsonl: what each row produced and scored, for reading or judging."""
@@ -201,7 +214,7 @@ class _Run:
 
     def refinements(self) -> List[dict]:
         """--refine: the midpoints around the best α of the --alphas grid, once."""
-        grid = [row for row in self.rows() if row.alpha in set(self.plan.grid) | {0.0}]
+        grid = [row for row in self.rows() if row.alpha in set(self.study.plan["alphas"]) | {0.0}]
         if not grid:
             return []
         self.results.rows = grid

@@ -35,6 +35,7 @@ STUDY = "expo-search"
 DEFAULT_STORAGE = "study.db"  # in --out
 JOURNAL_SUFFIX = ".journal"
 ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
+PLAN = "plan"  # the study's --trials, or --alphas and --refine: what its workers search to
 REFERENCE, GRID, SAMPLED, DUPLICATE, SPARE = "reference", "grid", "sampled", "duplicate", "spare"
 
 
@@ -203,10 +204,10 @@ class SearchStudy:
 
     @storage_failures
     def __init__(self, space: Space, *, url: str, where: str, sampler: str, seed: int, heartbeat: int,
-                 settings: dict, budget: Optional[int], alpha_range=(0.0, 1.0)):
+                 settings: dict, plan: dict, alpha_range=(0.0, 1.0)):
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
-        self.space, self.url, self.budget, self.alpha_range = space, url, budget, alpha_range
+        self.space, self.url, self.alpha_range = space, url, alpha_range
         self.storage = open_storage(url, heartbeat)
         self.heartbeat = heartbeat
         self.sampler_name = sampler
@@ -214,6 +215,7 @@ class SearchStudy:
                                               sampler=make_sampler(sampler, seed), load_if_exists=True)
         self._check_settings(settings)
         self.log = WorkerLog()
+        self._check_plan(plan)
 
     # -- settings ---------------------------------------------------------------------------
     @storage_failures
@@ -228,6 +230,27 @@ class SearchStudy:
                                   f"{difference(saved, settings)}: use another "
                                   f"{'--storage' if self.where.startswith('--storage') else '--out'}, "
                                   "or delete it to start over")
+
+    def _check_plan(self, plan: dict) -> None:
+        """Workers scoring together search to one plan; a run while none scores may change it
+        (a larger --trials continues the search), and workers still running follow it."""
+        from mergekit_expo.search.results import difference
+
+        saved = self.study.user_attrs.get(PLAN)
+        if saved is not None and saved != plan:
+            self._recover()
+            if self.others_running():
+                raise ExpoConfigError(f"another worker is searching {self.where} with other settings: "
+                                      f"{difference(saved, plan)}: start every worker with the same; once "
+                                      "they are done, a rerun with other ones continues the search")
+        if saved != plan:
+            self.study.set_user_attr(PLAN, plan)
+        self.plan = plan
+
+    @property
+    def budget(self) -> Optional[int]:
+        """Sampled candidates to score (the other spaces); None for the --alphas grid."""
+        return self.plan.get("trials")
 
     # -- candidates -------------------------------------------------------------------------
     @storage_failures
@@ -286,14 +309,15 @@ class SearchStudy:
         """Score candidates until none is left; ``evaluate(candidate, trial)`` returns the row,
         ``after()`` runs after each (reports).
 
-        ``more()`` is asked for further candidates once everything enqueued is scored
-        (``--refine``); it returns [] when there are none.
+        ``more()`` is asked for further candidates once everything enqueued is scored, when the
+        plan says ``--refine``; it returns [] when there are none.
         """
         from mergekit_expo.cli_errors import raise_if_interrupted
 
         states = self.optuna.trial.TrialState
         while True:
             raise_if_interrupted()
+            self.plan = self.study.user_attrs.get(PLAN, self.plan)  # a rerun may have changed it
             self._recover()
             trials = self.trials()
             waiting = [t for t in trials if t.state == states.WAITING]
@@ -305,7 +329,7 @@ class SearchStudy:
                     time.sleep(poll)
                     self.log.idle_seconds += time.perf_counter() - start
                     continue
-                if more is not None and self.enqueue(more(), GRID):
+                if self.plan.get("refine") and more is not None and self.enqueue(more(), GRID):
                     continue
                 return self.log
             trial = self._take()

@@ -1,0 +1,59 @@
+"""Which study an ``--out`` belongs to: its reports are never replaced by another study's.
+
+``results.json`` records the study's settings and its storage (None: ``study.db`` in the
+folder). A search of another study into that folder is refused before any work, naming
+every setting that differs; the same study resumes there.
+"""
+
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from mergekit_expo.errors import ExpoConfigError
+
+# Known only once the scorers are loaded: the study itself compares them.
+LATE_SETTINGS = ("scorer_settings", "guard_settings")
+
+
+def storage_record(storage: Optional[str]) -> Optional[str]:
+    """How results.json names a --storage: paths made absolute, a password masked."""
+    if not storage:
+        return None
+    if "://" not in storage:  # a journal file
+        return os.path.abspath(storage)
+    scheme, _, rest = storage.partition("://")
+    if scheme.startswith("sqlite") and rest.startswith("/") and not rest.startswith("//"):
+        return f"{scheme}:///{os.path.abspath(rest[1:])}"  # sqlite:///relative.db
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", storage)
+
+
+def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
+    """Refuse a search whose study is not the one whose reports (or study.db) ``out_dir`` holds."""
+    from mergekit_expo.search.results import RESULTS, _read, differences
+    from mergekit_expo.search.study import DEFAULT_STORAGE
+
+    out = Path(out_dir)
+    saved = _read(out / RESULTS) if (out / RESULTS).is_file() else {}
+    if not isinstance(saved, dict):
+        raise ExpoConfigError(f"{out / RESULTS} is not a search's results: use another --out")
+    has_study = (out / DEFAULT_STORAGE).is_file()
+    if not saved and not has_study:
+        return  # a new or empty folder
+    if not has_study and saved.get("storage") is None:  # a default study that is gone, or an old version's
+        if storage and "storage" not in saved:
+            return  # results.json of a version that did not record the storage: the study checks the rest
+        if not storage:
+            raise ExpoConfigError(
+                f"--out {out_dir} holds the results of an earlier search without its study "
+                f"({DEFAULT_STORAGE}): give the --storage it was run with, or use another --out "
+                "(that folder is left as it is)")
+    recorded, wanted = saved.get("storage"), storage_record(storage)
+    found = [] if recorded == wanted else [
+        f"--storage was {recorded or f'not set (the study in {out_dir})'}, now {wanted or 'not set'}"]
+    late = set(LATE_SETTINGS)
+    found += differences({k: v for k, v in saved.get("settings", settings).items() if k not in late},
+                         {k: v for k, v in settings.items() if k not in late})
+    if found:
+        raise ExpoConfigError(f"--out {out_dir} holds results of a different search: {'; '.join(found)}: "
+                              "use another --out, or that search's settings to resume it")
