@@ -34,6 +34,8 @@ def test_blocks_cover_every_row_once_in_a_seeded_order():
     assert len(blocks) == 8 and len(blocks[0]) == 26  # at most 8 rounds
     assert row_blocks(203, seed=7) == blocks and row_blocks(203, seed=8) != blocks
     assert [len(block) for block in row_blocks(40)] == [16, 16, 8]  # at least 16 rows a block
+    guard = row_blocks(30, seed=7, count=8)  # a guard's rows in as many blocks as the score's
+    assert len(guard) == 8 and sorted(row for block in guard for row in block) == list(range(30))
 
 
 def test_clear_losers_go_in_the_first_round_and_the_best_wins():
@@ -80,8 +82,8 @@ def test_a_flat_peak_ends_the_race_early_within_the_tolerance():
 def test_the_guard_drops_a_candidate_whose_guard_falls_too_far_and_keeps_alpha_0_scored():
     scores = rows_of({"0": 0.0, "0.5": 1.0, "1": 1.5}, rows=200)
     guard = rows_of({"0": 0.8, "0.5": 0.75, "1": 0.2}, rows=100, noise=0.1, shared=0.1, seed=1)
-    blocks, guard_blocks = row_blocks(200), row_blocks(100)
-    guard_blocks = guard_blocks + [[]] * (len(blocks) - len(guard_blocks))
+    blocks = row_blocks(200)
+    guard_blocks = row_blocks(100, count=len(blocks))
     rule = RaceRule(candidates=3, rounds=len(blocks), rows=200, max_drop=0.1)
     outcome = replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks, reference="0")
     assert outcome.rounds[0].dropped["1"].startswith("guard")

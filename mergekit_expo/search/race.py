@@ -47,10 +47,13 @@ def stdev(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def row_blocks(rows: int, seed: int = 0) -> List[List[int]]:
-    """Row indices in a seeded order, cut into equal blocks of at least MIN_BLOCK rows."""
+def row_blocks(rows: int, seed: int = 0, count: Optional[int] = None) -> List[List[int]]:
+    """Row indices in a seeded order, cut into equal blocks of at least MIN_BLOCK rows, or
+    into ``count`` blocks (a guard's rows, cut into as many blocks as the score's)."""
     order = list(range(rows))
     random.Random(seed).shuffle(order)
+    if count is not None:
+        return [order[rows * i // count:rows * (i + 1) // count] for i in range(count)]
     size = max(MIN_BLOCK, math.ceil(rows / MAX_ROUNDS))
     return [order[start:start + size] for start in range(0, rows, size)]
 
