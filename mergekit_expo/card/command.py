@@ -4,6 +4,9 @@ from pathlib import Path
 
 import click
 
+from mergekit_expo.card.files import README, check_card_targets, publish
+from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
+from mergekit_expo.card.writer import card_files
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
 
@@ -26,9 +29,6 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
     """Write the Hub model card (README.md) of OUT_PATH, an ExPO merge output, from its
     mergekit_config.yml: lineage metadata, the formula with the SFT and aligned models,
     α, and with --search how α was chosen. The weights are never touched."""
-    from mergekit_expo.card.files import README, check_card_targets, publish
-    from mergekit_expo.card.writer import card_files
-
     out = Path(out_path)
     source = read_merge_output(out, out_path)
     pipeline = read_pipeline(multi_config, out, source) if multi_config else None
@@ -55,8 +55,6 @@ def read_merge_output(out: Path, out_path: str) -> str:
 
 
 def check_expo_output(out_path: str, source: str) -> None:
-    from mergekit_expo.card.lineage import lineage_of_config
-
     stage = lineage_of_config(source, where=f"{out_path}/{CONFIG}").final
     if not stage.is_expo:
         raise ExpoConfigError(
@@ -69,8 +67,6 @@ def check_expo_output(out_path: str, source: str) -> None:
 
 def read_pipeline(multi_config: str, out: Path, source: str) -> str:
     """The mergekit-multi config, checked against what OUT's own config says."""
-    from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
-
     path = Path(multi_config)
     if not path.is_file():
         raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to mergekit-multi")

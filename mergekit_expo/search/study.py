@@ -18,33 +18,23 @@
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.search.space import Candidate, Space
+from mergekit_expo.search.trial_roles import DUPLICATE, GRID, REFERENCE, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
 STUDY = "expo-search"
 DEFAULT_STORAGE = "study.db"  # in --out
 JOURNAL_SUFFIX = ".journal"
 ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
-REFERENCE, GRID, SAMPLED, DUPLICATE, SPARE = "reference", "grid", "sampled", "duplicate", "spare"
-
-
-def _optuna():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # The heartbeat runs around each candidate here (ask/tell), as Study.optimize would run it.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    return optuna
 
 
 def storage_url(storage: Optional[str], out: str) -> str:
@@ -291,9 +281,7 @@ class SearchStudy:
     def _claim(self, trial) -> None:
         """Name this process as the trial's owner at once: a rerun on this host can then
         tell a dead owner's trial from a live one without waiting for heartbeats."""
-        from mergekit_expo.atomic_output import _owner_record
-
-        trial.set_user_attr(WORKER, _owner_record())
+        trial.set_user_attr(WORKER, owner_record())
 
     def _score(self, trial, candidate: Candidate, evaluate) -> None:
         states = self.optuna.trial.TrialState
@@ -351,8 +339,6 @@ class SearchStudy:
         """
         from datetime import datetime
 
-        from mergekit_expo.atomic_output import _state
-
         self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
         states = self.optuna.trial.TrialState
         for trial in self.trials():
@@ -360,7 +346,7 @@ class SearchStudy:
                 continue
             owner = trial.user_attrs.get(WORKER)
             if owner:
-                dead = _state(owner) == "gone"
+                dead = owner_state(owner) == "gone"
             else:
                 started = trial.datetime_start
                 dead = started is not None and (datetime.now() - started).total_seconds() > 3 * self.heartbeat
@@ -376,7 +362,3 @@ def last_completed(study: SearchStudy) -> Optional[int]:
     """The trial that completed last: its worker merges --write-best."""
     finished = [t for t in study.completed() if t.datetime_complete is not None]
     return max(finished, key=lambda t: (t.datetime_complete, t.number)).number if finished else None
-
-
-def host() -> str:
-    return socket.gethostname()
