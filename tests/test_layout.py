@@ -94,6 +94,13 @@ def _chain(node) -> List[str]:
     return [node.id, *parts] if isinstance(node, ast.Name) else []
 
 
+def _attribute_call(node) -> bool:
+    """``getattr(obj, "name", ...)`` and the like, on anything but ``self``/``cls``."""
+    return (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ATTRIBUTE_CALLS
+            and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+            and getattr(node.args[0], "id", None) not in ("self", "cls"))
+
+
 def private_uses(path: Path, own: str) -> List[str]:
     """Where the module at ``path`` reaches into another library: "line: what"."""
     tree = ast.parse(path.read_text(), str(path))
@@ -109,16 +116,14 @@ def private_uses(path: Path, own: str) -> List[str]:
                 bound[name] = dotted
     found = set()
     for node in ast.walk(tree):
-        uses = []
+        uses, chain = [], _chain(node) if isinstance(node, ast.Attribute) else []
         if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
             uses = [d for d in imported(node, "", path) if _third_party(d, own)]
-        elif isinstance(node, ast.Attribute) and _chain(node)[:1] and _chain(node)[0] in bound:
-            uses = [".".join([bound[_chain(node)[0]], *_chain(node)[1:]])]
-            if isinstance(node.ctx, ast.Store):
+        elif chain and chain[0] in bound:  # an attribute of another library's module
+            uses = [".".join([bound[chain[0]], *chain[1:]])]
+            if isinstance(node.ctx, ast.Store):  # a monkeypatch
                 found.add(f"{node.lineno}: sets {uses[0]}")
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ATTRIBUTE_CALLS \
-                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
-                and getattr(node.args[0], "id", None) not in ("self", "cls"):
+        elif _attribute_call(node):  # getattr(obj, "_name"): someone's private attribute
             uses = [f"{ast.unparse(node.args[0])}.{node.args[1].value}"]
         for use in uses:
             if any(_private(part) for part in use.split(".")) or use.startswith(INTERNAL):
@@ -135,15 +140,16 @@ def test_no_module_imports_another_modules_private_names():
     known = modules(PACKAGE)
     private = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {target}"
                for name, path in known.items() for node in ast.walk(ast.parse(path.read_text()))
-               if isinstance(node, ast.ImportFrom)
-               for target in imported(node, name, path)
-               if target.startswith(f"{PACKAGE.name}.") and target not in known and _private(target.rpartition(".")[2])]
+               if isinstance(node, ast.ImportFrom) for target in imported(node, name, path)
+               if target.startswith(f"{PACKAGE.name}.") and target not in known  # a name, not a module
+               and _private(target.rpartition(".")[2])]
     assert not private, "\n".join(private)
 
 
 def test_other_libraries_internals_only_in_compat():
-    outside = [(path, use) for name, path in modules(PACKAGE).items() if ".compat" not in name
-               for use in private_uses(path, PACKAGE.name)]
+    compat = f"{PACKAGE.name}.compat"
+    outside = [(path, use) for name, path in modules(PACKAGE).items()
+               if name != compat and not name.startswith(f"{compat}.") for use in private_uses(path, PACKAGE.name)]
     assert not outside, "\n".join(f"{path.relative_to(PACKAGE.parent)}:{use}" for path, use in outside)
 
 
