@@ -7,6 +7,7 @@ from mergekit.merge_methods import merge_state_dicts
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+from mergekit_expo.merge_config import DTYPES
 from mergekit_expo.method import expo_merge_method
 
 StateDictLike = Union[Mapping[str, torch.Tensor], torch.nn.Module]
@@ -45,8 +46,6 @@ def extrapolate(
 
 def _torch_dtype(value, argument: str) -> Optional[torch.dtype]:
     """A torch dtype, or the name of one mergekit reads (``"bfloat16"``)."""
-    from mergekit_expo.merge_config import DTYPES
-
     if value is None or (isinstance(value, torch.dtype) and value.is_floating_point):
         return value
     if isinstance(value, str) and value in DTYPES:

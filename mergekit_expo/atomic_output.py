@@ -16,124 +16,26 @@ must be safe against whatever is at the output path *at that moment*:
 """
 
 import contextlib
-import ctypes
 import errno
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import socket
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from mergekit_expo import manifest
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import (make_parents, owner_record, owner_state, remove_if_empty,
+                                      rename_no_replace, start_time, write_file_atomically)
+from mergekit_expo.interruption import raise_if_interrupted
 
 LOG = logging.getLogger("mergekit_expo")
 # Inside a staging folder (fixed names: no output name can collide with them):
 OWNER = "owner.json"  # which process writes it
 NEW = "new"  # NEW/<output name>: the output being written (mergekit names the card after it)
 PREVIOUS = "previous"  # the output being replaced, while it is
-
-
-# -- files ------------------------------------------------------------------------------
-
-def write_file_atomically(path: Path, data: Union[str, bytes]) -> None:
-    """Write a temporary file beside ``path`` and rename it over ``path``.
-
-    A reader never sees half a file, and the old file is replaced, not rewritten in
-    place, so a hard-linked copy of it (``cp -al`` backups) keeps its contents. The
-    mode is the usual 0666 minus the umask, like any file the process creates.
-    """
-    path = Path(path)
-    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-# -- no-replace rename --------------------------------------------------------------------
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def _renameat2():
-    try:
-        return ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-
-
-_RENAMEAT2 = _renameat2() if os.name == "posix" else None
-
-
-def rename_no_replace(source: Path, target: Path) -> None:
-    """Rename the folder ``source`` to ``target``; FileExistsError if ``target`` exists,
-    even as an empty folder (which POSIX ``rename`` would silently replace)."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
-                      _RENAME_NOREPLACE) == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
-            raise OSError(code, os.strerror(code), str(target))
-    _rename_onto_new_folder(source, target)
-
-
-def _rename_onto_new_folder(source: Path, target: Path) -> None:
-    """The portable equivalent: claim ``target`` with an exclusive mkdir, then rename onto
-    that empty folder; if anything was put into it meanwhile, rename fails (ENOTEMPTY)."""
-    if os.name != "posix":
-        os.rename(source, target)  # Windows: rename never replaces
-        return
-    os.mkdir(target)  # FileExistsError if anything is there
-    try:
-        os.rename(source, target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.rmdir(target)  # ours, if still empty
-        raise
-
-
-# -- processes ----------------------------------------------------------------------------
-
-def _start_time(pid: int) -> Optional[int]:
-    """When ``pid`` started (clock ticks since boot, Linux), None where unknown or gone.
-    A PID that was reused by a later process has another start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):  # a zombie has finished
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not Path("/proc").is_dir() or _start_time(pid) is not None
-
-
-def _owner_record() -> dict:
-    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
 
 
 # -- staging folders ----------------------------------------------------------------------
@@ -156,19 +58,8 @@ def _owner_of(root: Path) -> dict:
     try:
         recorded = json.loads((root / OWNER).read_text())
     except (OSError, ValueError):  # not written yet, or lost: judge by the PID alone
-        recorded = {"start": _start_time(pid)}
+        recorded = {"start": start_time(pid)}
     return {"pid": pid, "start": recorded.get("start"), "host": recorded.get("host")}
-
-
-def _state(owner: dict) -> str:
-    """'alive', 'gone' (its process ended: the folder is stale) or 'elsewhere' (another host)."""
-    if owner["host"] not in (None, socket.gethostname()):
-        return "elsewhere"
-    if not _alive(owner["pid"]):
-        return "gone"
-    if owner["start"] is not None and _start_time(owner["pid"]) not in (None, owner["start"]):
-        return "gone"  # the PID now belongs to a later process
-    return "alive"
 
 
 def refuse_other_writers(out: Path, given, *, mine: Optional[Path] = None) -> None:
@@ -181,10 +72,10 @@ def refuse_other_writers(out: Path, given, *, mine: Optional[Path] = None) -> No
         if root == mine:
             continue
         owner = _owner_of(root)
-        state = _state(owner)
+        state = owner_state(owner)
         if state == "gone":
             continue
-        if mine is not None and state == "alive" and _order(owner) > _order(_owner_record()):
+        if mine is not None and state == "alive" and _order(owner) > _order(owner_record()):
             continue  # it started after us: it gives way
         where = f" on {owner['host']}" if state == "elsewhere" else ""
         raise ExpoConfigError(
@@ -206,7 +97,7 @@ def clean_stale(out: Path) -> None:
     if it was, the old one is deleted only if it is still exactly what was checked.
     """
     for root in _staging_roots(out):
-        if _state(_owner_of(root)) != "gone":
+        if owner_state(_owner_of(root)) != "gone":
             continue
         previous = root / PREVIOUS
         if previous.is_dir():
@@ -239,35 +130,6 @@ def _discard(root: Path, out: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- parent folders -------------------------------------------------------------------------
-
-def make_parents(folder: Path) -> List[Path]:
-    """Create ``folder`` and missing parents; return those created, outermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    created = []
-    for path in reversed(missing):
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            if not path.is_dir():
-                raise
-            continue  # another process (a second search worker) made it first: not ours to remove
-        created.append(path)
-    return created
-
-
-def remove_if_empty(created: List[Path]) -> None:
-    """Undo :func:`make_parents` where nothing was put inside (rmdir fails otherwise)."""
-    for path in reversed(created):
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
-
-
 # -- publishing -------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -289,14 +151,12 @@ def staged_output(target):
             os.mkdir(root)
         except FileExistsError:
             raise ExpoConfigError(f"this process is already writing {target.given}") from None
-        write_file_atomically(root / OWNER, json.dumps(_owner_record()))
+        write_file_atomically(root / OWNER, json.dumps(owner_record()))
         refuse_other_writers(out, target.given, mine=root)
         staging = root / NEW / out.name
         staging.parent.mkdir()
         yield staging
         manifest.write(staging, kind=target.kind, command=target.command)
-        from mergekit_expo.cli_errors import raise_if_interrupted
-
         raise_if_interrupted()  # a signal dropped inside a callback still stops the publish
         _publish(staging, target, root / PREVIOUS)
         published = True

@@ -6,6 +6,7 @@ import sys
 import click
 
 from mergekit_expo import hosts
+from mergekit_expo.environment import start_failure
 from mergekit_expo.errors import ExpoConfigError, first_line
 
 try:
@@ -13,8 +14,6 @@ try:
     from mergekit_expo.lora import lora_command
     from mergekit_expo.search.command import search_command
 except Exception as error:  # transformers or peft could not even be imported
-    from mergekit_expo.environment import start_failure
-
     explained = start_failure(error)
     if explained is None or {"-v", "--verbose"} & set(sys.argv[1:]):
         raise
@@ -45,8 +44,6 @@ class _Commands(click.Group):
         except ExpoConfigError as error:
             return _refusing(name, str(error))
         except ImportError as error:  # a broken environment, or a mergekit whose API moved
-            from mergekit_expo.environment import start_failure
-
             explained = start_failure(error) or hosts.unsupported(
                 "mergekit", f"{what}: {hosts.without_path(first_line(error))}")
             return _refusing(name, explained)

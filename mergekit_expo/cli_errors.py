@@ -13,33 +13,8 @@ import sys
 import click
 
 from mergekit_expo.errors import ExpoError
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread on SIGINT or SIGTERM."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-_received = []  # signals seen: C extensions sometimes turn the exception into another
-
-
-def _on_signal(signum, frame):
-    _received.append(signum)
-    raise Interrupted(signum)
-
-
-def raise_if_interrupted() -> None:
-    """Raise the interruption again where it was lost.
-
-    An exception raised while Python runs a weakref callback or ``__del__`` is printed and
-    dropped, so a signal arriving then would go unnoticed: long loops call this between
-    steps, and outputs check once more before they are published.
-    """
-    if _received:
-        raise Interrupted(_received[0])
+from mergekit_expo.interruption import Interrupted, on_signal, received
+from mergekit_expo.interruption import raise_if_interrupted  # noqa: F401 (the search's loop imports it here)
 
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
@@ -57,8 +32,8 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     def wrapper(*args, **kwargs):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
-        _received.clear()
-        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        received.clear()
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):
@@ -66,15 +41,15 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         except (Interrupted, KeyboardInterrupt) as error:
             _interrupted(getattr(error, "signum", signal.SIGINT), interrupted)
         except Exception as error:
-            if _received:
-                _interrupted(_received[0], interrupted)
+            if received:
+                _interrupted(received[0], interrupted)
             if verbose:
                 raise
             _fail(describe(error), 1)
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            _received.clear()  # a later command in this process starts uninterrupted
+            received.clear()  # a later command in this process starts uninterrupted
 
     return wrapper
 

@@ -10,6 +10,7 @@ import os
 from typing import Hashable, Optional, Sequence
 
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.preflight import same_weights
 
 LOG = logging.getLogger("mergekit_expo")
 NAME = "expo"
@@ -66,8 +67,6 @@ def warn_same_checkpoint(model: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def same_files(first: Hashable, second: Hashable) -> bool:
-    from mergekit_expo.preflight import same_weights
-
     paths = [_local_path(i) for i in (first, second)]
     if None in paths:
         return False

@@ -4,9 +4,16 @@ from pathlib import Path
 
 import click
 import yaml
+from mergekit.options import MergeOptions
 
+from mergekit_expo import manifest
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
+from mergekit_expo.atomic_output import staged_output
+from mergekit_expo.checkpoint import load_all
 from mergekit_expo.cli_errors import reports_errors
+from mergekit_expo.output_guard import check_output
+from mergekit_expo.run import run_config_file
+from mergekit_expo.synthetic import PairSpec, write_pair
 
 # Our text files that name the demo's own folders: written while staged, then pointed home.
 NAMES_FOLDERS = ("expo.yml", "merged/mergekit_config.yml", "merged/README.md")
@@ -25,13 +32,6 @@ NAMES_FOLDERS = ("expo.yml", "merged/mergekit_config.yml", "merged/README.md")
 def demo_command(out_dir: str, alpha: str, family: str, overwrite: bool, verbose: bool):
     """Write a tiny SFT/aligned pair, merge it with `expo` through mergekit, and
     print where the result is and how it relates to its inputs."""
-    from mergekit.options import MergeOptions
-
-    from mergekit_expo.atomic_output import staged_output
-    from mergekit_expo.output_guard import check_output
-    from mergekit_expo.run import run_config_file
-    from mergekit_expo.synthetic import PairSpec, write_pair
-
     alpha = checked_alpha(alpha, option="--alpha")
     target = check_output(out_dir, reads=[], kind="demo", command="mergekit-expo demo",
                           overwrite=overwrite)
@@ -56,8 +56,6 @@ def demo_command(out_dir: str, alpha: str, family: str, overwrite: bool, verbose
 
 def point_home(staging: Path, home: Path) -> None:
     """The config and the model card name the staged folders: name the final ones."""
-    from mergekit_expo import manifest
-
     for relative in NAMES_FOLDERS:
         file = staging / relative
         file.write_text(file.read_text(encoding="utf-8").replace(str(staging), str(home)), encoding="utf-8")
@@ -66,8 +64,6 @@ def point_home(staging: Path, home: Path) -> None:
 
 def summary(sft_dir: str, aligned_dir: str, out_dir: Path, alpha: float) -> str:
     """Size of the result and the measured extrapolation ratio, checked in fp64."""
-    from mergekit_expo.checkpoint import load_all
-
     sft, aligned, merged = load_all(sft_dir), load_all(aligned_dir), load_all(out_dir)
     update = sum(float(((aligned[k].double() - sft[k].double()) ** 2).sum()) for k in merged)
     extra = sum(float(((merged[k].double() - aligned[k].double()) ** 2).sum()) for k in merged)

@@ -14,11 +14,18 @@ from typing import Dict, Optional
 
 import click
 import torch
+from safetensors.torch import load_file, save_file
 
+from mergekit_expo import hub
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
+from mergekit_expo.atomic_output import staged_output
+from mergekit_expo.checkpoint import read_tensor, shard_of
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.manifest import MANIFEST
+from mergekit_expo.numerics import extrapolate_tensor
+from mergekit_expo.output_guard import check_output
+from mergekit_expo.preflight import check_model_folder
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -52,12 +59,6 @@ def extrapolate_adapter(
 
     >>> extrapolate_adapter("./dpo-lora", "./dpo-lora-expo", alpha=0.3)
     """
-    from safetensors.torch import load_file, save_file
-
-    from mergekit_expo import hub
-    from mergekit_expo.atomic_output import staged_output
-    from mergekit_expo.output_guard import check_output
-
     alpha = checked_alpha(alpha)
     source = Path(adapter_dir)
     target = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
@@ -140,9 +141,6 @@ def _short(name: str) -> str:
 
 
 def _base_tensors(base: Path, names) -> Dict[str, torch.Tensor]:
-    from mergekit_expo.checkpoint import read_tensor, shard_of
-    from mergekit_expo.preflight import check_model_folder
-
     shards = shard_of(check_model_folder(str(base), "base (SFT)"))
     result = {}
     for name in names:
@@ -159,8 +157,6 @@ def _base_tensors(base: Path, names) -> Dict[str, torch.Tensor]:
 
 
 def _extrapolate_full(name, base, trained, alpha) -> torch.Tensor:
-    from mergekit_expo.numerics import extrapolate_tensor
-
     if base.shape[1:] != trained.shape[1:] or base.shape[0] > trained.shape[0]:
         raise ExpoInputError(
             f"{_short(name)} has shape {tuple(trained.shape)} in the adapter and "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import write_file_atomically
 
 MANIFEST = ".mergekit-expo.json"
 FULL_HASH_LIMIT = 64 * 1024 * 1024
@@ -99,8 +100,6 @@ def record(folder: Path, names) -> None:
 
 
 def _save(folder: Path, manifest: Manifest) -> None:
-    from mergekit_expo.atomic_output import write_file_atomically
-
     text = json.dumps({"written_by": manifest.command, "kind": manifest.kind, "id": manifest.id,
                        "files": manifest.files, "folders": manifest.folders}, indent=1, sort_keys=True)
     write_file_atomically(folder / MANIFEST, text)

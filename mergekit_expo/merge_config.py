@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
+from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hosts import expo_parameter_names, merge_method_names
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_from_name reads
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
@@ -26,7 +29,6 @@ def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
     works); ``hub_ids``, if given, receives {snapshot folder: Hub id}.
     """
     from mergekit.config import MergeConfiguration
-    from pydantic import ValidationError
 
     path = Path(config_file)
     if not path.is_file():
@@ -76,8 +78,6 @@ def check_dtype(what: str, value: Optional[str]) -> None:
 
 
 def check_merge_method(config_file: str, name) -> None:
-    from mergekit_expo.hosts import merge_method_names
-
     known = merge_method_names("mergekit")
     if name is None:
         raise ExpoConfigError(f"{config_file} has no merge_method: add 'merge_method: expo'")
@@ -92,8 +92,6 @@ def check_merge_method(config_file: str, name) -> None:
 
 def check_parameter_names(config_file: str, data: dict) -> None:
     """Every key of every ``parameters:`` mapping is one the merge method declares."""
-    from mergekit_expo.hosts import expo_parameter_names
-
     if data.get("merge_method") != "expo":
         return  # other methods: mergekit's business; only expo's names are ours to enforce
     valid = expo_parameter_names("mergekit")
@@ -121,8 +119,6 @@ def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:
 
 def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[str, str, list]]:
     """(location, key, valid keys) for every key of ``data`` its pydantic model lacks."""
-    from pydantic import BaseModel
-
     if isinstance(model, BaseModel) and isinstance(data, dict):
         fields = type(model).model_fields
         names = {field.alias or name: name for name, field in fields.items()}
@@ -167,8 +163,6 @@ def _map_model_strings(node, transform):
 
 
 def _snapshot_form(reference: str, found: dict) -> str:
-    from mergekit_expo import hub
-
     parts = []
     for part in reference.split("+"):
         if hub.is_hub_id(part):

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 import torch
 
 from mergekit_expo.errors import ExpoNumericsError
+from mergekit_expo.fused_kernel import extrapolate_bf16
 
 # fp64 scratch per step: large enough to stream, small enough to stay in cache on
 # a CPU (measured: 256K elements runs ~4x faster than converting whole tensors).
@@ -60,8 +61,6 @@ def _fused(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> Optional[t
         return None
     if not (sft.is_contiguous() and aligned.is_contiguous()):
         return None
-    from mergekit_expo.fused_kernel import extrapolate_bf16
-
     return extrapolate_bf16(sft, aligned, alpha)
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Tuple, Union
 
 from mergekit_expo import manifest
+from mergekit_expo.atomic_output import clean_stale, refuse_other_writers
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import make_parents, remove_if_empty
 
 PathLike = Union[str, Path]
 
@@ -47,8 +49,6 @@ def check_output(
     ``reads`` pairs a description ("the aligned model") with a path the job reads;
     paths that are None are skipped; paths not on disk yet (a search folder) count.
     """
-    from mergekit_expo.atomic_output import clean_stale, refuse_other_writers
-
     out = _absolute(out_path)
     check_no_overlap(out, out_path, reads)
     if out.is_symlink():
@@ -108,8 +108,6 @@ def _overlap(out: Path, source: Path) -> Optional[str]:
 def check_writable_parent(out: Path) -> None:
     """Try creating the missing parent folders, then remove them again: the command
     creates them only when it writes, and removes them if it fails."""
-    from mergekit_expo.atomic_output import make_parents, remove_if_empty
-
     try:
         created = make_parents(out.parent)
     except OSError as error:

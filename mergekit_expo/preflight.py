@@ -1,9 +1,13 @@
 """Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
 
 import json
+import pickle
+import warnings
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.hub import is_hub_id
+from mergekit_expo.manifest import fingerprint
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 # Any of these lets transformers build the tokenizer (fast, sentencepiece, BPE or WordPiece).
@@ -20,8 +24,6 @@ SHAPE_KEYS = (
 
 def is_local_reference(path: str) -> bool:
     """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
-    from mergekit_expo.hub import is_hub_id
-
     return not is_hub_id(path)
 
 
@@ -69,9 +71,6 @@ def check_pickle(file: Path) -> None:
     torch's weights-only loader refuses it too, but its message advises
     ``weights_only=False``, which would run the code.
     """
-    import pickle
-    import warnings
-
     import torch
 
     fix = "so it is not loaded: convert the checkpoint to safetensors from a trusted source"
@@ -122,8 +121,6 @@ def same_weights(first, second) -> bool:
     """True if two model folders hold byte-identical weight files: one checkpoint under two
     names. Sampled fingerprints first (an SFT/aligned pair differs there, for the price of a
     few MB), the whole files only when those agree."""
-    from mergekit_expo.manifest import fingerprint
-
     first, second = Path(first), Path(second)
     names = sorted({f.name for pattern in WEIGHT_PATTERNS for f in first.glob(pattern)})
     if not names or names != sorted({f.name for pattern in WEIGHT_PATTERNS for f in second.glob(pattern)}):

@@ -5,14 +5,17 @@ import re
 from pathlib import Path
 
 import click
+import torch
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_expo.atomic_output import staged_output
+from mergekit_expo.card import check_card_inputs, write_card
 from mergekit_expo.cli_errors import reports_errors
+from mergekit_expo.contract import MISSING_BASE
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
 from mergekit_expo.output_guard import Output, check_no_overlap, check_output
-from mergekit_expo.preflight import check_model_folder, check_pair, is_local_reference
+from mergekit_expo.preflight import check_model_folder, check_pair, has_tokenizer, is_local_reference
 
 LOG = logging.getLogger("mergekit_expo")
 # mergekit's cache entries: f"{basename}_{crc32}_{basename}_{crc32}" (ModelPath._unique_id)
@@ -41,9 +44,7 @@ def run_config_file(config_file, out_path, options, *, overwrite=False, search=N
     ``checked``: the same output path as checked when an earlier step began (search's
     --write-best): --overwrite then replaces only the output that was there then.
     """
-    from mergekit.merge import run_merge
-
-    from mergekit_expo.card import check_card_inputs, write_card
+    from mergekit.merge import run_merge  # loads transformers: only when a merge runs
 
     hub_ids = {}
     source, config = load_merge_config(config_file, hub_ids)
@@ -96,8 +97,6 @@ def check_lora_merge_cache(cache, target: Output, reads) -> None:
 def tokenizer_options(options, config):
     """Where mergekit would copy the tokenizer from a folder that has none, it would
     print a 20-line traceback and write a model without one: say so in one line."""
-    from mergekit_expo.preflight import has_tokenizer
-
     if config.tokenizer is not None or config.tokenizer_source is not None or not options.copy_tokenizer:
         return options
     donor = config.base_model or config.referenced_models()[0]
@@ -128,8 +127,6 @@ def lora_options(options, config, staging: Path):
 def check_device(options) -> None:
     device = options.device or "cpu"
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise ExpoConfigError(
                 "--cuda/--device cuda was given but no CUDA device is visible: drop the "
@@ -138,8 +135,6 @@ def check_device(options) -> None:
 
 
 def check_expo_inputs(config) -> None:
-    from mergekit_expo.contract import MISSING_BASE
-
     if config.base_model is None:
         raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model

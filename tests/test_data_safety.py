@@ -481,11 +481,11 @@ def test_a_live_writer_is_waited_for_and_a_killed_one_cleaned_up(workspace, slow
 
 @pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "mkdir-then-rename"])
 def test_rename_never_replaces(tmp_path, monkeypatch, portable):
-    from mergekit_expo import atomic_output
+    from mergekit_expo import filesystem
 
     if portable:
-        monkeypatch.setattr(atomic_output, "_RENAMEAT2", None)
-    elif atomic_output._RENAMEAT2 is None:
+        monkeypatch.setattr(filesystem, "_RENAMEAT2", None)
+    elif filesystem._RENAMEAT2 is None:
         pytest.skip("no renameat2 here")
     source = tmp_path / "new"
     source.mkdir()
@@ -495,10 +495,10 @@ def test_rename_never_replaces(tmp_path, monkeypatch, portable):
         prepare(target)
         before = snapshot(tmp_path)
         with pytest.raises(FileExistsError if not any(target.iterdir()) else OSError):
-            atomic_output.rename_no_replace(source, target)
+            filesystem.rename_no_replace(source, target)
         assert snapshot(tmp_path) == before  # an empty folder is not replaced either
         shutil.rmtree(target)
-    atomic_output.rename_no_replace(source, tmp_path / "out")
+    filesystem.rename_no_replace(source, tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").read_text() == "new" and not source.exists()
 
 
@@ -518,9 +518,10 @@ def fake_staging(parent: Path, name: str, pid: int, start=None) -> Path:
 
 
 def test_only_staging_folders_of_ended_processes_are_cleaned(tmp_path):
-    from mergekit_expo.atomic_output import _start_time, clean_stale
+    from mergekit_expo.atomic_output import clean_stale
+    from mergekit_expo.filesystem import start_time
 
-    mine = _start_time(os.getpid())
+    mine = start_time(os.getpid())
     live = fake_staging(tmp_path, "out", os.getpid(), start=mine)
     dead = fake_staging(tmp_path, "out", dead_pid())
     reused = fake_staging(tmp_path, "other", os.getpid(), start=mine - 1)  # that PID's owner ended
@@ -562,7 +563,7 @@ def test_a_signal_dropped_inside_a_weakref_callback_still_stops_the_publish(tmp_
     # SIGTERM arriving then never reaches the command: the publish must notice it anyway.
     import weakref
 
-    from mergekit_expo import cli_errors
+    from mergekit_expo import interruption
     from mergekit_expo.atomic_output import staged_output
     from mergekit_expo.output_guard import check_output
 
@@ -575,10 +576,10 @@ def test_a_signal_dropped_inside_a_weakref_callback_still_stops_the_publish(tmp_
         pass
 
     target = check_output(str(tmp_path / "out"), reads=[], kind="adapter", command="mergekit-expo lora")
-    cli_errors._received.clear()
-    previous = signal.signal(signal.SIGTERM, cli_errors._on_signal)
+    interruption.received.clear()
+    previous = signal.signal(signal.SIGTERM, interruption.on_signal)
     try:
-        with pytest.raises(cli_errors.Interrupted):
+        with pytest.raises(interruption.Interrupted):
             with staged_output(target) as staging:
                 staging.mkdir()
                 (staging / "adapter_model.safetensors").write_bytes(b"half")
@@ -587,5 +588,5 @@ def test_a_signal_dropped_inside_a_weakref_callback_still_stops_the_publish(tmp_
                 del thing
     finally:
         signal.signal(signal.SIGTERM, previous)
-        cli_errors._received.clear()
+        interruption.received.clear()
     assert sorted(os.listdir(tmp_path)) == []

@@ -5,8 +5,12 @@ from pathlib import Path
 
 import click
 
+from mergekit_expo.card.files import README, check_card_targets, publish
+from mergekit_expo.card.lineage import check_written_by, lineage_of_config, lineage_of_pipeline
+from mergekit_expo.card.writer import card_files
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hosts import require_mergekit
 
 CONFIG = "mergekit_config.yml"
 MERGEKITTY_CONFIG = "mergekitty_config.yml"  # what mergekitty writes instead
@@ -29,12 +33,7 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
     """Write the Hub model card (README.md) of OUT_PATH, an ExPO merge output, from its
     mergekit_config.yml: lineage metadata, the formula with the SFT and aligned models,
     α, and with --search how α was chosen. The weights are never touched."""
-    from mergekit_expo.hosts import require_mergekit
-
     require_mergekit("mergekit-expo card")  # configs, cards and α are read through mergekit
-    from mergekit_expo.card.files import README, check_card_targets, publish
-    from mergekit_expo.card.writer import card_files
-
     out = Path(out_path)
     source = read_merge_output(out, out_path)
     if multi_config:
@@ -69,8 +68,6 @@ def read_merge_output(out: Path, out_path: str) -> str:
 
 def check_expo_output(out_path: str, source: str):
     """The lineage of OUT's own config, if it is an expo merge."""
-    from mergekit_expo.card.lineage import lineage_of_config
-
     lineage = lineage_of_config(source, where=f"{out_path}/{CONFIG}")
     stage = lineage.final
     if not stage.is_expo:
@@ -85,8 +82,6 @@ def check_expo_output(out_path: str, source: str):
 
 def read_pipeline(multi_config: str, out: Path, source: str):
     """The mergekit-multi config and its lineage, if its final stage is what wrote OUT."""
-    from mergekit_expo.card.lineage import check_written_by, lineage_of_pipeline
-
     path = Path(multi_config)
     if not path.is_file():
         raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to mergekit-multi")

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 import yaml
 
+from mergekit_expo import manifest
 from mergekit_expo.errors import ExpoConfigError
 
 README = "README.md"
@@ -134,8 +135,6 @@ def publish(folder: Path, files: Dict[str, bytes]) -> None:
     once they are in place. An output of ours lists them in its manifest, so that a later
     --overwrite still knows the folder as its own.
     """
-    from mergekit_expo import manifest
-
     for name in sorted(files, key=lambda n: n == README):
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         try:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Set, Tuple
 
 import yaml
+from pydantic import ValidationError
 
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hub import is_hub_id
 
 HUB = "https://huggingface.co"
 
@@ -177,7 +179,6 @@ def _planned_yaml(config) -> str:
 
 def _stage(name, data: dict, is_hub: Callable[[str], bool], stage_names: Set[str], where: str) -> Stage:
     from mergekit.config import MergeConfiguration
-    from pydantic import ValidationError
 
     try:
         config = MergeConfiguration.model_validate(data)
@@ -213,8 +214,6 @@ def _input(model, is_hub: Callable[[str], bool]) -> Input:
 def _is_hub(hub_ids: Optional[Set[str]]) -> Callable[[str], bool]:
     if hub_ids is not None:
         return lambda reference: reference in hub_ids
-    from mergekit_expo.hub import is_hub_id
-
     return is_hub_id
 
 

@@ -3,9 +3,11 @@
 import os
 from typing import List, Optional
 
+import yaml
+
+from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.errors import ExpoConfigError
 
-PLOT = "score_vs_alpha.png"  # the search's plot, under the same name in the output
 HEADING = "## How α was chosen"
 ENGINES = {"hf": "transformers (`--engine hf`)", "vllm": "vLLM (`--engine vllm`)"}
 
@@ -152,8 +154,6 @@ def merged_with_choice(results, best, stage) -> bool:
     if results.scalar:
         configured = scalar_alpha(stage)
         return configured is not None and abs(configured - best.alpha) <= 1e-9
-    import yaml
-
     try:
         chosen = yaml.safe_load((results.folder / "best.yml").read_text())["models"][0]["parameters"]["alpha"]
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
@@ -179,8 +179,6 @@ def _plain(setting):
 
 def scalar_alpha(stage) -> Optional[float]:
     """The aligned model's α when the config gives it as one number everywhere, else None."""
-    from mergekit_expo.alpha import DEFAULT_ALPHA
-
     config = stage.config
     if config.slices or config.modules:
         return None

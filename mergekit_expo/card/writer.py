@@ -11,8 +11,9 @@ from typing import Dict, Mapping, Optional
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
-from mergekit_expo.card.search_section import PLOT, check_same_models, search_section
+from mergekit_expo.card.search_section import check_same_models, search_section
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search.results import PLOT, SearchResults  # PLOT: copied beside the card as it is
 
 TEMPLATE = Path(__file__).with_name("template.md")
 PAPER = "https://arxiv.org/abs/2404.16792"
@@ -38,8 +39,6 @@ def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = Non
     """What write_card would refuse, checked before a merge is computed."""
     if search is None:
         return
-    from mergekit_expo.search.results import SearchResults
-
     ids = None if hub_ids is None else set(hub_ids.values())
     lineage = lineage_of_config(source, hub_ids=ids)
     if lineage.expo_stages:
@@ -61,8 +60,6 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     if search is None:
         kept = kept_search_section(folder)  # a card of ours rewritten without --search keeps its search
     else:
-        from mergekit_expo.search.results import SearchResults
-
         results = SearchResults.load(search)
         plot = results.folder / PLOT
         if plot.is_file():

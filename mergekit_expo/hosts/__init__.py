@@ -12,9 +12,11 @@ release that keeps an API keeps working. Importing this package imports no host.
 """
 
 import importlib
+import importlib.util
 import logging
 import re
 import sys
+from importlib import metadata
 from typing import Dict, List, Optional
 
 from mergekit_expo.contract import NAME
@@ -87,11 +89,9 @@ def report_as_errors() -> None:
 
 
 def installed_version(host: str) -> Optional[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version(host)
-    except PackageNotFoundError:
+        return metadata.version(host)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -101,8 +101,6 @@ def installed_hosts() -> List[str]:
 
 
 def is_installed(host: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(host) is not None
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Hashable, Optional
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.contract import NAME, PRETTY_NAME, REFERENCE_URL, check_inputs, label
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.numerics import extrapolate_tensor
 
 
 class ExpoTaskBody:
@@ -29,8 +30,6 @@ class ExpoTaskBody:
         return self.gather_tensors.group_label()
 
     def execute(self, tensors: Dict[Hashable, Any], **_kwargs):
-        from mergekit_expo.numerics import extrapolate_tensor
-
         name = self.weight_info.name
         sft_label = label("SFT model", self.base_model)
         if self.base_model not in tensors:

@@ -4,7 +4,10 @@ Items are processed longest first (similar lengths share a batch, so little padd
 an out-of-memory shows up in the first batch), and results come back in input order.
 """
 
+import gc
 from typing import Callable, List, Optional, Sequence, TypeVar
+
+import torch
 
 from mergekit_expo.errors import ExpoInputError
 
@@ -51,10 +54,6 @@ class Batcher:
         return results
 
     def _shrink(self, error: Exception, failed: int) -> None:
-        import gc
-
-        import torch
-
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -67,8 +66,6 @@ class Batcher:
 
 
 def _out_of_memory(error: Exception) -> bool:
-    import torch
-
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

@@ -1,15 +1,33 @@
 """``mergekit-expo search``: score candidate α values per worker process, no checkpoint per candidate."""
 
-import importlib
+import json
 import logging
 import os
 from pathlib import Path
 
 import click
 
+from mergekit_expo import hub
+from mergekit_expo.checkpoint import shard_of
 from mergekit_expo.cli_errors import reports_errors
-from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.compat.lm_eval import import_lm_eval
+from mergekit_expo.compat.optuna import check_optuna
+from mergekit_expo.compat.transformers import check_transformers_loader
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hosts import require_mergekit
+from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
+from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
+from mergekit_expo.search.engine import make_engine
+from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, check_spelling
+from mergekit_expo.search.ownership import check_owner
+from mergekit_expo.search.results import RESULTS, check_plotting
+from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range, search
+from mergekit_expo.search.sampling import build_sampling
+from mergekit_expo.search.scoring import is_lm_eval, make_scorer
 from mergekit_expo.search.settings import GroupedHelp, search_options
+from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
+from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
+from mergekit_expo.search.vllm_engine import import_vllm
 
 LOG = logging.getLogger("mergekit_expo")
 
@@ -28,11 +46,6 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
                          settings, tasks_path=None, storage=None):
     """Both outputs, before anything is read: never over an input, someone's files or another
     study's reports. Returns the checked --write-best output (None without it)."""
-    from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
-    from mergekit_expo.search.ownership import check_owner
-    from mergekit_expo.search.results import RESULTS
-    from mergekit_expo.search.study import DEFAULT_STORAGE
-
     inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", data),
               ("the reward model", reward_model), ("the lm-eval tasks folder", tasks_path)]
     out = Path(os.path.abspath(out_dir))
@@ -53,20 +66,7 @@ def check_search_outputs(out_dir, write_best, overwrite, *, sft, aligned, data, 
     return None
 
 
-def check_plotting() -> None:
-    """The search ends with a plot: fail now, not after hours of scoring."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as error:
-        raise ExpoConfigError(
-            f"the search draws score_vs_alpha.png with matplotlib, which cannot be imported "
-            f"({first_line(error)}): pip install 'mergekit-expo[search]'"
-        ) from None
-
-
 def warn_if_same_weights(sft_folder, aligned_folder, sft, aligned) -> None:
-    from mergekit_expo.preflight import same_weights
-
     if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder) or same_weights(sft_folder,
                                                                                         aligned_folder):
         LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
@@ -76,16 +76,11 @@ def warn_if_same_weights(sft_folder, aligned_folder, sft, aligned) -> None:
 
 def model_reference(reference: str) -> str:
     """How results.json and best.yml name a model: the Hub id as given, else an absolute path."""
-    from mergekit_expo.hub import is_hub_id
-
-    return reference if is_hub_id(reference) else os.path.abspath(reference)
+    return reference if hub.is_hub_id(reference) else os.path.abspath(reference)
 
 
 def check_scorer_options(scorer, guard, max_drop, engine_name, lm_eval_options) -> None:
     """Options that only make sense together, checked before anything is loaded."""
-    from mergekit_expo.search.lm_eval_scorer import (UNSUPPORTED_ENGINE, check_spelling, import_lm_eval,
-                                                     is_lm_eval)
-
     check_spelling(scorer)
     check_spelling(guard)
     if (guard is None) != (max_drop is None):
@@ -144,8 +139,6 @@ def check_engine_options(engine_name, given, uses_reward_model) -> None:
 def study_settings(s, sampling, sft, aligned, grid, alpha_range) -> dict:
     """What makes two runs the same search (results.json's settings): another value is refused,
     by the --out before any work and by the study itself."""
-    from mergekit_expo.search.runner import fingerprint
-
     reward_model = s.reward_model and model_reference(s.reward_model)
     settings = {"data": fingerprint(s.data), "reward_model": reward_model, "sampling": sampling.settings(),
                 "engine": s.engine, "sft": model_reference(sft), "aligned": model_reference(aligned),
@@ -159,11 +152,6 @@ def study_settings(s, sampling, sft, aligned, grid, alpha_range) -> dict:
 
 def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space for these models and the resolver of its candidates (through mergekit)."""
-    import json
-
-    from mergekit_expo.checkpoint import shard_of
-    from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
-
     names = sorted(shard_of(Path(aligned_folder)))
     model_type = json.loads((Path(aligned_folder) / "config.json").read_text()).get("model_type")
     sft_ref, aligned_ref = model_reference(sft), model_reference(aligned)
@@ -192,21 +180,10 @@ def search_command(sft, aligned, settings):
     A candidate is one α (--space scalar) or one per module group and/or depth; any
     number of processes running this command on one --out (or --storage) share the work.
     """
-    from mergekit_expo import hub
-    from mergekit_expo.hosts import require_mergekit
-    from mergekit_expo.preflight import check_pair, check_tokenizer
-    from mergekit_expo.search.engine import make_engine
-    from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, parse_alphas, parse_range, search
-    from mergekit_expo.search.sampling import build_sampling
-    from mergekit_expo.search.scorers import make_scorer
-    from mergekit_expo.search.study import open_storage, storage_url
-
     s = settings
     if s.write_best:  # before the search: its merge needs mergekit, not just any host
         require_mergekit("--write-best")
     if s.engine == "hf":
-        from mergekit_expo.search.hf_engine import check_transformers_loader
-
         check_transformers_loader()
     require_mergekit("mergekit-expo search")  # candidates resolve through mergekit's planner
     check_space_options(s)
@@ -231,8 +208,6 @@ def search_command(sft, aligned, settings):
         open_storage(storage_url(s.storage, s.out), s.heartbeat)
     device = resolve_device(s.device)
     if s.engine == "vllm":
-        from mergekit_expo.search.vllm_engine import import_vllm
-
         import_vllm()  # before anything is read or written: name the extra to install
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(s.reward_model, "reward model")
@@ -280,16 +255,3 @@ def search_command(sft, aligned, settings):
                               command="mergekit-expo search --write-best", checked=best_output)
         best = results.best()
         click.echo(f"ExPO model with {'alpha = ' if results.scalar else ''}{best.label} written to {out}")
-
-
-def check_optuna(sampler) -> None:
-    """optuna (and CMA-ES's own package for --sampler cmaes), before anything is read."""
-    needed = [("optuna", "the search keeps its candidates in an optuna study")]
-    if sampler == "cmaes":
-        needed.append(("cmaes", "--sampler cmaes runs optuna's CMA-ES sampler on the cmaes package"))
-    for module, why in needed:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ExpoConfigError(f"{why}, and {module} cannot be imported ({first_line(error)}): "
-                                  "pip install 'mergekit-expo[search]'") from None

@@ -2,15 +2,16 @@
 
 An engine loads the aligned model once, sets its weights in place to the ExPO model
 of any α, generates answers and scores log-likelihoods in batches. Scorers talk to
-this interface only, so a new engine needs no change to them.
+this interface only, so a new engine needs no change to them. :data:`ENGINES` finds
+one by name and imports only that one.
 """
 
 from abc import ABC, abstractmethod
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.registry import load
 from mergekit_expo.search.sampling import Sampling
-
-ENGINES = ("hf", "vllm")
 
 
 class Engine(ABC):
@@ -18,6 +19,8 @@ class Engine(ABC):
     tokenizer = None
     #: the largest number of tokens the model takes (prompt plus answer)
     context_length: int = 0
+    #: the model object the engine runs, as a ``module:function`` scorer receives it
+    model = None
 
     @abstractmethod
     def set_alphas(self, alphas: Union[float, Mapping[str, float]]) -> None:
@@ -42,19 +45,18 @@ class Engine(ABC):
         """What a user's ``module:function`` scorer receives."""
         return (self.model, self.tokenizer)
 
+    def transformers_model(self):
+        """The transformers model whose weights it sets in place (lm-eval wraps it), else None."""
+        return None
+
     def close(self) -> None:
         """Free the engine's resources (processes, GPU memory)."""
 
 
+ENGINES = {"hf": "mergekit_expo.search.hf_engine:HFEngine", "vllm": "mergekit_expo.search.vllm_engine:VLLMEngine"}
+
+
 def make_engine(name: str, sft: str, aligned: str, **options) -> Engine:
-    if name == "hf":
-        from mergekit_expo.search.hf_engine import HFEngine
-
-        return HFEngine(sft, aligned, **options)
-    if name == "vllm":
-        from mergekit_expo.search.vllm_engine import VLLMEngine
-
-        return VLLMEngine(sft, aligned, **options)
-    from mergekit_expo.errors import ExpoConfigError
-
-    raise ExpoConfigError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")
+    if name not in ENGINES:
+        raise ExpoConfigError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")
+    return load(ENGINES[name])(sft, aligned, **options)

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
+from safetensors import safe_open
 
+from mergekit_expo.checkpoint import shard_of
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.numerics import extrapolate_tensor
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
@@ -20,10 +23,6 @@ class ExpoCheckpoint:
     """θ_aligned + α·(θ_aligned − θ_sft) per tensor, by checkpoint name."""
 
     def __init__(self, sft: str, aligned: str, dtype: Optional[torch.dtype] = None):
-        from safetensors import safe_open
-
-        from mergekit_expo.checkpoint import shard_of
-
         sft_shards, aligned_shards = shard_of(Path(sft)), shard_of(Path(aligned))
         if not aligned_shards or not sft_shards:
             raise ExpoInputError("search reads safetensors checkpoints: convert .bin checkpoints first")
@@ -41,8 +40,6 @@ class ExpoCheckpoint:
         self.groups = _by_layer(sorted(aligned_shards))
 
     def tensor(self, name: str, alpha: float, device="cpu") -> torch.Tensor:
-        from mergekit_expo.numerics import extrapolate_tensor
-
         sft_file, aligned_file = self._sources[name]
         sft, aligned = sft_file.get_tensor(name), aligned_file.get_tensor(name)
         if not aligned.is_floating_point():

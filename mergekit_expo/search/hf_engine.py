@@ -4,30 +4,29 @@ Weights go through transformers' own checkpoint conversion (the one
 ``from_pretrained`` uses), one layer at a time: models whose class renames or fuses
 checkpoint tensors on load (Mixtral's and Qwen-MoE's experts, for example) get
 exactly the weights the merged checkpoint would load to, with no name map of ours.
-That conversion is transformers' internal API: every α is checked after loading
-(:mod:`.self_check`).
+That conversion is transformers' internal API (:mod:`mergekit_expo.compat.transformers`):
+every α is checked after loading (:mod:`.self_check`).
 """
 
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import transformers
 
+from mergekit_expo.compat.transformers import checkpoint_loader, is_tied
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.preflight import check_pair
 from mergekit_expo.search.batching import Batcher
 from mergekit_expo.search.engine import Engine
 from mergekit_expo.search.expo_weights import ExpoCheckpoint
 from mergekit_expo.search.prompts import pad_id
 from mergekit_expo.search.sampling import Sampling
+from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
 
 
 class HFEngine(Engine):
     def __init__(self, sft: str, aligned: str, *, device: str = "cpu", dtype: Optional[str] = None,
                  batch_size: Optional[int] = None, trust_remote_code: bool = False):
-        import transformers
-
-        from mergekit_expo.preflight import check_pair
-        from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
-
         check_pair(sft, aligned)
         warn_if_untested("hf")
         transformers.utils.logging.disable_progress_bar()  # our bars, not one per layer load
@@ -56,6 +55,9 @@ class HFEngine(Engine):
         self.context_length = _context_length(model.config)
         self.batcher = Batcher(batch_size, device)
 
+    def transformers_model(self):
+        return self.model
+
     # -- weights ---------------------------------------------------------------------
     def set_alphas(self, alphas) -> None:
         self._load_weights(alphas)
@@ -64,27 +66,20 @@ class HFEngine(Engine):
                                   for name, positions in self.probe.requests().items()})
 
     def _load_weights(self, alphas) -> None:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import convert_and_load_state_dict_in_model
-        from transformers.modeling_utils import LoadStateDictConfig
-
         expected = set(self.model.state_dict())
         loaded = set()
-        mapping = get_model_conversion_mapping(self.model)
+        load = checkpoint_loader(self.model, self.device)
         with torch.no_grad():
             for tensors in self.weights.layers(alphas, device=self.device):
-                config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.model.dtype,
-                                             weight_mapping=mapping)
-                info, _ = convert_and_load_state_dict_in_model(self.model, tensors, config)
-                problems = sorted(info.unexpected_keys | info.mismatched_keys) + list(info.conversion_errors)
-                if problems or info.error_msgs:
+                missing, problems = load(tensors)
+                if problems:
                     raise ExpoInputError(
-                        f"transformers could not load the ExPO tensor {(problems or info.error_msgs)[0]} "
+                        f"transformers could not load the ExPO tensor {problems[0]} "
                         f"into {type(self.model).__name__}: merge with mergekit-expo run and score the result"
                     )
-                loaded |= expected - set(info.missing_keys)
+                loaded |= expected - missing
         self.model.tie_weights()  # loading replaced parameters: tied ones must share again
-        unset = sorted(k for k in expected - loaded if not _is_tied(self.model, k))
+        unset = sorted(k for k in expected - loaded if not is_tied(self.model, k))
         if unset:
             raise ExpoInputError(
                 f"weight {unset[0]} of the loaded {type(self.model).__name__} has no tensor in the "
@@ -150,39 +145,3 @@ class HFEngine(Engine):
 def _context_length(config) -> int:
     text = getattr(config, "text_config", None) or config
     return int(getattr(text, "max_position_embeddings", 0) or 0)
-
-
-def _is_tied(model, name: str) -> bool:
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    if isinstance(tied, dict):  # transformers 5: {target: source}
-        return name in tied
-    return any(name.endswith(key) for key in tied)
-
-
-def check_transformers_loader() -> None:
-    """Refuse in one line, before anything is read, a transformers whose checkpoint
-    loader ``set_alphas`` cannot call (its signature as of transformers 5.16)."""
-    import inspect
-
-    import transformers
-    from mergekit_expo.errors import ExpoConfigError
-
-    try:
-        from transformers.core_model_loading import convert_and_load_state_dict_in_model
-        from transformers.modeling_utils import LoadStateDictConfig  # noqa: F401
-
-        takes = list(inspect.signature(convert_and_load_state_dict_in_model).parameters)
-    except ImportError:
-        takes = []
-    if takes[:3] == ["model", "state_dict", "load_config"] and "tp_plan" not in takes:
-        return
-    from mergekit_expo.hosts import installed_hosts
-
-    pinned = ", ".join(installed_hosts())
-    raise ExpoConfigError(
-        f"the transformers engine loads ExPO weights through transformers' checkpoint loader "
-        f"as of transformers 5.16; this environment has transformers {transformers.__version__}"
-        f"{f' (beside {pinned})' if pinned else ''}: run the search where transformers>=5.16 "
-        "is installed (a venv with mergekit-expo[mergekit,search], for example), then merge "
-        "its best.yml with your host's CLI"
-    )

@@ -7,15 +7,14 @@ for the merged checkpoint, without writing or loading one per α.
 
 import difflib
 import functools
-import logging
 import math
 import os
 from typing import Callable, List, Optional
 
+from mergekit_expo.compat.lm_eval import filter_names, import_lm_eval, quiet_lm_eval
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
+from mergekit_expo.search.scoring import LM_EVAL, Score, Scorer
 
-PREFIX = "lm-eval:"
-EXTRA = "pip install 'mergekit-expo[lm-eval]'"
 UNSUPPORTED_ENGINE = ("the lm-eval scorer runs with --engine hf: lm-eval's vLLM wrapper builds its own "
                       "vLLM instance, so it cannot score weights swapped in place")
 Z95 = 1.959963984540054  # two-sided 95%
@@ -23,36 +22,27 @@ Z95 = 1.959963984540054  # two-sided 95%
 SHARES = ("acc", "acc_norm", "exact_match")
 
 
-def is_lm_eval(scorer: Optional[str]) -> bool:
-    return bool(scorer) and scorer.startswith(PREFIX)
-
-
 def check_spelling(scorer: Optional[str]) -> None:
     """``lm_eval:arc_easy`` would otherwise be taken for a Python module:function."""
     if scorer and scorer.partition(":")[0] in ("lm_eval", "lmeval", "lm-evaluation-harness"):
-        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean {PREFIX}{scorer.partition(':')[2]}?")
+        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean {LM_EVAL}{scorer.partition(':')[2]}?")
 
 
-def import_lm_eval():
-    try:
-        import lm_eval  # noqa: F401
-        from lm_eval.tasks import TaskManager  # noqa: F401
-    except ImportError:
-        raise ExpoConfigError(f"the lm-eval scorer needs lm-evaluation-harness: {EXTRA}") from None
-    return lm_eval
-
-
-class LmEvalScorer:
+class LmEvalScorer(Scorer):
     """Mean of each task's chosen metric (its first one unless --metric says otherwise)."""
+
+    @classmethod
+    def from_options(cls, spec: str, *, batch_size=None, lm_eval_options=None, **_) -> "LmEvalScorer":
+        return cls(spec, batch_size=batch_size, **(lm_eval_options or {}))
 
     def __init__(self, spec: str, *, tasks_path: Optional[str] = None, limit: Optional[int] = None,
                  num_fewshot: Optional[int] = None, metric: Optional[str] = None,
                  batch_size: Optional[int] = None):
-        names = [name.strip() for name in spec[len(PREFIX):].split(",") if name.strip()]
+        names = [name.strip() for name in spec[len(LM_EVAL):].split(",") if name.strip()]
         if not names:
             raise ExpoConfigError(f"scorer {spec!r} names no task: use e.g. lm-eval:arc_easy")
         import_lm_eval()
-        _quiet_lm_eval()
+        quiet_lm_eval()
         self.task_manager = _task_manager(tasks_path)
         for name in names:
             _check_known(name, self.task_manager, tasks_path)
@@ -86,20 +76,18 @@ class LmEvalScorer:
 
     def settings(self) -> dict:
         return {"tasks": list(self.tasks), "tasks_path": self.tasks_path, "metrics": self.metrics,
-                "limit": self.limit,
-                "num_fewshot": self.num_fewshot}
+                "limit": self.limit, "num_fewshot": self.num_fewshot}
 
     def wrapper(self, engine):
         """lm-eval's HFLM around the engine's model: its weights change in place per α."""
-        from mergekit_expo.search.hf_engine import HFEngine
-
-        if not isinstance(engine, HFEngine):
+        model = engine.transformers_model()
+        if model is None:
             raise ExpoConfigError(UNSUPPORTED_ENGINE)
         if self._wrapper is None:
             from lm_eval.models.huggingface import HFLM
 
-            batch = self.batch_size or ("auto" if str(engine.device).startswith("cuda") else 8)
-            self._wrapper = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=batch)
+            batch = self.batch_size or ("auto" if str(model.device).startswith("cuda") else 8)
+            self._wrapper = HFLM(pretrained=model, tokenizer=engine.tokenizer, batch_size=batch)
         return self._wrapper
 
     def evaluate(self, engine) -> dict:
@@ -110,9 +98,7 @@ class LmEvalScorer:
                                task_manager=self.task_manager, limit=self.limit,
                                num_fewshot=self.num_fewshot, log_samples=False)
 
-    def __call__(self, engine, progress: Callable = None):
-        from mergekit_expo.search.scorers import Score
-
+    def __call__(self, engine, progress: Callable = None) -> Score:
         results = self.evaluate(engine)["results"]
         values, errors, per_task = [], [], {}
         for name, key in self.metrics.items():
@@ -178,8 +164,7 @@ def _reported(task) -> List[str]:
     if hasattr(task, "aggregate_metric_list"):  # a group: its aggregate metrics
         return [f"{agg.metric},{filter_name}" for agg in task.aggregate_metric_list
                 for filter_name in (agg.filter_list or ["none"])]
-    filters = [getattr(f, "name", "none") for f in getattr(task, "_filters", [])] or ["none"]
-    return [f"{metric},{filter_name}" for filter_name in filters for metric in task.aggregation()]
+    return [f"{metric},{filter_name}" for filter_name in filter_names(task) for metric in task.aggregation()]
 
 
 def _metric_key(name: str, task, metric: Optional[str]) -> str:
@@ -217,24 +202,3 @@ def _dataset_of(manager, name: str) -> str:
         return ""
     subset = config.get("dataset_name")
     return f" {path}" + (f" ({subset})" if subset else "")
-
-
-def _quiet_lm_eval() -> None:
-    # lm-eval logs every task's defaults at WARNING; our tqdm bars and summary are the report.
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    # It records `git describe` of the working folder in every result, and outside a git
-    # checkout git prints "fatal: not a git repository" once per evaluation. lm-eval has no
-    # option for it: the same call, with git's stderr silenced.
-    import lm_eval.evaluator
-
-    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
-        lm_eval.evaluator.get_git_commit_hash = _git_commit_hash
-
-
-def _git_commit_hash():
-    import subprocess
-
-    try:
-        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
-    except (subprocess.CalledProcessError, OSError):
-        return None

@@ -16,11 +16,19 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from mergekit_expo.atomic_output import write_file_atomically
+from mergekit_expo.compat.extras import import_extra
+from mergekit_expo.compat.optuna import import_optuna
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import write_file_atomically
 
 RESULTS = "results.json"
-PLOT = "score_vs_alpha.png"
+PLOT = "score_vs_alpha.png"  # also copied, under this name, beside a model card
+
+
+def check_plotting() -> None:
+    """The search ends with a plot: fail now, not after hours of scoring."""
+    import_extra("matplotlib", "search", f"the search draws {PLOT} with matplotlib, which cannot be "
+                 "imported ({error})")
 
 
 @dataclass
@@ -236,9 +244,7 @@ class SearchResults:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from mergekit_expo.search.study import _optuna
-
-        optuna = _optuna()
+        optuna = import_optuna()
         coordinates = list(self.rows[0].coordinates)
         low = min(min(r.coordinates.values()) for r in self.rows)
         high = max(max(r.coordinates.values()) for r in self.rows)

@@ -5,8 +5,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import transformers
 
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.preflight import check_tokenizer
 from mergekit_expo.search.batching import Batcher
 from mergekit_expo.search.prompts import encode_conversation, pad_id
 
@@ -14,8 +16,6 @@ from mergekit_expo.search.prompts import encode_conversation, pad_id
 class RewardModel:
     def __init__(self, path: str, *, device: str = "cpu", batch_size: Optional[int] = None,
                  trust_remote_code: bool = False):
-        import transformers
-
         config_file = Path(path) / "config.json"
         if not config_file.is_file():
             raise ExpoInputError(f"reward model {path} is not a model folder (no config.json)")
@@ -26,8 +26,6 @@ class RewardModel:
                 f"reward model {path} is {architectures[0] if architectures else 'untyped'}, "
                 "not a sequence classifier: pass an AutoModelForSequenceClassification checkpoint"
             )
-        from mergekit_expo.preflight import check_tokenizer
-
         check_tokenizer(path, "reward")
         # transformers omits id2label for its default of two labels: ask its config class.
         labels = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).num_labels

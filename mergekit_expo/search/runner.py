@@ -12,16 +12,21 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import click
+from tqdm import tqdm
 
+from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
+from mergekit_expo.filesystem import make_parents, remove_if_empty, write_file_atomically
+from mergekit_expo.search.ownership import storage_record
+from mergekit_expo.search.results import AlphaResult, SearchResults, candidate_name
+from mergekit_expo.search.study import SearchStudy, last_completed, shown, storage_url
+from mergekit_expo.search.trial_roles import TrialRole
 
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
 
 
 def parse_alphas(text: Optional[str]) -> List[float]:
-    from mergekit_expo.alpha import checked_alpha
-
     if not text:
         return list(DEFAULT_ALPHAS)
     values = [checked_alpha(part.strip(), option="--alphas", in_search=True)
@@ -33,8 +38,6 @@ def parse_alphas(text: Optional[str]) -> List[float]:
 
 def parse_range(text: Optional[str]) -> Tuple[float, float]:
     """``LO,HI`` of --alpha-range, LO < HI."""
-    from mergekit_expo.alpha import checked_alpha
-
     if not text:
         return (0.0, 1.0)
     parts = [part.strip() for part in text.split(",")]
@@ -89,11 +92,6 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
            guard=None, max_drop: Optional[float] = None, about: Optional[dict] = None):
     """Score candidates with the other workers of the study until none is left; write the
     reports. Returns (results, report paths, this worker's log)."""
-    from mergekit_expo.atomic_output import make_parents
-    from mergekit_expo.search.ownership import storage_record
-    from mergekit_expo.search.results import SearchResults
-    from mergekit_expo.search.study import GRID, REFERENCE, SearchStudy, last_completed, shown, storage_url
-
     folder = Path(out)
     created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
     where = f"--storage {shown(plan.storage)}" if plan.storage else out
@@ -109,17 +107,15 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
                                 storage=storage_record(plan.storage))
         run = _Run(study, results, scorer, guard, plan, open_engine, created)
+        study.enqueue([plan.space.reference()], TrialRole.REFERENCE)
         if plan.grid is not None:
-            wanted = [{"alpha": alpha} for alpha in plan.grid]
-            study.enqueue([plan.space.reference()], REFERENCE)
-            study.enqueue(wanted, GRID)
+            study.enqueue([{"alpha": alpha} for alpha in plan.grid], TrialRole.GRID)
             done = {r["candidate"] for r in study.rows()}
             every = {f"alpha={alpha:g}" for alpha in [0.0, *plan.grid]}
             resumed, total = len(every & done), len(every)
             if resumed:
                 click.echo(f"resuming: {resumed} of {total} α already scored in {out}", err=True)
         else:
-            study.enqueue([plan.space.reference()], REFERENCE)
             done = len(study.rows())
             if done:
                 click.echo(f"resuming: {done} candidates already scored in {out}", err=True)
@@ -146,10 +142,6 @@ class _Run:
         self.open_engine, self.engine, self.created = open_engine, None, created
 
     def evaluate(self, candidate: dict, trial) -> dict:
-        from tqdm import tqdm
-
-        from mergekit_expo.search.results import candidate_name
-
         if self.engine is None:
             self.engine = self.open_engine()
         name = candidate_name(self.plan.space.name, candidate, trial.number)
@@ -183,8 +175,6 @@ class _Run:
 
     def _write_answers(self, name: str, score, checked) -> None:
         """answers/<candidate>.jsonl: what each row produced and scored, for reading or judging."""
-        from mergekit_expo.atomic_output import make_parents, write_file_atomically
-
         records = [dict(record) for record in (score.rows or [])]
         if checked is not None and checked.rows and not records:
             records = [dict(record, scorer="guard") for record in checked.rows]
@@ -196,8 +186,6 @@ class _Run:
                               "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
     def rows(self):
-        from mergekit_expo.search.results import AlphaResult
-
         rows = [AlphaResult(**{k: v for k, v in row.items() if k in AlphaResult.__dataclass_fields__})
                 for row in self.study.rows()]
         if self.plan.space.name == "scalar":
@@ -206,8 +194,6 @@ class _Run:
 
     def record(self) -> None:
         """After each candidate: results.json/csv from every worker's rows, atomically."""
-        from mergekit_expo.atomic_output import make_parents
-
         self.results.rows = self.rows()
         make_parents(self.results.folder)
         self.results.write_tables()
@@ -228,8 +214,6 @@ class _Run:
 
 def _clean_up(study, folder: Path, created: list, url: Optional[str]) -> None:
     """A run that failed before any candidate was scored leaves nothing behind that it made."""
-    from mergekit_expo.atomic_output import remove_if_empty
-
     if not created:
         return
     if study is not None and (study.rows() or study.others_running()):

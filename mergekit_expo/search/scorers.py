@@ -1,11 +1,10 @@
-"""Scorers for the α search: each turns an engine (at some α) into a score with an interval.
+"""The built-in scorers of the α search (the interface: :mod:`.scoring`).
 
 - ``preference``: log-likelihood of chosen over rejected answers (no generation).
 - ``reward-model``: generate answers, score them with a sequence-classification model.
-- ``lm-eval:TASK[,TASK…]``: lm-evaluation-harness tasks (see ``lm_eval_scorer``).
 - ``module:function``: a user callable, given what the engine exposes.
 
-Scorers only talk to the :class:`~mergekit_expo.search.engine.Engine` interface.
+``lm-eval:TASK[,TASK…]`` runs lm-evaluation-harness tasks (:mod:`.lm_eval_scorer`).
 """
 
 import importlib
@@ -13,32 +12,22 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Sequence
+
+import torch
 
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, ExpoNumericsError
 from mergekit_expo.search.data import read_located, read_records
 from mergekit_expo.search.prompts import encode_answer, encode_prompt
+from mergekit_expo.search.reward_model import RewardModel
 from mergekit_expo.search.sampling import Sampling
+from mergekit_expo.search.scoring import Score, Scorer
 
 LOG = logging.getLogger("mergekit_expo")
 
 
-@dataclass(frozen=True)
-class Score:
-    value: float
-    low: Optional[float] = None  # bootstrap 95% interval of the mean, when per-item scores exist
-    high: Optional[float] = None
-    n: int = 1
-    extra: Optional[dict] = None
-    # Per scored row, for answers/<candidate>.jsonl: prompt, answer(s), score.
-    rows: Optional[List[dict]] = None
-
-
 def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):
     """Percentile bootstrap 95% interval of the mean (seeded, so reruns agree)."""
-    import torch
-
     if len(values) < 2:
         return None, None
     generator = torch.Generator().manual_seed(seed)
@@ -63,10 +52,15 @@ def _fitting(items, lengths, limit: int, what: str):
     return kept, skipped
 
 
-class PreferenceScorer:
+class PreferenceScorer(Scorer):
     """Accuracy of log p(chosen | prompt) > log p(rejected | prompt); margin = mean difference."""
 
     name = "preference"
+
+    @classmethod
+    def from_options(cls, spec: str, *, data=None, **_) -> "PreferenceScorer":
+        _require(data, "--data (JSONL/CSV with prompt, chosen, rejected)")
+        return cls(data)
 
     def __init__(self, path: str):
         self.path = path
@@ -102,10 +96,20 @@ class PreferenceScorer:
                      extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped}, rows=rows)
 
 
-class RewardModelScorer:
+class RewardModelScorer(Scorer):
     """Mean reward of generated answers under a local sequence-classification model."""
 
     name = "reward-model"
+
+    @classmethod
+    def from_options(cls, spec: str, *, data=None, reward_model=None, sampling=None, device="cpu",
+                     batch_size=None, trust_remote_code=False, **_) -> "RewardModelScorer":
+        _require(data, "--data (JSONL/CSV with a prompt column)")
+        _require(reward_model, "--reward-model (a sequence-classification model folder or Hub id)")
+        read_records(data, ("prompt",))  # every row checked before the reward model loads
+        model = RewardModel(reward_model, device=device, batch_size=batch_size,
+                            trust_remote_code=trust_remote_code)
+        return cls(data, model, sampling)
 
     def __init__(self, path: str, reward_model, sampling: Sampling):
         self.prompts = [r["prompt"] for r in read_records(path, ("prompt",))]
@@ -128,9 +132,13 @@ class RewardModelScorer:
                      extra={"skipped": self._skipped}, rows=rows)
 
 
-class CallableScorer:
+class CallableScorer(Scorer):
     """A user function ``module:function``; it receives ``engine.callable_arguments()``:
     (model, tokenizer) with the transformers engine, (llm, tokenizer) with vLLM."""
+
+    @classmethod
+    def from_options(cls, spec: str, **_) -> "CallableScorer":
+        return cls(spec)
 
     def __init__(self, target: str):
         module_name, _, function_name = target.partition(":")
@@ -145,8 +153,6 @@ class CallableScorer:
         self.name = target
 
     def __call__(self, engine, progress: Callable = None) -> Score:
-        import torch
-
         with torch.no_grad():  # scoring needs no gradients (and torch warns about them)
             returned = self.function(*engine.callable_arguments())
         if isinstance(returned, (str, bytes)) or not hasattr(returned, "__float__"):
@@ -168,38 +174,6 @@ def _brief(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def make_scorer(scorer: str, *, data, reward_model, sampling: Sampling, device: str,
-                batch_size, trust_remote_code: bool, lm_eval_options: Optional[dict] = None):
-    from mergekit_expo.search.lm_eval_scorer import LmEvalScorer, is_lm_eval
-
-    if is_lm_eval(scorer):
-        return LmEvalScorer(scorer, batch_size=batch_size, **(lm_eval_options or {}))
-    if scorer == "preference":
-        _require(data, "--data (JSONL/CSV with prompt, chosen, rejected)")
-        return PreferenceScorer(data)
-    if scorer == "reward-model":
-        from mergekit_expo.search.reward_model import RewardModel
-
-        _require(data, "--data (JSONL/CSV with a prompt column)")
-        _require(reward_model, "--reward-model (a sequence-classification model folder or Hub id)")
-        read_records(data, ("prompt",))  # every row checked before the reward model loads
-        model = RewardModel(reward_model, device=device, batch_size=batch_size,
-                            trust_remote_code=trust_remote_code)
-        return RewardModelScorer(data, model, sampling)
-    if ":" in scorer:
-        return CallableScorer(scorer)
-    import difflib
-
-    match = difflib.get_close_matches(scorer, ["preference", "reward-model", "lm-eval:"], n=1, cutoff=0.6)
-    hint = f"did you mean {match[0]!r}? " if match else ""
-    raise ExpoConfigError(f"unknown scorer {scorer!r}: {hint}use preference, reward-model, "
-                          "lm-eval:TASK[,TASK...], or module:function")
-
-
 def _require(value, what):
     if not value:
         raise ExpoConfigError(f"this scorer needs {what}")
-
-
-__all__: List[str] = ["Score", "PreferenceScorer", "RewardModelScorer", "CallableScorer", "make_scorer",
-                      "bootstrap_interval"]

@@ -16,13 +16,16 @@ as the compared ones.
 """
 
 import functools
+import importlib
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+from packaging.version import Version
 
 from mergekit_expo.errors import ExpoEngineError
+from mergekit_expo.numerics import extrapolate_tensor
 
 LOG = logging.getLogger("mergekit_expo")
 
@@ -34,16 +37,12 @@ _ROWS = 4  # rows read per matrix when choosing the values
 
 
 def library_version(engine: str) -> str:
-    import importlib
-
     return importlib.import_module(TESTED[engine][0]).__version__
 
 
 @functools.lru_cache(maxsize=None)
 def warn_if_untested(engine: str) -> None:
     """One line, once, when the engine's library is outside the tested range."""
-    from packaging.version import Version
-
     library, first, last = TESTED[engine]
     version = Version(library_version(engine))
     if not Version(first) <= Version(f"{version.major}.{version.minor}") <= Version(last):
@@ -87,8 +86,6 @@ class WeightProbe:
     def check(self, alphas, found: Mapping[str, torch.Tensor]) -> None:
         """Raise ExpoEngineError unless ``found`` (name -> values read back) is ExPO at ``alphas``:
         one α for every tensor, or each checkpoint tensor's own (name -> α)."""
-        from mergekit_expo.numerics import extrapolate_tensor
-
         for sample in self.samples:
             alpha = alphas[sample.name] if isinstance(alphas, Mapping) else alphas
             expected = extrapolate_tensor(sample.sft, sample.aligned, alpha).to(sample.dtype)

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Optional
 import click
 from pydantic import BaseModel, ConfigDict, Field
 
+from mergekit_expo.search.sampling import PRESETS
+
 GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
@@ -133,8 +135,6 @@ def _declarations(name: str, flags: Optional[str]):
 
 def search_options(command: Callable) -> Callable:
     """Add one click option per :class:`SearchSettings` field; call ``command(settings, ...)``."""
-    from mergekit_expo.search.sampling import PRESETS
-
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         values = {name: kwargs.pop(name) for name in list(kwargs) if name in SearchSettings.model_fields}

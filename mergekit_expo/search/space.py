@@ -17,7 +17,9 @@ Groups, by substring of the tensor name (mergekit's filters, first match wins):
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.compat.mergekit import model_out_config
+from mergekit_expo.compat.transformers import checkpoint_renamer
+from mergekit_expo.errors import ExpoConfigError, ExpoInputError
 
 SPACES = ("scalar", "module", "depth", "module+depth")
 GROUPS = ("attention", "mlp", "other")
@@ -119,7 +121,6 @@ def merge_planner(config, *, trust_remote_code: bool = False):
     from mergekit.architecture import get_architecture_info
     from mergekit.config import MergeConfiguration
     from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import _model_out_config
     from mergekit.options import MergeOptions
     from mergekit.plan import MergePlanner
 
@@ -128,7 +129,7 @@ def merge_planner(config, *, trust_remote_code: bool = False):
     options = MergeOptions(trust_remote_code=trust_remote_code, quiet=True)
     arch_info = get_architecture_info(merge_config, options)
     LoaderCache().setup(options=options)
-    out_config = _model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
+    out_config = model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
     return MergePlanner(merge_config, arch_info, options=options, out_model_config=out_config)
 
 
@@ -174,23 +175,8 @@ def model_layout_names(model_type: Optional[str], checkpoint_names: Sequence[str
     tensor feeds. ExPO is elementwise, so extrapolating the sources with their target's α
     and fusing them gives the target's bits.
     """
-    transforms = []
-    if model_type:
-        try:
-            from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-        except ImportError:  # a transformers without conversions: names are the layout
-            pass
-        else:
-            transforms = get_checkpoint_conversion_mapping(model_type) or []
-    layout = {}
-    for name in checkpoint_names:
-        renamed = name
-        for transform in transforms:
-            candidate, pattern = transform.rename_source_key(renamed)
-            if pattern is not None:
-                renamed = candidate
-        layout[name] = renamed
-    return layout
+    rename = checkpoint_renamer(model_type)
+    return {name: rename(name) for name in checkpoint_names}
 
 
 class CandidateResolver:
@@ -211,8 +197,6 @@ class CandidateResolver:
         return self.space.config(*self.named, candidate, self.dtype)
 
     def __call__(self, candidate: Mapping[str, float]) -> Dict[str, float]:
-        from mergekit_expo.errors import ExpoInputError
-
         planned = planned_alphas(self.space.config(self.sft, self.aligned, candidate, self.dtype),
                                  trust_remote_code=self.trust_remote_code)
         alphas = {}

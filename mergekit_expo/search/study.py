@@ -19,16 +19,18 @@ import contextlib
 import functools
 import logging
 import os
-import socket
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
+from mergekit_expo.filesystem import owner_record, owner_state
+from mergekit_expo.interruption import Interrupted, raise_if_interrupted
 from mergekit_expo.search.space import Candidate, Space
+from mergekit_expo.search.trial_roles import DUPLICATE, GRID, REFERENCE, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
 STUDY = "expo-search"
@@ -36,17 +38,6 @@ DEFAULT_STORAGE = "study.db"  # in --out
 JOURNAL_SUFFIX = ".journal"
 ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
 PLAN = "plan"  # the study's --trials, or --alphas and --refine: what its workers search to
-REFERENCE, GRID, SAMPLED, DUPLICATE, SPARE = "reference", "grid", "sampled", "duplicate", "spare"
-
-
-def _optuna():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # The heartbeat runs around each candidate here (ask/tell), as Study.optimize would run it.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    return optuna
 
 
 def storage_url(storage: Optional[str], out: str) -> str:
@@ -312,8 +303,6 @@ class SearchStudy:
         ``more()`` is asked for further candidates once everything enqueued is scored, when the
         plan says ``--refine``; it returns [] when there are none.
         """
-        from mergekit_expo.cli_errors import raise_if_interrupted
-
         states = self.optuna.trial.TrialState
         while True:
             raise_if_interrupted()
@@ -378,10 +367,8 @@ class SearchStudy:
     def _take(self):
         """A trial, with this process named as its owner at once: a rerun on this host can
         then tell a dead owner's trial from a live one without waiting for heartbeats."""
-        from mergekit_expo.atomic_output import _owner_record
-
         trial = self.study.ask()
-        trial.set_user_attr(WORKER, _owner_record())
+        trial.set_user_attr(WORKER, owner_record())
         return trial
 
     def _score(self, trial, candidate: Candidate, evaluate) -> None:
@@ -390,8 +377,6 @@ class SearchStudy:
             with self._heartbeats(trial):
                 row = evaluate(candidate, trial)
         except BaseException as error:
-            from mergekit_expo.cli_errors import Interrupted
-
             if isinstance(error, (Interrupted, KeyboardInterrupt)):
                 # Ctrl-C: give the candidate back before leaving, for another worker or a rerun.
                 self._requeue(trial)
@@ -445,8 +430,6 @@ class SearchStudy:
         """
         from datetime import datetime
 
-        from mergekit_expo.atomic_output import _state
-
         self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
         states = self.optuna.trial.TrialState
         for trial in self.trials():
@@ -454,7 +437,7 @@ class SearchStudy:
                 continue
             owner = trial.user_attrs.get(WORKER)
             if owner:
-                dead = _state(owner) == "gone"
+                dead = owner_state(owner) == "gone"
             else:
                 started = trial.datetime_start
                 dead = started is not None and (datetime.now() - started).total_seconds() > 3 * self.heartbeat
@@ -470,7 +453,3 @@ def last_completed(study: SearchStudy) -> Optional[int]:
     """The trial that completed last: its worker merges --write-best."""
     finished = [t for t in study.completed() if t.datetime_complete is not None]
     return max(finished, key=lambda t: (t.datetime_complete, t.number)).number if finished else None
-
-
-def host() -> str:
-    return socket.gethostname()

