@@ -7,9 +7,7 @@ own unedited card from one a user edited and from a README it never wrote.
 
 import hashlib
 import itertools
-import os
 import re
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Dict, Optional
@@ -17,7 +15,9 @@ from typing import Dict, Optional
 import yaml
 
 from mergekit_expo import manifest
+from mergekit_expo.compat.mergekit import card_generator
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import write_file_atomically
 
 README = "README.md"
 MARK = "<!-- written by mergekit-expo card; sha256 {digest} -->"
@@ -62,7 +62,6 @@ def is_mergekit_card(text: str, config_source: str, name: str) -> bool:
     ``text`` itself: which inputs mergekit took for Hub ids (its ``base_model`` list) and
     the order of its lists (mergekit lists the inputs in set order).
     """
-    import mergekit.card as mergekit_card
     from mergekit.config import MergeConfiguration
 
     front = text.split("\n---\n", 1)[0]
@@ -73,12 +72,8 @@ def is_mergekit_card(text: str, config_source: str, name: str) -> bool:
         return False
     if not isinstance(hub, list) or not all(isinstance(reference, str) for reference in hub):
         return False
-    is_hf = mergekit_card.is_hf
-    mergekit_card.is_hf = set(hub).__contains__  # what mergekit found on the Hub then, not now
-    try:
-        cards = [mergekit_card.generate_card(config, config_source, title) for title in (name, None)]
-    finally:
-        mergekit_card.is_hf = is_hf
+    with card_generator(hub) as generate_card:
+        cards = [generate_card(config, config_source, title) for title in (name, None)]
     return _unordered(text) in map(_unordered, cards)
 
 
@@ -136,17 +131,7 @@ def publish(folder: Path, files: Dict[str, bytes]) -> None:
     --overwrite still knows the folder as its own.
     """
     for name in sorted(files, key=lambda n: n == README):
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(files[name])
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the card from others
-            os.replace(temporary, folder / name)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_file_atomically(folder / name, files[name])
     manifest.record(folder, files)
 
 

@@ -1,5 +1,8 @@
-"""mergekit's planner run without merging (mergekit as in :data:`mergekit_expo.hosts.SUPPORTED`):
-it needs the merged model's config, which ``run_merge`` builds with a private function."""
+"""mergekit's internals (mergekit as in :data:`mergekit_expo.hosts.SUPPORTED`): the planner run
+without merging needs the merged model's config, which ``run_merge`` builds with a private
+function; re-creating mergekit's card offline needs its Hub look-up answered."""
+
+import contextlib
 
 
 def model_out_config(merge_config, arch_info, *, trust_remote_code: bool = False):
@@ -7,3 +10,17 @@ def model_out_config(merge_config, arch_info, *, trust_remote_code: bool = False
     from mergekit.merge import _model_out_config
 
     return _model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def card_generator(hub_ids):
+    """``mergekit.card.generate_card`` with its Hub look-up (``is_hf``) answered by ``hub_ids``:
+    what mergekit found on the Hub when it wrote a card, not what the Hub says now."""
+    import mergekit.card as mergekit_card
+
+    asked = mergekit_card.is_hf
+    mergekit_card.is_hf = set(hub_ids).__contains__
+    try:
+        yield mergekit_card.generate_card
+    finally:
+        mergekit_card.is_hf = asked

@@ -30,11 +30,11 @@ def storage_record(storage: Optional[str]) -> Optional[str]:
 
 def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
     """Refuse a search whose study is not the one whose reports (or study.db) ``out_dir`` holds."""
-    from mergekit_expo.search.results import RESULTS, _read, differences
+    from mergekit_expo.search.results import RESULTS, differences, read_json
     from mergekit_expo.search.study import DEFAULT_STORAGE
 
     out = Path(out_dir)
-    saved = _read(out / RESULTS) if (out / RESULTS).is_file() else {}
+    saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
     if not isinstance(saved, dict):
         raise ExpoConfigError(f"{out / RESULTS} is not a search's results: use another --out")
     has_study = (out / DEFAULT_STORAGE).is_file()

@@ -93,7 +93,7 @@ class SearchResults:
         path = Path(folder)
         if not (path / RESULTS).is_file():
             raise ExpoConfigError(f"{folder} holds no {RESULTS}: pass the --out folder of a `mergekit-expo search`")
-        saved = _read(path / RESULTS)
+        saved = read_json(path / RESULTS)
         try:
             rows = [AlphaResult(**row) for row in saved["results"]]
             settings, about = saved["settings"], saved.get("about") or {}
@@ -296,7 +296,7 @@ class SearchResults:
         return "\n".join(lines)
 
 
-def _read(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError:
