@@ -131,6 +131,28 @@ def private_uses(path: Path, own: str) -> List[str]:
     return sorted(found)
 
 
+def own_private_names(package: Path) -> set:
+    """Private names the package defines itself: functions, classes, attributes it assigns."""
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {name for name in names if _private(name)}
+
+
+def foreign_private_attributes(path: Path, own: set) -> List[str]:
+    """``obj._name`` on another object, where ``_name`` is nothing the package defines:
+    another library's private attribute (optuna's ``trial._trial_id``, say)."""
+    return sorted(f"{node.lineno}: {ast.unparse(node)}" for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own
+                  and getattr(node.value, "id", None) not in ("self", "cls"))
+
+
 def test_no_import_cycle():
     cycle = find_cycle(import_graph(PACKAGE))
     assert cycle is None, " -> ".join(cycle)
@@ -148,8 +170,10 @@ def test_no_module_imports_another_modules_private_names():
 
 def test_other_libraries_internals_only_in_compat():
     compat = f"{PACKAGE.name}.compat"
+    own = own_private_names(PACKAGE)
     outside = [(path, use) for name, path in modules(PACKAGE).items()
-               if name != compat and not name.startswith(f"{compat}.") for use in private_uses(path, PACKAGE.name)]
+               if name != compat and not name.startswith(f"{compat}.")
+               for use in [*private_uses(path, PACKAGE.name), *foreign_private_attributes(path, own)]]
     assert not outside, "\n".join(f"{path.relative_to(PACKAGE.parent)}:{use}" for path, use in outside)
 
 
@@ -171,3 +195,6 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert found == {"mergekit.merge._model_out_config", "sets lm_eval.evaluator.get_git_commit_hash",
                      "transformers.conversion_mapping.get_model_conversion_mapping", "torch._C",
                      "torch._C.x", "task._filters"}, found
+    (package / "d.py").write_text("def f(trial, engine):\n    trial._trial_id\n    engine._mine\n"
+                                  "class E:\n    def _mine(self):\n        self._x = 1\n")
+    assert foreign_private_attributes(package / "d.py", own_private_names(package)) == ["2: trial._trial_id"]

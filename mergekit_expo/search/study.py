@@ -19,12 +19,12 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from mergekit_expo.compat.optuna import fail_trial, heartbeats, rdb_storage
 from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import owner_record, owner_state
@@ -103,9 +103,7 @@ def open_storage(url: str, heartbeat: int):
     check_driver(url)
     for attempt in range(10):
         try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+            return rdb_storage(url, heartbeat)
         except Exception as error:  # noqa: BLE001
             # Workers started together race to create the tables: the loser finds them made.
             racing = ("already exists", "UNIQUE constraint failed", "database is locked")
@@ -374,7 +372,7 @@ class SearchStudy:
     def _score(self, trial, candidate: Candidate, evaluate) -> None:
         states = self.optuna.trial.TrialState
         try:
-            with self._heartbeats(trial):
+            with heartbeats(self.storage, trial, self.heartbeat):
                 row = evaluate(candidate, trial)
         except BaseException as error:
             if isinstance(error, (Interrupted, KeyboardInterrupt)):
@@ -394,30 +392,6 @@ class SearchStudy:
     def _requeue(self, trial) -> None:
         attributes = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, CANDIDATE)}
         self.study.enqueue_trial(dict(trial.params), user_attrs=attributes)
-
-    @contextlib.contextmanager
-    def _heartbeats(self, trial):
-        """optuna's heartbeat for this trial while it is scored (database storages)."""
-        storage = self.storage
-        if not isinstance(storage, self.optuna.storages.RDBStorage):
-            yield
-            return
-        stop = threading.Event()
-
-        def beat():
-            while True:
-                with contextlib.suppress(Exception):
-                    storage.record_heartbeat(trial._trial_id)
-                if stop.wait(self.heartbeat):
-                    return
-
-        thread = threading.Thread(target=beat, name="expo-search-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     @storage_failures
     def _recover(self) -> None:
@@ -445,7 +419,7 @@ class SearchStudy:
                 continue
             # Two workers may both do this: the second copy is then a duplicate, pruned unscored.
             with contextlib.suppress(Exception):  # another worker failed it first
-                self.storage.set_trial_state_values(trial._trial_id, states.FAIL)
+                fail_trial(self.storage, trial)
                 self._requeue(trial)
 
 
