@@ -28,11 +28,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from fp64_reference import round_once  # noqa: E402  (never torch's two-rounding conversion)
-from process_tree import measure  # noqa: E402
-from random_pair import write_random_pair  # noqa: E402
 
 from mergekit_expo.checkpoint import read_tensor, shard_of  # noqa: E402
 from mergekit_expo.synthetic import PairSpec  # noqa: E402
+from process_tree import measure  # noqa: E402
+from random_pair import write_random_pair  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent
@@ -97,8 +97,8 @@ def fidelity(out: Path, sft: Path, aligned: Path, alpha: float) -> float:
 
 
 def machine() -> str:
-    memory = next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]
-    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    memory = next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]
+    cpu = next((line.split(":")[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     return (f"{os.cpu_count()} cores ({cpu}), {int(memory) / 2**20:.0f} GiB RAM, torch "
             f"{torch.__version__}, Python {platform.python_version()}")
 

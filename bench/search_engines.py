@@ -162,7 +162,7 @@ def vllm_rows(work, sft, aligned, prompts, rows, judge, new_tokens):
         tokenizer = llm.get_tokenizer()
         encoded = [encode_prompt(tokenizer, p) for p in prompts]
 
-        def rewards():
+        def rewards(llm=llm, tokenizer=tokenizer, encoded=encoded):
             outputs = llm.generate([{"prompt_token_ids": p} for p in encoded],
                                    vllm.SamplingParams(max_tokens=new_tokens, temperature=0.0), use_tqdm=False)
             answers = [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outputs]
@@ -171,7 +171,7 @@ def vllm_rows(work, sft, aligned, prompts, rows, judge, new_tokens):
         pairs = [{"prompt_token_ids": encode_prompt(tokenizer, r["prompt"]) + encode_answer(tokenizer, r[k])}
                  for r in rows for k in ("chosen", "rejected")]
         plain_seconds["reward"].append(timed(rewards)[0])
-        plain_seconds["preference"].append(timed(lambda: llm.generate(
+        plain_seconds["preference"].append(timed(lambda llm=llm, pairs=pairs: llm.generate(
             pairs, vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False))[0])
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -182,7 +182,7 @@ def vllm_rows(work, sft, aligned, prompts, rows, judge, new_tokens):
     for name, scorer in scorers.items():
         per_alpha, updates = [], []
         for alpha in ALPHAS:
-            seconds, _ = timed(lambda: (engine.set_alpha(alpha), scorer(engine)))
+            seconds, _ = timed(lambda alpha=alpha, scorer=scorer: (engine.set_alpha(alpha), scorer(engine)))
             per_alpha.append(seconds)
             updates.append(engine.update_seconds)
         found[name] = (statistics.median(plain_seconds[name]), statistics.median(per_alpha),
@@ -212,8 +212,8 @@ def main():
     spec = PairSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
                     num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 64), delta_scale=0.05)
     sft, aligned = make_inputs(work, spec, args.prompts)
-    prompts = [json.loads(l)["prompt"] for l in (work / "prompts.jsonl").read_text().splitlines()]
-    rows = [json.loads(l) for l in (work / "prefs.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (work / "prefs.jsonl").read_text().splitlines()]
     judge = RewardModel(str(work / "rm"), device=args.device, batch_size=args.batch_size)
     if args.engine == "vllm":
         found, started = vllm_rows(work, sft, aligned, prompts, rows, judge, args.new_tokens)

@@ -19,11 +19,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import pair_for  # noqa: E402
-
 from mergekit_expo.search.hf_engine import HFEngine  # noqa: E402
 from mergekit_expo.search.scorers import PreferenceScorer  # noqa: E402
 from mergekit_expo.synthetic import BASE_VOCAB, SPECIAL, write_tokenizer  # noqa: E402
+from run import pair_for  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).parent

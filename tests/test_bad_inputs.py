@@ -6,9 +6,9 @@ import os
 import pickle
 import resource
 import shutil
-import sys
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -201,7 +201,7 @@ def test_run_gives_one_line(name, tmp_path, llama_pair):
     before = snapshot(tmp_path)
     result = invoke("run", config, out, cwd=tmp_path)  # in this process: see test_data_safety
     assert result.returncode == 1
-    lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
     assert not looks_finished(out) and not out.exists()
@@ -434,7 +434,7 @@ def test_search_gives_one_line(name, search_workspace, llama_pair):
     before = snapshot(search_workspace)
     result = invoke("search", *models, "--alphas", "0,0.5", *arguments, cwd=search_workspace)
     assert result.returncode == 1, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(search_workspace) == before

@@ -452,7 +452,8 @@ def test_two_runs_into_one_output_publish_one_and_refuse_the_other(workspace):
     results = {alpha: (p.wait(timeout=600), p.stderr.read()) for alpha, p in runs.items()}
     assert sorted(code for code, _ in results.values()) == [0, 1], results
     winner = next(alpha for alpha, (code, _) in results.items() if code == 0)
-    loser_errors = [l for l in results[0.5 if winner == 0.9 else 0.9][1].splitlines() if l.startswith("Error:")]
+    loser_output = results[0.5 if winner == 0.9 else 0.9][1]
+    loser_errors = [line for line in loser_output.splitlines() if line.startswith("Error:")]
     assert len(loser_errors) == 1 and any(reason in loser_errors[0] for reason in (
         "is writing ./out", "./out was created while the command ran", "./out already exists")), loser_errors
     assert f"alpha: {winner}" in (workspace / "out" / "mergekit_config.yml").read_text()

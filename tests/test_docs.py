@@ -36,7 +36,8 @@ DEFAULT_COMMANDS = {
 }
 # Third-party tools the docs show, with the options they use (not introspected here).
 THIRD_PARTY_OPTIONS = {
-    "pip": {"-e", "--editable", "-U", "--upgrade", "--no-deps", "--require-hashes", "--no-build-isolation", "--index-url", "--extra-index-url", "-y"},
+    "pip": {"-e", "--editable", "-U", "--upgrade", "--no-deps", "--require-hashes", "--no-build-isolation",
+            "--index-url", "--extra-index-url", "-y"},
     "ray": {"--head", "--address", "--num-gpus"},
     "ulimit": {"-f"},
     "hf": {"--repo-type", "--revision", "--private", "--token"},

@@ -7,9 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from conftest import BIN, REPO, cli_env, expo_config, write_yaml
 

@@ -121,7 +121,7 @@ def test_bad_adapters(tmp_path, sft_dir, kind, message):
     folder = bad_adapter(kind, tmp_path, sft_dir)
     result = run_cli("mergekit-expo", "lora", folder, tmp_path / "out", check=False)
     assert result.returncode != 0
-    errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 

@@ -5,9 +5,9 @@ import json
 import re
 import shlex
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from conftest import REPO, invoke, run_cli, snapshot
 from postgres_server import PASSWORD

@@ -41,6 +41,6 @@ def test_engine_vllm_without_vllm_names_the_extra(tmp_path, llama_pair):
     data.write_text('{"prompt": "w1", "chosen": "w2", "rejected": "w3"}\n')
     result = run_cli("mergekit-expo", "search", *llama_pair, "--engine", "vllm", "--data", data,
                      "--out", tmp_path / "o", check=False)
-    errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert "mergekit-expo[vllm]" in errors[0] and "--engine hf" in errors[0]

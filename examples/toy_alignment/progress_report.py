@@ -55,7 +55,8 @@ def test_chart(path, seeds):
     fractions = sorted(seeds[0]["dev"])
     figure, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 4), sharey=True, squeeze=False)
     for axis, s in zip(axes[0], seeds):
-        for index, (name, color) in enumerate((("DPO checkpoint", "tab:blue"), ("+ ExPO (dev-chosen α)", "tab:orange"))):
+        curves = (("DPO checkpoint", "tab:blue"), ("+ ExPO (dev-chosen α)", "tab:orange"))
+        for index, (name, color) in enumerate(curves):
             values = [s["test"][f][index] for f in fractions]
             axis.errorbar([100 * f for f in fractions], [v[0] for v in values],
                           yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],

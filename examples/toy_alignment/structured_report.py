@@ -131,7 +131,8 @@ def picture(path: Path, table: list, seeds: list) -> None:
         for offset, arm in enumerate(("e", "a", "b", "c", "d")):
             x = [100 * r["fraction"] * (1 + 0.04 * (offset - 2)) for r in rows]  # spread on a log axis
             y = [r[arm]["test"] for r in rows]
-            errors = [[r[arm]["test"] - r[arm]["ci"][0] for r in rows], [r[arm]["ci"][1] - r[arm]["test"] for r in rows]]
+            errors = [[r[arm]["test"] - r[arm]["ci"][0] for r in rows],
+                      [r[arm]["ci"][1] - r[arm]["test"] for r in rows]]
             axis.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=NAMES[arm])
         axis.set(xscale="log", title=f"seed {seed}", xlabel="DPO progress (% of steps)")
         axis.set_xticks([100 * r["fraction"] for r in rows], [f"{100 * r['fraction']:.0f}" for r in rows])

@@ -1,9 +1,9 @@
 """mergekit-expo lora and search beside each host venv's merge host and transformers."""
 
 import torch
+from host_table import PRESENT, error_lines, run_host
 
 from conftest import load_folder, make_adapter
-from host_table import PRESENT, error_lines, run_host
 
 ALPHA = 0.3
 

@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 import torch
+from host_table import PRESENT, error_lines, layer_of, run_host
 
 from conftest import CONFIGS, load_folder, write_yaml
 from fp64_reference import fidelity
-from host_table import PRESENT, error_lines, layer_of, run_host
 
 if [str(h) for h in PRESENT] != ["mergekit-0.1.4"]:
     pytest.fail(f"this file runs beside mergekit 0.1.4 alone, found {PRESENT}", pytrace=False)

@@ -3,9 +3,9 @@ what needs mergekit refuses in one line that names mergekitty and what to use.""
 
 import pytest
 import torch
+from host_table import PRESENT, error_lines, run_host
 
 from conftest import CONFIGS
-from host_table import PRESENT, error_lines, run_host
 
 if [h.name for h in PRESENT] != ["mergekitty"]:
     pytest.fail(f"this file runs beside mergekitty alone, found {PRESENT}", pytrace=False)

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from host_table import PRESENT, error_lines, gradient_alpha, layer_of, run_host
 
 from conftest import CONFIGS, cli_env, load_folder, write_yaml
 from fp64_reference import fidelity
-from host_table import PRESENT, error_lines, gradient_alpha, layer_of, run_host
 
 assert PRESENT, "no merge host in this venv: build it with bash scripts/setup.sh --hosts"
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from host_table import PRESENT, run_host
 
 from conftest import CONFIGS, cli_env, load_folder
 from fp64_reference import fidelity
-from host_table import PRESENT, run_host
 
 if [h.name for h in PRESENT] != ["mergekit", "mergekitty"]:
     pytest.fail(f"this file runs with mergekit and mergekitty, found {PRESENT}", pytrace=False)

@@ -142,7 +142,7 @@ def test_bad_vllm_inputs(pair, pair_factory, tmp_path):
     for models, options, message in cases:
         result = run_cli("mergekit-expo", "search", *models, "--engine", "vllm", "--data", data,
                          *options, "--out", tmp_path / "o", check=False)
-        errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
 
 
@@ -150,7 +150,6 @@ def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, engin
     """A module+depth candidate (filters and gradients) set in place through vLLM's loader
     gives what vLLM loaded from the `mergekit-yaml` output of its best.yml gives."""
     from conftest import write_yaml
-
     from mergekit_expo.search.command import model_space
     from mergekit_expo.search.sampling import Sampling
     from mergekit_expo.search.settings import SearchSettings
