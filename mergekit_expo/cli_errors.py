@@ -13,9 +13,12 @@ import sys
 import click
 
 from mergekit_expo.errors import ExpoError
-from mergekit_expo.interruption import Interrupted, on_signal, received
-from mergekit_expo.interruption import raise_if_interrupted  # noqa: F401 (the search's loop imports it here)
-
+from mergekit_expo.interruption import (
+    Interrupted,
+    on_signal,
+    raise_if_interrupted,  # noqa: F401 (the search's loop imports it here)
+    received,
+)
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
 
@@ -65,7 +68,8 @@ def describe(error: Exception) -> str:
         return str(error)
     code = _os_error_code(error)
     if code == errno.ENOSPC:
-        return "no space left on the device while writing the output: free disk space or write to another disk"
+        return ("no space left on the device while writing the output: free disk space or write to "
+                "another disk")
     if code == errno.EFBIG:
         return (
             "an output file exceeds the file size limit: raise `ulimit -f` or use a "

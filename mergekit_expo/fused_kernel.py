@@ -40,7 +40,8 @@ def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float)
     if len(spans) <= 1:
         kernel(sft_bits, aligned_bits, out_bits, float(alpha))
         return out
-    work = [_pool(threads).submit(kernel, sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)) for s in spans]
+    pool = _pool(threads)
+    work = [pool.submit(kernel, sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)) for s in spans]
     for future in work:
         future.result()
     return out
@@ -79,7 +80,8 @@ def _self_check(kernel) -> None:
     # (up), where rounding through fp32 to nearest first would make it a tie (down).
     sft = torch.tensor([1.0078125, -1.0078125, 0.0], dtype=torch.bfloat16)
     aligned = torch.tensor([1.015625, -1.015625, 1.0], dtype=torch.bfloat16)
-    for alpha, expected in ((0.5, [1.015625, -1.015625, 1.5]), (0.5 + 2.0 ** -30, [1.0234375, -1.0234375, 1.5])):
+    cases = ((0.5, [1.015625, -1.015625, 1.5]), (0.5 + 2.0 ** -30, [1.0234375, -1.0234375, 1.5]))
+    for alpha, expected in cases:
         out = torch.empty_like(aligned)
         kernel(_bits(sft), _bits(aligned), _bits(out), alpha)
         if out.tolist() != expected:

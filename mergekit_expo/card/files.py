@@ -82,7 +82,8 @@ def _unordered(card: str) -> str:
     head, fence, config = card.partition("```yaml\n")
     lines = []
     for is_item, run in itertools.groupby(head.split("\n"), key=lambda line: line.startswith(("- ", "* "))):
-        lines.extend(sorted(run) if is_item else run)
+        group = list(run)
+        lines.extend(sorted(group) if is_item else group)
     return "\n".join(lines) + fence + config
 
 
@@ -97,7 +98,8 @@ def kept_search_section(folder: Path) -> Optional[str]:
     return text[start:text.index(f"\n{CONFIGURATION}\n", start)] if start else None
 
 
-def check_card_targets(folder: Path, config_source: str, new_files: Dict[str, bytes], *, overwrite: bool) -> None:
+def check_card_targets(folder: Path, config_source: str, new_files: Dict[str, bytes], *,
+                       overwrite: bool) -> None:
     """Refuse, in one line, to replace anything the user may have written."""
     kind = readme_kind(folder, config_source)
     where = folder / README

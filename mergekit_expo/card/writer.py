@@ -64,7 +64,8 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
         plot = results.folder / PLOT
         if plot.is_file():
             files[PLOT] = plot.read_bytes()
-        section = search_section(results, _searched_stage(results, lineage), plot=PLOT if PLOT in files else None)
+        section = search_section(results, _searched_stage(results, lineage),
+                                 plot=PLOT if PLOT in files else None)
     files[README] = marked(str(_card(folder, lineage, section, kept))).encode("utf-8")
     return files
 
@@ -123,7 +124,8 @@ def _pipeline_lines(lineage: Lineage):
             lines.append(f"{label}: ExPO (below)")
             continue
         base = stage.config.base_model
-        inputs = [f"{model.markdown} (base)" if base is not None and model.text == str(base) else model.markdown
+        inputs = [f"{model.markdown} (base)" if base is not None and model.text == str(base)
+                  else model.markdown
                   for model in stage.inputs]
         lines.append(f"{label}: {method_markdown(stage.config.merge_method)} of {', '.join(inputs)}")
     return lines

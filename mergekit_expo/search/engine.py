@@ -49,11 +49,12 @@ class Engine(ABC):
         """The transformers model whose weights it sets in place (lm-eval wraps it), else None."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: engines without resources keep it
         """Free the engine's resources (processes, GPU memory)."""
 
 
-ENGINES = {"hf": "mergekit_expo.search.hf_engine:HFEngine", "vllm": "mergekit_expo.search.vllm_engine:VLLMEngine"}
+ENGINES = {"hf": "mergekit_expo.search.hf_engine:HFEngine",
+           "vllm": "mergekit_expo.search.vllm_engine:VLLMEngine"}
 
 
 def make_engine(name: str, sft: str, aligned: str, **options) -> Engine:

@@ -59,7 +59,8 @@ class VLLMEngine(Engine):
             self.llm = vllm.LLM(**options)
         except Exception as error:  # noqa: BLE001 - vLLM's start-up failures become one line
             raise ExpoInputError(why_vllm_did_not_start(error, aligned)) from error
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned, trust_remote_code=trust_remote_code)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned,
+                                                                    trust_remote_code=trust_remote_code)
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self.update_seconds = None
         self.probe = self._weight_probe()
@@ -70,7 +71,8 @@ class VLLMEngine(Engine):
                       for held in self.llm.collective_rpc("expo_held")]
         held = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in per_worker[0].items()
                 if all(worker.get(name) == (shape, dtype) for worker in per_worker)}
-        checkpoint = ExpoCheckpoint(self.sft, self.aligned, getattr(torch, self.dtype) if self.dtype else None)
+        dtype = getattr(torch, self.dtype) if self.dtype else None
+        checkpoint = ExpoCheckpoint(self.sft, self.aligned, dtype)
         return WeightProbe(checkpoint, held, engine="vllm")
 
     def set_alphas(self, alphas) -> None:
@@ -164,6 +166,9 @@ def _cuda_visible() -> bool:
 
 
 def _core_sets(size: int) -> List[str]:
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+    if hasattr(os, "sched_getaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+    else:
+        cores = list(range(os.cpu_count()))
     per = max(1, len(cores) // size)
     return [",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(size)]
