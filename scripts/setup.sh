@@ -31,7 +31,7 @@ with_torch() {  # venv folder: create it, install pip and hatchling, then the pi
   local venv=$1
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   if [ "$LOCKED" = 1 ]; then pip_in "$venv" --require-hashes -r locks/tools.txt
-  else pip_in "$venv" --upgrade pip hatchling; fi
+  else pip_in "$venv" --upgrade pip hatchling editables; fi
   # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
   pip_in "$venv" "$TORCH_SPEC"
 }
