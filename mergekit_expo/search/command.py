@@ -51,10 +51,8 @@ def check_search_outputs(s, sft, aligned, settings):
         raise ExpoConfigError(f"--out {s.out} is a file: choose a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file() \
             and not (out / DEFAULT_STORAGE).is_file():
-        raise ExpoConfigError(
-            f"--out {s.out} already holds files that are not an α search (no {RESULTS}): "
-            "choose a new or empty folder"
-        )
+        raise ExpoConfigError(f"--out {s.out} already holds files that are not an α search (no {RESULTS}): "
+                              "choose a new or empty folder")
     check_owner(s.out, s.storage, settings)
     check_writable_parent(out)
     if s.write_best:
@@ -93,8 +91,8 @@ def read_models(s, sft, aligned):
     reward_folder = hub.resolve(s.reward_model, "reward model")
     check_pair(sft_folder, aligned_folder)
     check_tokenizer(aligned_folder, "aligned")
-    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder) or same_weights(sft_folder,
-                                                                                        aligned_folder):
+    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder) \
+            or same_weights(sft_folder, aligned_folder):
         LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
                     "weights): there is no alignment update, every α scores the aligned model",
                     sft, aligned)
@@ -127,15 +125,15 @@ def make_scorers(s, identity: dict, reward_folder, device):
     return scoring, guarding
 
 
-def report(results, reports, log) -> None:
+def report(s, results, reports, log, device, checked) -> None:
+    """What the search found; with --write-best, the worker that scored the last candidate
+    merges the best one (one worker writes it)."""
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
     click.echo(f"this worker scored {len(log.scored)} candidate{'s' if len(log.scored) != 1 else ''} "
                f"and waited {log.idle_seconds:.1f} s for other workers' candidates", err=True)
-
-
-def write_best(s, results, reports, log, device, checked) -> None:
-    """Merge the best candidate, in the worker that scored the last one: one worker writes it."""
+    if not s.write_best:
+        return
     if log.scored and log.last_completed not in log.scored:
         click.echo(f"the worker that scored the last candidate merges {reports['best']} into "
                    f"{s.write_best}", err=True)
@@ -178,6 +176,4 @@ def search_command(sft, aligned, settings):
         s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
         about={"data_file": s.data and os.path.abspath(s.data)},
         open_engine=lambda: make_engine(s.engine, sft_folder, aligned_folder, **s.engine_options(device)))
-    report(results, reports, log)
-    if s.write_best:
-        write_best(s, results, reports, log, device, best_output)
+    report(s, results, reports, log, device, best_output)

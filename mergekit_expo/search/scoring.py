@@ -45,8 +45,7 @@ class Scorer(ABC):
         """``progress(total)``: a tqdm-like bar for the engine's batches."""
 
     def settings(self) -> dict:
-        """What else makes two searches with this scorer the same (saved with results.json's
-        settings); empty adds nothing, so searches saved without it still resume."""
+        """What else makes two searches with it the same; {} adds nothing to results.json's settings."""
         return {}
 
 

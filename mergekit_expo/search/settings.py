@@ -32,8 +32,9 @@ def _positive(context, parameter, value):
     return value
 
 
-def _option(group: str, default: Any = None, *, flags: Optional[str] = None, **click_options):
-    """A settings field that is also a click option shown under ``group``."""
+def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), **click_options):
+    """A settings field that is also a click option shown under ``group`` (``flags``: its own,
+    else ``--field-name``)."""
     return Field(default, json_schema_extra={"group": group, "flags": flags, "click": click_options})
 
 
@@ -80,12 +81,12 @@ class SearchSettings(BaseModel):
     trust_remote_code: bool = _option("Engine", False, is_flag=True,
                                       help="Run model code from the checkpoints (danger)")
     # -- Generation -------------------------------------------------------------------------
-    preset: Optional[str] = _option("Generation", type="presets",
+    preset: Optional[str] = _option("Generation", type=click.Choice(sorted(PRESETS)),
                                     help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
                                          "penalties 0.1, up to 2048 tokens); options below override it")
     max_new_tokens: Optional[int] = _option("Generation", type=int,
                                             help="Answer length (reward-model scorer)  [default: 64]")
-    sample: Optional[bool] = _option("Generation", flags="--sample/--greedy",
+    sample: Optional[bool] = _option("Generation", flags=("--sample/--greedy",),
                                      help="Seeded sampling or greedy decoding  [default: greedy]")
     temperature: Optional[float] = _option("Generation", type=float, help="Sampling temperature  [default: 1.0]")
     top_p: Optional[float] = _option("Generation", type=float, help="Nucleus sampling mass  [default: 1.0]")
@@ -115,14 +116,15 @@ class SearchSettings(BaseModel):
                              help="Seconds between a worker's heartbeats; a candidate whose worker missed "
                                   "3 is scored again by another (database storages)")
     # -- Output -----------------------------------------------------------------------------
-    out: str = _option("Output", "./expo-search", flags="--out", show_default=True, type=click.Path(),
+    out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning resumes it")
     write_best: Optional[str] = _option("Output", type=click.Path(),
                                         help="Merge the best candidate with mergekit into this folder")
     overwrite: bool = _option("Output", False, is_flag=True,
                               help="Let --write-best replace a model mergekit-expo wrote there, unchanged "
                                    "(never an input)")
-    verbose: bool = _option("Output", False, flags="-v/--verbose", is_flag=True, help="Show tracebacks on errors")
+    verbose: bool = _option("Output", False, flags=("-v", "--verbose"), is_flag=True,
+                            help="Show tracebacks on errors")
 
     # Not an option: the names of those given on the command line (not defaults), for the
     # rules about options given with the wrong engine.
@@ -240,21 +242,10 @@ class SearchSettings(BaseModel):
                     lm_eval_options=self.lm_eval_options())
 
     def engine_options(self, device: str) -> dict:
-        """make_engine's options: each engine gets its own only."""
-        if self.engine == "hf":
-            return dict(dtype=self.dtype, trust_remote_code=self.trust_remote_code, device=device,
-                        batch_size=self.batch_size)
-        return dict(dtype=self.dtype, trust_remote_code=self.trust_remote_code, seed=self.seed,
-                    tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len)
-
-
-def _declarations(name: str, flags: Optional[str]):
-    if flags is None:
-        return [f"--{name.replace('_', '-')}", name]
-    if flags.startswith("-v/"):
-        return ["-v", "--verbose", name]
-    return [flags, name]
+        """make_engine's options: each engine gets its own only (``device``: the resolved --device)."""
+        own = {name: getattr(self, name) for name in ENGINE_OPTIONS[self.engine]}
+        own.update({"device": device} if self.engine == "hf" else {"seed": self.seed})
+        return dict(own, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
 
 def search_options(command: Callable) -> Callable:
@@ -270,13 +261,10 @@ def search_options(command: Callable) -> Callable:
     for name, field in reversed(list(SearchSettings.model_fields.items())):
         if field.json_schema_extra is None:
             continue  # not an option
-        extra = dict(field.json_schema_extra)
-        options = dict(extra["click"])
-        if options.get("type") == "presets":
-            options["type"] = click.Choice(sorted(PRESETS))
+        options, flags = dict(field.json_schema_extra["click"]), field.json_schema_extra["flags"]
         if field.default is not None and "is_flag" not in options:
             options["default"] = field.default
-        wrapper = click.option(*_declarations(name, extra["flags"]), **options)(wrapper)
+        wrapper = click.option(*(flags or [f"--{name.replace('_', '-')}"]), name, **options)(wrapper)
     return wrapper
 
 
@@ -284,21 +272,12 @@ class GroupedHelp(click.Command):
     """``--help`` in named sections, as mergekit shows its own options."""
 
     def format_options(self, ctx, formatter) -> None:
-        sections: Dict[str, list] = {group: [] for group in GROUPS}
-        other = []
+        sections: Dict[str, list] = {group: [] for group in (*GROUPS, "Other")}
         for parameter in self.get_params(ctx):
-            record = parameter.get_help_record(ctx)
-            if record is None:
-                continue
-            if parameter.name in SearchSettings.model_fields:
-                group = SearchSettings.model_fields[parameter.name].json_schema_extra["group"]
-                sections[group].append(record)
-            else:
-                other.append(record)
-        for group in GROUPS:
-            if sections[group]:
+            record, field = parameter.get_help_record(ctx), SearchSettings.model_fields.get(parameter.name)
+            if record is not None:
+                sections[field.json_schema_extra["group"] if field else "Other"].append(record)
+        for group, records in sections.items():
+            if records:
                 with formatter.section(f"{group} options"):
-                    formatter.write_dl(sections[group])
-        if other:
-            with formatter.section("Other options"):
-                formatter.write_dl(other)
+                    formatter.write_dl(records)
