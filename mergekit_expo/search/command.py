@@ -58,7 +58,6 @@ def check_search_outputs(s, sft, aligned, settings):
     if s.write_best:
         return check_output(s.write_best, reads=[*inputs, ("the search folder", s.out)], kind="model",
                             command="mergekit-expo search --write-best", overwrite=s.overwrite)
-    return None
 
 
 def check_installed(s) -> None:
@@ -91,8 +90,7 @@ def read_models(s, sft, aligned):
     reward_folder = hub.resolve(s.reward_model, "reward model")
     check_pair(sft_folder, aligned_folder)
     check_tokenizer(aligned_folder, "aligned")
-    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder) \
-            or same_weights(sft_folder, aligned_folder):
+    if same_weights(sft_folder, aligned_folder):
         LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
                     "weights): there is no alignment update, every α scores the aligned model",
                     sft, aligned)
@@ -103,12 +101,11 @@ def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space for these models and the resolver of its candidates (through mergekit)."""
     names = sorted(shard_of(Path(aligned_folder)))
     model_type = json.loads((Path(aligned_folder) / "config.json").read_text()).get("model_type")
+    groups = names  # module spaces group what mergekit's planner gives α, not the checkpoint's names
     if settings.space in ("module", "module+depth"):
-        planned = planned_alphas(Space("scalar").config(sft_folder, aligned_folder, {"alpha": 0.0}),
-                                 trust_remote_code=settings.trust_remote_code)
-        space = make_space(settings.space, sorted(planned))
-    else:
-        space = make_space(settings.space, names)
+        groups = sorted(planned_alphas(Space("scalar").config(sft_folder, aligned_folder, {"alpha": 0.0}),
+                                       trust_remote_code=settings.trust_remote_code))
+    space = make_space(settings.space, groups)
     resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names, model_type=model_type,
                                  dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
                                  named=(hub.model_reference(sft), hub.model_reference(aligned)))
@@ -117,7 +114,9 @@ def model_space(settings, sft_folder, aligned_folder, sft, aligned):
 
 def make_scorers(s, identity: dict, reward_folder, device):
     """The scorer and the guard (None without one); their own settings join the search's identity."""
-    options = s.scorer_options(reward_folder, device)
+    options = dict(data=s.data, reward_model=reward_folder, sampling=s.sampling, device=device,
+                   batch_size=s.batch_size, trust_remote_code=s.trust_remote_code,
+                   lm_eval_options=s.lm_eval_options())
     scoring, guarding = (make_scorer(spec, **options) if spec else None for spec in (s.scorer, s.guard))
     for role, used in (("scorer", scoring), ("guard", guarding)):
         if used is not None and used.settings():  # lm-eval: tasks, metrics, limit, few-shot

@@ -126,9 +126,7 @@ class SearchSettings(BaseModel):
     verbose: bool = _option("Output", False, flags=("-v", "--verbose"), is_flag=True,
                             help="Show tracebacks on errors")
 
-    # Not an option: the names of those given on the command line (not defaults), for the
-    # rules about options given with the wrong engine.
-    given: FrozenSet[str] = frozenset()
+    given: FrozenSet[str] = frozenset()  # not an option: those given on the command line, not defaults
 
     # -- Rules across options, one line each (ExpoError is no ValueError: pydantic passes it on) --
     @model_validator(mode="after")
@@ -180,12 +178,12 @@ class SearchSettings(BaseModel):
     @model_validator(mode="after")
     def check_engine(self) -> "SearchSettings":
         """An option of the other engine given, then the sampling's own rules."""
-        for owner, names in ENGINE_OPTIONS.items():
-            if owner == self.engine or (owner == "hf" and "reward-model" in (self.scorer, self.guard)):
-                continue  # with vLLM, --device and --batch-size place and batch the reward model
-            for name in (name for name in names if name in self.given):
-                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {owner}, "
-                                      f"not of --engine {self.engine}: drop it, or use --engine {owner}")
+        other = "vllm" if self.engine == "hf" else "hf"
+        # with vLLM, --device and --batch-size place and batch the reward model
+        if other == "vllm" or "reward-model" not in (self.scorer, self.guard):
+            for name in (name for name in ENGINE_OPTIONS[other] if name in self.given):
+                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {other}, "
+                                      f"not of --engine {self.engine}: drop it, or use --engine {other}")
         self.sampling  # noqa: B018
         return self
 
@@ -234,12 +232,6 @@ class SearchSettings(BaseModel):
                     trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
                     sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
                     storage=self.storage, heartbeat=self.heartbeat)
-
-    def scorer_options(self, reward_model: Optional[str], device: str) -> dict:
-        """make_scorer's options; ``reward_model``: its local folder."""
-        return dict(data=self.data, reward_model=reward_model, sampling=self.sampling, device=device,
-                    batch_size=self.batch_size, trust_remote_code=self.trust_remote_code,
-                    lm_eval_options=self.lm_eval_options())
 
     def engine_options(self, device: str) -> dict:
         """make_engine's options: each engine gets its own only (``device``: the resolved --device)."""
