@@ -70,7 +70,7 @@ def same_files(first: Hashable, second: Hashable) -> bool:
     paths = [_local_path(i) for i in (first, second)]
     if None in paths:
         return False
-    return os.path.realpath(paths[0]) == os.path.realpath(paths[1]) or same_weights(*paths)
+    return same_weights(*paths)
 
 
 def _local_path(input_id: Hashable) -> Optional[str]:

@@ -22,6 +22,11 @@ def is_hub_id(reference: str) -> bool:
     return path.count("/") == 1 and all(path.split("/"))
 
 
+def model_reference(reference: str) -> str:
+    """How results.json and best.yml name a model: the Hub id as given, else an absolute path."""
+    return reference if is_hub_id(reference) else os.path.abspath(reference)
+
+
 def resolve(reference: Optional[str], role: str) -> Optional[str]:
     """A local folder for ``reference``: itself if it is a path, else its Hub snapshot."""
     if reference is None or not is_hub_id(reference):

@@ -1,6 +1,7 @@
 """Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
 
 import json
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -120,7 +121,9 @@ def _check_safetensors(file: Path) -> None:
 def same_weights(first, second) -> bool:
     """True if two model folders hold byte-identical weight files: one checkpoint under two
     names. Sampled fingerprints first (an SFT/aligned pair differs there, for the price of a
-    few MB), the whole files only when those agree."""
+    few MB), the whole files only when those agree. One folder under two paths is the same."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
     first, second = Path(first), Path(second)
     names = sorted({f.name for pattern in WEIGHT_PATTERNS for f in first.glob(pattern)})
     if not names or names != sorted({f.name for pattern in WEIGHT_PATTERNS for f in second.glob(pattern)}):

@@ -44,6 +44,10 @@ class Scorer(ABC):
     def __call__(self, engine, progress: Optional[Callable] = None) -> Score:
         """``progress(total)``: a tqdm-like bar for the engine's batches."""
 
+    def settings(self) -> dict:
+        """What else makes two searches with it the same; {} adds nothing to results.json's settings."""
+        return {}
+
 
 def is_lm_eval(scorer: Optional[str]) -> bool:
     return bool(scorer) and scorer.startswith(LM_EVAL)

@@ -6,16 +6,24 @@ one :class:`SearchSettings` instead of thirty arguments.
 """
 
 import functools
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import click
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mergekit_expo.search.sampling import PRESETS
+from mergekit_expo import hub
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, check_spelling
+from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range
+from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
+from mergekit_expo.search.scoring import is_lm_eval
 
 GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
+# Options that one engine takes; given with the other engine they are an error, never dropped.
+ENGINE_OPTIONS = {"hf": ("device", "batch_size"),
+                  "vllm": ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")}
 
 
 def _positive(context, parameter, value):
@@ -24,13 +32,10 @@ def _positive(context, parameter, value):
     return value
 
 
-def _option(group: str, default: Any = None, *, flags: Optional[str] = None, **click_options):
-    """A settings field that is also a click option shown under ``group``."""
+def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), **click_options):
+    """A settings field that is also a click option shown under ``group`` (``flags``: its own,
+    else ``--field-name``)."""
     return Field(default, json_schema_extra={"group": group, "flags": flags, "click": click_options})
-
-
-def _choices(values):
-    return click.Choice(values)
 
 
 class SearchSettings(BaseModel):
@@ -58,11 +63,11 @@ class SearchSettings(BaseModel):
     num_fewshot: Optional[int] = _option("lm-eval", type=int, help="Few-shot examples  [default: each task's]")
     metric: Optional[str] = _option("lm-eval", help="Metric to score, e.g. acc_norm  [default: each task's first]")
     # -- Engine -----------------------------------------------------------------------------
-    engine: str = _option("Engine", "hf", type=_choices(("hf", "vllm")), show_default=True,
+    engine: str = _option("Engine", "hf", type=click.Choice(("hf", "vllm")), show_default=True,
                           help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
     device: str = _option("Engine", "cpu", show_default=True,
                           help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
-    dtype: Optional[str] = _option("Engine", type=_choices(DTYPES),
+    dtype: Optional[str] = _option("Engine", type=click.Choice(DTYPES),
                                    help="Load and merge in this dtype  [default: checkpoint's]")
     batch_size: Optional[int] = _option("Engine", type=int, callback=_positive,
                                         help="Prompts per batch (hf engine; with vllm: the reward model's)  "
@@ -76,12 +81,12 @@ class SearchSettings(BaseModel):
     trust_remote_code: bool = _option("Engine", False, is_flag=True,
                                       help="Run model code from the checkpoints (danger)")
     # -- Generation -------------------------------------------------------------------------
-    preset: Optional[str] = _option("Generation", type="presets",
+    preset: Optional[str] = _option("Generation", type=click.Choice(sorted(PRESETS)),
                                     help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
                                          "penalties 0.1, up to 2048 tokens); options below override it")
     max_new_tokens: Optional[int] = _option("Generation", type=int,
                                             help="Answer length (reward-model scorer)  [default: 64]")
-    sample: Optional[bool] = _option("Generation", flags="--sample/--greedy",
+    sample: Optional[bool] = _option("Generation", flags=("--sample/--greedy",),
                                      help="Seeded sampling or greedy decoding  [default: greedy]")
     temperature: Optional[float] = _option("Generation", type=float, help="Sampling temperature  [default: 1.0]")
     top_p: Optional[float] = _option("Generation", type=float, help="Nucleus sampling mass  [default: 1.0]")
@@ -89,8 +94,8 @@ class SearchSettings(BaseModel):
     seed: int = _option("Generation", 0, type=int, show_default=True,
                         help="Seed of --sample and of the candidate sampler; reruns draw the same")
     # -- Space and workers ------------------------------------------------------------------
-    space: str = _option("Space and workers", "scalar", type=_choices(("scalar", "module", "depth", "module+depth")),
-                         show_default=True,
+    space: str = _option("Space and workers", "scalar", show_default=True,
+                         type=click.Choice(("scalar", "module", "depth", "module+depth")),
                          help="scalar: one α; module: attention, MLP, other; depth: first and last "
                               "layer, interpolated; module+depth: both")
     alphas: Optional[str] = _option("Space and workers",
@@ -102,7 +107,7 @@ class SearchSettings(BaseModel):
     trials: Optional[int] = _option("Space and workers", type=int, callback=_positive,
                                     help="Sampled candidates besides α = 0, across all workers "
                                          "(other spaces)  [default: 30]")
-    sampler: Optional[str] = _option("Space and workers", type=_choices(SAMPLERS),
+    sampler: Optional[str] = _option("Space and workers", type=click.Choice(SAMPLERS),
                                      help="optuna sampler  [default: grid for scalar, tpe otherwise]")
     storage: Optional[str] = _option("Space and workers", metavar="URL",
                                      help="optuna storage shared by workers: sqlite:///…, postgresql://…, "
@@ -111,26 +116,128 @@ class SearchSettings(BaseModel):
                              help="Seconds between a worker's heartbeats; a candidate whose worker missed "
                                   "3 is scored again by another (database storages)")
     # -- Output -----------------------------------------------------------------------------
-    out: str = _option("Output", "./expo-search", flags="--out", show_default=True, type=click.Path(),
+    out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning resumes it")
     write_best: Optional[str] = _option("Output", type=click.Path(),
                                         help="Merge the best candidate with mergekit into this folder")
     overwrite: bool = _option("Output", False, is_flag=True,
                               help="Let --write-best replace a model mergekit-expo wrote there, unchanged "
                                    "(never an input)")
-    verbose: bool = _option("Output", False, flags="-v/--verbose", is_flag=True, help="Show tracebacks on errors")
+    verbose: bool = _option("Output", False, flags=("-v", "--verbose"), is_flag=True,
+                            help="Show tracebacks on errors")
+
+    given: FrozenSet[str] = frozenset()  # not an option: those given on the command line, not defaults
+
+    # -- Rules across options, one line each (ExpoError is no ValueError: pydantic passes it on) --
+    @model_validator(mode="after")
+    def check_space(self) -> "SearchSettings":
+        """Options of one space used with another, the range and the sampler."""
+        if self.space == "scalar":
+            for given, name in ((self.trials, "--trials"), (self.alpha_range, "--alpha-range")):
+                if given is not None:
+                    raise ExpoConfigError(f"{name} applies to --space module, depth or module+depth; "
+                                          "--space scalar scores the --alphas grid: drop it, or choose "
+                                          "another --space")
+            if self.sampler not in (None, "grid"):
+                raise ExpoConfigError(f"--sampler {self.sampler} draws from a range; --space scalar scores "
+                                      "the --alphas grid: drop --sampler, or choose --space module, depth "
+                                      "or module+depth")
+        else:
+            for given, name in ((self.alphas, "--alphas"), (self.refine or None, "--refine")):
+                if given is not None:
+                    raise ExpoConfigError(f"{name} applies to --space scalar; --space {self.space} draws "
+                                          "candidates from --alpha-range: use --alpha-range LO,HI and "
+                                          "--trials N instead")
+            if self.sampler == "grid":
+                raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space scalar; --space "
+                                      f"{self.space} needs tpe, cmaes or random")
+        self.grid, self.bounds  # noqa: B018 (an unreadable --alphas or --alpha-range fails here)
+        return self
+
+    @model_validator(mode="after")
+    def check_scorer(self) -> "SearchSettings":
+        """Scorer options that only make sense together."""
+        check_spelling(self.scorer)
+        check_spelling(self.guard)
+        if (self.guard is None) != (self.max_drop is None):
+            given, missing = ("--guard", "--max-drop") if self.guard else ("--max-drop", "--guard")
+            raise ExpoConfigError(f"{given} needs {missing}: e.g. --guard lm-eval:arc_easy --max-drop 0.02")
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise ExpoConfigError("--max-drop must be 0 or more (a drop in the guard's units), "
+                                  f"got {self.max_drop}")
+        given = [f"--{name.replace('_', '-')}" for name, value in self.lm_eval_options().items()
+                 if value is not None]
+        if given and not self.uses_lm_eval:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ExpoConfigError(f"{', '.join(given)} only {verb} to lm-eval scorers: "
+                                  "use --scorer lm-eval:TASK or --guard lm-eval:TASK, or drop them")
+        if self.uses_lm_eval and self.engine != "hf":
+            raise ExpoConfigError(UNSUPPORTED_ENGINE)
+        return self
+
+    @model_validator(mode="after")
+    def check_engine(self) -> "SearchSettings":
+        """An option of the other engine given, then the sampling's own rules."""
+        other = "vllm" if self.engine == "hf" else "hf"
+        # with vLLM, --device and --batch-size place and batch the reward model
+        if other == "vllm" or "reward-model" not in (self.scorer, self.guard):
+            for name in (name for name in ENGINE_OPTIONS[other] if name in self.given):
+                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {other}, "
+                                      f"not of --engine {self.engine}: drop it, or use --engine {other}")
+        self.sampling  # noqa: B018
+        return self
+
+    # -- What follows from the settings --------------------------------------------------------
+    @property
+    def uses_lm_eval(self) -> bool:
+        return is_lm_eval(self.scorer) or is_lm_eval(self.guard)
 
     def lm_eval_options(self) -> Dict[str, Any]:
         return dict(tasks_path=self.tasks_path, limit=self.limit, num_fewshot=self.num_fewshot,
                     metric=self.metric)
 
+    @property
+    def grid(self) -> Optional[List[float]]:
+        """The α values of --space scalar; None for the spaces that draw from --alpha-range."""
+        return parse_alphas(self.alphas) if self.space == "scalar" else None
 
-def _declarations(name: str, flags: Optional[str]):
-    if flags is None:
-        return [f"--{name.replace('_', '-')}", name]
-    if flags.startswith("-v/"):
-        return ["-v", "--verbose", name]
-    return [flags, name]
+    @property
+    def bounds(self) -> Tuple[float, float]:
+        return parse_range(self.alpha_range)
+
+    @property
+    def sampling(self) -> Sampling:
+        return build_sampling(self.preset, seed=self.seed, max_new_tokens=self.max_new_tokens,
+                              sample=self.sample, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k)
+
+    def study_settings(self, sft: str, aligned: str) -> dict:
+        """What makes two runs the same search (results.json's settings): another value is refused,
+        by the --out before any work and by the study itself."""
+        reference = hub.model_reference
+        settings = {"data": fingerprint(self.data),
+                    "reward_model": self.reward_model and reference(self.reward_model),
+                    "sampling": self.sampling.settings(), "engine": self.engine, "sft": reference(sft),
+                    "aligned": reference(aligned), "dtype": self.dtype, "scorer": self.scorer,
+                    "space": self.space}
+        if self.guard:
+            settings["guard"] = self.guard
+        if self.grid is None:
+            settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
+        return settings
+
+    def plan(self, space, resolve: Callable) -> Plan:
+        grid = self.grid
+        return Plan(space=space, resolve=resolve, grid=grid, refine=self.refine, alpha_range=self.bounds,
+                    trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
+                    sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
+                    storage=self.storage, heartbeat=self.heartbeat)
+
+    def engine_options(self, device: str) -> dict:
+        """make_engine's options: each engine gets its own only (``device``: the resolved --device)."""
+        own = {name: getattr(self, name) for name in ENGINE_OPTIONS[self.engine]}
+        own.update({"device": device} if self.engine == "hf" else {"seed": self.seed})
+        return dict(own, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
 
 def search_options(command: Callable) -> Callable:
@@ -138,41 +245,31 @@ def search_options(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         values = {name: kwargs.pop(name) for name in list(kwargs) if name in SearchSettings.model_fields}
-        return command(*args, settings=SearchSettings(**values), **kwargs)
+        context = click.get_current_context()
+        given = {name for name in values if context.get_parameter_source(name) not in
+                 (None, click.core.ParameterSource.DEFAULT)}
+        return command(*args, settings=SearchSettings(**values, given=given), **kwargs)
 
     for name, field in reversed(list(SearchSettings.model_fields.items())):
-        extra = dict(field.json_schema_extra)
-        options = dict(extra["click"])
-        if options.get("type") == "presets":
-            options["type"] = click.Choice(sorted(PRESETS))
+        if field.json_schema_extra is None:
+            continue  # not an option
+        options, flags = dict(field.json_schema_extra["click"]), field.json_schema_extra["flags"]
         if field.default is not None and "is_flag" not in options:
             options["default"] = field.default
-        wrapper = click.option(*_declarations(name, extra["flags"]), **options)(wrapper)
+        wrapper = click.option(*(flags or [f"--{name.replace('_', '-')}"]), name, **options)(wrapper)
     return wrapper
-
-
-def option_group(name: str) -> str:
-    return SearchSettings.model_fields[name].json_schema_extra["group"]
 
 
 class GroupedHelp(click.Command):
     """``--help`` in named sections, as mergekit shows its own options."""
 
     def format_options(self, ctx, formatter) -> None:
-        sections: Dict[str, list] = {group: [] for group in GROUPS}
-        other = []
+        sections: Dict[str, list] = {group: [] for group in (*GROUPS, "Other")}
         for parameter in self.get_params(ctx):
-            record = parameter.get_help_record(ctx)
-            if record is None:
-                continue
-            if parameter.name in SearchSettings.model_fields:
-                sections[option_group(parameter.name)].append(record)
-            else:
-                other.append(record)
-        for group in GROUPS:
-            if sections[group]:
+            record, field = parameter.get_help_record(ctx), SearchSettings.model_fields.get(parameter.name)
+            if record is not None:
+                sections[field.json_schema_extra["group"] if field else "Other"].append(record)
+        for group, records in sections.items():
+            if records:
                 with formatter.section(f"{group} options"):
-                    formatter.write_dl(sections[group])
-        if other:
-            with formatter.section("Other options"):
-                formatter.write_dl(other)
+                    formatter.write_dl(records)
