@@ -198,7 +198,7 @@ class CallableScorer(Scorer):
     def race_refusal(self) -> Optional[str]:
         if self.declared_rows is not None:
             return None
-        return (f"scorer {self.name} has no `rows` attribute, so it cannot score dev rows by index: set "
+        return (f"{self.name}: it has no `rows` attribute, so it cannot score dev rows by index: set "
                 f"{self.name.partition(':')[2]}.rows = N (its dev rows) and accept rows=[i, ...], "
                 "returning one float per row (docs/search.md, Racing)")
 

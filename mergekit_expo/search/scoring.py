@@ -55,7 +55,7 @@ class Scorer(ABC):
     def race_refusal(self) -> Optional[str]:
         """Why ``--race`` cannot use this scorer and what to do, or None when it can (asked
         before any model is loaded)."""
-        return (f"{self.name} scores its whole dev set at once: racing needs a scorer that scores "
+        return (f"{self.name}: it scores its whole dev set at once; racing needs a scorer that scores "
                 "dev rows by index (preference, reward-model, lm-eval, or a function with `rows`)")
 
 
