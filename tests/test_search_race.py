@@ -103,7 +103,7 @@ def preferences(llama_pair, tmp_path_factory):
 
 def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preferences, tmp_path):
     data, full_answers = preferences
-    alphas = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    alphas = [0.0, 0.5, 2.0, 8.0, 16.0]
     result = invoke("search", *llama_pair, "--data", data, "--alphas", ",".join(f"{a:g}" for a in alphas),
                     "--out", "./s", "--race", "--seed", "3", "--write-best", "./best", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -119,7 +119,7 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
         assert rows[alpha]["n"] == 16 * round_number < 64
     assert {rows[a]["n"] for a in survivors} == {16 * race["rounds"]}
     assert race["ended"] == "every row is scored" or race["rounds"] < len(blocks)
-    assert race["rows_scored"] == sum(r["n"] for r in rows.values()) < race["rows_full"] == 64 * 7
+    assert race["rows_scored"] == sum(r["n"] for r in rows.values()) < race["rows_full"] == 64 * 5
     # Each candidate's answers are the rows of its blocks, in the seeded order, and its score is their mean.
     for alpha, row in rows.items():
         answers = [json.loads(line) for line in (out / "answers" / f"{row['candidate']}.jsonl")
@@ -135,13 +135,13 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
         table = {float(r["alpha"]): r for r in csv.DictReader(handle)}
     assert table[16.0]["dropped_in"] == str(dropped[16.0]) and table[survivors[0]]["dropped_in"] == ""
     assert [line for line in result.stderr.splitlines() if line.startswith("race: ")] == [
-        f"race: scored {race['rows_scored']} of 448 candidate rows "
-        f"({100 * race['rows_scored'] / 448:.0f}%) in {race['rounds']} round{'s' if race['rounds'] > 1 else ''}; "
+        f"race: scored {race['rows_scored']} of 320 candidate rows "
+        f"({100 * race['rows_scored'] / 320:.0f}%) in {race['rounds']} round{'s' if race['rounds'] > 1 else ''}; "
         f"ended: {race['ended']}"]
     best = max(survivors, key=lambda a: rows[a]["score"])
     assert f"alpha: {best}" in (out / "best.yml").read_text()
     card = (tmp_path / "best" / "README.md").read_text()
-    assert "raced (`--race`)" in card and f"{race['rows_scored']} of 448 candidate rows" in card
+    assert "raced (`--race`)" in card and f"{race['rows_scored']} of 320 candidate rows" in card
     assert f"| 16 (dropped in round {dropped[16.0]}) |" in card
 
 
@@ -277,7 +277,7 @@ def unit_counts(out):
 
 def scores_alone(pair, folder, alphas):
     folder.mkdir()
-    write_probe(folder, pair)
+    write_probe(folder, pair, rows=32)
     result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race", "--out", "./s",
                     cwd=folder)
     assert result.returncode == 0, result.stderr
@@ -286,7 +286,7 @@ def scores_alone(pair, folder, alphas):
 
 def test_two_workers_score_each_candidate_block_once(f32_pair, tmp_path):
     alphas = "0.3,0.6,1,3"
-    write_probe(tmp_path, f32_pair, pause=0.3)
+    write_probe(tmp_path, f32_pair, rows=32, pause=0.3)
     workers = [start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race") for _ in range(2)]
     for worker in workers:
         _, stderr = worker.communicate(timeout=300)
@@ -294,16 +294,17 @@ def test_two_workers_score_each_candidate_block_once(f32_pair, tmp_path):
     counts = unit_counts(tmp_path / "s")
     assert set(counts.values()) == {1}  # each (candidate, block) scored exactly once
     race = saved(tmp_path / "s")["race"]
-    assert len(counts) == race["rows_scored"] // 16 < 5 * 4
+    assert len(counts) == race["rows_scored"] // 16 < 5 * 2 and race["rounds"] == 2
     pids = {t.user_attrs["worker"]["pid"] for t in study_trials(tmp_path / "s") if t.state.name == "COMPLETE"}
     assert len(pids) == 2  # both did some of the work
     shared = {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(tmp_path / "s").items()}
     assert shared == scores_alone(f32_pair, tmp_path / "alone", alphas)
 
 
+@pytest.mark.slow
 def test_a_race_killed_mid_unit_resumes_and_completes(f32_pair, tmp_path):
     alphas = "0.3,0.6,1,3"
-    write_probe(tmp_path, f32_pair, pause=1.0)
+    write_probe(tmp_path, f32_pair, rows=32, pause=1.0)
     first = start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race", "--heartbeat", 1)
     kill_mid_candidate(first, tmp_path / "s")
     assert saved(tmp_path / "s").get("race", {}).get("ended") is None  # mid-race
