@@ -17,6 +17,7 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
 from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
+from mergekit_expo.search import racing
 from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
 from mergekit_expo.search.results import RESULTS, check_plotting
@@ -171,6 +172,7 @@ def search_command(sft, aligned, settings):
     sft_folder, aligned_folder, reward_folder = read_models(s, sft, aligned)
     plan = s.plan(*model_space(s, sft_folder, aligned_folder, sft, aligned))
     scoring, guarding = make_scorers(s, identity, reward_folder, device)
+    racing.check(s, scoring, guarding)
     results, reports, log = search(
         s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
         about={"data_file": s.data and os.path.abspath(s.data)},

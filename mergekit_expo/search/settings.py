@@ -13,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search import racing
 from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, check_spelling
+from mergekit_expo.search.race import DEFAULT_TOLERANCE
 from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
 from mergekit_expo.search.scoring import is_lm_eval
 
-GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Output")
+GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Racing", "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
 # Options that one engine takes; given with the other engine they are an error, never dropped.
@@ -115,6 +117,13 @@ class SearchSettings(BaseModel):
     heartbeat: int = _option("Space and workers", 60, type=int, callback=_positive, show_default=True,
                              help="Seconds between a worker's heartbeats; a candidate whose worker missed "
                                   "3 is scored again by another (database storages)")
+    # -- Racing -------------------------------------------------------------------------------
+    race: bool = _option("Racing", False, is_flag=True,
+                         help="--space scalar: score the α grid on blocks of dev rows (in a --seed order), "
+                              "dropping each α clearly worse than the leader; see docs/search.md")
+    race_tolerance: float = _option("Racing", DEFAULT_TOLERANCE, type=float, show_default=True,
+                                    help="End the race when the survivors are within this many standard "
+                                         "errors of a full-data score of the leader")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning resumes it")
@@ -224,14 +233,14 @@ class SearchSettings(BaseModel):
             settings["guard"] = self.guard
         if self.grid is None:
             settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
-        return settings
+        return dict(settings, **racing.study_settings(self))
 
     def plan(self, space, resolve: Callable) -> Plan:
         grid = self.grid
         return Plan(space=space, resolve=resolve, grid=grid, refine=self.refine, alpha_range=self.bounds,
                     trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
                     sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
-                    storage=self.storage, heartbeat=self.heartbeat)
+                    storage=self.storage, heartbeat=self.heartbeat, race=racing.plan_of(self))
 
     def engine_options(self, device: str) -> dict:
         """make_engine's options: each engine gets its own only (``device``: the resolved --device)."""
