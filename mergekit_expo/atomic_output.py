@@ -27,8 +27,15 @@ from typing import List, Optional
 
 from mergekit_expo import manifest
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.filesystem import (make_parents, owner_record, owner_state, remove_if_empty,
-                                      rename_no_replace, start_time, write_file_atomically)
+from mergekit_expo.filesystem import (
+    make_parents,
+    owner_record,
+    owner_state,
+    remove_if_empty,
+    rename_no_replace,
+    start_time,
+    write_file_atomically,
+)
 from mergekit_expo.interruption import raise_if_interrupted
 
 LOG = logging.getLogger("mergekit_expo")

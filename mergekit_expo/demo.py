@@ -26,7 +26,8 @@ NAMES_FOLDERS = ("expo.yml", "merged/mergekit_config.yml", "merged/README.md")
               help="Extrapolation strength of the demo merge (0 gives the aligned model back)")
 @click.option("--family", default="llama", show_default=True,
               type=click.Choice(["llama", "mistral", "qwen2"]))
-@click.option("--overwrite", is_flag=True, help="Replace a demo folder this command wrote at --out, unchanged")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a demo folder this command wrote at --out, unchanged")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors")
 @reports_errors
 def demo_command(out_dir: str, alpha: str, family: str, overwrite: bool, verbose: bool):

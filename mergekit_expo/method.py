@@ -10,9 +10,6 @@ declares the same method for mergekit 0.1.4 and mergekitty.
 from typing import Hashable, Optional, Sequence
 
 import torch
-from pydantic import BeforeValidator
-from typing_extensions import Annotated
-
 from mergekit.merge_methods.base import (
     BasePolicy,
     FunctionalGroupMergeMethod,
@@ -21,10 +18,11 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 from mergekit.merge_methods.easy_define import merge_method
+from pydantic import BeforeValidator
+from typing_extensions import Annotated
 
 from mergekit_expo import _autoregister
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
-from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.contract import (
     MISSING_BASE,
     NAME,
@@ -34,6 +32,7 @@ from mergekit_expo.contract import (
     explain,
     label,
 )
+from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.numerics import extrapolate_tensor
 
 __all__ = ["expo_merge_method", "MISSING_BASE"]

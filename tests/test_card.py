@@ -92,7 +92,8 @@ def test_run_with_hub_ids_writes_the_lineage_card(tmp_path, offline_hub):
     assert front_matter(readme) == card.data.to_dict()
     text = card.text
     assert "**SFT model** (θ_sft, mergekit's `base_model`): [org/sft](https://huggingface.co/org/sft)" in text
-    assert "**aligned model** (θ_aligned, trained from the SFT model): [org/aligned](https://huggingface.co/org/aligned)" in text
+    assert ("**aligned model** (θ_aligned, trained from the SFT model): "
+            "[org/aligned](https://huggingface.co/org/aligned)") in text
     assert "- **α**: 0.4\n" in text and "θ = θ_aligned + α · (θ_aligned − θ_sft)" in text
     assert f"]({PAPER})" in text and "snapshots" not in text and str(offline_hub) not in text
     assert f"```yaml\n{config.read_text().rstrip()}\n```" in section(text, "Configuration")
@@ -136,7 +137,8 @@ def test_search_write_best_with_a_guard_explains_the_choice(tmp_path, offline_hu
     excluded_alphas = ", ".join(f"{r['alpha']:g}" for r in excluded)
     assert f"Excluded: α = {excluded_alphas}, whose guard fell" in chosen
     assert "![score against α](score_vs_alpha.png)" in chosen
-    assert (tmp_path / "best" / "score_vs_alpha.png").read_bytes() == (tmp_path / "s" / "score_vs_alpha.png").read_bytes()
+    plot = "score_vs_alpha.png"
+    assert (tmp_path / "best" / plot).read_bytes() == (tmp_path / "s" / plot).read_bytes()
     assert f"- **α**: {best['alpha']:g}" in card.text
 
 
@@ -487,5 +489,6 @@ def test_search_section_names_each_scorer_kind(tmp_path):
         "tasks": ["arc_easy"], "metrics": {"arc_easy": "acc_norm,none"}, "limit": 100, "num_fewshot": 0})
     section = search_section(SearchResults(tmp_path, settings, rows), stage, plot=None)
     facts = "\n".join(section["facts"])
-    assert "lm-evaluation-harness, mean of task metric arc_easy (acc_norm,none), first 100 examples per task, 0-shot" in facts
+    assert ("lm-evaluation-harness, mean of task metric arc_easy (acc_norm,none), first 100 examples per task, "
+            "0-shot") in facts
     assert "data: the tasks' own, 40 examples" in facts

@@ -11,7 +11,6 @@ import yaml
 
 from conftest import invoke, merges_of, run_cli
 
-
 ALPHAS = (0.0, 0.5, 1.0)
 BATCH = 4
 

@@ -264,7 +264,7 @@ def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
     for args, message in cases:  # in this process: refusals need no ~4 s of imports each
         result = invoke("search", *pair, "--out", tmp_path / "o", *args, cwd=tmp_path)
         assert result.returncode != 0, args
-        errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert not (tmp_path / "o").exists()

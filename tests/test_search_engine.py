@@ -189,7 +189,7 @@ def test_hub_ids_resolve_offline_from_the_cache(tmp_path, pair_factory, monkeypa
 
     missing = run_cli("mergekit-expo", "search", "org/absent", "org/aligned", "--data", data,
                       "--out", tmp_path / "s2", cwd=tmp_path, env=env, check=False)
-    errors = [l for l in missing.stderr.splitlines() if l.startswith("Error:")]
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("Error:")]
     assert missing.returncode == 1 and len(errors) == 1, missing.stderr
     assert "org/absent is not in the Hugging Face cache" in errors[0] and "hf download org/absent" in errors[0]
 
@@ -243,7 +243,7 @@ def test_bad_engine_inputs(tmp_path, pair_factory):
     for arguments, message, code in cases:
         result = run_cli("mergekit-expo", "search", *arguments, "--alphas", "0", "--out", tmp_path / "o",
                          check=False)
-        errors = [l for l in result.stderr.splitlines() if l.startswith("Error:")]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
         assert result.returncode == code and len(errors) == 1 and message in errors[0], result.stderr
         assert "Traceback" not in result.stderr
 

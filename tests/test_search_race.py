@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from conftest import invoke
-from test_search_space import kill_mid_candidate, start_worker, study_trials
-
 from mergekit_expo.search.race import row_blocks
+from test_search_space import kill_mid_candidate, start_worker, study_trials
 
 # A user scorer that reads the α the in-place weights have back from them: its per-row
 # scores peak at α = 0.3, plus seeded noise per (row, α); calls are logged.
@@ -122,7 +121,7 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert race["ended"] == "every row is scored" or race["rounds"] < len(blocks)
     assert race["rows_scored"] == sum(r["n"] for r in rows.values()) < race["rows_full"] == 64 * 5
     # Each candidate's answers are the rows of its blocks, in the seeded order, and its score is their mean.
-    for alpha, row in rows.items():
+    for row in rows.values():
         answers = [json.loads(line) for line in (out / "answers" / f"{row['candidate']}.jsonl")
                    .read_text().splitlines()]
         assert [a["row"] for a in answers] == [i for block in blocks[:row["n"] // 16] for i in block]

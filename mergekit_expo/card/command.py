@@ -84,7 +84,8 @@ def read_pipeline(multi_config: str, out: Path, source: str):
     """The mergekit-multi config and its lineage, if its final stage is what wrote OUT."""
     path = Path(multi_config)
     if not path.is_file():
-        raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to mergekit-multi")
+        raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to "
+                              "mergekit-multi")
     text = path.read_text(encoding="utf-8")
     lineage = lineage_of_pipeline(text, out.name, where=f"--multi-config {multi_config}")
     if not lineage.expo_stages:

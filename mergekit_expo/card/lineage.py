@@ -91,7 +91,8 @@ class Lineage:
         return [reference for reference in dict.fromkeys(found) if cached_snapshot(reference) is None]
 
 
-def lineage_of_config(source: str, *, hub_ids: Optional[Set[str]] = None, where: str = "the config") -> Lineage:
+def lineage_of_config(source: str, *, hub_ids: Optional[Set[str]] = None,
+                      where: str = "the config") -> Lineage:
     """The lineage of a single merge config (the text of mergekit_config.yml).
 
     ``hub_ids``: the references the merge resolved on the Hub (``org/name@rev`` as

@@ -30,7 +30,8 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         if row.key in excluded_keys:
             note.append("excluded by the guard")
         values = row.coordinates
-        cells = [f"{values[name]:.3g}" for name in coordinates] + [_number(row.score), _interval(row.low, row.high)]
+        cells = [f"{values[name]:.3g}" for name in coordinates]
+        cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
             cells.append(str(row.n) + (f" (dropped in round {row.dropped_in})" if row.dropped_in else ""))
         if guarded:
@@ -95,8 +96,9 @@ def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:
         sampling = settings.get("sampling") or {}
         how = "greedy"
         if sampling.get("sample"):
-            how = (f"sampled at temperature {sampling.get('temperature'):g}, top-p {sampling.get('top_p'):g}, "
-                   f"top-k {sampling.get('top_k')}, seed {sampling.get('seed')}")
+            how = (f"sampled at temperature {sampling.get('temperature'):g}, "
+                   f"top-p {sampling.get('top_p'):g}, top-k {sampling.get('top_k')}, "
+                   f"seed {sampling.get('seed')}")
         reward = settings.get("reward_model") or "a reward model"
         return (f"`reward-model`: mean reward of the model's answers ({how}, up to "
                 f"{sampling.get('max_new_tokens', '?')} new tokens) under `{_short(reward)}` "
@@ -123,8 +125,9 @@ def _data_facts(results) -> List[str]:
         data = results.about.get("data_file")
         skipped = int((first.extra or {}).get("skipped") or 0)
         total = (results.race["rows"] if results.race else first.n) + skipped  # raced: n is what each got
-        rows = f"{total} row{'s' if total != 1 else ''}" + (f" ({skipped} skipped: longer than the model's context)"
-                                              if skipped else "")
+        rows = f"{total} row{'s' if total != 1 else ''}"
+        if skipped:
+            rows += f" ({skipped} skipped: longer than the model's context)"
         return [f"data: `{os.path.basename(data)}`, {rows}" if data else f"data: {rows}"]
     if name.startswith("lm-eval:"):
         return [f"data: the tasks' own, {first.n} examples"]
@@ -153,7 +156,8 @@ def choice_words(results, stage) -> List[str]:
                      "is within the noise.")
     if excluded:
         words.append(
-            f"Excluded: {'α = ' if results.scalar else ''}{(', ' if results.scalar else '; ').join(r.label for r in excluded)}, whose guard "
+            f"Excluded: {'α = ' if results.scalar else ''}"
+            f"{(', ' if results.scalar else '; ').join(r.label for r in excluded)}, whose guard "
             "fell more than "
             f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
             f"(to {', '.join(_number(r.guard) for r in excluded)}).")
@@ -223,7 +227,8 @@ def _same_model(searched: Optional[str], configured) -> bool:
         return False
     path, revision, hub = configured.parts[0]
     if hub:
-        return searched in (path if revision is None else f"{path}@{revision}",) and not os.path.isabs(searched)
+        named = path if revision is None else f"{path}@{revision}"
+        return searched == named and not os.path.isabs(searched)
     if not os.path.isabs(searched):
         return False
     return os.path.realpath(searched) == os.path.realpath(os.path.expanduser(path))

@@ -26,7 +26,8 @@ def quiet_lm_eval() -> None:
 
 def _git_commit_hash():
     try:
-        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+        described = subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL)
+        return described.strip().decode()
     except (subprocess.CalledProcessError, OSError):
         return None
 

@@ -15,7 +15,8 @@ def import_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # The heartbeat runs around each candidate here (ask/tell), as Study.optimize would run it.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore",
+                            message="Heartbeat of storage is supposed to be used with Study.optimize")
     return optuna
 
 

@@ -3,7 +3,6 @@
 from typing import Optional
 
 import torch
-
 from mergekit.architecture import WeightInfo
 from mergekit.common import ModelReference
 from mergekit.graph import Task

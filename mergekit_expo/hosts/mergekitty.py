@@ -3,11 +3,10 @@
 from typing import Optional
 
 import torch
-
 from mergekitty.architecture import WeightInfo
 from mergekitty.common import ModelReference
-from mergekitty.task import Task
 from mergekitty.merge_methods.base import ConfigParameterDef, MergeMethod, MergeTensorInput
+from mergekitty.task import Task
 
 from mergekit_expo import _autoregister
 from mergekit_expo.hosts import task_api

@@ -107,8 +107,9 @@ def model_space(settings, sft_folder, aligned_folder, sft, aligned):
         groups = sorted(planned_alphas(Space("scalar").config(sft_folder, aligned_folder, {"alpha": 0.0}),
                                        trust_remote_code=settings.trust_remote_code))
     space = make_space(settings.space, groups)
-    resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names, model_type=model_type,
-                                 dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+    resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names,
+                                 model_type=model_type, dtype=settings.dtype,
+                                 trust_remote_code=settings.trust_remote_code,
                                  named=(hub.model_reference(sft), hub.model_reference(aligned)))
     return space, resolver
 

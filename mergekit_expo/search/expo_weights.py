@@ -64,7 +64,8 @@ class ExpoCheckpoint:
             pair.append(tensor.to(self.dtype) if self.dtype is not None else tensor)
         return tuple(pair)
 
-    def layers(self, alphas: Union[float, Mapping[str, float]], device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
+    def layers(self, alphas: Union[float, Mapping[str, float]],
+               device="cpu") -> Iterator[Dict[str, torch.Tensor]]:
         """The ExPO tensors of one layer at a time (embeddings and head in a group of their own).
 
         ``alphas``: one α for every tensor, or each tensor's own (checkpoint name -> α).

@@ -143,11 +143,12 @@ class Race:
 
 
 def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: RaceRule, *,
-           guard: Optional[Dict[str, Dict[int, float]]] = None, guard_blocks: Optional[List[List[int]]] = None,
+           guard: Optional[Dict[str, Dict[int, float]]] = None,
+           guard_blocks: Optional[List[List[int]]] = None,
            reference: Optional[str] = None) -> Race:
     """``scores[candidate][row]``: what is scored so far, every candidate of the race a key."""
     survivors, rounds, dropped_in = list(scores), [], {}
-    for number, block in enumerate(blocks):
+    for number in range(len(blocks)):
         # α = 0 stays scored in a guarded race: every other guard is measured against it
         scoring = survivors + ([reference] if guard is not None and reference not in survivors else [])
         rows = [row for earlier in blocks[:number + 1] for row in earlier]

@@ -95,7 +95,8 @@ class SearchResults:
         """A search as it is on disk, with the --max-drop of its last run (for a model card)."""
         path = Path(folder)
         if not (path / RESULTS).is_file():
-            raise ExpoConfigError(f"{folder} holds no {RESULTS}: pass the --out folder of a `mergekit-expo search`")
+            raise ExpoConfigError(f"{folder} holds no {RESULTS}: pass the --out folder of a "
+                                  "`mergekit-expo search`")
         saved = read_json(path / RESULTS)
         try:
             rows = [AlphaResult(**row) for row in saved["results"]]
@@ -210,7 +211,8 @@ class SearchResults:
         best = self.best()
         score_axis = axes[0][0]
         self._curve(score_axis, "score", self.settings["scorer"], excluded)
-        score_axis.scatter([best.alpha], [best.score], color="red", zorder=3, label=f"best α = {best.alpha:g}")
+        score_axis.scatter([best.alpha], [best.score], color="red", zorder=3,
+                           label=f"best α = {best.alpha:g}")
         score_axis.set_title("ExPO: score vs extrapolation strength")
         score_axis.legend()
         if self.guarded:
@@ -239,7 +241,8 @@ class SearchResults:
                               [getattr(r, high) for r in banded], alpha=0.2, label="95% interval")
         baseline = self.baseline()
         if baseline is not None and getattr(baseline, field) is not None:
-            axis.axhline(getattr(baseline, field), linestyle="--", color="gray", label="α = 0 (aligned model)")
+            axis.axhline(getattr(baseline, field), linestyle="--", color="gray",
+                         label="α = 0 (aligned model)")
         if excluded:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
@@ -292,7 +295,8 @@ class SearchResults:
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
             guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
-            lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} {r.seconds:8.2f}{guard}")
+            lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} "
+                         f"{r.seconds:8.2f}{guard}")
         best = self.best()
         lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g})")
         baseline = self.baseline()
@@ -301,8 +305,9 @@ class SearchResults:
         excluded = self.excluded()
         if excluded:
             lines.append(
-                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: the guard "
-                f"{self.settings['guard']} fell more than {self.max_drop:g} below its {baseline.guard:.4g} "
+                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
+                f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below its "
+                f"{baseline.guard:.4g} "
                 f"at alpha = 0 (to {', '.join(f'{r.guard:.4g}' for r in excluded)})")
         elif self.guarded and self.max_drop is not None:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "

@@ -46,8 +46,8 @@ def parse_range(text: Optional[str]) -> Tuple[float, float]:
         raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
     low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
     if not low < high:
-        raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {min(low, high):g},"
-                              f"{max(low, high) if low != high else high + 1:g}")
+        example = f"{min(low, high):g},{max(low, high) if low != high else high + 1:g}"
+        raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {example}")
     return low, high
 
 

@@ -51,8 +51,9 @@ class SearchSettings(BaseModel):
                                "returning a float")
     guard: Optional[str] = _option("Scorer", help="A second scorer (any kind, typically lm-eval:TASK) "
                                                   "that must not drop")
-    max_drop: Optional[float] = _option("Scorer", type=float, help="With --guard: exclude candidates whose "
-                                                                   "guard score is more than this below α = 0's")
+    max_drop: Optional[float] = _option("Scorer", type=float,
+                                        help="With --guard: exclude candidates whose guard score is more "
+                                             "than this below α = 0's")
     data: Optional[str] = _option("Scorer", help="JSONL/CSV (or saved datasets folder) with the prompts or "
                                                  "preference pairs")
     reward_model: Optional[str] = _option("Scorer", help="Sequence-classification model folder or Hub id "
@@ -62,8 +63,10 @@ class SearchSettings(BaseModel):
                                         help="Folder of your own task YAMLs (lm-eval's include path)")
     limit: Optional[int] = _option("lm-eval", type=int, callback=_positive,
                                    help="Score only the first N examples per task")
-    num_fewshot: Optional[int] = _option("lm-eval", type=int, help="Few-shot examples  [default: each task's]")
-    metric: Optional[str] = _option("lm-eval", help="Metric to score, e.g. acc_norm  [default: each task's first]")
+    num_fewshot: Optional[int] = _option("lm-eval", type=int,
+                                         help="Few-shot examples  [default: each task's]")
+    metric: Optional[str] = _option("lm-eval",
+                                    help="Metric to score, e.g. acc_norm  [default: each task's first]")
     # -- Engine -----------------------------------------------------------------------------
     engine: str = _option("Engine", "hf", type=click.Choice(("hf", "vllm")), show_default=True,
                           help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
@@ -75,7 +78,8 @@ class SearchSettings(BaseModel):
                                         help="Prompts per batch (hf engine; with vllm: the reward model's)  "
                                              "[default: automatic, halved on out-of-memory]")
     tensor_parallel_size: Optional[int] = _option("Engine", type=int, callback=_positive,
-                                                  help="vLLM: GPUs per model  [default: all visible GPUs; 1 on CPU]")
+                                                  help="vLLM: GPUs per model  "
+                                                       "[default: all visible GPUs; 1 on CPU]")
     gpu_memory_utilization: Optional[float] = _option("Engine", type=float,
                                                       help="vLLM: share of GPU memory it may take")
     max_model_len: Optional[int] = _option("Engine", type=int, callback=_positive,
@@ -84,13 +88,15 @@ class SearchSettings(BaseModel):
                                       help="Run model code from the checkpoints (danger)")
     # -- Generation -------------------------------------------------------------------------
     preset: Optional[str] = _option("Generation", type=click.Choice(sorted(PRESETS)),
-                                    help="paper: the released procedure's sampling (T 0.7, top-k 50, top-p 0.9, "
-                                         "penalties 0.1, up to 2048 tokens); options below override it")
+                                    help="paper: the released procedure's sampling (T 0.7, top-k 50, "
+                                         "top-p 0.9, penalties 0.1, up to 2048 tokens); options below "
+                                         "override it")
     max_new_tokens: Optional[int] = _option("Generation", type=int,
                                             help="Answer length (reward-model scorer)  [default: 64]")
     sample: Optional[bool] = _option("Generation", flags=("--sample/--greedy",),
                                      help="Seeded sampling or greedy decoding  [default: greedy]")
-    temperature: Optional[float] = _option("Generation", type=float, help="Sampling temperature  [default: 1.0]")
+    temperature: Optional[float] = _option("Generation", type=float,
+                                           help="Sampling temperature  [default: 1.0]")
     top_p: Optional[float] = _option("Generation", type=float, help="Nucleus sampling mass  [default: 1.0]")
     top_k: Optional[int] = _option("Generation", type=int, help="Top-k cut, 0 = off  [default: 0]")
     seed: int = _option("Generation", 0, type=int, show_default=True,
@@ -126,7 +132,8 @@ class SearchSettings(BaseModel):
                                          "errors of a full-data score of the leader")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
-                       help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning resumes it")
+                       help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning "
+                            "resumes it")
     write_best: Optional[str] = _option("Output", type=click.Path(),
                                         help="Merge the best candidate with mergekit into this folder")
     overwrite: bool = _option("Output", False, is_flag=True,

@@ -100,7 +100,8 @@ def open_storage(url: str, heartbeat: int):
             raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}") from None
     if "://" not in url:
         raise ExpoConfigError(f"--storage {url} is neither a database URL (sqlite:///path, "
-                              f"postgresql://user@host/db) nor a journal file (a path ending in {JOURNAL_SUFFIX})")
+                              "postgresql://user@host/db) nor a journal file (a path ending in "
+                              f"{JOURNAL_SUFFIX})")
     check_driver(url)
     for attempt in range(10):
         try:
