@@ -31,11 +31,14 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
             note.append("excluded by the guard")
         values = row.coordinates
         cells = [f"{values[name]:.3g}" for name in coordinates] + [_number(row.score), _interval(row.low, row.high)]
+        if results.race:
+            cells.append(str(row.n) + (f" (dropped in round {row.dropped_in})" if row.dropped_in else ""))
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
     names = ["α"] if results.scalar else [f"α {name.replace('_', ' ')}" for name in coordinates]
-    header = [*names, "score", "95% interval", *(["guard", "guard 95% interval"] if guarded else []), ""]
+    header = [*names, "score", "95% interval", *(["rows"] if results.race else []),
+              *(["guard", "guard 95% interval"] if guarded else []), ""]
     engine = ENGINES.get(settings.get("engine"), settings.get("engine") or ENGINES["hf"])
     dtype = settings.get("dtype") or "the checkpoints' own"
     facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
@@ -48,6 +51,8 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
             guard += (f"; an α is excluded when its guard score falls more than {results.max_drop:g} "
                       "below the guard at α = 0")
         facts.append(guard)
+    if results.race:
+        facts.append(race_words(results.race))
     return {"facts": facts, "header": header, "rows": rows, "choice": choice_words(results, stage),
             "plot": plot}
 
@@ -71,6 +76,15 @@ def space_words(results) -> str:
     return (f"space: `{results.space}`, {SPACE_WORDS.get(results.space, results.space)}; each coordinate in "
             f"[{low:g}, {high:g}]; {len(results.rows)} candidates: {first}{drawn} drawn by optuna's "
             f"`{sampler}` sampler")
+
+
+def race_words(race: dict) -> str:
+    """One sentence: the pick was raced, and how many rows the candidates got."""
+    return (f"raced (`--race`): every candidate was scored on blocks of {race['block_rows']} of the "
+            f"{race['rows']} dev rows, in a seeded order, and dropped once clearly worse than the leader "
+            "(95% confidence on the paired per-row differences); the pick is the best survivor; "
+            f"{race['rows_scored']} of {race['rows_full']} candidate rows were scored in {race['rounds']} "
+            f"rounds (ended: {race['ended']}), the rows column gives each candidate's")
 
 
 def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:

@@ -17,6 +17,7 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
 from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
+from mergekit_expo.search import racing
 from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, check_spelling
 from mergekit_expo.search.ownership import check_owner
@@ -199,6 +200,7 @@ def search_command(sft, aligned, settings):
     sampling = build_sampling(s.preset, seed=s.seed, max_new_tokens=s.max_new_tokens, sample=s.sample,
                               temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     identity = study_settings(s, sampling, sft, aligned, grid, alpha_range)
+    identity.update(racing.study_settings(s))
     best_output = check_search_outputs(s.out, s.write_best, s.overwrite, sft=sft, aligned=aligned,
                                        data=s.data, reward_model=s.reward_model, tasks_path=s.tasks_path,
                                        storage=s.storage, settings=identity)
@@ -220,6 +222,7 @@ def search_command(sft, aligned, settings):
                           lm_eval_options=s.lm_eval_options())
     scoring = make_scorer(s.scorer, **scorer_options)
     guarding = make_scorer(s.guard, **scorer_options) if s.guard else None
+    racing.check(s, scoring, guarding)
     engine_options = dict(dtype=s.dtype, trust_remote_code=s.trust_remote_code)
     if s.engine == "hf":
         engine_options.update(device=device, batch_size=s.batch_size)
@@ -232,7 +235,7 @@ def search_command(sft, aligned, settings):
     plan = Plan(space=space, resolve=resolver, grid=grid, refine=s.refine,
                 trials=None if grid is not None else (s.trials or DEFAULT_TRIALS), alpha_range=alpha_range,
                 sampler=s.sampler or ("grid" if grid is not None else "tpe"), seed=s.seed, storage=s.storage,
-                heartbeat=s.heartbeat)
+                heartbeat=s.heartbeat, race=racing.plan_of(s))
     results, reports, log = search(
         s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
         about={"data_file": s.data and os.path.abspath(s.data)},

@@ -9,7 +9,7 @@ import difflib
 import functools
 import math
 import os
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from mergekit_expo.compat.lm_eval import filter_names, import_lm_eval, quiet_lm_eval
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
@@ -98,7 +98,54 @@ class LmEvalScorer(Scorer):
                                task_manager=self.task_manager, limit=self.limit,
                                num_fewshot=self.num_fewshot, log_samples=False)
 
-    def __call__(self, engine, progress: Callable = None) -> Score:
+    # -- racing: rows are the documents of every task, one task after the other --------------
+    def race_refusal(self) -> Optional[str]:
+        for name, task in self.tasks.items():
+            if hasattr(task, "aggregate_metric_list"):
+                return (f"{self.name}: {name} is a group, whose score is not a mean over documents: "
+                        "name its tasks instead to race")
+            aggregation = task.aggregation().get(self.metrics[name].partition(",")[0])
+            if getattr(aggregation, "__name__", None) != "mean":
+                return (f"{self.name}: {name}'s {_shown_metric(self.metrics[name])} is not a mean over "
+                        "documents, so a part of them has no comparable score: race with another --metric or task")
+        return None
+
+    def _documents(self) -> Dict[str, int]:
+        """Documents scored per task (--limit applied)."""
+        counts = {name: len(task.eval_docs) for name, task in self.tasks.items()}
+        return {name: min(count, self.limit) if self.limit else count for name, count in counts.items()}
+
+    def race_rows(self, engine) -> Optional[int]:
+        return None if self.race_refusal() else sum(self._documents().values())
+
+    def _scored_rows(self, engine, rows: List[int]) -> Score:
+        """lm-eval on the documents ``rows`` name (lm-eval's ``samples``); each document's metric,
+        weighted so that the mean over every row is the mean of the task scores."""
+        from lm_eval import simple_evaluate
+
+        documents, wanted, start = self._documents(), {}, 0
+        for name, count in documents.items():
+            wanted[name] = sorted(row - start for row in rows if start <= row < start + count)
+            start += count
+        tasks = [self.tasks[name] for name in self.tasks if wanted[name]]
+        samples = simple_evaluate(model=self.wrapper(engine), tasks=tasks, task_manager=self.task_manager,
+                                  samples={name: docs for name, docs in wanted.items() if docs},
+                                  num_fewshot=self.num_fewshot, log_samples=True)["samples"]
+        by_row, start = {}, 0
+        for name, count in documents.items():
+            metric, _, filter_name = self.metrics[name].partition(",")
+            sign = 1.0 if self.higher_is_better[name] else -1.0
+            weight = sign * sum(documents.values()) / (len(documents) * count)
+            for sample in samples.get(name, []):
+                if sample.get("filter", "none") == filter_name:
+                    by_row[start + int(sample["doc_id"])] = weight * float(sample[metric])
+            start += count
+        values = [by_row[row] for row in rows]
+        return Score(value=sum(values) / len(values), n=len(values), values=values)
+
+    def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
+        if rows is not None:
+            return self._scored_rows(engine, list(rows))
         results = self.evaluate(engine)["results"]
         values, errors, per_task = [], [], {}
         for name, key in self.metrics.items():

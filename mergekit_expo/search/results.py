@@ -47,6 +47,7 @@ class AlphaResult:
     alphas: Optional[Dict[str, float]] = None  # the candidate's coordinates ({"alpha": α} for scalar)
     candidate: Optional[str] = None  # its name: answers/<candidate>.jsonl
     trial: Optional[int] = None  # its trial in the study
+    dropped_in: Optional[int] = None  # --race: the round it was dropped in (None: it survived)
 
     @property
     def coordinates(self) -> Dict[str, float]:
@@ -86,6 +87,8 @@ class SearchResults:
         # What reports and model cards say of the search (the data file's name), also
         # not part of its settings: a moved data file with the same content still resumes.
         self.about = dict(about or {})
+        # --race: rounds, rows scored of a full search's, why it ended (racing.RaceRun.aggregate)
+        self.race: Optional[dict] = None
 
     @classmethod
     def load(cls, folder: str) -> "SearchResults":
@@ -102,15 +105,17 @@ class SearchResults:
                                   "of a `mergekit-expo search`") from None
         if not rows:
             raise ExpoConfigError(f"{path / RESULTS} holds no scored alpha yet: finish the search first")
-        return cls(path, settings, rows, about.get("max_drop"), about)
+        loaded = cls(path, settings, rows, about.get("max_drop"), about)
+        loaded.race = saved.get("race")
+        return loaded
 
     def save(self) -> None:
         about = dict(self.about, max_drop=self.max_drop)
-        write_file_atomically(
-            self.folder / RESULTS,
-            json.dumps({"settings": self.settings, "storage": self.storage, "about": about,
-                        "results": [asdict(r) for r in self.rows]}, indent=2),
-        )
+        saved = {"settings": self.settings, "storage": self.storage, "about": about,
+                 "results": [asdict(r) for r in self.rows]}
+        if self.race is not None:
+            saved["race"] = self.race
+        write_file_atomically(self.folder / RESULTS, json.dumps(saved, indent=2))
 
     @property
     def space(self) -> str:
@@ -133,9 +138,12 @@ class SearchResults:
 
     def best(self) -> AlphaResult:
         """Highest score among the allowed α; ties (common for accuracies) go to the larger
-        mean margin. α = 0 is never excluded, so some α is always allowed."""
+        mean margin. α = 0 is never excluded, so some α is always allowed. A race picks among
+        its survivors only: each was scored (and guarded) on every row the race read."""
         excluded = {r.key for r in self.excluded()}
         allowed = [r for r in self.rows if r.key not in excluded]
+        if self.race is not None:
+            allowed = [r for r in allowed if r.dropped_in is None] or allowed
         return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
     def write_tables(self) -> dict:
@@ -147,15 +155,16 @@ class SearchResults:
             coordinates = list(self.rows[0].coordinates) if self.rows else ["alpha"]
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
+            raced = ["dropped_in"] if self.race is not None else []
             excluded = {r.key for r in self.excluded()}
-            writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *extra_keys,
+            writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced, *extra_keys,
                              "candidate"])
             for r in self.rows:
                 guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
                 values = r.coordinates
                 writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
-                                 round(r.seconds, 3), *guarded, *[(r.extra or {}).get(k) for k in extra_keys],
-                                 r.key])
+                                 round(r.seconds, 3), *guarded, *([r.dropped_in] if raced else []),
+                                 *[(r.extra or {}).get(k) for k in extra_keys], r.key])
             write_file_atomically(csv_path, handle.getvalue())
         return {"csv": csv_path, "json": self.folder / RESULTS}
 
@@ -234,6 +243,10 @@ class SearchResults:
         if excluded:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
+        dropped = [r for r in rows if r.dropped_in is not None]
+        if dropped:  # scored on fewer rows: hollow
+            axis.scatter([r.alpha for r in dropped], [getattr(r, field) for r in dropped], marker="o", s=70,
+                         facecolors="white", edgecolors="C0", zorder=3, label="dropped by the race (fewer rows)")
         axis.set_ylabel(f"{field} ({label})")
 
     def _plot_vectors(self, path: Path) -> None:
@@ -312,7 +325,8 @@ OPTION_NAMES = {
     "presence_penalty": "--preset", "frequency_penalty": "--preset", "limit": "--limit",
     "num_fewshot": "--num-fewshot", "metrics": "--metric", "tasks": "--scorer/--guard lm-eval tasks",
     "tasks_path": "--tasks-path", "space": "--space", "alpha_range": "--alpha-range", "sampler": "--sampler",
-    "trials": "--trials", "alphas": "--alphas", "refine": "--refine",
+    "trials": "--trials", "alphas": "--alphas", "refine": "--refine", "race": "--race",
+    "tolerance": "--race-tolerance", "max_drop": "--max-drop",
 }
 
 

@@ -18,6 +18,7 @@ from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import make_parents, remove_if_empty, write_file_atomically
 from mergekit_expo.search.ownership import storage_record
+from mergekit_expo.search.racing import RaceRun, summary_line
 from mergekit_expo.search.results import AlphaResult, SearchResults, candidate_name
 from mergekit_expo.search.study import SearchStudy, last_completed, shown, storage_url
 from mergekit_expo.search.trial_roles import TrialRole
@@ -86,6 +87,7 @@ class Plan:
     seed: int = 0
     storage: Optional[str] = None
     heartbeat: int = 60
+    race: Optional[dict] = None  # --race: its tolerance and --max-drop (racing.plan_of)
 
 
 def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dict,
@@ -101,26 +103,20 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         # What workers running together must agree on; a rerun may change it.
         agreed = {"trials": plan.trials} if plan.grid is None else \
             {"alphas": plan.grid, "refine": plan.refine}
+        if plan.race is not None:
+            agreed["race"] = plan.race
         study = SearchStudy(plan.space, url=url, where=where, sampler=plan.sampler, seed=plan.seed,
                             heartbeat=plan.heartbeat, settings=settings, plan=agreed,
                             alpha_range=plan.alpha_range)
         results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
                                 storage=storage_record(plan.storage))
         run = _Run(study, results, scorer, guard, plan, open_engine, created)
-        study.enqueue([plan.space.reference()], TrialRole.REFERENCE)
-        if plan.grid is not None:
-            study.enqueue([{"alpha": alpha} for alpha in plan.grid], TrialRole.GRID)
-            done = {r["candidate"] for r in study.rows()}
-            every = {f"alpha={alpha:g}" for alpha in [0.0, *plan.grid]}
-            resumed, total = len(every & done), len(every)
-            if resumed:
-                click.echo(f"resuming: {resumed} of {total} α already scored in {out}", err=True)
-        else:
-            done = len(study.rows())
-            if done:
-                click.echo(f"resuming: {done} candidates already scored in {out}", err=True)
+        _enqueue_first(study, run, plan, out)
         try:
-            log = study.work(run.evaluate, after=run.record, more=run.refinements)
+            if run.race is not None:
+                log = study.work(run.race.evaluate, after=run.record, more=run.race.more)
+            else:
+                log = study.work(run.evaluate, after=run.record, more=run.refinements)
             log.last_completed = last_completed(study)
         finally:
             run.close()
@@ -128,10 +124,36 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         if not isinstance(error, ExpoStorageError):  # a study that cannot be read is left as it is
             _clean_up(study, folder, created, url if not plan.storage else None)
         raise
-    results.rows = run.rows()
+    run.refresh()
     if not results.rows:
         raise ExpoConfigError("no candidate was scored: check the other workers' errors, or rerun")
-    return results, results.write_reports(plan.resolve.config), log
+    reports = results.write_reports(plan.resolve.config)
+    if results.race:
+        click.echo(summary_line(results), err=True)
+    return results, reports, log
+
+
+def _enqueue_first(study, run, plan: Plan, out: str) -> None:
+    """What a worker enqueues on arrival (the study keeps one live trial per candidate)."""
+    if plan.race is not None:  # the first block of every candidate; the race enqueues the rest
+        run.race = RaceRun(run, study, plan.grid, plan.seed)
+        study.enqueue(run.race.first_units(), TrialRole.GRID)
+        done = len(study.rows())
+        if done:
+            click.echo(f"resuming the race: {done} candidate blocks already scored in {out}", err=True)
+        return
+    study.enqueue([plan.space.reference()], TrialRole.REFERENCE)
+    if plan.grid is not None:
+        study.enqueue([{"alpha": alpha} for alpha in plan.grid], TrialRole.GRID)
+        done = {r["candidate"] for r in study.rows()}
+        every = {f"alpha={alpha:g}" for alpha in [0.0, *plan.grid]}
+        resumed, total = len(every & done), len(every)
+        if resumed:
+            click.echo(f"resuming: {resumed} of {total} α already scored in {out}", err=True)
+    else:
+        done = len(study.rows())
+        if done:
+            click.echo(f"resuming: {done} candidates already scored in {out}", err=True)
 
 
 class _Run:
@@ -140,30 +162,38 @@ class _Run:
     def __init__(self, study, results, scorer, guard, plan: Plan, open_engine, created):
         self.study, self.results, self.scorer, self.guard, self.plan = study, results, scorer, guard, plan
         self.open_engine, self.engine, self.created = open_engine, None, created
+        self.race = None  # a RaceRun with --race
 
-    def evaluate(self, candidate: dict, trial) -> dict:
+    def opened(self):
+        """The engine, opened on first use."""
         if self.engine is None:
             self.engine = self.open_engine()
+        return self.engine
+
+    def evaluate(self, candidate: dict, trial) -> dict:
+        self.opened()
         name = candidate_name(self.plan.space.name, candidate, trial.number)
         description = self.plan.space.describe(candidate)
         start = time.perf_counter()
         self.engine.set_alphas(self.plan.resolve(candidate))
         updated = time.perf_counter() - start
-        progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
-        score = self._scored("--scorer", self.scorer, progress, name, description)
-        checked = self._scored("--guard", self.guard, progress, name, description) \
-            if self.guard is not None else None
+        score = self.scored("--scorer", self.scorer, name, description)
+        checked = self.scored("--guard", self.guard, name, description) if self.guard is not None else None
         seconds = time.perf_counter() - start
         self._write_answers(name, score, checked)
         row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
-                   n=score.n, seconds=seconds, extra=_merged_extra(score, checked), update_seconds=updated,
+                   n=score.n, seconds=seconds, extra=self.merged_extra(score, checked), update_seconds=updated,
                    guard=checked and checked.value, guard_low=checked and checked.low,
                    guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
         return row
 
-    def _scored(self, option: str, scorer, progress, name: str, description: str):
-        """The scorer's score; a failure of its code (a user's scorer) names it and the candidate."""
+    def scored(self, option: str, scorer, name: str, description: str, rows: Optional[List[int]] = None):
+        """The scorer's score (on ``rows`` only, when given); a failure of its code (a user's
+        scorer) names it and the candidate."""
+        progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
         try:
+            if rows is not None:
+                return scorer(self.engine, progress=progress, rows=rows)
             return scorer(self.engine, progress=progress)
         except ExpoError:
             raise
@@ -192,9 +222,16 @@ class _Run:
             return sorted(rows, key=lambda r: r.alpha)
         return sorted(rows, key=lambda r: r.trial)
 
+    def refresh(self) -> None:
+        """The results' rows (and the race's state) from every worker's, as the study holds them."""
+        if self.race is None:
+            self.results.rows = self.rows()
+        else:
+            self.results.rows, self.results.race = self.race.aggregate(self.study.rows())
+
     def record(self) -> None:
         """After each candidate: results.json/csv from every worker's rows, atomically."""
-        self.results.rows = self.rows()
+        self.refresh()
         make_parents(self.results.folder)
         self.results.write_tables()
 
@@ -206,6 +243,14 @@ class _Run:
         self.results.rows = grid
         best = self.results.best().alpha
         return [{"alpha": alpha} for alpha in refined([row.alpha for row in grid], best)]
+
+    @staticmethod
+    def merged_extra(score, guard) -> Optional[dict]:
+        """The score's details, and the guard's under a ``guard_`` prefix."""
+        extra = dict(score.extra or {})
+        if guard is not None:
+            extra.update({f"guard_{key}": value for key, value in (guard.extra or {}).items()})
+        return extra or None
 
     def close(self) -> None:
         if self.engine is not None:
@@ -223,11 +268,3 @@ def _clean_up(study, folder: Path, created: list, url: Optional[str]) -> None:
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
     remove_if_empty(created)
-
-
-def _merged_extra(score, guard) -> Optional[dict]:
-    """The score's details, and the guard's under a ``guard_`` prefix."""
-    extra = dict(score.extra or {})
-    if guard is not None:
-        extra.update({f"guard_{key}": value for key, value in (guard.extra or {}).items()})
-    return extra or None

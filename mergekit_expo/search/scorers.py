@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -68,32 +68,48 @@ class PreferenceScorer(Scorer):
         self.rows = [row for _, row in self.located]
         self._encoded = None
 
-    def __call__(self, engine, progress: Callable = None) -> Score:
-        if self._encoded is None:  # the same token ids at every α
-            tokenizer = engine.tokenizer
-            encoded = [(encode_prompt(tokenizer, r["prompt"]), encode_answer(tokenizer, r["chosen"]),
-                        encode_answer(tokenizer, r["rejected"])) for r in self.rows]
-            for (where, _), (_, chosen, rejected) in zip(self.located, encoded):
-                for field, ids in (("chosen", chosen), ("rejected", rejected)):
-                    if not ids:
-                        raise ExpoInputError(f"data file {self.path} {where}: {field!r} encodes to no "
-                                             "tokens: give it text the tokenizer knows")
-            lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
-            kept, self._skipped = _fitting(list(zip(encoded, self.rows)), lengths, engine.context_length,
-                                           "preference rows")
-            self._encoded = [item for item, _ in kept]
-            self._kept_rows = [row for _, row in kept]
-        contexts = [c for c, _, _ in self._encoded for _ in (0, 1)]
-        answers = [answer for _, chosen, rejected in self._encoded for answer in (chosen, rejected)]
+    def _encode(self, engine) -> None:
+        if self._encoded is not None:  # the same token ids at every α
+            return
+        tokenizer = engine.tokenizer
+        encoded = [(encode_prompt(tokenizer, r["prompt"]), encode_answer(tokenizer, r["chosen"]),
+                    encode_answer(tokenizer, r["rejected"])) for r in self.rows]
+        for (where, _), (_, chosen, rejected) in zip(self.located, encoded):
+            for field, ids in (("chosen", chosen), ("rejected", rejected)):
+                if not ids:
+                    raise ExpoInputError(f"data file {self.path} {where}: {field!r} encodes to no "
+                                         "tokens: give it text the tokenizer knows")
+        lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
+        kept, self._skipped = _fitting(list(zip(encoded, self.rows)), lengths, engine.context_length,
+                                       "preference rows")
+        self._encoded = [item for item, _ in kept]
+        self._kept_rows = [row for _, row in kept]
+
+    def race_rows(self, engine) -> int:
+        """The rows kept after the context-length filter."""
+        self._encode(engine)
+        return len(self._encoded)
+
+    def race_refusal(self) -> None:
+        return None
+
+    def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
+        self._encode(engine)
+        indices = list(range(len(self._encoded))) if rows is None else list(rows)
+        encoded = [self._encoded[i] for i in indices]
+        contexts = [c for c, _, _ in encoded for _ in (0, 1)]
+        answers = [answer for _, chosen, rejected in encoded for answer in (chosen, rejected)]
         totals = engine.answer_logprobs(contexts, answers, progress=progress)
         margins = [totals[i] - totals[i + 1] for i in range(0, len(totals), 2)]
         wins = [1.0 if m > 0 else 0.0 for m in margins]
         low, high = bootstrap_interval(wins)
-        rows = [{"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
-                 "logp_chosen": totals[2 * i], "logp_rejected": totals[2 * i + 1], "score": win}
-                for i, (row, win) in enumerate(zip(self._kept_rows, wins))]
+        kept = [self._kept_rows[i] for i in indices]
+        records = [{"row": index, "prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+                    "logp_chosen": totals[2 * i], "logp_rejected": totals[2 * i + 1], "score": win}
+                   for i, (index, row, win) in enumerate(zip(indices, kept, wins))]
         return Score(value=sum(wins) / len(wins), low=low, high=high, n=len(wins),
-                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped}, rows=rows)
+                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped}, rows=records,
+                     values=wins if rows is not None else None)
 
 
 class RewardModelScorer(Scorer):
@@ -117,19 +133,32 @@ class RewardModelScorer(Scorer):
         self.sampling = sampling
         self._encoded = None
 
-    def __call__(self, engine, progress: Callable = None) -> Score:
+    def _encode(self, engine) -> None:
         if self._encoded is None:
             encoded = [(prompt, encode_prompt(engine.tokenizer, prompt)) for prompt in self.prompts]
             lengths = [len(ids) + self.sampling.max_new_tokens for _, ids in encoded]
             self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length, "prompts")
-        answers = engine.generate([ids for _, ids in self._encoded], self.sampling, progress=progress)
-        sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(self._encoded, answers)]
+
+    def race_rows(self, engine) -> int:
+        """The prompts kept after the context-length filter: each raced row is one generation."""
+        self._encode(engine)
+        return len(self._encoded)
+
+    def race_refusal(self) -> None:
+        return None
+
+    def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
+        self._encode(engine)
+        indices = list(range(len(self._encoded))) if rows is None else list(rows)
+        encoded = [self._encoded[i] for i in indices]
+        answers = engine.generate([ids for _, ids in encoded], self.sampling, progress=progress)
+        sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(encoded, answers)]
         rewards = self.reward.scores(sequences)
         low, high = bootstrap_interval(rewards)
-        rows = [{"prompt": prompt, "answer": answer, "score": reward}
-                for (prompt, _), answer, reward in zip(self._encoded, answers, rewards)]
+        records = [{"row": index, "prompt": prompt, "answer": answer, "score": reward}
+                   for index, (prompt, _), answer, reward in zip(indices, encoded, answers, rewards)]
         return Score(value=sum(rewards) / len(rewards), low=low, high=high, n=len(rewards),
-                     extra={"skipped": self._skipped}, rows=rows)
+                     extra={"skipped": self._skipped}, rows=records, values=rewards if rows is not None else None)
 
 
 class CallableScorer(Scorer):
@@ -152,21 +181,61 @@ class CallableScorer(Scorer):
             raise ExpoConfigError(f"cannot load scorer {target}: {error}") from None
         self.name = target
 
-    def __call__(self, engine, progress: Callable = None) -> Score:
+    @property
+    def declared_rows(self):
+        """The function's ``rows`` attribute: how many dev rows it scores by index."""
+        return getattr(self.function, "rows", None)
+
+    def race_rows(self, engine) -> Optional[int]:
+        rows = self.declared_rows
+        if rows is None:
+            return None
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ExpoConfigError(f"scorer {self.name} has rows = {_brief(rows)}: it must be how many dev rows "
+                                  "the function scores, a whole number of at least 1")
+        return rows
+
+    def race_refusal(self) -> Optional[str]:
+        if self.declared_rows is not None:
+            return None
+        return (f"{self.name}: it has no `rows` attribute, so it cannot score dev rows by index: set "
+                f"{self.name.partition(':')[2]}.rows = N (its dev rows) and accept rows=[i, ...], "
+                "returning one float per row (docs/search.md, Racing)")
+
+    def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
+        if rows is not None:
+            return self._rows(engine, list(rows))
         with torch.no_grad():  # scoring needs no gradients (and torch warns about them)
             returned = self.function(*engine.callable_arguments())
+        return Score(value=self._number(returned, "it must return a float (higher is better)"))
+
+    def _number(self, returned, must: str) -> float:
         if isinstance(returned, (str, bytes)) or not hasattr(returned, "__float__"):
             raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}: it must return a float (higher is better)")
+                                  f"{_brief(returned)}: {must}")
         try:
             value = float(returned)
         except (TypeError, ValueError, RuntimeError):  # a tensor of several elements, for one
             raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}, which is not one number: it must return "
-                                  "a float (higher is better)") from None
+                                  f"{_brief(returned)}, which is not one number: {must}") from None
         if not math.isfinite(value):
             raise ExpoNumericsError(f"scorer {self.name} returned {value}: it must return a finite float")
-        return Score(value=value)
+        return value
+
+    def _rows(self, engine, rows: List[int]) -> Score:
+        """``function(..., rows=[i, ...])``: one float per row, higher is better."""
+        with torch.no_grad():
+            returned = self.function(*engine.callable_arguments(), rows=rows)
+        must = f"called with rows=[...], it must return one float per row ({len(rows)})"
+        try:
+            items = list(returned)
+        except TypeError:
+            items = None
+        if items is None or isinstance(returned, (str, bytes)) or len(items) != len(rows):
+            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} {_brief(returned)}: "
+                                  f"{must}")
+        values = [self._number(item, must) for item in items]
+        return Score(value=sum(values) / len(values), n=len(values), values=values)
 
 
 def _brief(value) -> str:

@@ -27,6 +27,9 @@ class Score:
     extra: Optional[dict] = None
     # Per scored row, for answers/<candidate>.jsonl: prompt, answer(s), score.
     rows: Optional[List[dict]] = None
+    # Per scored row, aligned with the ``rows`` it was asked for (racing): the row's part of
+    # the score, so that the mean of ``values`` is the score on those rows.
+    values: Optional[List[float]] = None
 
 
 class Scorer(ABC):
@@ -41,8 +44,19 @@ class Scorer(ABC):
         """The scorer ``spec`` names, from :func:`make_scorer`'s options (one line if one is missing)."""
 
     @abstractmethod
-    def __call__(self, engine, progress: Optional[Callable] = None) -> Score:
-        """``progress(total)``: a tqdm-like bar for the engine's batches."""
+    def __call__(self, engine, progress: Optional[Callable] = None, *, rows: Optional[List[int]] = None) -> Score:
+        """``progress(total)``: a tqdm-like bar for the engine's batches. ``rows``: score only
+        these dev rows (indices below :meth:`race_rows`), with one entry of ``values`` per row."""
+
+    def race_rows(self, engine) -> Optional[int]:
+        """How many dev rows this scorer scores by index (``--race``); None: it cannot race."""
+        return None
+
+    def race_refusal(self) -> Optional[str]:
+        """Why ``--race`` cannot use this scorer and what to do, or None when it can (asked
+        before any model is loaded)."""
+        return (f"{self.name}: it scores its whole dev set at once; racing needs a scorer that scores "
+                "dev rows by index (preference, reward-model, lm-eval, or a function with `rows`)")
 
 
 def is_lm_eval(scorer: Optional[str]) -> bool:

@@ -11,9 +11,10 @@ from typing import Any, Callable, Dict, Optional
 import click
 from pydantic import BaseModel, ConfigDict, Field
 
+from mergekit_expo.search.race import DEFAULT_TOLERANCE
 from mergekit_expo.search.sampling import PRESETS
 
-GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Output")
+GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Racing", "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
 
@@ -110,6 +111,13 @@ class SearchSettings(BaseModel):
     heartbeat: int = _option("Space and workers", 60, type=int, callback=_positive, show_default=True,
                              help="Seconds between a worker's heartbeats; a candidate whose worker missed "
                                   "3 is scored again by another (database storages)")
+    # -- Racing -------------------------------------------------------------------------------
+    race: bool = _option("Racing", False, is_flag=True,
+                         help="--space scalar: score the α grid on blocks of dev rows (in a --seed order), "
+                              "dropping each α clearly worse than the leader; see docs/search.md")
+    race_tolerance: float = _option("Racing", DEFAULT_TOLERANCE, type=float, show_default=True,
+                                    help="End the race when the survivors are within this many standard "
+                                         "errors of a full-data score of the leader")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", flags="--out", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning resumes it")

@@ -37,6 +37,7 @@ STUDY = "expo-search"
 DEFAULT_STORAGE = "study.db"  # in --out
 JOURNAL_SUFFIX = ".journal"
 ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
+BLOCK = "block"  # --race: a unit of work is a candidate on one block of dev rows (search/racing.py)
 PLAN = "plan"  # the study's --trials, or --alphas and --refine: what its workers search to
 
 
@@ -252,7 +253,7 @@ class SearchStudy:
             trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
 
     def _key(self, candidate: Candidate):
-        return tuple(round(float(candidate[name]), 9) for name in self.space.coordinates)
+        return (*(round(float(candidate[name]), 9) for name in self.space.coordinates), candidate.get(BLOCK))
 
     def known(self) -> set:
         return {self._key(t.user_attrs[CANDIDATE]) for t in self.trials()
@@ -299,7 +300,8 @@ class SearchStudy:
         ``after()`` runs after each (reports).
 
         ``more()`` is asked for further candidates once everything enqueued is scored, when the
-        plan says ``--refine``; it returns [] when there are none.
+        plan says ``--refine`` (the midpoints) or ``race`` (the next round's units); it returns
+        [] when there are none.
         """
         states = self.optuna.trial.TrialState
         while True:
@@ -316,7 +318,8 @@ class SearchStudy:
                     time.sleep(poll)
                     self.log.idle_seconds += time.perf_counter() - start
                     continue
-                if self.plan.get("refine") and more is not None and self.enqueue(more(), GRID):
+                asks = self.plan.get("refine") or self.plan.get("race")
+                if asks and more is not None and self.enqueue(more(), GRID):
                     continue
                 return self.log
             trial = self._take()

@@ -1,0 +1,233 @@
+"""``search --race``: the α grid scored block by block of dev rows, dropping clear losers.
+
+The rule is :mod:`.race`'s; this module is its glue to the study:
+
+- a unit of work is one candidate on one block of dev rows: a trial whose row holds the
+  block's row indices and per-row values (and the guard's), keyed by candidate and block,
+  so that the study scores each unit once across workers and gives a killed worker's back;
+- after each round (the study's barrier: nothing waiting or running) any worker replays
+  the race from the completed units and enqueues the next block for the survivors; every
+  worker reaches the same verdicts, so a rerun resumes mid-race;
+- the reports have one row per candidate, aggregated from its units.
+"""
+
+import json
+import time
+from typing import Dict, List, Optional
+
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.filesystem import make_parents, write_file_atomically
+from mergekit_expo.search.race import RaceRule, fmean, replay, row_blocks
+from mergekit_expo.search.results import AlphaResult, candidate_name
+from mergekit_expo.search.study import BLOCK
+
+REFERENCE = "alpha=0"  # α = 0: its guard is the one every other is measured against
+
+
+def check(settings, scorer, guard) -> None:
+    """Every refusal of ``--race``, before any candidate is scored: one line each."""
+    if not settings.race:
+        return
+    if settings.space != "scalar":
+        raise ExpoConfigError(
+            f"--race races the --alphas grid of --space scalar; --space {settings.space} draws each candidate "
+            "from the scores of finished ones, and a partly scored candidate has none yet: drop --race, "
+            "or use --space scalar --alphas ...")
+    if settings.refine:
+        raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full score, "
+                              "which a race does not compute for dropped α: add the midpoints to --alphas")
+    if not settings.race_tolerance >= 0:
+        raise ExpoConfigError(f"--race-tolerance must be 0 or more (standard errors), got {settings.race_tolerance}")
+    for option, used in (("--scorer", scorer), ("--guard", guard)):
+        why = used is not None and used.race_refusal()
+        if why:
+            raise ExpoConfigError(f"--race cannot use {option} {why}")
+
+
+def study_settings(settings) -> dict:
+    """What a raced study adds to the search's settings: the seeded row order."""
+    return {"race": {"seed": settings.seed}} if settings.race else {}
+
+
+def plan_of(settings) -> Optional[dict]:
+    """What workers racing together must agree on (a rerun may change it once they are done)."""
+    if not settings.race:
+        return None
+    return {"tolerance": settings.race_tolerance, "max_drop": settings.max_drop}
+
+
+class RaceRun:
+    """One worker's part of the race: scoring units, asking for the next round, aggregating."""
+
+    def __init__(self, run, study, grid: List[float], seed: int):
+        self.run, self.study, self.seed = run, study, seed
+        self.candidates = {candidate_name("scalar", {"alpha": a}, 0): {"alpha": a} for a in sorted({0.0, *grid})}
+        self._counts = None
+
+    def first_units(self) -> List[dict]:
+        return [dict(candidate, **{BLOCK: 0}) for candidate in self.candidates.values()]
+
+    @property
+    def options(self) -> dict:
+        return self.study.plan["race"]  # a rerun may have changed the tolerance
+
+    # -- rows and blocks ----------------------------------------------------------------------
+    def counts(self, units: List[dict]):
+        """(score rows, guard rows or None): from any scored unit, else asked of the scorers."""
+        if self._counts is None:
+            scored = next((unit for unit in units if unit.get(BLOCK) is not None), None)
+            if scored is not None:
+                self._counts = (scored["race_rows"], scored.get("guard_race_rows"))
+            else:
+                engine = self.run.opened()
+                self._counts = (_rows_of(self.run.scorer, engine, "--scorer"),
+                                self.run.guard and _rows_of(self.run.guard, engine, "--guard"))
+        return self._counts
+
+    def blocks(self, units: List[dict]):
+        rows, guard_rows = self.counts(units)
+        blocks = row_blocks(rows, self.seed)
+        guard_blocks = row_blocks(guard_rows, self.seed, count=len(blocks)) if guard_rows else None
+        return blocks, guard_blocks
+
+    # -- the worker loop's callbacks ------------------------------------------------------------
+    def evaluate(self, unit: dict, trial) -> dict:
+        block = unit[BLOCK]
+        candidate = {name: value for name, value in unit.items() if name != BLOCK}
+        blocks, guard_blocks = self.blocks(self.study.rows())
+        name = candidate_name("scalar", candidate, trial.number)
+        description = f"α = {candidate['alpha']:g}, block {block + 1} of {len(blocks)}"
+        start = time.perf_counter()
+        engine = self.run.opened()
+        engine.set_alphas(self.run.plan.resolve(candidate))
+        updated = time.perf_counter() - start
+        score = self._scored("--scorer", self.run.scorer, name, description, blocks[block])
+        checked = self._scored("--guard", self.run.guard, name, description, guard_blocks[block]) \
+            if self.run.guard is not None else None
+        self._write_answers(name, score, checked)
+        rows, guard_rows = self.counts([])
+        return dict(alpha=candidate["alpha"], score=score.value, low=None, high=None, n=len(score.values),
+                    seconds=time.perf_counter() - start, update_seconds=updated, alphas=candidate, candidate=name,
+                    extra=self.run.merged_extra(score, checked), guard=checked and checked.value,
+                    block=block, rows=blocks[block], values=score.values, race_rows=rows,
+                    guard_rows=guard_blocks and guard_blocks[block], guard_values=checked and checked.values,
+                    guard_race_rows=guard_rows)
+
+    def _scored(self, option: str, scorer, name: str, description: str, rows: List[int]):
+        score = self.run.scored(option, scorer, name, description, rows=rows)
+        if score.values is None or len(score.values) != len(rows):
+            raise ExpoConfigError(f"{option} {scorer.name} gave {len(score.values or [])} per-row values for "
+                                  f"the {len(rows)} rows of {description}: a raced scorer gives one per row")
+        return score
+
+    def more(self) -> List[dict]:
+        """The next round's units, or [] when the race is over."""
+        race = self.replay(self.study.rows())
+        if race.next_block is None:
+            return []
+        return [dict(self.candidates[name], **{BLOCK: race.next_block}) for name in race.scoring]
+
+    def replay(self, units: List[dict]):
+        blocks, guard_blocks = self.blocks(units)
+        scores = {name: {} for name in self.candidates}
+        guard = {name: {} for name in self.candidates} if guard_blocks else None
+        for unit in units:
+            if unit.get(BLOCK) is None or unit["candidate"] not in scores:
+                continue  # a candidate a rerun's --alphas no longer has
+            scores[unit["candidate"]].update(zip(unit["rows"], unit["values"]))
+            if guard is not None:
+                guard[unit["candidate"]].update(zip(unit["guard_rows"], unit["guard_values"]))
+        rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=self.counts(units)[0],
+                        tolerance=self.options["tolerance"],
+                        max_drop=self.options.get("max_drop") if guard is not None else None)
+        return replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks, reference=REFERENCE)
+
+    # -- reports ------------------------------------------------------------------------------
+    def aggregate(self, units: List[dict]):
+        """(one AlphaResult per candidate, results.json's "race" object); ([], None) before any unit."""
+        units = [unit for unit in units if unit.get(BLOCK) is not None and unit["candidate"] in self.candidates]
+        if not units:
+            return [], None
+        race = self.replay(units)
+        blocks, _ = self.blocks(units)
+        rows = [_candidate_row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name))
+                for name in self.candidates if any(u["candidate"] == name for u in units)]
+        ended = race.rounds[-1].finished if race.next_block is None and race.rounds else None
+        dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
+        report = {"rounds": len(race.rounds), "block_rows": len(blocks[0]), "rows": self.counts(units)[0],
+                  "rows_scored": sum(row.n for row in rows), "rows_full": self.counts(units)[0] * len(self.candidates),
+                  "tolerance": self.options["tolerance"], "ended": ended, "survivors": race.survivors,
+                  "dropped": dropped}
+        return sorted(rows, key=lambda row: row.alpha), report
+
+    def _write_answers(self, name: str, score, checked) -> None:
+        """answers/<candidate>.jsonl: every block's rows of the candidate so far (its units are
+        scored one after the other, one round each)."""
+        records = [dict(record) for record in (score.rows or [])]
+        if checked is not None and checked.rows and not records:
+            records = [dict(record, scorer="guard") for record in checked.rows]
+        if not records:
+            return
+        folder = self.run.results.folder / "answers"
+        make_parents(folder)
+        path = folder / f"{name}.jsonl"
+        new = {record.get("row") for record in records}
+        kept = []
+        if path.is_file():
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [record for record in kept if record.get("row") not in new]
+        write_file_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                            for record in kept + records))
+
+
+def _rows_of(scorer, engine, option: str) -> int:
+    rows = scorer.race_rows(engine)
+    if rows is None or rows < 1:
+        raise ExpoConfigError(f"--race: {option} {scorer.name} has no dev rows to race: check its data")
+    return rows
+
+
+def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int]) -> AlphaResult:
+    """A candidate's row: its per-row values over every block it was scored on."""
+    from mergekit_expo.search.scorers import bootstrap_interval  # torch: only once a race reports
+
+    units = sorted(units, key=lambda unit: unit[BLOCK])
+    values = [value for unit in units for value in unit["values"]]
+    guards = [value for unit in units for value in (unit.get("guard_values") or [])]
+    low, high = bootstrap_interval(values)
+    guard_low, guard_high = bootstrap_interval(guards) if guards else (None, None)
+    return AlphaResult(alpha=units[0]["alpha"], score=fmean(values), low=low, high=high, n=len(values),
+                       seconds=sum(unit["seconds"] for unit in units), extra=_extra(units),
+                       update_seconds=sum(unit.get("update_seconds") or 0.0 for unit in units),
+                       guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,
+                       alphas=units[0]["alphas"], candidate=name, trial=min(unit["trial"] for unit in units),
+                       dropped_in=dropped_in)
+
+
+def _extra(units: List[dict]) -> Optional[dict]:
+    """The units' details: row-weighted means (counts such as ``skipped`` as the largest)."""
+    keys = sorted({key for unit in units for key in (unit.get("extra") or {})})
+    merged: Dict[str, object] = {}
+    for key in keys:
+        given = [(unit["extra"][key], unit["n"]) for unit in units if key in (unit.get("extra") or {})]
+        numbers = [(value, n) for value, n in given if isinstance(value, (int, float)) and value is not None]
+        if key.endswith("skipped"):
+            merged[key] = max(value for value, _ in numbers)
+        elif numbers and len(numbers) == len(given):
+            merged[key] = sum(value * n for value, n in numbers) / sum(n for _, n in numbers)
+        else:
+            merged[key] = given[-1][0]
+    return merged or None
+
+
+def summary_line(results) -> Optional[str]:
+    """The printed summary's line on the race: the rows it scored, of a full search's."""
+    race = results.race
+    if not race:
+        return None
+    scored, full = race["rows_scored"], race["rows_full"]
+    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) in {race['rounds']} "
+            f"round{'s' if race['rounds'] != 1 else ''}; ended: {race['ended'] or 'not yet'}")
+    if results.settings.get("scorer") == "reward-model":
+        line += f"; generations: {scored} of the {full} a full search makes"
+    return line

@@ -1,0 +1,317 @@
+"""`search --race`: the α grid scored block by block of dev rows, clear losers dropped, with
+real scorers on tiny generated pairs; workers share the race through the study."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import invoke
+from test_search_space import kill_mid_candidate, start_worker, study_trials
+
+from mergekit_expo.search.race import row_blocks
+
+# A user scorer that reads the α the in-place weights have back from them: its per-row
+# scores peak at α = 0.3, plus seeded noise per (row, α); calls are logged.
+PROBE = '''"""Per-row scores with a known peak."""
+import json
+import random
+import time
+
+from safetensors.torch import load_file
+
+SFT = load_file({sft!r})["model.embed_tokens.weight"].double()
+ALIGNED = load_file({aligned!r})["model.embed_tokens.weight"].double()
+
+
+def alpha_of(model):
+    delta = ALIGNED - SFT
+    weights = model.model.embed_tokens.weight.detach().double()
+    return round(float(((weights - ALIGNED) * delta).sum() / (delta * delta).sum()), 2)
+
+
+def norm(model, tokenizer, rows):
+    time.sleep({pause})
+    alpha = alpha_of(model)
+    with open("calls.jsonl", "a") as log:
+        log.write(json.dumps({{"alpha": alpha, "rows": rows}}) + "\\n")
+    return [-4 * (alpha - 0.3) ** 2 + random.Random(row * 1000 + round(alpha * 100)).gauss(0, {noise})
+            for row in rows]
+
+
+norm.rows = {rows}
+
+
+def guard(model, tokenizer, rows):
+    alpha = alpha_of(model)
+    return [-alpha + random.Random(row + 7).gauss(0, 0.02) for row in rows]
+
+
+guard.rows = 24
+
+
+def plain(model, tokenizer):
+    return 1.0
+'''
+
+
+@pytest.fixture(scope="module")
+def f32_pair(pair_factory):
+    return pair_factory(dtype=torch.float32, delta_scale=0.3)
+
+
+def write_probe(folder, pair, *, rows=64, noise=1.0, pause=0.0):
+    (folder / "slow_scorer.py").write_text(PROBE.format(
+        sft=str(pair[0] / "model.safetensors"), aligned=str(pair[1] / "model.safetensors"), rows=rows,
+        noise=noise, pause=pause))
+
+
+def saved(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def by_alpha(out):
+    return {row["alpha"]: row for row in saved(out)["results"]}
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+# -- preference, end to end ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def preferences(llama_pair, tmp_path_factory):
+    """64 rows whose chosen answer is the one the aligned model prefers (read from a full
+    search at α = 0): far α lose rows that α = 0 wins, by a clear margin."""
+    import random
+
+    folder = tmp_path_factory.mktemp("race-prefs")
+    rng = random.Random(0)
+    words = lambda n: " ".join(f"w{rng.randrange(60)}" for _ in range(n))  # noqa: E731
+    rows = [{"prompt": words(5), "chosen": words(4), "rejected": words(4)} for _ in range(64)]
+    (folder / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = invoke("search", *llama_pair, "--data", "raw.jsonl", "--alphas", "0", "--out", "./full0",
+                    cwd=folder)
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in (folder / "full0/answers/alpha=0.jsonl").read_text().splitlines()]
+    flipped = [dict(row, chosen=row["rejected"], rejected=row["chosen"])
+               if answer["logp_chosen"] < answer["logp_rejected"] else row for row, answer in zip(rows, answers)]
+    (folder / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in flipped))
+    return folder / "prefs.jsonl", answers
+
+
+def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preferences, tmp_path):
+    data, full_answers = preferences
+    alphas = [0.0, 0.5, 2.0, 8.0, 16.0]
+    result = invoke("search", *llama_pair, "--data", data, "--alphas", ",".join(f"{a:g}" for a in alphas),
+                    "--out", "./s", "--race", "--seed", "3", "--write-best", "./best", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "s"
+    race, rows = saved(out)["race"], by_alpha(out)
+    blocks = row_blocks(64, seed=3)
+    assert race["rows"] == 64 and race["block_rows"] == len(blocks[0]) == 16 and race["tolerance"] == 2.0
+    assert sorted(rows) == alphas
+    dropped = {a: r["dropped_in"] for a, r in rows.items() if r["dropped_in"] is not None}
+    survivors = [a for a, r in rows.items() if r["dropped_in"] is None]
+    assert {8.0, 16.0} <= set(dropped) and survivors  # far α lose clearly
+    for alpha, round_number in dropped.items():  # scored up to the round it was dropped in
+        assert rows[alpha]["n"] == 16 * round_number < 64
+    assert {rows[a]["n"] for a in survivors} == {16 * race["rounds"]}
+    assert race["ended"] == "every row is scored" or race["rounds"] < len(blocks)
+    assert race["rows_scored"] == sum(r["n"] for r in rows.values()) < race["rows_full"] == 64 * 5
+    # Each candidate's answers are the rows of its blocks, in the seeded order, and its score is their mean.
+    for alpha, row in rows.items():
+        answers = [json.loads(line) for line in (out / "answers" / f"{row['candidate']}.jsonl")
+                   .read_text().splitlines()]
+        assert [a["row"] for a in answers] == [i for block in blocks[:row["n"] // 16] for i in block]
+        assert sum(a["score"] for a in answers) / len(answers) == pytest.approx(row["score"])
+    # α = 0's rows score what the full search gave them.
+    for answer in (json.loads(line) for line in (out / "answers/alpha=0.jsonl").read_text().splitlines()):
+        assert answer["logp_chosen"] == pytest.approx(
+            max(full_answers[answer["row"]]["logp_chosen"], full_answers[answer["row"]]["logp_rejected"]),
+            abs=1e-3)
+    with open(out / "results.csv", newline="") as handle:
+        table = {float(r["alpha"]): r for r in csv.DictReader(handle)}
+    assert table[16.0]["dropped_in"] == str(dropped[16.0]) and table[survivors[0]]["dropped_in"] == ""
+    assert [line for line in result.stderr.splitlines() if line.startswith("race: ")] == [
+        f"race: scored {race['rows_scored']} of 320 candidate rows "
+        f"({100 * race['rows_scored'] / 320:.0f}%) in {race['rounds']} round{'s' if race['rounds'] > 1 else ''}; "
+        f"ended: {race['ended']}"]
+    best = max(survivors, key=lambda a: rows[a]["score"])
+    assert f"alpha: {best}" in (out / "best.yml").read_text()
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "raced (`--race`)" in card and f"{race['rows_scored']} of 320 candidate rows" in card
+    assert f"| 16 (dropped in round {dropped[16.0]}) |" in card
+
+
+# -- callables, refusals ------------------------------------------------------------------------
+def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=40, noise=0.05)
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.3,1,3", "--race",
+                    "--out", "./s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    first = row_blocks(40, seed=0)[0]
+    assert len(calls) == 4 and all(call["rows"] == first for call in calls)  # one round, 16 of 40 rows
+    assert sorted(call["alpha"] for call in calls) == [0.0, 0.3, 1.0, 3.0]
+    race, rows = saved(tmp_path / "s")["race"], by_alpha(tmp_path / "s")
+    assert race["ended"] == "one candidate left" and race["rows_scored"] == 64 and race["rows_full"] == 160
+    assert [a for a, r in rows.items() if r["dropped_in"] is None] == [0.3]
+    # Another search on the same --out: refused, naming --race.
+    again = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.3,1,3", "--out", "./s",
+                   cwd=tmp_path)
+    assert again.returncode != 0 and "--race" in error_lines(again)[-1]
+
+    refusals = [(["--scorer", "slow_scorer:plain"], "has no `rows` attribute"),
+                (["--scorer", "slow_scorer:norm", "--space", "module"], "partly scored candidate"),
+                (["--scorer", "slow_scorer:norm", "--refine"], "--race cannot --refine"),
+                (["--scorer", "slow_scorer:norm", "--guard", "slow_scorer:plain", "--max-drop", "0.1"],
+                 "--race cannot use --guard slow_scorer:plain")]
+    for extra, message in refusals:
+        refused = invoke("search", *f32_pair, *extra, "--race", "--out", "./refused", cwd=tmp_path)
+        lines = error_lines(refused)
+        assert refused.returncode == 1 and len(lines) == 1 and message in lines[0], refused.stderr
+        assert not (tmp_path / "refused").exists()
+
+
+def test_guarded_race_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=48, noise=0.3)
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--guard", "slow_scorer:guard",
+                    "--max-drop", "0.2", "--alphas", "0.1,0.3,0.6", "--race", "--out", "./s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    race, rows = saved(tmp_path / "s")["race"], by_alpha(tmp_path / "s")
+    assert rows[0.3]["dropped_in"] == 1 and rows[0.6]["dropped_in"] == 1  # the guard falls by 0.3 and 0.6
+    assert "guard" in race["dropped"]["alpha=0.3"]
+    assert rows[0.0]["n"] == 16 * race["rounds"]  # α = 0: on every block of the race
+    assert rows[0.1]["dropped_in"] is None and abs(rows[0.1]["guard"] - rows[0.0]["guard"]) < 0.2
+    assert "alpha: 0.1" in (tmp_path / "s" / "best.yml").read_text()
+    # The guard's rows: its own 24, cut into as many blocks as the score's 48.
+    units = [t.user_attrs["row"] for t in study_trials(tmp_path / "s") if t.state.name == "COMPLETE"]
+    guard_blocks = row_blocks(24, seed=0, count=3)
+    assert all(unit["guard_rows"] == guard_blocks[unit["block"]] for unit in units)
+
+
+# -- reward model and lm-eval --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reward_model(llama_pair, tmp_path_factory):
+    import transformers
+
+    from mergekit_expo.synthetic import PairSpec, model_config
+
+    torch.manual_seed(1)
+    config = model_config(PairSpec(), vocab_size=64)
+    config.num_labels = 1
+    folder = tmp_path_factory.mktemp("reward")
+    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(llama_pair[0]).save_pretrained(folder)
+    return folder
+
+
+def test_reward_model_races_on_generations(llama_pair, reward_model, tmp_path):
+    prompts = "".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 5}"}) + "\n" for i in range(20))
+    (tmp_path / "prompts.jsonl").write_text(prompts)
+    result = invoke("search", *llama_pair, "--scorer", "reward-model", "--reward-model", reward_model,
+                    "--data", "prompts.jsonl", "--max-new-tokens", 3, "--alphas", "0.5,20", "--race",
+                    "--out", "./s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    race, rows = saved(tmp_path / "s")["race"], by_alpha(tmp_path / "s")
+    assert race["rows"] == 20 and race["block_rows"] == 16 and race["rows_full"] == 60
+    assert all(row["n"] in (16, 20) for row in rows.values())
+    for row in rows.values():
+        answers = [json.loads(line) for line in (tmp_path / "s" / "answers" / f"{row['candidate']}.jsonl")
+                   .read_text().splitlines()]
+        assert len(answers) == row["n"] and all("answer" in a for a in answers)
+        assert sum(a["score"] for a in answers) / row["n"] == pytest.approx(row["score"], rel=1e-6)
+    line = next(line for line in result.stderr.splitlines() if line.startswith("race: "))
+    assert line.endswith(f"; generations: {race['rows_scored']} of the 60 a full search makes")
+
+
+@pytest.fixture(scope="module")
+def choice_task(tmp_path_factory):
+    import random
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("race-tasks")
+    rng = random.Random(0)
+    words = lambda n: " ".join(f"w{rng.randrange(4, 60)}" for _ in range(n))  # noqa: E731
+    docs = [{"question": words(4), "choices": [words(3) for _ in range(3)], "label": rng.randrange(3)}
+            for _ in range(24)]
+    (folder / "choice.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "race_choice.yaml").write_text(yaml.safe_dump({
+        "task": "race_choice", "dataset_path": "json", "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(folder / "choice.jsonl")}},
+        "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
+        "doc_to_target": "label", "metric_list": [{"metric": "acc"}]}))
+    return folder
+
+
+def test_lm_eval_races_on_documents(pair_factory, choice_task, tmp_path):
+    pair = pair_factory(delta_scale=0.3)
+    common = ["--scorer", "lm-eval:race_choice", "--tasks-path", choice_task, "--alphas", "0.5",
+              "--batch-size", 4]
+    raced = invoke("search", *pair, *common, "--race", "--race-tolerance", "0", "--out", "./raced", cwd=tmp_path)
+    assert raced.returncode == 0, raced.stderr
+    full = invoke("search", *pair, *common, "--out", "./full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    race, rows, whole = saved(tmp_path / "raced")["race"], by_alpha(tmp_path / "raced"), by_alpha(tmp_path / "full")
+    assert race["rows"] == 24 and race["rows_full"] == 48
+    units = [t.user_attrs["row"] for t in study_trials(tmp_path / "raced") if t.state.name == "COMPLETE"]
+    assert all(set(unit["values"]) <= {0.0, 1.0} for unit in units)  # each document's accuracy
+    assert {row["n"] for row in rows.values()} <= {16, 24} and race["rows_scored"] > 32
+    for alpha, row in rows.items():
+        if row["n"] == 24:  # every document: lm-eval's own score of the whole task
+            assert row["score"] == pytest.approx(whole[alpha]["score"])
+
+
+# -- workers ------------------------------------------------------------------------------------
+def unit_counts(out):
+    counts = {}
+    for trial in study_trials(out):
+        if trial.state.name == "COMPLETE":
+            key = (trial.user_attrs["candidate"]["alpha"], trial.user_attrs["candidate"]["block"])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def scores_alone(pair, folder, alphas):
+    folder.mkdir()
+    write_probe(folder, pair, rows=32)
+    result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race", "--out", "./s",
+                    cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(folder / "s").items()}
+
+
+def test_two_workers_score_each_candidate_block_once(f32_pair, tmp_path):
+    alphas = "0.3,0.6,1,3"
+    write_probe(tmp_path, f32_pair, rows=32, pause=0.3)
+    workers = [start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race") for _ in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr
+    counts = unit_counts(tmp_path / "s")
+    assert set(counts.values()) == {1}  # each (candidate, block) scored exactly once
+    race = saved(tmp_path / "s")["race"]
+    assert len(counts) == race["rows_scored"] // 16 < 5 * 2 and race["rounds"] == 2
+    pids = {t.user_attrs["worker"]["pid"] for t in study_trials(tmp_path / "s") if t.state.name == "COMPLETE"}
+    assert len(pids) == 2  # both did some of the work
+    shared = {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(tmp_path / "s").items()}
+    assert shared == scores_alone(f32_pair, tmp_path / "alone", alphas)
+
+
+@pytest.mark.slow
+def test_a_race_killed_mid_unit_resumes_and_completes(f32_pair, tmp_path):
+    alphas = "0.3,0.6,1,3"
+    write_probe(tmp_path, f32_pair, rows=32, pause=1.0)
+    first = start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race", "--heartbeat", 1)
+    kill_mid_candidate(first, tmp_path / "s")
+    assert saved(tmp_path / "s").get("race", {}).get("ended") is None  # mid-race
+    second = start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race", "--heartbeat", 1)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert "resuming the race" in stderr
+    assert set(unit_counts(tmp_path / "s").values()) == {1}
+    resumed = {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(tmp_path / "s").items()}
+    assert resumed == scores_alone(f32_pair, tmp_path / "alone", alphas)
