@@ -143,19 +143,23 @@ def print_table(found: list) -> None:
           f"{'α full':>6} {'α race':>6} {'same':>4} {'inside 95%':>10} {'rounds':>6}  ended")
     for c in found:
         gens = (f"{c['rows_full']:9d} {c['rows_race']:9d}" if c["generating"] else f"{'-':>9} {'-':>9}")
-        print(f"{c['case']:22} {c['candidates']:5d} {c['rows_full']:9d} {c['rows_race']:9d} {c['share']:6.1%} "
+        print(f"{c['case']:22} {c['candidates']:5d} {c['rows_full']:9d} {c['rows_race']:9d} "
+              f"{c['share']:6.1%} "
               f"{gens} {c['seconds_full']:11.1f} {c['seconds_race']:11.1f} "
               f"{c['seconds_race'] / c['seconds_full']:13.2f}x {c['pick_full']:6g} {c['pick_race']:6g} "
-              f"{'yes' if c['pick_full'] == c['pick_race'] else 'no':>4} {'yes' if c['inside'] else 'no':>10} "
+              f"{'yes' if c['pick_full'] == c['pick_race'] else 'no':>4} "
+              f"{'yes' if c['inside'] else 'no':>10} "
               f"{c['rounds']:6d}  {c['ended']}")
     for c in found:
         low, high = c["best_ci"]
         print(f"{c['case']}: full best {c['best']:.4f} [95% {low:.4f}, {high:.4f}], {c['flat']} of "
-              f"{c['candidates']} candidates inside it; raced pick's full-data score {c['race_full_score']:.4f}")
+              f"{c['candidates']} candidates inside it; raced pick's full-data score "
+              f"{c['race_full_score']:.4f}")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=256, help="preference rows (tiny and flat-peak cases)")
     parser.add_argument("--flip", type=float, default=0.3, help="share of flipped labels (flat-peak case)")
     parser.add_argument("--rm-prompts", type=int, default=128, help="prompts of the reward-model case")
@@ -184,7 +188,8 @@ def main():
                               str(work / "tiny" / "rm"), "--max-new-tokens", str(args.new_tokens),
                               "--dtype", "float32"], True))
     spec = PairSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
-                    num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 64), delta_scale=0.05)
+                    num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 64),
+                    delta_scale=0.05)
     sft, aligned = write_pair(str(work / "big" / "pair"), spec)
     data = labelled_preferences(work / "big" / "prefs.jsonl", sft, aligned, 2.0, args.big_rows, 0.0, 2)
     found.insert(2, run_case(work / "big", f"{parameter_count(aligned) / 1e6:.0f}M, preference", sft, aligned,
@@ -192,7 +197,8 @@ def main():
                              ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False))
     print(f"full vs raced `mergekit-expo search` (--race defaults, --seed 0), {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, one run; {args.rows} preference rows, {args.rm_prompts} "
-          f"prompts × {args.new_tokens} new tokens; {args.big_rows} rows on the {args.hidden}x{args.layers} pair")
+          f"prompts × {args.new_tokens} new tokens; "
+          f"{args.big_rows} rows on the {args.hidden}x{args.layers} pair")
     print_table(found)
     (work / "results.json").write_text(json.dumps(found, indent=1))
 

@@ -103,7 +103,8 @@ def test_race_alpha_quick(tmp_path):
     assert sorted(float(f) for f in points) == [0.25, 1.0]
     for point in points.values():
         full, raced = point["searches"]["a"]["results"], point["searches"]["r"]["results"]
-        assert [r["alphas"]["alpha"] for r in full] == [r["alphas"]["alpha"] for r in raced] == [0, 0.5, 1, 1.5, 2]
+        grid = [0, 0.5, 1, 1.5, 2]
+        assert [r["alphas"]["alpha"] for r in full] == [r["alphas"]["alpha"] for r in raced] == grid
         race = point["searches"]["r"]["race"]
         assert race["rows"] == summary["dev_prompts"] and race["rounds"] >= 1
         assert all(0 < r["n"] <= race["rows"] for r in raced)

@@ -54,8 +54,8 @@ def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, g
     if len(found["results"]) != grid:
         raise SystemExit(f"arm ({arm}) has {len(found['results'])} candidates, not {grid}: see {folder}")
     summary = [line for line in result.stderr.splitlines() if line.startswith("race:")]
-    return {"results": found["results"], "race": found.get("race"), "race_line": summary[-1] if summary else None,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {"results": found["results"], "race": found.get("race"),
+            "race_line": summary[-1] if summary else None, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def chosen(rows: list) -> dict:
@@ -77,7 +77,8 @@ def score_picks(sft: Path, checkpoint: Path, alphas: dict, test_prompts, test_se
             engine.set_alpha(alpha)
             per_prompt = [0.0] * len(test_prompts)
             for seed in range(test_seeds):
-                for i, value in enumerate(task.mean_reward(engine.model, engine.tokenizer, test_prompts, seed=seed)):
+                rewards = task.mean_reward(engine.model, engine.tokenizer, test_prompts, seed=seed)
+                for i, value in enumerate(rewards):
                     per_prompt[i] += value / test_seeds
             found[arm] = {"alpha": alpha, "test_per_prompt": per_prompt}
         engine.set_alpha(alphas["a"])
@@ -97,8 +98,8 @@ def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
     test_prompts = task.prompts("test", settings["test_prompts"])
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):
-        searches = {arm: run_search(out / "search" / f"{fraction:.2f}-{arm}", sft, checkpoint, arm, seed, grid)
-                    for arm in SCORERS}
+        searches = {arm: run_search(out / "search" / f"{fraction:.2f}-{arm}", sft, checkpoint, arm, seed,
+                                    grid) for arm in SCORERS}
         picks = {arm: chosen(search["results"])["alphas"]["alpha"] for arm, search in searches.items()}
         arms = score_picks(sft, checkpoint, picks, test_prompts, settings["seeds"])
         arms["a"]["search_dev"] = chosen(searches["a"]["results"])["score"]
@@ -112,7 +113,8 @@ def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="./toy-alignment-v4")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")

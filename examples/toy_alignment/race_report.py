@@ -58,10 +58,12 @@ def verdicts(table: list) -> dict:
 def tables(summary: dict, table: list, found: dict) -> str:
     out = [f"# Protocol v4 results ({summary['seconds'] / 60:.1f} min; grid of {summary['grid']} α over "
            f"[0, {summary['alpha_max']:g}], {summary['dev_prompts']} dev prompts)", "",
-           "(a) full grid, (r) raced grid. Dev generations: sampled answers to dev prompts (two per scored row). "
-           "Inside: (r)'s pick's full-data dev score (from (a)'s table) lies in (a)'s 95% interval of its best.",
-           "", "| seed | DPO progress | α (a) | α (r) | test (a) [95%] | test (r) [95%] | Δ = r − a [paired 95%] "
-           "| dev generations (r) / (a) | rounds; ended | inside |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "(a) full grid, (r) raced grid. Dev generations: sampled answers to dev prompts "
+           "(two per scored row). Inside: (r)'s pick's full-data dev score (from (a)'s table) "
+           "lies in (a)'s 95% interval of its best.", "",
+           "| seed | DPO progress | α (a) | α (r) | test (a) [95%] | test (r) [95%] | "
+           "Δ = r − a [paired 95%] | dev generations (r) / (a) | rounds; ended | inside |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         out.append(f"| {r['seed']} | {100 * r['fraction']:.0f}% | {r['alpha_a']:.2f} | {r['alpha_r']:.2f} | "
                    f"{r['test_a']:.3f} [{r['ci_a'][0]:.3f}, {r['ci_a'][1]:.3f}] | "
@@ -75,8 +77,9 @@ def tables(summary: dict, table: list, found: dict) -> str:
         out.append(f"| {part} | {v['points']} | {v['mean_delta']:+.4f} | {v['generations_share']:.1%} | "
                    f"{v['agree']} | {v['outside']} | {v['verdict']} |")
     worst = max(r["dev_check"] for r in table)
-    out += ["", f"**Verdict: {found['all']['verdict']}** (goal: mean Δ ≥ {MIN_DELTA} and (r)'s dev generations "
-                f"≤ {GOAL:.0%} of (a)'s; stretch goal: ≤ {STRETCH:.0%}).", "", "## Checks", "",
+    out += ["", f"**Verdict: {found['all']['verdict']}** (goal: mean Δ ≥ {MIN_DELTA} and (r)'s "
+                f"dev generations ≤ {GOAL:.0%} of (a)'s; stretch goal: ≤ {STRETCH:.0%}).", "",
+            "## Checks", "",
             f"- largest |(a)'s search dev score − this process's| for its pick: {worst:.2g}", ""]
     return "\n".join(out)
 
