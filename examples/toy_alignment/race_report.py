@@ -11,9 +11,11 @@ BEFORE_PEAK = 0.5  # v2's earliest peak was at 30%: 5-20% before it, 50-100% at 
 SEEDS_PER_ROW = 2  # every scored dev row costs two generations (sampling seeds 100 and 101)
 
 
-def generations(rows: list, dev_prompts: int) -> int:
-    """Dev generations of one search: its candidates' rows scored (all when not recorded)."""
-    return SEEDS_PER_ROW * sum(dev_prompts if r.get("n") is None else r["n"] for r in rows)
+def generations(search: dict, dev_prompts: int, full: bool) -> int:
+    """Dev generations of one search: every candidate on every dev prompt in arm (a) (its
+    scorer returns one number, so its rows record no count), the rows scored in arm (r)."""
+    rows = search["results"]
+    return SEEDS_PER_ROW * (dev_prompts * len(rows) if full else sum(r["n"] for r in rows))
 
 
 def point_metrics(point: dict, test_sets, dev_sets, dev_prompts: int) -> dict:
@@ -28,8 +30,8 @@ def point_metrics(point: dict, test_sets, dev_sets, dev_prompts: int) -> dict:
             "test_a": statistics.mean(a), "ci_a": interval(a, test_sets),
             "test_r": statistics.mean(r), "ci_r": interval(r, test_sets),
             "delta": statistics.mean(difference), "delta_ci": interval(difference, test_sets),
-            "gens_a": generations(searches["a"]["results"], dev_prompts),
-            "gens_r": generations(searches["r"]["results"], dev_prompts),
+            "gens_a": generations(searches["a"], dev_prompts, full=True),
+            "gens_r": generations(searches["r"], dev_prompts, full=False),
             "dev_best": full[round(arms["a"]["alpha"], 9)], "dev_best_ci": (low, high),
             "dev_r_full": raced_full, "inside": low <= raced_full <= high,
             "rounds": race.get("rounds"), "ended": race.get("ended"),
@@ -99,3 +101,10 @@ def report(out: Path, summary: dict) -> dict:
     (out / "verdict.json").write_text(json.dumps({"verdict": found, "points": table}, indent=1))
     print(text)
     return found
+
+
+if __name__ == "__main__":  # the report again from a run's results.json: python race_report.py OUT
+    import sys
+
+    folder = Path(sys.argv[1])
+    report(folder, json.loads((folder / "results.json").read_text()))
