@@ -83,3 +83,12 @@ def test_search_workers_benchmark_smoke(tmp_path):
     out = run_script(REPO / "bench/search_workers.py", "--hidden", "64", "--layers", "2", "--rows", "4",
                      "--candidates", "4", "--repeats", "1", "--work", tmp_path / "workers")
     assert "2 workers:" in out and "0 duplicates" in out and "structured / scalar" in out
+
+
+@pytest.mark.slow
+def test_search_race_benchmark_smoke(tmp_path):
+    out = run_script(REPO / "bench/search_race.py", "--rows", "64", "--rm-prompts", "32", "--new-tokens", "4",
+                     "--big-rows", "32", "--big-grid", "5", "--hidden", "64", "--layers", "2",
+                     "--work", tmp_path / "race")
+    assert "rows full" in out and "flat peak, preference" in out and "tiny, reward-model" in out
+    assert "raced pick's full-data score" in out

@@ -92,3 +92,29 @@ def test_structured_alpha_quick(tmp_path):
     assert set(verdict["arms"]) == {"b", "c", "d"}
     assert (tmp_path / "test_reward.png").stat().st_size > 0
     assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_race_alpha_quick(tmp_path):
+    run_example("race_alpha.py", "--quick", "--seeds", "0", "--out", tmp_path)
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["grid"] == 5 and summary["quick"]
+    points = summary["seeds"][0]["points"]
+    assert sorted(float(f) for f in points) == [0.25, 1.0]
+    for point in points.values():
+        full, raced = point["searches"]["a"]["results"], point["searches"]["r"]["results"]
+        grid = [0, 0.5, 1, 1.5, 2]
+        assert [r["alphas"]["alpha"] for r in full] == [r["alphas"]["alpha"] for r in raced] == grid
+        race = point["searches"]["r"]["race"]
+        assert race["rows"] == summary["dev_prompts"] and race["rounds"] >= 1
+        assert all(0 < r["n"] <= race["rows"] for r in raced)
+        assert race["rows_scored"] == sum(r["n"] for r in raced) <= race["rows_full"]
+        survivors = [r for r in raced if r["dropped_in"] is None]
+        assert survivors and point["arms"]["r"]["alpha"] in [r["alphas"]["alpha"] for r in survivors]
+        assert point["arms"]["a"]["search_dev"] == max(r["score"] for r in full)
+        arms = point["arms"]
+        assert all(len(a["test_per_prompt"]) == summary["settings"]["test_prompts"] for a in arms.values())
+    verdict = json.loads((tmp_path / "verdict.json").read_text())["verdict"]["all"]
+    assert verdict["points"] == 2 and 0 < verdict["generations_share"] <= 1
+    assert verdict["verdict"].split(" (")[0] in ("goal met", "stretch goal met", "not met")
+    assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()

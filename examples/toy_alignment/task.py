@@ -118,3 +118,16 @@ def dev_reward_sampled(model, tokenizer) -> float:
     the dev split sampled as on test, so that dev is not at its ceiling."""
     scores = dev_rewards_sampled(model, tokenizer)
     return sum(scores) / len(scores)
+
+
+def dev_rewards_sampled_rows(model, tokenizer, rows=None) -> List[float]:
+    """Scorer for `mergekit-expo search --race --scorer task:dev_rewards_sampled_rows` (protocol
+    v4): the sampled dev reward of each dev prompt in ``rows`` (indices; all when None), mean over
+    DEV_SAMPLING_SEEDS. The prompts of one call are sampled as one batch."""
+    dev = prompts("dev", DEV_PROMPTS)
+    chosen = dev if rows is None else [dev[i] for i in rows]
+    per_seed = [mean_reward(model, tokenizer, chosen, seed=seed) for seed in DEV_SAMPLING_SEEDS]
+    return [sum(scores) / len(scores) for scores in zip(*per_seed)]
+
+
+dev_rewards_sampled_rows.rows = DEV_PROMPTS  # how many dev rows a race can draw from
