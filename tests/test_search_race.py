@@ -143,7 +143,23 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert f"alpha: {best}" in (out / "best.yml").read_text()
     card = (tmp_path / "best" / "README.md").read_text()
     assert "raced (`--race`)" in card and f"{race['rows_scored']} of 320 candidate rows" in card
+    rounds = f"in {race['rounds']} round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); "
+    assert rounds + "the rows column gives how many rows each candidate was scored on" in card
     assert f"| 16 (dropped in round {dropped[16.0]}) |" in card
+
+
+def test_an_out_holding_someone_elses_results_json_is_refused_untouched(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=40, noise=0.05)
+    for name, text in (("not-json", "nope\n"), ("other-json", '{"hello": 1}\n')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+        result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.3",
+                        "--out", f"./{name}", cwd=tmp_path)
+        lines = error_lines(result)
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert "is not the results.json of a search: use another --out" in lines[0]
+        assert [p.name for p in (tmp_path / name).iterdir()] == ["results.json"]
+        assert (tmp_path / name / "results.json").read_text() == text
 
 
 # -- callables, refusals ------------------------------------------------------------------------
@@ -162,11 +178,17 @@ def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_pat
     # Another search on the same --out: refused, naming --race.
     again = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.3,1,3", "--out", "./s",
                    cwd=tmp_path)
-    assert again.returncode != 0 and "--race" in error_lines(again)[-1]
+    assert again.returncode != 0 and "--race was set, now not set" in error_lines(again)[-1]
+    # --race-tolerance alone would be a silently full search
+    alone = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--race-tolerance", "1",
+                   "--out", "./refused", cwd=tmp_path)
+    assert alone.returncode == 1 and "add --race" in error_lines(alone)[0], alone.stderr
+    assert not (tmp_path / "refused").exists()
 
     refusals = [(["--scorer", "slow_scorer:plain"], "has no `rows` attribute"),
                 (["--scorer", "slow_scorer:norm", "--space", "module"], "partly scored candidate"),
                 (["--scorer", "slow_scorer:norm", "--refine"], "--race cannot --refine"),
+                (["--scorer", "slow_scorer:norm", "--race-tolerance", "inf"], "must be a finite number"),
                 (["--scorer", "slow_scorer:norm", "--guard", "slow_scorer:plain", "--max-drop", "0.1"],
                  "--race cannot use --guard slow_scorer:plain")]
     for extra, message in refusals:

@@ -85,7 +85,8 @@ def race_words(race: dict) -> str:
             f"{race['rows']} dev rows, in a seeded order, and dropped once clearly worse than the leader "
             "(95% confidence on the paired per-row differences); the pick is the best survivor; "
             f"{race['rows_scored']} of {race['rows_full']} candidate rows were scored in {race['rounds']} "
-            f"rounds (ended: {race['ended']}), the rows column gives each candidate's")
+            f"round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); the rows column gives how "
+            "many rows each candidate was scored on")
 
 
 def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:

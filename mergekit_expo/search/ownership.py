@@ -34,9 +34,16 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
     from mergekit_expo.search.study import DEFAULT_STORAGE
 
     out = Path(out_dir)
-    saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
-    if not isinstance(saved, dict):
-        raise ExpoConfigError(f"{out / RESULTS} is not a search's results: use another --out")
+    try:
+        saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
+    except ExpoConfigError:
+        saved = None  # not JSON: not ours either
+    if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("settings", {}), dict)
+                                  and ("settings" in saved or not saved)):
+        saved = None
+    if saved is None:
+        raise ExpoConfigError(f"{out / RESULTS} is not the results.json of a search: use another --out "
+                              "(that file is left as it is)")
     has_study = (out / DEFAULT_STORAGE).is_file()
     if not saved and not has_study:
         return  # a new or empty folder

@@ -12,6 +12,7 @@ The rule is :mod:`.race`'s; this module is its glue to the study:
 """
 
 import json
+import math
 import time
 from typing import Dict, List, Optional
 
@@ -27,6 +28,8 @@ REFERENCE = "alpha=0"  # α = 0: its guard is the one every other is measured ag
 def check(settings, scorer, guard) -> None:
     """Every refusal of ``--race``, before any candidate is scored: one line each."""
     if not settings.race:
+        if "race_tolerance" in settings.given:  # never a silently full search
+            raise ExpoConfigError("--race-tolerance applies to a race: add --race, or drop --race-tolerance")
         return
     if settings.space != "scalar":
         raise ExpoConfigError(
@@ -36,8 +39,8 @@ def check(settings, scorer, guard) -> None:
     if settings.refine:
         raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full score, "
                               "which a race does not compute for dropped α: add the midpoints to --alphas")
-    if not settings.race_tolerance >= 0:
-        raise ExpoConfigError("--race-tolerance must be 0 or more (standard errors), "
+    if not 0 <= settings.race_tolerance < math.inf:
+        raise ExpoConfigError("--race-tolerance must be a finite number, 0 or more (standard errors), "
                               f"got {settings.race_tolerance}")
     for option, used in (("--scorer", scorer), ("--guard", guard)):
         why = used is not None and used.race_refusal()

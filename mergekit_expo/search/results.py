@@ -349,6 +349,9 @@ def differences(saved: dict, wanted: dict) -> List[str]:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             found += differences(old, new)
+        elif isinstance(old, dict) or isinstance(new, dict):  # an option with settings of its own
+            found.append(f"{OPTION_NAMES.get(key, key)} was {'set' if old else 'not set'}, "
+                         f"now {'set' if new else 'not set'}")
         elif key == "data":
             found.append("--data: the file's contents (or path) differ from the searched one")
         else:
