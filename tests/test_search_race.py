@@ -96,7 +96,8 @@ def preferences(llama_pair, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in (folder / "full0/answers/alpha=0.jsonl").read_text().splitlines()]
     flipped = [dict(row, chosen=row["rejected"], rejected=row["chosen"])
-               if answer["logp_chosen"] < answer["logp_rejected"] else row for row, answer in zip(rows, answers)]
+               if answer["logp_chosen"] < answer["logp_rejected"] else row
+               for row, answer in zip(rows, answers)]
     (folder / "prefs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in flipped))
     return folder / "prefs.jsonl", answers
 
@@ -136,7 +137,8 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert table[16.0]["dropped_in"] == str(dropped[16.0]) and table[survivors[0]]["dropped_in"] == ""
     assert [line for line in result.stderr.splitlines() if line.startswith("race: ")] == [
         f"race: scored {race['rows_scored']} of 320 candidate rows "
-        f"({100 * race['rows_scored'] / 320:.0f}%) in {race['rounds']} round{'s' if race['rounds'] > 1 else ''}; "
+        f"({100 * race['rows_scored'] / 320:.0f}%) in {race['rounds']} "
+        f"round{'s' if race['rounds'] > 1 else ''}; "
         f"ended: {race['ended']}"]
     best = max(survivors, key=lambda a: rows[a]["score"])
     assert f"alpha: {best}" in (out / "best.yml").read_text()
@@ -251,11 +253,13 @@ def test_lm_eval_races_on_documents(pair_factory, choice_task, tmp_path):
     pair = pair_factory(delta_scale=0.3)
     common = ["--scorer", "lm-eval:race_choice", "--tasks-path", choice_task, "--alphas", "0.5",
               "--batch-size", 4]
-    raced = invoke("search", *pair, *common, "--race", "--race-tolerance", "0", "--out", "./raced", cwd=tmp_path)
+    raced = invoke("search", *pair, *common, "--race", "--race-tolerance", "0", "--out", "./raced",
+                   cwd=tmp_path)
     assert raced.returncode == 0, raced.stderr
     full = invoke("search", *pair, *common, "--out", "./full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr
-    race, rows, whole = saved(tmp_path / "raced")["race"], by_alpha(tmp_path / "raced"), by_alpha(tmp_path / "full")
+    race, rows = saved(tmp_path / "raced")["race"], by_alpha(tmp_path / "raced")
+    whole = by_alpha(tmp_path / "full")
     assert race["rows"] == 24 and race["rows_full"] == 48
     units = [t.user_attrs["row"] for t in study_trials(tmp_path / "raced") if t.state.name == "COMPLETE"]
     assert all(set(unit["values"]) <= {0.0, 1.0} for unit in units)  # each document's accuracy
@@ -278,8 +282,8 @@ def unit_counts(out):
 def scores_alone(pair, folder, alphas):
     folder.mkdir()
     write_probe(folder, pair, rows=32)
-    result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race", "--out", "./s",
-                    cwd=folder)
+    result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race",
+                    "--out", "./s", cwd=folder)
     assert result.returncode == 0, result.stderr
     return {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(folder / "s").items()}
 

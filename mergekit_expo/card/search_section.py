@@ -122,7 +122,7 @@ def _data_facts(results) -> List[str]:
     if name in ("preference", "reward-model"):
         data = results.about.get("data_file")
         skipped = int((first.extra or {}).get("skipped") or 0)
-        total = first.n + skipped
+        total = (results.race["rows"] if results.race else first.n) + skipped  # raced: n is what each got
         rows = f"{total} row{'s' if total != 1 else ''}" + (f" ({skipped} skipped: longer than the model's context)"
                                               if skipped else "")
         return [f"data: `{os.path.basename(data)}`, {rows}" if data else f"data: {rows}"]

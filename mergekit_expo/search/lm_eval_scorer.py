@@ -107,7 +107,8 @@ class LmEvalScorer(Scorer):
             aggregation = task.aggregation().get(self.metrics[name].partition(",")[0])
             if getattr(aggregation, "__name__", None) != "mean":
                 return (f"{self.name}: {name}'s {_shown_metric(self.metrics[name])} is not a mean over "
-                        "documents, so a part of them has no comparable score: race with another --metric or task")
+                        "documents, so a part of them has no comparable score: race with another --metric "
+                        "or task")
         return None
 
     def _documents(self) -> Dict[str, int]:

@@ -30,14 +30,15 @@ def check(settings, scorer, guard) -> None:
         return
     if settings.space != "scalar":
         raise ExpoConfigError(
-            f"--race races the --alphas grid of --space scalar; --space {settings.space} draws each candidate "
-            "from the scores of finished ones, and a partly scored candidate has none yet: drop --race, "
-            "or use --space scalar --alphas ...")
+            f"--race races the --alphas grid of --space scalar; --space {settings.space} draws each "
+            "candidate from the scores of finished ones, and a partly scored candidate has none yet: "
+            "drop --race, or use --space scalar --alphas ...")
     if settings.refine:
         raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full score, "
                               "which a race does not compute for dropped α: add the midpoints to --alphas")
     if not settings.race_tolerance >= 0:
-        raise ExpoConfigError(f"--race-tolerance must be 0 or more (standard errors), got {settings.race_tolerance}")
+        raise ExpoConfigError("--race-tolerance must be 0 or more (standard errors), "
+                              f"got {settings.race_tolerance}")
     for option, used in (("--scorer", scorer), ("--guard", guard)):
         why = used is not None and used.race_refusal()
         if why:
@@ -61,7 +62,8 @@ class RaceRun:
 
     def __init__(self, run, study, grid: List[float], seed: int):
         self.run, self.study, self.seed = run, study, seed
-        self.candidates = {candidate_name("scalar", {"alpha": a}, 0): {"alpha": a} for a in sorted({0.0, *grid})}
+        alphas = sorted({0.0, *grid})
+        self.candidates = {candidate_name("scalar", {"alpha": a}, 0): {"alpha": a} for a in alphas}
         self._counts = None
 
     def first_units(self) -> List[dict]:
@@ -107,7 +109,8 @@ class RaceRun:
         self._write_answers(name, score, checked)
         rows, guard_rows = self.counts([])
         return dict(alpha=candidate["alpha"], score=score.value, low=None, high=None, n=len(score.values),
-                    seconds=time.perf_counter() - start, update_seconds=updated, alphas=candidate, candidate=name,
+                    seconds=time.perf_counter() - start, update_seconds=updated, alphas=candidate,
+                    candidate=name,
                     extra=self.run.merged_extra(score, checked), guard=checked and checked.value,
                     block=block, rows=blocks[block], values=score.values, race_rows=rows,
                     guard_rows=guard_blocks and guard_blocks[block], guard_values=checked and checked.values,
@@ -145,7 +148,8 @@ class RaceRun:
     # -- reports ------------------------------------------------------------------------------
     def aggregate(self, units: List[dict]):
         """(one AlphaResult per candidate, results.json's "race" object); ([], None) before any unit."""
-        units = [unit for unit in units if unit.get(BLOCK) is not None and unit["candidate"] in self.candidates]
+        units = [unit for unit in units
+                 if unit.get(BLOCK) is not None and unit["candidate"] in self.candidates]
         if not units:
             return [], None
         race = self.replay(units)
@@ -154,8 +158,9 @@ class RaceRun:
                 for name in self.candidates if any(u["candidate"] == name for u in units)]
         ended = race.rounds[-1].finished if race.next_block is None and race.rounds else None
         dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
-        report = {"rounds": len(race.rounds), "block_rows": len(blocks[0]), "rows": self.counts(units)[0],
-                  "rows_scored": sum(row.n for row in rows), "rows_full": self.counts(units)[0] * len(self.candidates),
+        total = self.counts(units)[0]
+        report = {"rounds": len(race.rounds), "block_rows": len(blocks[0]), "rows": total,
+                  "rows_scored": sum(row.n for row in rows), "rows_full": total * len(self.candidates),
                   "tolerance": self.options["tolerance"], "ended": ended, "survivors": race.survivors,
                   "dropped": dropped}
         return sorted(rows, key=lambda row: row.alpha), report
@@ -226,8 +231,9 @@ def summary_line(results) -> Optional[str]:
     if not race:
         return None
     scored, full = race["rows_scored"], race["rows_full"]
-    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) in {race['rounds']} "
-            f"round{'s' if race['rounds'] != 1 else ''}; ended: {race['ended'] or 'not yet'}")
+    rounds = race["rounds"]
+    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) in {rounds} "
+            f"round{'s' if rounds != 1 else ''}; ended: {race['ended'] or 'not yet'}")
     if results.settings.get("scorer") == "reward-model":
         line += f"; generations: {scored} of the {full} a full search makes"
     return line

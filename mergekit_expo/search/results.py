@@ -157,8 +157,8 @@ class SearchResults:
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
             raced = ["dropped_in"] if self.race is not None else []
             excluded = {r.key for r in self.excluded()}
-            writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced, *extra_keys,
-                             "candidate"])
+            writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced,
+                             *extra_keys, "candidate"])
             for r in self.rows:
                 guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
                 values = r.coordinates
@@ -246,7 +246,8 @@ class SearchResults:
         dropped = [r for r in rows if r.dropped_in is not None]
         if dropped:  # scored on fewer rows: hollow
             axis.scatter([r.alpha for r in dropped], [getattr(r, field) for r in dropped], marker="o", s=70,
-                         facecolors="white", edgecolors="C0", zorder=3, label="dropped by the race (fewer rows)")
+                         facecolors="white", edgecolors="C0", zorder=3,
+                         label="dropped by the race (fewer rows)")
         axis.set_ylabel(f"{field} ({label})")
 
     def _plot_vectors(self, path: Path) -> None:

@@ -182,7 +182,8 @@ class _Run:
         seconds = time.perf_counter() - start
         self._write_answers(name, score, checked)
         row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
-                   n=score.n, seconds=seconds, extra=self.merged_extra(score, checked), update_seconds=updated,
+                   n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
+                   update_seconds=updated,
                    guard=checked and checked.value, guard_low=checked and checked.low,
                    guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
         return row

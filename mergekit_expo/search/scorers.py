@@ -104,12 +104,13 @@ class PreferenceScorer(Scorer):
         wins = [1.0 if m > 0 else 0.0 for m in margins]
         low, high = bootstrap_interval(wins)
         kept = [self._kept_rows[i] for i in indices]
-        records = [{"row": index, "prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
-                    "logp_chosen": totals[2 * i], "logp_rejected": totals[2 * i + 1], "score": win}
+        records = [{"row": index, "prompt": row["prompt"], "chosen": row["chosen"],
+                    "rejected": row["rejected"], "logp_chosen": totals[2 * i],
+                    "logp_rejected": totals[2 * i + 1], "score": win}
                    for i, (index, row, win) in enumerate(zip(indices, kept, wins))]
         return Score(value=sum(wins) / len(wins), low=low, high=high, n=len(wins),
-                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped}, rows=records,
-                     values=wins if rows is not None else None)
+                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped},
+                     rows=records, values=wins if rows is not None else None)
 
 
 class RewardModelScorer(Scorer):
@@ -158,7 +159,8 @@ class RewardModelScorer(Scorer):
         records = [{"row": index, "prompt": prompt, "answer": answer, "score": reward}
                    for index, (prompt, _), answer, reward in zip(indices, encoded, answers, rewards)]
         return Score(value=sum(rewards) / len(rewards), low=low, high=high, n=len(rewards),
-                     extra={"skipped": self._skipped}, rows=records, values=rewards if rows is not None else None)
+                     extra={"skipped": self._skipped}, rows=records,
+                     values=rewards if rows is not None else None)
 
 
 class CallableScorer(Scorer):
@@ -191,8 +193,8 @@ class CallableScorer(Scorer):
         if rows is None:
             return None
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ExpoConfigError(f"scorer {self.name} has rows = {_brief(rows)}: it must be how many dev rows "
-                                  "the function scores, a whole number of at least 1")
+            raise ExpoConfigError(f"scorer {self.name} has rows = {_brief(rows)}: it must be how many dev "
+                                  "rows the function scores, a whole number of at least 1")
         return rows
 
     def race_refusal(self) -> Optional[str]:
@@ -232,8 +234,8 @@ class CallableScorer(Scorer):
         except TypeError:
             items = None
         if items is None or isinstance(returned, (str, bytes)) or len(items) != len(rows):
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} {_brief(returned)}: "
-                                  f"{must}")
+            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
+                                  f"{_brief(returned)}: {must}")
         values = [self._number(item, must) for item in items]
         return Score(value=sum(values) / len(values), n=len(values), values=values)
 

@@ -44,7 +44,8 @@ class Scorer(ABC):
         """The scorer ``spec`` names, from :func:`make_scorer`'s options (one line if one is missing)."""
 
     @abstractmethod
-    def __call__(self, engine, progress: Optional[Callable] = None, *, rows: Optional[List[int]] = None) -> Score:
+    def __call__(self, engine, progress: Optional[Callable] = None, *,
+                 rows: Optional[List[int]] = None) -> Score:
         """``progress(total)``: a tqdm-like bar for the engine's batches. ``rows``: score only
         these dev rows (indices below :meth:`race_rows`), with one entry of ``values`` per row."""
 
