@@ -161,6 +161,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=256, help="preference rows (tiny and flat-peak cases)")
+    parser.add_argument("--grid", type=int, default=21, help="α values over [0, 4] (tiny pair)")
     parser.add_argument("--flip", type=float, default=0.3, help="share of flipped labels (flat-peak case)")
     parser.add_argument("--rm-prompts", type=int, default=128, help="prompts of the reward-model case")
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -175,7 +176,7 @@ def main():
     (work / "tiny").mkdir(parents=True)
     (work / "big").mkdir()
     sft, aligned = write_pair(str(work / "tiny" / "pair"), PairSpec(delta_scale=0.3))
-    alphas, found = grid(21, 4.0), []
+    alphas, found = grid(args.grid, 4.0), []
     for name, teacher, flip, seed in (("tiny, preference", 3.0, 0.0, 0), ("flat peak, preference", 2.0,
                                                                            args.flip, 1)):
         data = labelled_preferences(work / "tiny" / f"prefs-{seed}.jsonl", sft, aligned, teacher, args.rows,
@@ -192,8 +193,8 @@ def main():
                     delta_scale=0.05)
     sft, aligned = write_pair(str(work / "big" / "pair"), spec)
     data = labelled_preferences(work / "big" / "prefs.jsonl", sft, aligned, 2.0, args.big_rows, 0.0, 2)
-    found.insert(2, run_case(work / "big", f"{parameter_count(aligned) / 1e6:.0f}M, preference", sft, aligned,
-                             grid(args.big_grid, 4.0),
+    name = f"{parameter_count(aligned) / 1e6:.3g}M, preference"
+    found.insert(2, run_case(work / "big", name, sft, aligned, grid(args.big_grid, 4.0),
                              ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False))
     print(f"full vs raced `mergekit-expo search` (--race defaults, --seed 0), {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, one run; {args.rows} preference rows, {args.rm_prompts} "

@@ -87,8 +87,8 @@ def test_search_workers_benchmark_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_search_race_benchmark_smoke(tmp_path):
-    out = run_script(REPO / "bench/search_race.py", "--rows", "64", "--rm-prompts", "32", "--new-tokens", "4",
-                     "--big-rows", "32", "--big-grid", "5", "--hidden", "64", "--layers", "2",
+    out = run_script(REPO / "bench/search_race.py", "--grid", "5", "--rows", "32", "--rm-prompts", "16",
+                     "--new-tokens", "2", "--big-rows", "16", "--big-grid", "3", "--hidden", "64", "--layers", "2",
                      "--work", tmp_path / "race")
     assert "rows full" in out and "flat peak, preference" in out and "tiny, reward-model" in out
     assert "raced pick's full-data score" in out
