@@ -52,7 +52,29 @@ def _fitting(items, lengths, limit: int, what: str):
     return kept, skipped
 
 
-class PreferenceScorer(Scorer):
+class _KeptRowsScorer(Scorer):
+    """A scorer of data rows, each encoded once; the rows that fit the context can be raced."""
+
+    _encoded: Optional[list] = None
+
+    def _encode(self, engine) -> None:
+        raise NotImplementedError
+
+    def race_rows(self, engine) -> int:
+        self._encode(engine)
+        return len(self._encoded)
+
+    def race_refusal(self) -> None:
+        return None
+
+    def _selected(self, engine, rows: Optional[List[int]]):
+        """The rows asked for (all kept rows when None) and their encodings."""
+        self._encode(engine)
+        indices = list(range(len(self._encoded))) if rows is None else list(rows)
+        return indices, [self._encoded[i] for i in indices]
+
+
+class PreferenceScorer(_KeptRowsScorer):
     """Accuracy of log p(chosen | prompt) > log p(rejected | prompt); margin = mean difference."""
 
     name = "preference"
@@ -85,18 +107,8 @@ class PreferenceScorer(Scorer):
         self._encoded = [item for item, _ in kept]
         self._kept_rows = [row for _, row in kept]
 
-    def race_rows(self, engine) -> int:
-        """The rows kept after the context-length filter."""
-        self._encode(engine)
-        return len(self._encoded)
-
-    def race_refusal(self) -> None:
-        return None
-
     def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
-        self._encode(engine)
-        indices = list(range(len(self._encoded))) if rows is None else list(rows)
-        encoded = [self._encoded[i] for i in indices]
+        indices, encoded = self._selected(engine, rows)
         contexts = [c for c, _, _ in encoded for _ in (0, 1)]
         answers = [answer for _, chosen, rejected in encoded for answer in (chosen, rejected)]
         totals = engine.answer_logprobs(contexts, answers, progress=progress)
@@ -113,7 +125,7 @@ class PreferenceScorer(Scorer):
                      rows=records, values=wins if rows is not None else None)
 
 
-class RewardModelScorer(Scorer):
+class RewardModelScorer(_KeptRowsScorer):
     """Mean reward of generated answers under a local sequence-classification model."""
 
     name = "reward-model"
@@ -140,18 +152,8 @@ class RewardModelScorer(Scorer):
             lengths = [len(ids) + self.sampling.max_new_tokens for _, ids in encoded]
             self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length, "prompts")
 
-    def race_rows(self, engine) -> int:
-        """The prompts kept after the context-length filter: each raced row is one generation."""
-        self._encode(engine)
-        return len(self._encoded)
-
-    def race_refusal(self) -> None:
-        return None
-
     def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
-        self._encode(engine)
-        indices = list(range(len(self._encoded))) if rows is None else list(rows)
-        encoded = [self._encoded[i] for i in indices]
+        indices, encoded = self._selected(engine, rows)
         answers = engine.generate([ids for _, ids in encoded], self.sampling, progress=progress)
         sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(encoded, answers)]
         rewards = self.reward.scores(sequences)
