@@ -150,8 +150,10 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, pair, preferenc
 def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file):
     out = tmp_path / "search"
     alphas = ",".join(str(a / 10) for a in range(12))
+    # --heartbeat 2: a candidate taken by the killed process before it named itself is given
+    # back after 3 heartbeats, not 3 minutes
     command = [str(BIN / "mergekit-expo"), "search", str(pair[0]), str(pair[1]),
-               "--data", str(preference_file), "--out", str(out), "--alphas", alphas]
+               "--data", str(preference_file), "--out", str(out), "--alphas", alphas, "--heartbeat", "2"]
     process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "results.json").exists() or len(results_of(out)) < 2:
@@ -162,7 +164,7 @@ def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, prefer
     before = results_of(out)  # valid JSON: written atomically
     assert 2 <= len(before) < 12
     run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
-            "--alphas", alphas)
+            "--alphas", alphas, "--heartbeat", "2")
     after = results_of(out)
     assert len(after) == 12 and all(after[a] == before[a] for a in before)
 
