@@ -62,6 +62,17 @@ def train_dpo_dense(out: Path, sft: Path, tokenizer, settings, seed, lr, progres
     return {f: out / f"dpo-lr{lr:g}" / f"progress-{f:.2f}" for f in wanted.values()}, steps
 
 
+def train_checkpoints(out: Path, seed: int, settings, progress):
+    """Protocols v3 and v4: SFT, then DPO at DPO_LR with checkpoints at ``progress``, as
+    this script trains them. Returns (sft, checkpoints, dpo steps, seconds)."""
+    torch.manual_seed(seed)  # the same order of draws as one_seed below (v2)
+    tokenizer = build_tokenizer(out / "tokenizer")
+    started = time.perf_counter()
+    sft = train_sft(out, tokenizer, settings, seed)
+    checkpoints, steps = train_dpo_dense(out, sft, tokenizer, settings, seed, DPO_LR, progress)
+    return sft, checkpoints, steps, time.perf_counter() - started
+
+
 def dev_map(sft: Path, checkpoints: dict, alphas) -> dict:
     """{progress: {α: dev reward}}: one engine per checkpoint, weights set in place per α."""
     from mergekit_expo.search.hf_engine import HFEngine

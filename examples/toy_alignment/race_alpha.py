@@ -25,9 +25,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import task  # noqa: E402
-from progress_map import DPO_LR, train_dpo_dense  # noqa: E402
+from progress_map import DPO_LR, train_checkpoints  # noqa: E402
 from race_report import report  # noqa: E402
-from run import FULL, QUICK, build_tokenizer, train_sft  # noqa: E402
+from run import FULL, QUICK  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PROGRESS = (0.05, 0.10, 0.20, 0.50, 1.00)
@@ -75,11 +75,7 @@ def score_picks(sft: Path, checkpoint: Path, alphas: dict, test_prompts, test_se
     try:
         for arm, alpha in alphas.items():
             engine.set_alpha(alpha)
-            per_prompt = [0.0] * len(test_prompts)
-            for seed in range(test_seeds):
-                rewards = task.mean_reward(engine.model, engine.tokenizer, test_prompts, seed=seed)
-                for i, value in enumerate(rewards):
-                    per_prompt[i] += value / test_seeds
+            per_prompt = task.test_rewards_per_prompt(engine.model, engine.tokenizer, test_prompts, test_seeds)
             found[arm] = {"alpha": alpha, "test_per_prompt": per_prompt}
         engine.set_alpha(alphas["a"])
         found["a"]["dev_per_prompt"] = task.dev_rewards_sampled(engine.model, engine.tokenizer)
@@ -89,12 +85,8 @@ def score_picks(sft: Path, checkpoint: Path, alphas: dict, test_prompts, test_se
 
 
 def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
-    torch.manual_seed(seed)  # the same order of draws as progress_map.py (v2) and v3
-    tokenizer = build_tokenizer(out / "tokenizer")
     started = time.perf_counter()
-    sft = train_sft(out, tokenizer, settings, seed)
-    checkpoints, steps = train_dpo_dense(out, sft, tokenizer, settings, seed, DPO_LR, progress)
-    trained = time.perf_counter() - started
+    sft, checkpoints, steps, trained = train_checkpoints(out, seed, settings, progress)
     test_prompts = task.prompts("test", settings["test_prompts"])
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):

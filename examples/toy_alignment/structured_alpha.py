@@ -27,8 +27,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import task  # noqa: E402
-from progress_map import DPO_LR, train_dpo_dense  # noqa: E402
-from run import FULL, QUICK, build_tokenizer, train_sft  # noqa: E402
+from progress_map import DPO_LR, train_checkpoints  # noqa: E402
+from run import FULL, QUICK  # noqa: E402
 from structured_report import report  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -94,10 +94,7 @@ def score_candidates(sft: Path, checkpoint: Path, candidates: dict, test_prompts
         for arm, (space, candidate) in candidates.items():
             engine.set_alphas(resolve[space](candidate))
             dev = task.dev_rewards_sampled(engine.model, engine.tokenizer)
-            per_prompt = [0.0] * len(test_prompts)
-            for seed in range(test_seeds):
-                for i, value in enumerate(task.mean_reward(engine.model, engine.tokenizer, test_prompts, seed=seed)):
-                    per_prompt[i] += value / test_seeds
+            per_prompt = task.test_rewards_per_prompt(engine.model, engine.tokenizer, test_prompts, test_seeds)
             scored[arm] = {"space": space, "candidate": candidate, "dev": sum(dev) / len(dev),  # as the scorer sums
                            "test_per_prompt": per_prompt}
     finally:
@@ -123,12 +120,8 @@ def arm_candidates(searches: dict) -> dict:
 
 
 def one_seed(out: Path, seed: int, settings, progress, budget: int) -> dict:
-    torch.manual_seed(seed)  # the same order of draws as progress_map.py (v2)
-    tokenizer = build_tokenizer(out / "tokenizer")
     started = time.perf_counter()
-    sft = train_sft(out, tokenizer, settings, seed)
-    checkpoints, steps = train_dpo_dense(out, sft, tokenizer, settings, seed, DPO_LR, progress)
-    trained = time.perf_counter() - started
+    sft, checkpoints, steps, trained = train_checkpoints(out, seed, settings, progress)
     test_prompts = task.prompts("test", settings["test_prompts"])
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):

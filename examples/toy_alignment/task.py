@@ -94,6 +94,15 @@ def mean_reward(model, tokenizer, prompt_list, seed=None) -> List[float]:
     return [reward(p, a) for p, a in zip(prompt_list, answers)]
 
 
+def test_rewards_per_prompt(model, tokenizer, prompt_list, seeds: int) -> List[float]:
+    """Each prompt's reward sampled as on test, the mean over sampling seeds 0 .. seeds-1."""
+    per_prompt = [0.0] * len(prompt_list)
+    for seed in range(seeds):
+        for i, value in enumerate(mean_reward(model, tokenizer, prompt_list, seed=seed)):
+            per_prompt[i] += value / seeds
+    return per_prompt
+
+
 DEV_PROMPTS = 200
 
 

@@ -11,13 +11,11 @@ The rule is :mod:`.race`'s; this module is its glue to the study:
 - the reports have one row per candidate, aggregated from its units.
 """
 
-import json
 import math
 import time
 from typing import Dict, List, Optional
 
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.filesystem import make_parents, write_file_atomically
 from mergekit_expo.search.race import RaceRule, fmean, replay, row_blocks
 from mergekit_expo.search.results import AlphaResult, candidate_name
 from mergekit_expo.search.study import BLOCK
@@ -99,7 +97,8 @@ class RaceRun:
     def evaluate(self, unit: dict, trial) -> dict:
         block = unit[BLOCK]
         candidate = {name: value for name, value in unit.items() if name != BLOCK}
-        blocks, guard_blocks = self.blocks(self.study.rows())
+        # the study is read for the row counts only until they are known
+        blocks, guard_blocks = self.blocks(self.study.rows() if self._counts is None else [])
         name = candidate_name("scalar", candidate, trial.number)
         description = f"α = {candidate['alpha']:g}, block {block + 1} of {len(blocks)}"
         start = time.perf_counter()
@@ -109,7 +108,7 @@ class RaceRun:
         score = self._scored("--scorer", self.run.scorer, name, description, blocks[block])
         checked = self._scored("--guard", self.run.guard, name, description, guard_blocks[block]) \
             if self.run.guard is not None else None
-        self._write_answers(name, score, checked)
+        self.run.write_answers(name, score, checked, keep_other_rows=True)
         rows, guard_rows = self.counts([])
         return dict(alpha=candidate["alpha"], score=score.value, low=None, high=None, n=len(score.values),
                     seconds=time.perf_counter() - start, update_seconds=updated, alphas=candidate,
@@ -167,25 +166,6 @@ class RaceRun:
                   "tolerance": self.options["tolerance"], "ended": ended, "survivors": race.survivors,
                   "dropped": dropped}
         return sorted(rows, key=lambda row: row.alpha), report
-
-    def _write_answers(self, name: str, score, checked) -> None:
-        """answers/<candidate>.jsonl: every block's rows of the candidate so far (its units are
-        scored one after the other, one round each)."""
-        records = [dict(record) for record in (score.rows or [])]
-        if checked is not None and checked.rows and not records:
-            records = [dict(record, scorer="guard") for record in checked.rows]
-        if not records:
-            return
-        folder = self.run.results.folder / "answers"
-        make_parents(folder)
-        path = folder / f"{name}.jsonl"
-        new = {record.get("row") for record in records}
-        kept = []
-        if path.is_file():
-            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [record for record in kept if record.get("row") not in new]
-        write_file_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
-                                            for record in kept + records))
 
 
 def _rows_of(scorer, engine, option: str) -> int:

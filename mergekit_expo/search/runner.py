@@ -180,7 +180,7 @@ class _Run:
         score = self.scored("--scorer", self.scorer, name, description)
         checked = self.scored("--guard", self.guard, name, description) if self.guard is not None else None
         seconds = time.perf_counter() - start
-        self._write_answers(name, score, checked)
+        self.write_answers(name, score, checked)
         row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
                    n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
                    update_seconds=updated,
@@ -204,8 +204,9 @@ class _Run:
             raise ExpoConfigError(f"{option} {scorer.name} raised {what} while scoring {candidate}: fix it, "
                                   "or run with -v for its traceback") from error
 
-    def _write_answers(self, name: str, score, checked) -> None:
-        """answers/<candidate>.jsonl: what each row produced and scored, for reading or judging."""
+    def write_answers(self, name: str, score, checked, *, keep_other_rows: bool = False) -> None:
+        """answers/<candidate>.jsonl: what each row produced and scored, for reading or judging;
+        ``keep_other_rows``: a raced candidate's earlier blocks stay, each row once."""
         records = [dict(record) for record in (score.rows or [])]
         if checked is not None and checked.rows and not records:
             records = [dict(record, scorer="guard") for record in checked.rows]
@@ -213,8 +214,13 @@ class _Run:
             return
         folder = self.results.folder / "answers"
         make_parents(folder)
-        write_file_atomically(folder / f"{name}.jsonl",
-                              "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        path = folder / f"{name}.jsonl"
+        if keep_other_rows and path.is_file():
+            new = {record.get("row") for record in records}
+            kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            records = [record for record in kept if record.get("row") not in new] + records
+        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        write_file_atomically(path, text)
 
     def rows(self):
         rows = [AlphaResult(**{k: v for k, v in row.items() if k in AlphaResult.__dataclass_fields__})
