@@ -3,7 +3,7 @@ how often the candidate that is best on all rows is lost."""
 
 import random
 
-from mergekit_expo.search.race import RaceRule, judge, replay, row_blocks
+from mergekit_expo.search.race import RaceRule, fmean, judge, replay, row_blocks, stdev
 
 
 def rows_of(means, rows=400, noise=1.0, shared=2.0, seed=0):
@@ -15,9 +15,9 @@ def rows_of(means, rows=400, noise=1.0, shared=2.0, seed=0):
             for name, mean in means.items()}
 
 
-def race(scores, **rule_options):
+def race(scores, seed=0, **rule_options):
     rows = len(next(iter(scores.values())))
-    blocks = row_blocks(rows, seed=0)
+    blocks = row_blocks(rows, seed=seed)
     rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows, **rule_options)
     return replay(scores, blocks, rule), blocks
 
@@ -47,11 +47,18 @@ def test_clear_losers_go_in_the_first_round_and_the_best_wins():
 
 
 def test_no_candidate_can_be_dropped_when_the_noise_hides_every_difference():
-    scores = rows_of({"a": 0.0, "b": 0.05, "c": 0.1}, rows=64, noise=3.0)
-    outcome, _ = race(scores, tolerance=0.01)
+    # the same per-row values in another order: equal on all rows, noisy on every part of them
+    rng = random.Random(3)
+    values = [rng.gauss(0, 3.0) for _ in range(64)]
+    orders = {name: rng.sample(range(64), 64) for name in "abc"}
+    scores = {name: {row: values[order[row]] for row in range(64)} for name, order in orders.items()}
+    outcome, blocks = race(scores, tolerance=0.01)
     assert all(not standing.dropped for standing in outcome.rounds)
     assert outcome.rounds[-1].finished == "every row is scored"
     assert sorted(outcome.survivors) == ["a", "b", "c"]
+    # a rule that forgot the number of comparisons would have dropped one on these rows
+    careless = replay(scores, blocks, RaceRule(candidates=2, rounds=1, rows=64, tolerance=0.01))
+    assert careless.dropped_in, careless.rounds
 
 
 def test_the_leader_can_change_mid_race():
@@ -77,6 +84,22 @@ def test_a_flat_peak_ends_the_race_early_within_the_tolerance():
     # with no tolerance every row is scored
     strict, _ = race(scores, tolerance=0.0)
     assert len(strict.rounds) == len(blocks)
+
+
+def test_an_equivalence_stop_picks_within_the_tolerance_of_the_best_on_all_rows():
+    """21 candidates on a gentle peak: races stop early, and the pick's mean over all rows is
+    within the tolerance of the best's in at least 95% of them (the documented promise)."""
+    races, kept, early, shares = 100, 0, 0, []
+    for seed in range(races):
+        scores = rows_of({f"{i / 5:g}": -abs(i - 10) * 0.01 for i in range(21)}, rows=400, seed=seed)
+        full = {name: fmean(list(values.values())) for name, values in scores.items()}
+        outcome, blocks = race(scores, seed=seed)
+        within = 2.0 * fmean([stdev(list(values.values())) for values in scores.values()]) / 400 ** 0.5
+        kept += max(full.values()) - full[outcome.rounds[-1].leader] <= within
+        early += outcome.rounds[-1].finished.startswith("the survivors are within")
+        shares.append(rows_used(outcome, blocks, scores))
+    assert kept >= 0.95 * races and early >= 0.5 * races, (kept, early)
+    assert fmean(shares) < 0.75, fmean(shares)
 
 
 def test_the_guard_drops_a_candidate_whose_guard_falls_too_far_and_keeps_alpha_0_scored():

@@ -300,10 +300,10 @@ def unit_counts(out):
     return counts
 
 
-def scores_alone(pair, folder, alphas):
+def scores_alone(pair, folder, alphas, *options):
     folder.mkdir()
     write_probe(folder, pair, rows=32)
-    result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race",
+    result = invoke("search", *pair, "--scorer", "slow_scorer:norm", "--alphas", alphas, "--race", *options,
                     "--out", "./s", cwd=folder)
     assert result.returncode == 0, result.stderr
     return {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(folder / "s").items()}
@@ -312,7 +312,8 @@ def scores_alone(pair, folder, alphas):
 def test_two_workers_score_each_candidate_block_once(f32_pair, tmp_path):
     alphas = "0.3,0.6,1,3"
     write_probe(tmp_path, f32_pair, rows=32, pause=0.3)
-    workers = [start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race") for _ in range(2)]
+    exact = ("--race-tolerance", "0")  # no equivalence stop: the race needs its second round
+    workers = [start_worker(tmp_path, f32_pair, "--alphas", alphas, "--race", *exact) for _ in range(2)]
     for worker in workers:
         _, stderr = worker.communicate(timeout=300)
         assert worker.returncode == 0, stderr
@@ -323,7 +324,7 @@ def test_two_workers_score_each_candidate_block_once(f32_pair, tmp_path):
     pids = {t.user_attrs["worker"]["pid"] for t in study_trials(tmp_path / "s") if t.state.name == "COMPLETE"}
     assert len(pids) == 2  # both did some of the work
     shared = {a: (r["score"], r["n"], r["dropped_in"]) for a, r in by_alpha(tmp_path / "s").items()}
-    assert shared == scores_alone(f32_pair, tmp_path / "alone", alphas)
+    assert shared == scores_alone(f32_pair, tmp_path / "alone", alphas, *exact)
 
 
 @pytest.mark.slow

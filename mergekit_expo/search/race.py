@@ -4,22 +4,27 @@ drop those clearly worse than the leader, stop when one is left or the rest are 
 Every survivor is scored on the same rows, so the paired per-row differences to the
 leader carry far less noise than the scores themselves (F-race, Hoeffding races).
 
-The rule, after each round (``n`` rows scored by every survivor):
+The rule, after each round (``n`` of the dev set's ``N`` rows scored by every survivor):
 
 - the leader is the survivor with the highest mean score;
 - a survivor ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
-  lower confidence bound above 0: ``mean(d) − z·sd(d)/√n > 0``;
+  lower confidence bound above 0: ``mean(d) − z·se(d) > 0``;
 - with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
   ``--max-drop`` with the same confidence;
-- the race ends when one survivor is left, when every survivor's upper 95% bound of ``d``
-  is below the tolerance, or when the rows run out. The tolerance is ``--race-tolerance``
-  standard errors of a full-data score (one row's spread / √rows): by default 2, about
-  what a full search's 95% interval cannot separate, so a flat peak ends early.
+- the race ends when one survivor is left, when no survivor can beat the leader by more
+  than the tolerance (``mean(c − leader) + z·se <= tolerance`` for every ``c``), or when
+  the rows run out. The tolerance is ``--race-tolerance`` standard errors of a full-data
+  score (one row's spread / √N): by default 2, about the half-width of a full search's 95%
+  interval, so a flat peak ends early.
 
-``z`` is Bonferroni-corrected for every comparison the race can make (``candidates − 1``
-per round, times the rounds): the candidate that is best on the whole dev set is
-dropped with probability at most ``1 − confidence`` (normal approximation of the mean of
-paired differences; rows drawn from the dev set in a seeded random order).
+``se`` is the standard error of the mean difference over the ``n`` rows as an estimate of
+its mean over all ``N`` rows (rows are drawn without replacement, hence the factor
+``√((N − n)/(N − 1))``: once every row is scored the means are exact). ``z`` is
+Bonferroni-corrected for every comparison the race can make (``candidates − 1`` per round,
+times the rounds). With that, one event covers both promises (normal approximation of the
+mean of paired differences; rows in a seeded random order): with probability at least
+``confidence``, the candidate that is best on all rows is never dropped, and a race that
+stops for equivalence picks a candidate within the tolerance of it on all rows.
 """
 
 import math
@@ -34,7 +39,6 @@ MIN_BLOCK = 16
 #: after every block stays small
 MAX_ROUNDS = 8
 DEFAULT_TOLERANCE = 2.0
-_EQUIVALENT_Z = NormalDist().inv_cdf(0.95)  # one-sided: stopping early never drops the best
 
 
 def fmean(values: Sequence[float]) -> float:
@@ -66,6 +70,7 @@ class RaceRule:
     confidence: float = 0.95
     tolerance: float = DEFAULT_TOLERANCE  # in standard errors of a full-data score
     max_drop: Optional[float] = None  # the guard's allowed drop below α = 0
+    guard_rows: Optional[int] = None  # in the guard's whole dev set
 
     @property
     def z(self) -> float:
@@ -83,11 +88,14 @@ class Standing:
     finished: Optional[str] = None  # why the race ended, or None
 
 
-def _paired(better: Sequence[float], worse: Sequence[float]):
-    """Mean and standard error of the paired differences ``better − worse``."""
+def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int]):
+    """Mean of the paired differences ``better − worse`` and its standard error as an
+    estimate of their mean over all ``rows`` (sampled without replacement; None: unknown)."""
     differences = [b - w for b, w in zip(better, worse, strict=True)]
-    spread = stdev(differences) if len(differences) > 1 else 0.0
-    return fmean(differences), spread / math.sqrt(len(differences))
+    n = len(differences)
+    spread = stdev(differences) if n > 1 else 0.0
+    unseen = 1.0 if rows is None else math.sqrt(max(0, rows - n) / (rows - 1)) if rows > 1 else 0.0
+    return fmean(differences), spread / math.sqrt(n) * unseen
 
 
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
@@ -98,15 +106,15 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     dropped = {}
     if guard is not None and rule.max_drop is not None:
         for name in scores:
-            mean, error = _paired(guard[reference], guard[name])
+            mean, error = _paired(guard[reference], guard[name], rule.guard_rows)
             if name != reference and mean - z * error > rule.max_drop:
                 dropped[name] = f"guard {mean:.4g} ± {z * error:.3g} below α = 0"
     running = [name for name in scores if name not in dropped]
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
-    for name in running:
-        mean, error = _paired(scores[leader], scores[name])
+    for name in running if rows_left else ():  # on every row, the pick is simply the leader
+        mean, error = _paired(scores[leader], scores[name], rule.rows)
         if name != leader and mean - z * error > 0:
             dropped[name] = f"below {leader} by {mean:.4g} ± {z * error:.3g}"
     survivors = [name for name in running if name not in dropped]
@@ -116,17 +124,17 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
 def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_left: bool) -> Optional[str]:
     if len(survivors) == 1:
         return "one candidate left"
+    if not rows_left:
+        return "every row is scored"
     spread = fmean([stdev(scores[name]) for name in survivors]) if len(scores[leader]) > 1 else 0.0
     within = rule.tolerance * spread / math.sqrt(rule.rows)
 
-    def upper(name):
-        mean, error = _paired(scores[leader], scores[name])
-        return mean + _EQUIVALENT_Z * error
+    def most_above_leader(name):
+        mean, error = _paired(scores[name], scores[leader], rule.rows)
+        return mean + rule.z * error
 
-    if all(name == leader or upper(name) <= within for name in survivors):
+    if all(name == leader or most_above_leader(name) <= within for name in survivors):
         return f"the survivors are within {within:.3g} of the leader"
-    if not rows_left:
-        return "every row is scored"
     return None
 
 

@@ -142,7 +142,8 @@ class RaceRun:
             scores[unit["candidate"]].update(zip(unit["rows"], unit["values"]))
             if guard is not None:
                 guard[unit["candidate"]].update(zip(unit["guard_rows"], unit["guard_values"]))
-        rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=self.counts(units)[0],
+        rows, guard_rows = self.counts(units)
+        rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows, guard_rows=guard_rows,
                         tolerance=self.options["tolerance"],
                         max_drop=self.options.get("max_drop") if guard is not None else None)
         return replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks, reference=REFERENCE)
