@@ -66,6 +66,7 @@ class RaceRun:
         alphas = sorted({0.0, *grid})
         self.candidates = {candidate_name("scalar", {"alpha": a}, 0): {"alpha": a} for a in alphas}
         self._counts = None
+        self._reported: Dict[tuple, AlphaResult] = {}  # a candidate's row, until it has another unit
 
     def first_units(self) -> List[dict]:
         return [dict(candidate, **{BLOCK: 0}) for candidate in self.candidates.values()]
@@ -157,7 +158,7 @@ class RaceRun:
             return [], None
         race = self.replay(units)
         blocks, _ = self.blocks(units)
-        rows = [_candidate_row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name))
+        rows = [self._row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name))
                 for name in self.candidates if any(u["candidate"] == name for u in units)]
         ended = race.rounds[-1].finished if race.next_block is None and race.rounds else None
         dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
@@ -167,6 +168,12 @@ class RaceRun:
                   "tolerance": self.options["tolerance"], "ended": ended, "survivors": race.survivors,
                   "dropped": dropped}
         return sorted(rows, key=lambda row: row.alpha), report
+
+    def _row(self, name: str, units: List[dict], dropped_in: Optional[int]) -> AlphaResult:
+        key = (name, tuple(sorted(unit["trial"] for unit in units)), dropped_in)
+        if key not in self._reported:
+            self._reported[key] = _candidate_row(name, units, dropped_in)
+        return self._reported[key]
 
 
 def _rows_of(scorer, engine, option: str) -> int:

@@ -191,12 +191,19 @@ class CandidateResolver:
         self.named = named or (sft, aligned)
         self.trust_remote_code = trust_remote_code
         self.layout = model_layout_names(model_type, checkpoint_names)
+        self._resolved: Dict[tuple, Dict[str, float]] = {}  # a raced α is set once per block
 
     def config(self, candidate: Mapping[str, float]) -> dict:
         """The mergekit config of a candidate, as best.yml holds it."""
         return self.space.config(*self.named, candidate, self.dtype)
 
     def __call__(self, candidate: Mapping[str, float]) -> Dict[str, float]:
+        key = tuple(sorted(candidate.items()))
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(candidate)
+        return dict(self._resolved[key])
+
+    def _resolve(self, candidate: Mapping[str, float]) -> Dict[str, float]:
         planned = planned_alphas(self.space.config(self.sft, self.aligned, candidate, self.dtype),
                                  trust_remote_code=self.trust_remote_code)
         alphas = {}
