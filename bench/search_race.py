@@ -14,6 +14,13 @@ Three cases, each searched twice by the real command (the same grid, data and sc
 Per case: rows scored, generations, wall time of each search, whether the picks agree, and
 whether the raced pick's full-data score lies inside the full search's 95% interval of its best.
 
+One row order is one draw: the command races with ``--seed 0``. The race is then replayed
+(the command's own rule, :func:`mergekit_expo.search.race.replay`) on the full search's
+per-row scores under ``--orders`` other seeds, giving the share of rows and whether the pick
+is inside the interval over many orders; seed 0's replay is checked against the command's
+race (the same rows per candidate), which holds exactly for scorers whose per-row score does
+not depend on the batch (preference).
+
 Usage: python bench/search_race.py [--rows 256] [--rm-prompts 128] [--hidden 768 --layers 12]
 """
 
@@ -131,10 +138,44 @@ def compare(name: str, full: dict, raced: dict, generating: bool) -> dict:
             "flat": len(within), "rounds": raced["race"]["rounds"], "ended": raced["race"]["ended"]}
 
 
-def run_case(work: Path, name, sft, aligned, alphas, options, generating) -> dict:
+def per_row_scores(out: Path) -> dict:
+    """candidate -> {row: score} from a full search's answers/<candidate>.jsonl."""
+    scores = {}
+    for path in sorted((out / "answers").glob("*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        scores[path.stem] = {record["row"]: record["score"] for record in records}
+    return scores
+
+
+def replayed(work: Path, name: str, full: dict, raced: dict, orders: int) -> dict:
+    """The race on the full search's per-row scores under ``orders`` row orders."""
+    from mergekit_expo.search.race import RaceRule, fmean, replay, row_blocks
+
+    out = work / f"search-{name}-full"
+    scores = per_row_scores(out)
+    rows = len(next(iter(scores.values())))
+    by_name = {r["candidate"]: r for r in full["rows"]}
+    best = by_name[max(scores, key=lambda c: (fmean(list(scores[c].values())), -by_name[c]["alphas"]["alpha"]))]
+    shares, inside, same_as_command = [], 0, None
+    for seed in range(orders):
+        blocks = row_blocks(rows, seed)
+        race = replay(scores, blocks, RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows))
+        read = len(race.rounds)
+        used = {c: sum(len(b) for b in blocks[:race.dropped_in.get(c, read)]) for c in scores}
+        shares.append(sum(used.values()) / (rows * len(scores)))
+        inside += best["low"] <= by_name[race.rounds[-1].leader]["score"] <= best["high"]
+        if seed == 0:
+            command = {r["candidate"]: r["n"] for r in raced["rows"]}
+            same_as_command = command == {c: n for c, n in used.items() if n}
+    return {"orders": orders, "mean_share": fmean(shares), "max_share": max(shares),
+            "over_half": sum(share > 0.5 for share in shares), "inside_orders": inside,
+            "replay_is_command": same_as_command}
+
+
+def run_case(work: Path, name, sft, aligned, alphas, options, generating, orders) -> dict:
     full = search(work, name, sft, aligned, alphas, options, race=False)
     raced = search(work, name, sft, aligned, alphas, options, race=True)
-    return compare(name, full, raced, generating)
+    return dict(compare(name, full, raced, generating), **replayed(work, name, full, raced, orders))
 
 
 def print_table(found: list) -> None:
@@ -150,6 +191,13 @@ def print_table(found: list) -> None:
               f"{'yes' if c['pick_full'] == c['pick_race'] else 'no':>4} "
               f"{'yes' if c['inside'] else 'no':>10} "
               f"{c['rounds']:6d}  {c['ended']}")
+    print("\nthe same race replayed on each full search's per-row scores over other row orders (seeds)")
+    print(f"{'case':22} {'orders':>6} {'mean share':>10} {'max share':>9} {'orders > 50%':>12} "
+          f"{'pick inside 95%':>15} {'seed 0 replay = command':>23}")
+    for c in found:
+        print(f"{c['case']:22} {c['orders']:6d} {c['mean_share']:10.1%} {c['max_share']:9.1%} "
+              f"{c['over_half']:12d} {c['inside_orders']:9d} of {c['orders']:<3d} "
+              f"{'yes' if c['replay_is_command'] else 'no':>23}")
     for c in found:
         low, high = c["best_ci"]
         print(f"{c['case']}: full best {c['best']:.4f} [95% {low:.4f}, {high:.4f}], {c['flat']} of "
@@ -165,10 +213,11 @@ def main():
     parser.add_argument("--flip", type=float, default=0.3, help="share of flipped labels (flat-peak case)")
     parser.add_argument("--rm-prompts", type=int, default=128, help="prompts of the reward-model case")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--big-rows", type=int, default=64, help="preference rows of the 113M case")
+    parser.add_argument("--big-rows", type=int, default=256, help="preference rows of the 113M case")
     parser.add_argument("--big-grid", type=int, default=11, help="α values over [0, 4] (113M case)")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--orders", type=int, default=40, help="row orders the race is replayed under")
     parser.add_argument("--work", default=str(HERE / "results" / "search-race"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -182,12 +231,13 @@ def main():
         data = labelled_preferences(work / "tiny" / f"prefs-{seed}.jsonl", sft, aligned, teacher, args.rows,
                                     flip, seed)
         found.append(run_case(work / "tiny", name, sft, aligned, alphas,
-                              ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False))
+                              ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False,
+                              args.orders))
     prompts = reward_inputs(work / "tiny", args.rm_prompts)
     found.insert(1, run_case(work / "tiny", "tiny, reward-model", sft, aligned, alphas,
                              ["--scorer", "reward-model", "--data", str(prompts), "--reward-model",
                               str(work / "tiny" / "rm"), "--max-new-tokens", str(args.new_tokens),
-                              "--dtype", "float32"], True))
+                              "--dtype", "float32"], True, args.orders))
     spec = PairSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
                     num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 64),
                     delta_scale=0.05)
@@ -195,7 +245,8 @@ def main():
     data = labelled_preferences(work / "big" / "prefs.jsonl", sft, aligned, 2.0, args.big_rows, 0.0, 2)
     name = f"{parameter_count(aligned) / 1e6:.3g}M, preference"
     found.insert(2, run_case(work / "big", name, sft, aligned, grid(args.big_grid, 4.0),
-                             ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False))
+                             ["--scorer", "preference", "--data", str(data), "--dtype", "float32"], False,
+                             args.orders))
     print(f"full vs raced `mergekit-expo search` (--race defaults, --seed 0), {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, one run; {args.rows} preference rows, {args.rm_prompts} "
           f"prompts × {args.new_tokens} new tokens; "

@@ -89,6 +89,9 @@ def test_search_workers_benchmark_smoke(tmp_path):
 def test_search_race_benchmark_smoke(tmp_path):
     out = run_script(REPO / "bench/search_race.py", "--grid", "5", "--rows", "32", "--rm-prompts", "16",
                      "--new-tokens", "2", "--big-rows", "16", "--big-grid", "3", "--hidden", "64", "--layers", "2",
-                     "--work", tmp_path / "race")
+                     "--orders", "3", "--work", tmp_path / "race")
     assert "rows full" in out and "flat peak, preference" in out and "tiny, reward-model" in out
     assert "raced pick's full-data score" in out
+    replays = out.split("replayed on each full search's per-row scores")[1].splitlines()
+    # the replay is the command's own race where a row's score does not depend on its batch
+    assert [line for line in replays if line.startswith("tiny, preference")][0].endswith("yes")
