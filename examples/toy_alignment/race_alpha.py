@@ -118,8 +118,11 @@ def main():
     if (out / "results.json").exists():
         raise SystemExit(f"{out} already holds results: choose a new --out")
     started = time.perf_counter()
-    seeds = [one_seed(out / f"seed-{seed}", seed, settings, progress, grid)
-             for seed in [int(s) for s in args.seeds.split(",")]]
+    seeds = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid))
+        # a run cut short keeps every finished seed
+        (out / "seeds-done.json").write_text(json.dumps(seeds, indent=1))
     summary = {"settings": settings, "dpo_lr": DPO_LR, "progress": list(progress), "grid": grid,
                "alpha_max": ALPHA_MAX, "dev_prompts": task.DEV_PROMPTS,
                "dev_sampling_seeds": list(task.DEV_SAMPLING_SEEDS), "torch": torch.__version__,
