@@ -186,7 +186,8 @@ def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_pat
     assert not (tmp_path / "refused").exists()
 
     refusals = [(["--scorer", "slow_scorer:plain"], "has no `rows` attribute"),
-                (["--scorer", "slow_scorer:norm", "--space", "module"], "partly scored candidate"),
+                (["--scorer", "slow_scorer:norm", "--space", "module", "--race-tolerance", "1"],
+                 "--race-tolerance ends the race of the --alphas grid"),
                 (["--scorer", "slow_scorer:norm", "--refine"], "--race cannot --refine"),
                 (["--scorer", "slow_scorer:norm", "--race-tolerance", "inf"], "must be a finite number"),
                 (["--scorer", "slow_scorer:norm", "--guard", "slow_scorer:plain", "--max-drop", "0.1"],
@@ -196,6 +197,52 @@ def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_pat
         lines = error_lines(refused)
         assert refused.returncode == 1 and len(lines) == 1 and message in lines[0], refused.stderr
         assert not (tmp_path / "refused").exists()
+
+
+def probe_mean(alpha: float, rows: int, noise: float) -> float:
+    """The probe's score of an embedding α over all its rows, computed as it computes it."""
+    import random
+
+    alpha = round(alpha, 2)
+    return sum(-4 * (alpha - 0.3) ** 2 + random.Random(row * 1000 + round(alpha * 100)).gauss(0, noise)
+               for row in range(rows)) / rows
+
+
+def test_a_sampled_space_prunes_clear_losers_block_by_block(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.5)
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--space", "module", "--sampler",
+                    "random", "--trials", "6", "--alpha-range", "0,3", "--race", "--out", "./s",
+                    "--write-best", "./best", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = saved(tmp_path / "s")
+    race, rows = found["race"], found["results"]
+    blocks = row_blocks(64, seed=0)
+    assert race["kind"] == "sampled" and race["rows"] == 64 and len(rows) == 7  # α = 0 and 6 drawn
+    pruned = [r for r in rows if r["dropped_in"] is not None]
+    assert pruned and all(r["n"] == 16 * r["dropped_in"] < 64 for r in pruned)
+    assert all(r["n"] == 64 for r in rows if r["dropped_in"] is None)
+    assert not any(rows[0]["alphas"].values()) and rows[0]["dropped_in"] is None  # α = 0: never pruned
+    # each candidate was scored on the first blocks of the seeded order, block by block
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [(c["alpha"], c["rows"]) for c in calls] == [
+        (round(row["alphas"]["other"], 2), block) for row in rows for block in blocks[:row["n"] // 16]]
+    # the candidate best on all rows is never pruned, and the pick is the best fully scored one
+    truth = {r["candidate"]: probe_mean(r["alphas"]["other"], 64, 0.5) for r in rows}
+    assert max(truth, key=truth.get) not in {r["candidate"] for r in pruned}
+    best = max((r for r in rows if r["dropped_in"] is None), key=lambda r: r["score"])
+    assert f"other={best['alphas']['other']:.4g})" in (tmp_path / "s" / "best.yml").read_text()
+    # optuna sees the pruned candidates as PRUNED, each block's running mean reported
+    states = {t.user_attrs["row"]["candidate"]: t for t in study_trials(tmp_path / "s") if "row" in t.user_attrs}
+    for row in rows:
+        trial = states[row["candidate"]]
+        assert trial.state.name == ("PRUNED" if row["dropped_in"] else "COMPLETE")
+        assert sorted(trial.intermediate_values) == [16 * (i + 1) for i in range(row["n"] // 16)]
+    assert race["rows_scored"] == sum(r["n"] for r in rows) < race["rows_full"] == 64 * 7
+    assert f"pruning {len(pruned)} candidates" in [line for line in result.stderr.splitlines()
+                                                   if line.startswith("race: ")][0]
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "pruned once clearly worse than the best candidate scored on every row so far" in card
+    assert f"| {pruned[0]['n']} (pruned after block {pruned[0]['dropped_in']}) |" in card
 
 
 def test_guarded_race_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair, tmp_path):

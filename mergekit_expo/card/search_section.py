@@ -33,7 +33,8 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         cells = [f"{values[name]:.3g}" for name in coordinates]
         cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
-            cells.append(str(row.n) + (f" (dropped in round {row.dropped_in})" if row.dropped_in else ""))
+            dropped = "pruned after block" if results.race.get("kind") == "sampled" else "dropped in round"
+            cells.append(str(row.n) + (f" ({dropped} {row.dropped_in})" if row.dropped_in else ""))
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
@@ -81,6 +82,13 @@ def space_words(results) -> str:
 
 def race_words(race: dict) -> str:
     """One sentence: the pick was raced, and how many rows the candidates got."""
+    if race.get("kind") == "sampled":
+        return (f"raced (`--race`): each sampled candidate was scored on blocks of {race['block_rows']} of "
+                f"the {race['rows']} dev rows, in a seeded order, and pruned once clearly worse than the "
+                "best candidate scored on every row so far (95% confidence on the paired per-row "
+                f"differences); the pick is the best fully scored candidate; {race['rows_scored']} of "
+                f"{race['rows_full']} candidate rows were scored; the rows column gives how many rows each "
+                "candidate was scored on")
     return (f"raced (`--race`): every candidate was scored on blocks of {race['block_rows']} of the "
             f"{race['rows']} dev rows, in a seeded order, and dropped once clearly worse than the leader "
             "(95% confidence on the paired per-row differences); the pick is the best survivor; "

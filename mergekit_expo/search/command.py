@@ -131,7 +131,8 @@ def report(s, results, reports, log, device, checked) -> None:
     merges the best one (one worker writes it)."""
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
-    unit = "candidate block" if s.race else "candidate"  # a race's unit: one α on one block of rows
+    # the grid race's unit: one α on one block of rows; a sampled race scores a candidate at once
+    unit = "candidate block" if s.race and s.space == "scalar" else "candidate"
     click.echo(f"this worker scored {len(log.scored)} {unit}{'s' if len(log.scored) != 1 else ''} "
                f"and waited {log.idle_seconds:.1f} s for other workers' candidates", err=True)
     if not s.write_best:

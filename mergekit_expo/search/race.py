@@ -98,6 +98,14 @@ def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int]
     return fmean(differences), spread / math.sqrt(n) * unseen
 
 
+def clearly_below(better: Sequence[float], worse: Sequence[float], rows: Optional[int], z: float,
+                  margin: float = 0.0) -> Optional[str]:
+    """Why ``worse`` is below ``better`` by more than ``margin`` with the rule's confidence
+    (paired per-row differences, their mean over all ``rows``), or None when it is not shown."""
+    mean, error = _paired(better, worse, rows)
+    return f"{mean:.4g} ± {z * error:.3g}" if mean - z * error > margin else None
+
+
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
           guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None) -> Standing:
     """One round's verdict. ``scores``: each survivor's per-row scores on the same rows, in
@@ -106,17 +114,18 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     dropped = {}
     if guard is not None and rule.max_drop is not None:
         for name in scores:
-            mean, error = _paired(guard[reference], guard[name], rule.guard_rows)
-            if name != reference and mean - z * error > rule.max_drop:
-                dropped[name] = f"guard {mean:.4g} ± {z * error:.3g} below α = 0"
+            why = name != reference and clearly_below(guard[reference], guard[name], rule.guard_rows, z,
+                                                      rule.max_drop)
+            if why:
+                dropped[name] = f"guard {why} below α = 0"
     running = [name for name in scores if name not in dropped]
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
-        mean, error = _paired(scores[leader], scores[name], rule.rows)
-        if name != leader and mean - z * error > 0:
-            dropped[name] = f"below {leader} by {mean:.4g} ± {z * error:.3g}"
+        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, z)
+        if why:
+            dropped[name] = f"below {leader} by {why}"
     survivors = [name for name in running if name not in dropped]
     return Standing(leader, survivors, dropped, _finished(scores, survivors, leader, rule, rows_left))
 

@@ -29,11 +29,11 @@ def check(settings, scorer, guard) -> None:
         if "race_tolerance" in settings.given:  # never a silently full search
             raise ExpoConfigError("--race-tolerance applies to a race: add --race, or drop --race-tolerance")
         return
-    if settings.space != "scalar":
+    if settings.space != "scalar" and "race_tolerance" in settings.given:
         raise ExpoConfigError(
-            f"--race races the --alphas grid of --space scalar; --space {settings.space} draws each "
-            "candidate from the scores of finished ones, and a partly scored candidate has none yet: "
-            "drop --race, or use --space scalar --alphas ...")
+            f"--race-tolerance ends the race of the --alphas grid; with --space {settings.space} each "
+            "sampled candidate is pruned on its own once clearly worse than the best so far, and the "
+            "search ends after --trials: drop --race-tolerance")
     if settings.refine:
         raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full score, "
                               "which a race does not compute for dropped α: add the midpoints to --alphas")
@@ -84,8 +84,8 @@ class RaceRun:
                 self._counts = (scored["race_rows"], scored.get("guard_race_rows"))
             else:
                 engine = self.run.opened()
-                self._counts = (_rows_of(self.run.scorer, engine, "--scorer"),
-                                self.run.guard and _rows_of(self.run.guard, engine, "--guard"))
+                self._counts = (rows_of(self.run.scorer, engine, "--scorer"),
+                                self.run.guard and rows_of(self.run.guard, engine, "--guard"))
         return self._counts
 
     def blocks(self, units: List[dict]):
@@ -106,8 +106,8 @@ class RaceRun:
         engine = self.run.opened()
         engine.set_alphas(self.run.plan.resolve(candidate))
         updated = time.perf_counter() - start
-        score = self._scored("--scorer", self.run.scorer, name, description, blocks[block])
-        checked = self._scored("--guard", self.run.guard, name, description, guard_blocks[block]) \
+        score = scored_rows(self.run, "--scorer", self.run.scorer, name, description, blocks[block])
+        checked = scored_rows(self.run, "--guard", self.run.guard, name, description, guard_blocks[block]) \
             if self.run.guard is not None else None
         self.run.write_answers(name, score, checked, keep_other_rows=True)
         rows, guard_rows = self.counts([])
@@ -118,13 +118,6 @@ class RaceRun:
                     block=block, rows=blocks[block], values=score.values, race_rows=rows,
                     guard_rows=guard_blocks and guard_blocks[block], guard_values=checked and checked.values,
                     guard_race_rows=guard_rows)
-
-    def _scored(self, option: str, scorer, name: str, description: str, rows: List[int]):
-        score = self.run.scored(option, scorer, name, description, rows=rows)
-        if score.values is None or len(score.values) != len(rows):
-            raise ExpoConfigError(f"{option} {scorer.name} gave {len(score.values or [])} per-row values for "
-                                  f"the {len(rows)} rows of {description}: a raced scorer gives one per row")
-        return score
 
     def more(self) -> List[dict]:
         """The next round's units, or [] when the race is over."""
@@ -176,7 +169,16 @@ class RaceRun:
         return self._reported[key]
 
 
-def _rows_of(scorer, engine, option: str) -> int:
+def scored_rows(run, option: str, scorer, name: str, description: str, rows: List[int]):
+    """The scorer's score on ``rows``, with one value per row."""
+    score = run.scored(option, scorer, name, description, rows=rows)
+    if score.values is None or len(score.values) != len(rows):
+        raise ExpoConfigError(f"{option} {scorer.name} gave {len(score.values or [])} per-row values for "
+                              f"the {len(rows)} rows of {description}: a raced scorer gives one per row")
+    return score
+
+
+def rows_of(scorer, engine, option: str) -> int:
     rows = scorer.race_rows(engine)
     if rows is None or rows < 1:
         raise ExpoConfigError(f"--race: {option} {scorer.name} has no dev rows to race: check its data")
@@ -193,14 +195,14 @@ def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int]) -> A
     low, high = bootstrap_interval(values)
     guard_low, guard_high = bootstrap_interval(guards) if guards else (None, None)
     return AlphaResult(alpha=units[0]["alpha"], score=fmean(values), low=low, high=high, n=len(values),
-                       seconds=sum(unit["seconds"] for unit in units), extra=_extra(units),
+                       seconds=sum(unit["seconds"] for unit in units), extra=unit_extras(units),
                        update_seconds=sum(unit.get("update_seconds") or 0.0 for unit in units),
                        guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,
                        alphas=units[0]["alphas"], candidate=name, trial=min(unit["trial"] for unit in units),
                        dropped_in=dropped_in)
 
 
-def _extra(units: List[dict]) -> Optional[dict]:
+def unit_extras(units: List[dict]) -> Optional[dict]:
     """The units' details: row-weighted means (counts such as ``skipped`` as the largest)."""
     keys = sorted({key for unit in units for key in (unit.get("extra") or {})})
     merged: Dict[str, object] = {}
@@ -223,8 +225,10 @@ def summary_line(results) -> Optional[str]:
         return None
     scored, full = race["rows_scored"], race["rows_full"]
     rounds = race["rounds"]
-    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) in {rounds} "
-            f"round{'s' if rounds != 1 else ''}; ended: {race['ended'] or 'not yet'}")
+    how = f"in {rounds} round{'s' if rounds != 1 else ''}" if race.get("kind") != "sampled" else \
+        f"in blocks of {race['block_rows']}, pruning {len(race['dropped'])} candidates"
+    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) {how}; "
+            f"ended: {race['ended'] or 'not yet'}")
     if results.settings.get("scorer") == "reward-model":
         line += f"; generations: {scored} of the {full} a full search makes"
     return line

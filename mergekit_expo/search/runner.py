@@ -18,6 +18,7 @@ from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import make_parents, remove_if_empty, write_file_atomically
 from mergekit_expo.search.ownership import storage_record
+from mergekit_expo.search.pruning import SampledRace
 from mergekit_expo.search.racing import RaceRun, summary_line
 from mergekit_expo.search.results import AlphaResult, SearchResults, candidate_name
 from mergekit_expo.search.study import SearchStudy, last_completed, shown, storage_url
@@ -116,7 +117,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
             if run.race is not None:
                 log = study.work(run.race.evaluate, after=run.record, more=run.race.more)
             else:
-                log = study.work(run.evaluate, after=run.record, more=run.refinements)
+                log = study.work(run.evaluate, after=run.record, more=run.refinements if plan.grid else None)
             log.last_completed = last_completed(study)
         finally:
             run.close()
@@ -135,7 +136,9 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
 
 def _enqueue_first(study, run, plan: Plan, out: str) -> None:
     """What a worker enqueues on arrival (the study keeps one live trial per candidate)."""
-    if plan.race is not None:  # the first block of every candidate; the race enqueues the rest
+    if plan.race is not None and plan.grid is None:  # sampled candidates, pruned block by block
+        run.pruning = SampledRace(run, study, plan.seed, plan.trials)
+    elif plan.race is not None:  # the first block of every candidate; the race enqueues the rest
         run.race = RaceRun(run, study, plan.grid, plan.seed)
         study.enqueue(run.race.first_units(), TrialRole.GRID)
         done = len(study.rows())
@@ -163,6 +166,7 @@ class _Run:
         self.study, self.results, self.scorer, self.guard, self.plan = study, results, scorer, guard, plan
         self.open_engine, self.engine, self.created = open_engine, None, created
         self.race = None  # a RaceRun with --race
+        self.pruning = None  # a SampledRace with --race in a sampled space
 
     def opened(self):
         """The engine, opened on first use."""
@@ -171,6 +175,8 @@ class _Run:
         return self.engine
 
     def evaluate(self, candidate: dict, trial) -> dict:
+        if self.pruning is not None:
+            return self.pruning.evaluate(candidate, trial)
         self.opened()
         name = candidate_name(self.plan.space.name, candidate, trial.number)
         description = self.plan.space.describe(candidate)
@@ -233,6 +239,8 @@ class _Run:
         """The results' rows (and the race's state) from every worker's, as the study holds them."""
         if self.race is None:
             self.results.rows = self.rows()
+            if self.pruning is not None:
+                self.results.race = self.pruning.report(self.study.rows())
         else:
             self.results.rows, self.results.race = self.race.aggregate(self.study.rows())
 

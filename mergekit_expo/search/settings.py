@@ -125,11 +125,12 @@ class SearchSettings(BaseModel):
                                   "3 is scored again by another (database storages)")
     # -- Racing -------------------------------------------------------------------------------
     race: bool = _option("Racing", False, is_flag=True,
-                         help="--space scalar: score the α grid on blocks of dev rows (in a --seed order), "
-                              "dropping each α clearly worse than the leader; see docs/search.md")
+                         help="Score candidates on blocks of dev rows (in a --seed order), dropping each "
+                              "clearly worse than the leader (the --alphas grid) or than the best so far "
+                              "(sampled spaces); see docs/search.md")
     race_tolerance: float = _option("Racing", DEFAULT_TOLERANCE, type=float, show_default=True,
-                                    help="End the race when the survivors are within this many standard "
-                                         "errors of a full-data score of the leader")
+                                    help="--space scalar: end the race when no survivor can beat the leader "
+                                         "by more than this many standard errors of a full-data score")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning "

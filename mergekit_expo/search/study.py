@@ -250,7 +250,7 @@ class SearchStudy:
 
     def _live(self, trial) -> bool:
         states = self.optuna.trial.TrialState
-        return trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) and \
+        return (trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) or _pruned(trial)) and \
             trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
 
     def _key(self, candidate: Candidate):
@@ -280,8 +280,9 @@ class SearchStudy:
         return self.budget is not None and all(low <= float(v) <= high for v in candidate.values())
 
     def completed(self) -> List:
+        """Scored trials: complete, or pruned by a sampled race after some blocks."""
         states = self.optuna.trial.TrialState
-        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs]
+        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs or _pruned(t)]
 
     def rows(self) -> List[dict]:
         return [dict(t.user_attrs[ROW], trial=t.number) for t in self.completed()]
@@ -390,7 +391,10 @@ class SearchStudy:
     @storage_failures
     def _record(self, trial, row: dict) -> None:
         trial.set_user_attr(ROW, row)
-        self.study.tell(trial, row["score"])
+        if row.get("pruned"):  # its blocks' running means are reported: optuna ranks it by them
+            self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, row["score"])
         self.log.scored.append(trial.number)
 
     def _requeue(self, trial) -> None:
@@ -425,6 +429,11 @@ class SearchStudy:
             with contextlib.suppress(Exception):  # another worker failed it first
                 fail_trial(self.storage, trial)
                 self._requeue(trial)
+
+
+def _pruned(trial) -> bool:
+    """A candidate a sampled race scored on some blocks and then pruned (search/pruning.py)."""
+    return trial.state.name == "PRUNED" and ROW in trial.user_attrs
 
 
 def last_completed(study: SearchStudy) -> Optional[int]:
