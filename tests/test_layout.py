@@ -5,6 +5,7 @@
 - No module imports another one's private names: what modules share is public.
 - Another library's private names and internal modules are used in ``compat/`` only,
   where each sits beside the check of the versions it works with.
+- No function is longer than 60 lines: each reads on one screen.
 """
 
 import ast
@@ -177,6 +178,18 @@ def test_other_libraries_internals_only_in_compat():
     assert not outside, "\n".join(f"{path.relative_to(PACKAGE.parent)}:{use}" for path, use in outside)
 
 
+def long_functions(package: Path, limit: int = 60) -> List[str]:
+    """``file:name (lines)`` of every function or method over ``limit`` lines, decorators excluded."""
+    return [f"{path.relative_to(package.parent)}:{node.name} ({node.end_lineno - node.lineno + 1})"
+            for path in sorted(package.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_function_over_60_lines():
+    assert not long_functions(PACKAGE), long_functions(PACKAGE)
+
+
 def test_the_checks_catch_what_they_look_for(tmp_path):
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
@@ -198,3 +211,5 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     (package / "d.py").write_text("def f(trial, engine):\n    trial._trial_id\n    engine._mine\n"
                                   "class E:\n    def _mine(self):\n        self._x = 1\n")
     assert foreign_private_attributes(package / "d.py", own_private_names(package)) == ["2: trial._trial_id"]
+    (package / "e.py").write_text("def long():\n" + "    x = 1\n" * 60)
+    assert long_functions(package) == ["pkg/e.py:long (61)"]
