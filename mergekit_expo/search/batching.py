@@ -1,4 +1,4 @@
-"""Run a batched function over many items; halve the batch on out-of-memory.
+"""Batches: a batched function run over many items (halved on out-of-memory), and padding.
 
 Items are processed longest first (similar lengths share a batch, so little padding;
 an out-of-memory shows up in the first batch), and results come back in input order.
@@ -63,6 +63,19 @@ class Batcher:
                 "use --dtype bfloat16, or a device with more memory"
             ) from error
         self.size = failed // 2  # half of what failed, not of a size larger than the data
+
+
+def padded(sequences: Sequence[List[int]], pad: int, *, left: bool = False):
+    """(input ids, attention mask) of ``sequences`` padded with ``pad`` to the longest one: on
+    the right, or on the ``left`` (for generation: every sequence ends where answers start)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence)
+        mask[row, span] = 1
+    return ids, mask
 
 
 def _out_of_memory(error: Exception) -> bool:
