@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
-from mergekit_expo.hub import is_hub_id
 from mergekit_expo.manifest import fingerprint
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -21,11 +20,6 @@ SHAPE_KEYS = (
     "num_attention_heads",
     "num_key_value_heads",
 )
-
-
-def is_local_reference(path: str) -> bool:
-    """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
-    return not is_hub_id(path)
 
 
 def check_model_folder(path: str, role: str) -> Path:
