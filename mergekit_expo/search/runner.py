@@ -181,21 +181,18 @@ class _Run:
         checked = self.scored("--guard", self.guard, name, description) if self.guard is not None else None
         seconds = time.perf_counter() - start
         self.write_answers(name, score, checked)
-        row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
-                   n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
-                   update_seconds=updated,
-                   guard=checked and checked.value, guard_low=checked and checked.low,
-                   guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
-        return row
+        return dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
+                    n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
+                    update_seconds=updated, guard=checked and checked.value,
+                    guard_low=checked and checked.low, guard_high=checked and checked.high,
+                    alphas=dict(candidate), candidate=name)
 
     def scored(self, option: str, scorer, name: str, description: str, rows: Optional[List[int]] = None):
         """The scorer's score (on ``rows`` only, when given); a failure of its code (a user's
         scorer) names it and the candidate."""
         progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
         try:
-            if rows is not None:
-                return scorer(self.engine, progress=progress, rows=rows)
-            return scorer(self.engine, progress=progress)
+            return scorer(self.engine, progress=progress, rows=rows)
         except ExpoError:
             raise
         except Exception as error:
