@@ -110,7 +110,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
                             alpha_range=plan.alpha_range)
         results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
                                 storage=storage_record(plan.storage))
-        run = _Run(study, results, scorer, guard, plan, open_engine, created)
+        run = _Run(study, results, scorer, guard, plan, open_engine)
         _enqueue_first(study, run, plan, out)
         try:
             if run.race is not None:
@@ -159,9 +159,9 @@ def _enqueue_first(study, run, plan: Plan, out: str) -> None:
 class _Run:
     """One worker's scoring of candidates, and the reports it keeps current."""
 
-    def __init__(self, study, results, scorer, guard, plan: Plan, open_engine, created):
+    def __init__(self, study, results, scorer, guard, plan: Plan, open_engine):
         self.study, self.results, self.scorer, self.guard, self.plan = study, results, scorer, guard, plan
-        self.open_engine, self.engine, self.created = open_engine, None, created
+        self.open_engine, self.engine = open_engine, None
         self.race = None  # a RaceRun with --race
 
     def opened(self):

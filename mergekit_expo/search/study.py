@@ -30,7 +30,7 @@ from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, f
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
 from mergekit_expo.search.space import Candidate, Space
-from mergekit_expo.search.trial_roles import DUPLICATE, GRID, REFERENCE, SAMPLED, SPARE
+from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
 STUDY = "expo-search"
@@ -198,10 +198,8 @@ class SearchStudy:
                  settings: dict, plan: dict, alpha_range=(0.0, 1.0)):
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
-        self.space, self.url, self.alpha_range = space, url, alpha_range
+        self.space, self.alpha_range, self.heartbeat = space, alpha_range, heartbeat
         self.storage = open_storage(url, heartbeat)
-        self.heartbeat = heartbeat
-        self.sampler_name = sampler
         self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
                                               sampler=make_sampler(sampler, seed), load_if_exists=True)
         self._check_settings(settings)
@@ -287,8 +285,8 @@ class SearchStudy:
         return [dict(t.user_attrs[ROW], trial=t.number) for t in self.completed()]
 
     def _sampled_count(self, below: Optional[int] = None) -> int:
-        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE) != REFERENCE
-                   and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED and (below is None or t.number < below))
+        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
+                   and (below is None or t.number < below))
 
     # -- the worker loop --------------------------------------------------------------------
     def others_running(self) -> bool:
