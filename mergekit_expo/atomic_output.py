@@ -47,10 +47,6 @@ PREVIOUS = "previous"  # the output being replaced, while it is
 
 # -- staging folders ----------------------------------------------------------------------
 
-def staging_root(out: Path, pid: Optional[int] = None) -> Path:
-    return out.parent / f".{out.name}.partial-{pid or os.getpid()}"
-
-
 def _staging_roots(out: Path) -> List[Path]:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.partial-(\d+)")
     try:
@@ -145,7 +141,7 @@ def staged_output(target):
     clean_stale(out)
     refuse_other_writers(out, target.given)
     created = make_parents(out.parent)
-    root = staging_root(out)
+    root = out.parent / f".{out.name}.partial-{os.getpid()}"
     published = False
     try:
         try:

@@ -14,20 +14,16 @@ from mergekit_expo.errors import ExpoInputError
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+# Where no --batch-size is given: large on a GPU (halved on out-of-memory), modest on CPU.
 CPU_BATCH = 8
 GPU_MAX_BATCH = 64
-
-
-def default_batch_size(device: str) -> int:
-    """Start value for ``--batch-size auto``: large on a GPU (we back off), modest on CPU."""
-    return GPU_MAX_BATCH if str(device).startswith("cuda") else CPU_BATCH
 
 
 class Batcher:
     """Remembers a batch size that fits, across calls (one per search)."""
 
     def __init__(self, batch_size: Optional[int], device: str):
-        self.size = batch_size or default_batch_size(device)
+        self.size = batch_size or (GPU_MAX_BATCH if str(device).startswith("cuda") else CPU_BATCH)
 
     def run(self, items: Sequence[Item], fn: Callable[[List[Item]], List[Result]],
             length: Callable[[Item], int] = len, progress: Callable = None) -> List[Result]:

@@ -45,10 +45,6 @@ def storage_url(storage: Optional[str], out: str) -> str:
     return storage or f"sqlite:///{Path(os.path.abspath(out)) / DEFAULT_STORAGE}"
 
 
-def is_journal(url: str) -> bool:
-    return url.endswith(JOURNAL_SUFFIX) and "://" not in url
-
-
 def shown(url: str) -> str:
     """``url`` as messages print it: a database URL's password masked."""
     if "://" not in url:
@@ -86,7 +82,7 @@ def check_driver(url: str) -> None:
 def open_storage(url: str, heartbeat: int):
     """An optuna storage for ``url``; one error line when it cannot be opened."""
     optuna = _optuna()
-    if is_journal(url):
+    if url.endswith(JOURNAL_SUFFIX) and "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
         if not Path(url).parent.is_dir():
