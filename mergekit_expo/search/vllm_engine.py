@@ -123,7 +123,6 @@ class VLLMEngine(Engine):
             shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if shutdown:
                 shutdown()
-            del llm
 
 
 def check_parallel_size(size: int, aligned: str) -> None:
