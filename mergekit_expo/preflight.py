@@ -145,17 +145,14 @@ def load_config(folder: Path) -> dict:
         raise ExpoInputError(f"{folder / 'config.json'} is not valid JSON: {error}") from None
 
 
-def check_pair(
-    sft: str, aligned: str, *, tokenizer_aligned: bool = False
-) -> None:
+def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False) -> None:
     """SFT and aligned folders are usable and describe the same network.
 
     ``tokenizer_aligned``: the merge aligns vocabularies (mergekit ``tokenizer:``),
     so differing vocab sizes are fine.
     """
-    sft_folder = check_model_folder(sft, "SFT (base_model)")
-    aligned_folder = check_model_folder(aligned, "aligned")
-    sft_config, aligned_config = load_config(sft_folder), load_config(aligned_folder)
+    sft_config = load_config(check_model_folder(sft, "SFT (base_model)"))
+    aligned_config = load_config(check_model_folder(aligned, "aligned"))
     sft_arch, aligned_arch = sft_config.get("architectures"), aligned_config.get("architectures")
     for path, arch in ((sft, sft_arch), (aligned, aligned_arch)):
         if not arch:
@@ -168,14 +165,15 @@ def check_pair(
             f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
             f"{aligned_arch[0]}: use the SFT checkpoint the aligned model was trained from"
         )
+    sft_text, aligned_text = _text_config(sft_config), _text_config(aligned_config)
     for key in SHAPE_KEYS:
-        first, second = _text_config(sft_config).get(key), _text_config(aligned_config).get(key)
+        first, second = sft_text.get(key), aligned_text.get(key)
         if first is not None and second is not None and first != second:
             raise ExpoInputError(
                 f"{key} differs: {first} in SFT {sft}, {second} in aligned {aligned}: "
                 "use the SFT checkpoint the aligned model was trained from"
             )
-    first, second = _text_config(sft_config).get("vocab_size"), _text_config(aligned_config).get("vocab_size")
+    first, second = sft_text.get("vocab_size"), aligned_text.get("vocab_size")
     if first != second and not tokenizer_aligned:
         raise ExpoInputError(
             f"vocab_size differs ({first} in SFT, {second} in aligned), so "
