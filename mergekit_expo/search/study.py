@@ -29,6 +29,7 @@ from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
+from mergekit_expo.search.results import difference
 from mergekit_expo.search.space import Candidate, Space
 from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
 
@@ -205,8 +206,6 @@ class SearchStudy:
     # -- settings ---------------------------------------------------------------------------
     @storage_failures
     def _check_settings(self, settings: dict) -> None:
-        from mergekit_expo.search.results import difference
-
         saved = self.study.user_attrs.get("settings")
         if saved is None:
             self.study.set_user_attr("settings", settings)
@@ -219,8 +218,6 @@ class SearchStudy:
     def _check_plan(self, plan: dict) -> None:
         """Workers scoring together search to one plan; a run while none scores may change it
         (a larger --trials continues the search), and workers still running follow it."""
-        from mergekit_expo.search.results import difference
-
         saved = self.study.user_attrs.get(PLAN)
         if saved is not None and saved != plan:
             self._recover()
