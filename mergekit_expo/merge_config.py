@@ -22,11 +22,11 @@ DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
 
 
-def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
+def load_merge_config(config_file: str, hub_ids: dict):
     """Return (yaml text, MergeConfiguration), or raise ExpoConfigError in one line.
 
     Hub ids are resolved to their local snapshot folders (cache first, so offline
-    works); ``hub_ids``, if given, receives {snapshot folder: Hub id}.
+    works); ``hub_ids`` receives {snapshot folder: Hub id}.
     """
     from mergekit.config import MergeConfiguration
 
@@ -47,8 +47,7 @@ def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
     if not isinstance(data, dict):
         raise ExpoConfigError(f"{config_file} must be a YAML mapping with merge_method: and models:")
     data = _map_model_parts(data, _local_form)
-    found = {} if hub_ids is None else hub_ids
-    data = _map_model_parts(data, lambda part: _snapshot_form(part, found))
+    data = _map_model_parts(data, lambda part: _snapshot_form(part, hub_ids))
     check_merge_method(config_file, data.get("merge_method"))
     for key in ("dtype", "out_dtype"):
         check_dtype(f"{config_file}: {key}", data.get(key))
