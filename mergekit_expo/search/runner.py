@@ -55,12 +55,8 @@ def refined(alphas: List[float], best: float) -> List[float]:
     """Midpoints on either side of the best α (coarse-to-fine, one level)."""
     ordered = sorted(alphas)
     index = ordered.index(best)
-    around = []
-    if index > 0:
-        around.append((ordered[index - 1] + best) / 2)
-    if index < len(ordered) - 1:
-        around.append((ordered[index + 1] + best) / 2)
-    return [round(a, 6) for a in around]
+    neighbours = ordered[max(index - 1, 0):index] + ordered[index + 1:index + 2]
+    return [round((neighbour + best) / 2, 6) for neighbour in neighbours]
 
 
 def fingerprint(*parts: Optional[str]) -> str:
@@ -263,9 +259,7 @@ class _Run:
 
 def _clean_up(study, folder: Path, created: list, url: Optional[str]) -> None:
     """A run that failed before any candidate was scored leaves nothing behind that it made."""
-    if not created:
-        return
-    if study is not None and (study.rows() or study.others_running()):
+    if not created or study is not None and (study.rows() or study.others_running()):
         return
     if url is not None:
         database = Path(url[len("sqlite:///"):])
