@@ -211,9 +211,7 @@ def _input(model, is_hub: Callable[[str], bool]) -> Input:
 
 
 def _is_hub(hub_ids: Optional[Set[str]]) -> Callable[[str], bool]:
-    if hub_ids is not None:
-        return lambda reference: reference in hub_ids
-    return is_hub_id
+    return is_hub_id if hub_ids is None else hub_ids.__contains__
 
 
 def _link(path: str, revision: Optional[str], hub: bool) -> str:
