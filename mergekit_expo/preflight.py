@@ -41,10 +41,7 @@ def check_model_folder(path: str, role: str) -> Path:
             "pytorch_model*.bin): copy the weight files next to config.json"
         )
     for file in weights:
-        if file.suffix == ".safetensors":
-            _check_safetensors(file)
-        else:
-            check_pickle(file)
+        (_check_safetensors if file.suffix == ".safetensors" else check_pickle)(file)
     return folder
 
 

@@ -218,9 +218,7 @@ class _Run:
     def rows(self):
         rows = [AlphaResult(**{k: v for k, v in row.items() if k in AlphaResult.__dataclass_fields__})
                 for row in self.study.rows()]
-        if self.plan.space.name == "scalar":
-            return sorted(rows, key=lambda r: r.alpha)
-        return sorted(rows, key=lambda r: r.trial)
+        return sorted(rows, key=lambda r: r.alpha if self.plan.space.name == "scalar" else r.trial)
 
     def refresh(self) -> None:
         """The results' rows (and the race's state) from every worker's, as the study holds them."""
