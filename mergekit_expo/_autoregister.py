@@ -55,9 +55,6 @@ class _RegisteringLoader:
         self._loader = loader
         self._host = host
 
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
     def exec_module(self, module):
         self._loader.exec_module(module)
         from mergekit_expo import hosts
@@ -65,5 +62,6 @@ class _RegisteringLoader:
         hosts.register(self._host, module)
 
     def __getattr__(self, name):
-        # get_source, get_filename, ...: tracebacks and inspect keep working.
+        # create_module, get_source, get_filename, ...: the wrapped loader's own, so imports,
+        # tracebacks and inspect keep working.
         return getattr(self._loader, name)

@@ -9,36 +9,23 @@ from numba import types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def _as_float32(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
+def _bitcast(source, target):
+    """An intrinsic reinterpreting the bits of a ``source`` value as ``target`` (same width)."""
 
-    return types.float32(types.uint32), codegen
+    def cast(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
 
+        return target(source), codegen
 
-@intrinsic
-def _as_uint32(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
-
-    return types.uint32(types.float32), codegen
+    cast.__name__ = f"_as_{target}"  # numba names the intrinsic after its function
+    return intrinsic(cast)
 
 
-@intrinsic
-def _as_float64(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.uint64), codegen
-
-
-@intrinsic
-def _as_uint64(typingctx, value):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint64))
-
-    return types.uint64(types.float64), codegen
+_as_float32 = _bitcast(types.uint32, types.float32)
+_as_uint32 = _bitcast(types.float32, types.uint32)
+_as_float64 = _bitcast(types.uint64, types.float64)
+_as_uint64 = _bitcast(types.float64, types.uint64)
 
 
 # As numerics.narrowable for bf16: cut 43 of fp64's 52 significand bits, rounding to odd.

@@ -47,10 +47,6 @@ PREVIOUS = "previous"  # the output being replaced, while it is
 
 # -- staging folders ----------------------------------------------------------------------
 
-def staging_root(out: Path, pid: Optional[int] = None) -> Path:
-    return out.parent / f".{out.name}.partial-{pid or os.getpid()}"
-
-
 def _staging_roots(out: Path) -> List[Path]:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.partial-(\d+)")
     try:
@@ -112,15 +108,9 @@ def clean_stale(out: Path) -> None:
                 with contextlib.suppress(OSError):
                     rename_no_replace(previous, out)
             else:
-                _remove_verified(previous)
+                with contextlib.suppress(manifest.NotOurs):
+                    manifest.remove(previous, manifest.verify(previous, manifest.read(previous).kind))
         _discard(root, out)
-
-
-def _remove_verified(folder: Path) -> bool:
-    try:
-        return manifest.remove(folder, manifest.verify(folder, manifest.read(folder).kind))
-    except manifest.NotOurs:
-        return False
 
 
 def _discard(root: Path, out: Path) -> None:
@@ -151,7 +141,7 @@ def staged_output(target):
     clean_stale(out)
     refuse_other_writers(out, target.given)
     created = make_parents(out.parent)
-    root = staging_root(out)
+    root = out.parent / f".{out.name}.partial-{os.getpid()}"
     published = False
     try:
         try:
@@ -176,8 +166,7 @@ def staged_output(target):
 def _publish(staging: Path, target, aside: Path) -> None:
     out, given = target.path, target.given
     if target.replaces is None:
-        _take_if_empty(out, given)
-        _move_in(staging, out, given)
+        _move_in(staging, out, given, over_empty=True)
         return
     try:
         rename_no_replace(out, aside)
@@ -205,19 +194,12 @@ def _publish(staging: Path, target, aside: Path) -> None:
     manifest.remove(aside, previous)
 
 
-def _take_if_empty(out: Path, given) -> None:
-    """An empty folder at ``out`` (made by the user, or left empty) gives way; any other does not."""
-    if out.is_dir() and not out.is_symlink():
-        try:
-            os.rmdir(out)
-        except OSError as error:
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            raise ExpoConfigError(_appeared(out, given)) from None
-
-
-def _move_in(staging: Path, out: Path, given) -> None:
+def _move_in(staging: Path, out: Path, given, *, over_empty: bool = False) -> None:
+    """Rename ``staging`` to ``out``, where nothing may be; ``over_empty``: an empty folder
+    there (made by the user, or left empty) gives way, any other does not."""
     try:
+        if over_empty and out.is_dir() and not out.is_symlink():
+            os.rmdir(out)
         rename_no_replace(staging, out)
     except OSError as error:
         if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):

@@ -13,12 +13,7 @@ import sys
 import click
 
 from mergekit_expo.errors import ExpoError
-from mergekit_expo.interruption import (
-    Interrupted,
-    on_signal,
-    raise_if_interrupted,  # noqa: F401 (the search's loop imports it here)
-    received,
-)
+from mergekit_expo.interruption import Interrupted, on_signal, received
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
 

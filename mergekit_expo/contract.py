@@ -68,9 +68,7 @@ def warn_same_checkpoint(model: str) -> None:
 @functools.lru_cache(maxsize=None)
 def same_files(first: Hashable, second: Hashable) -> bool:
     paths = [_local_path(i) for i in (first, second)]
-    if None in paths:
-        return False
-    return same_weights(*paths)
+    return None not in paths and same_weights(*paths)
 
 
 def _local_path(input_id: Hashable) -> Optional[str]:

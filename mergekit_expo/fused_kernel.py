@@ -25,9 +25,7 @@ _SPAN_ALIGNMENT = 64  # elements: spans start on cache-line boundaries
 def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> Optional[torch.Tensor]:
     """aligned + alpha * (aligned - sft) for contiguous CPU bf16 tensors, or None if unavailable."""
     kernel = _compiled()
-    if kernel is None:
-        return None
-    return run_in_spans(kernel, sft, aligned, alpha)
+    return None if kernel is None else run_in_spans(kernel, sft, aligned, alpha)
 
 
 def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:

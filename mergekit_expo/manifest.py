@@ -162,11 +162,9 @@ def remove(folder: Path, manifest: Manifest) -> bool:
     Returns False if something unlisted is still there (it appeared after the check):
     it is left in place.
     """
-    for relative in manifest.files:
+    for relative in [*manifest.files, MANIFEST]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / relative)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(folder / MANIFEST)
     for relative in sorted(manifest.folders, key=lambda r: r.count("/"), reverse=True):
         try:
             os.rmdir(folder / relative)

@@ -22,11 +22,11 @@ DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
 
 
-def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
+def load_merge_config(config_file: str, hub_ids: dict):
     """Return (yaml text, MergeConfiguration), or raise ExpoConfigError in one line.
 
     Hub ids are resolved to their local snapshot folders (cache first, so offline
-    works); ``hub_ids``, if given, receives {snapshot folder: Hub id}.
+    works); ``hub_ids`` receives {snapshot folder: Hub id}.
     """
     from mergekit.config import MergeConfiguration
 
@@ -46,9 +46,8 @@ def load_merge_config(config_file: str, hub_ids: Optional[dict] = None):
         raise ExpoConfigError(f"{config_file} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(data, dict):
         raise ExpoConfigError(f"{config_file} must be a YAML mapping with merge_method: and models:")
-    data = _map_model_strings(data, _local_form)
-    found = {} if hub_ids is None else hub_ids
-    data = _map_model_strings(data, lambda reference: _snapshot_form(reference, found))
+    data = _map_model_parts(data, _local_form)
+    data = _map_model_parts(data, lambda part: _snapshot_form(part, hub_ids))
     check_merge_method(config_file, data.get("merge_method"))
     for key in ("dtype", "out_dtype"):
         check_dtype(f"{config_file}: {key}", data.get(key))
@@ -140,47 +139,37 @@ def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[st
 def cached_references(data: dict) -> dict:
     """A config mapping whose Hub ids are their snapshot folders where the local cache has
     them, and local folders ./x/y: what mergekit can plan without the network."""
-    from mergekit_expo import hub
-
-    def cached(reference: str) -> str:
-        parts = [hub.is_hub_id(part) and hub.cached_snapshot(part) or part for part in reference.split("+")]
-        return "+".join(parts)
-
-    return _map_model_strings(_map_model_strings(data, _local_form), cached)
+    cached = _map_model_parts(data, _local_form)
+    return _map_model_parts(cached, lambda part: hub.is_hub_id(part) and hub.cached_snapshot(part) or part)
 
 
-def _map_model_strings(node, transform):
-    """Apply ``transform`` to every string that names a model (base_model:, model:, …)."""
+def _map_model_parts(node, transform):
+    """Apply ``transform`` to every model named by a string (base_model:, model:, …), and to
+    each part of ``model+lora`` on its own."""
     if isinstance(node, dict):
         return {
-            key: transform(value) if key in MODEL_KEYS and isinstance(value, str)
-            else _map_model_strings(value, transform)
+            key: "+".join(map(transform, value.split("+"))) if key in MODEL_KEYS and isinstance(value, str)
+            else _map_model_parts(value, transform)
             for key, value in node.items()
         }
     if isinstance(node, list):
-        return [_map_model_strings(value, transform) for value in node]
+        return [_map_model_parts(value, transform) for value in node]
     return node
 
 
-def _snapshot_form(reference: str, found: dict) -> str:
-    parts = []
-    for part in reference.split("+"):
-        if hub.is_hub_id(part):
-            folder = hub.resolve(part, "model")
-            found[folder] = part
-            part = folder
-        parts.append(part)
-    return "+".join(parts)
+def _snapshot_form(part: str, found: dict) -> str:
+    if not hub.is_hub_id(part):
+        return part
+    folder = hub.resolve(part, "model")
+    found[folder] = part
+    return folder
 
 
-def _local_form(reference: str) -> str:
+def _local_form(part: str) -> str:
     # mergekit's model card asks the Hub about any path with exactly one "/", which
     # fails offline after the whole merge has been computed: name local folders ./x/y.
-    return "+".join(
-        f"./{part}" if part.count("/") == 1 and not part.startswith((".", "/", "~"))
-        and os.path.isdir(part) else part
-        for part in reference.split("+")
-    )
+    local = part.count("/") == 1 and not part.startswith((".", "/", "~")) and os.path.isdir(part)
+    return f"./{part}" if local else part
 
 
 def reads_of(config, config_file: str) -> List[Tuple[str, str]]:

@@ -80,9 +80,7 @@ def check_no_overlap(out: Path, out_path: PathLike, reads: Iterable[Tuple[str, O
                      what: str = "output path", fix: str = "write the output to a path outside every input",
                      ) -> None:
     for role, path in reads:
-        if path is None:
-            continue
-        relation = _overlap(out, _absolute(path))
+        relation = path is not None and _overlap(out, _absolute(path))
         if relation:
             raise ExpoConfigError(f"{what} {out_path} {relation} {role} {path}: {fix}")
 

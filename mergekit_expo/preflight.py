@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
-from mergekit_expo.hub import is_hub_id
 from mergekit_expo.manifest import fingerprint
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -21,11 +20,6 @@ SHAPE_KEYS = (
     "num_attention_heads",
     "num_key_value_heads",
 )
-
-
-def is_local_reference(path: str) -> bool:
-    """True unless ``path`` reads like a hub id (``org/name``) that is not on disk."""
-    return not is_hub_id(path)
 
 
 def check_model_folder(path: str, role: str) -> Path:
@@ -47,10 +41,7 @@ def check_model_folder(path: str, role: str) -> Path:
             "pytorch_model*.bin): copy the weight files next to config.json"
         )
     for file in weights:
-        if file.suffix == ".safetensors":
-            _check_safetensors(file)
-        else:
-            check_pickle(file)
+        (_check_safetensors if file.suffix == ".safetensors" else check_pickle)(file)
     return folder
 
 
@@ -151,17 +142,14 @@ def load_config(folder: Path) -> dict:
         raise ExpoInputError(f"{folder / 'config.json'} is not valid JSON: {error}") from None
 
 
-def check_pair(
-    sft: str, aligned: str, *, tokenizer_aligned: bool = False
-) -> None:
+def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False) -> None:
     """SFT and aligned folders are usable and describe the same network.
 
     ``tokenizer_aligned``: the merge aligns vocabularies (mergekit ``tokenizer:``),
     so differing vocab sizes are fine.
     """
-    sft_folder = check_model_folder(sft, "SFT (base_model)")
-    aligned_folder = check_model_folder(aligned, "aligned")
-    sft_config, aligned_config = load_config(sft_folder), load_config(aligned_folder)
+    sft_config = load_config(check_model_folder(sft, "SFT (base_model)"))
+    aligned_config = load_config(check_model_folder(aligned, "aligned"))
     sft_arch, aligned_arch = sft_config.get("architectures"), aligned_config.get("architectures")
     for path, arch in ((sft, sft_arch), (aligned, aligned_arch)):
         if not arch:
@@ -174,14 +162,15 @@ def check_pair(
             f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
             f"{aligned_arch[0]}: use the SFT checkpoint the aligned model was trained from"
         )
+    sft_text, aligned_text = _text_config(sft_config), _text_config(aligned_config)
     for key in SHAPE_KEYS:
-        first, second = _text_config(sft_config).get(key), _text_config(aligned_config).get(key)
+        first, second = sft_text.get(key), aligned_text.get(key)
         if first is not None and second is not None and first != second:
             raise ExpoInputError(
                 f"{key} differs: {first} in SFT {sft}, {second} in aligned {aligned}: "
                 "use the SFT checkpoint the aligned model was trained from"
             )
-    first, second = _text_config(sft_config).get("vocab_size"), _text_config(aligned_config).get("vocab_size")
+    first, second = sft_text.get("vocab_size"), aligned_text.get("vocab_size")
     if first != second and not tokenizer_aligned:
         raise ExpoInputError(
             f"vocab_size differs ({first} in SFT, {second} in aligned), so "

@@ -13,9 +13,10 @@ from mergekit_expo.card import check_card_inputs, write_card
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.contract import MISSING_BASE
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hub import is_hub_id
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
 from mergekit_expo.output_guard import Output, check_no_overlap, check_output
-from mergekit_expo.preflight import check_model_folder, check_pair, has_tokenizer, is_local_reference
+from mergekit_expo.preflight import check_model_folder, check_pair, has_tokenizer
 
 LOG = logging.getLogger("mergekit_expo")
 # mergekit's cache entries: f"{basename}_{crc32}_{basename}_{crc32}" (ModelPath._unique_id)
@@ -101,7 +102,7 @@ def tokenizer_options(options, config):
         return options
     donor = config.base_model or config.referenced_models()[0]
     path = donor.model.path
-    if donor.lora is not None or not is_local_reference(path) or has_tokenizer(path):
+    if donor.lora is not None or is_hub_id(path) or has_tokenizer(path):
         return options
     LOG.warning("%s has no tokenizer files (tokenizer.json, tokenizer.model, ...): the merged model "
                 "is written without a tokenizer; copy the tokenizer files into it before loading it",
@@ -125,25 +126,21 @@ def lora_options(options, config, staging: Path):
 
 
 def check_device(options) -> None:
-    device = options.device or "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ExpoConfigError(
-                "--cuda/--device cuda was given but no CUDA device is visible: drop the "
-                "option or check CUDA_VISIBLE_DEVICES"
-            )
+    if (options.device or "cpu").startswith("cuda") and not torch.cuda.is_available():
+        raise ExpoConfigError("--cuda/--device cuda was given but no CUDA device is visible: drop the "
+                              "option or check CUDA_VISIBLE_DEVICES")
 
 
 def check_expo_inputs(config) -> None:
     if config.base_model is None:
         raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model
-    sft_local = is_local_reference(sft.model.path)
+    sft_local = not is_hub_id(sft.model.path)
     tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
     paired = False
     for model in config.referenced_models():
         path = model.model.path
-        if model == sft or not is_local_reference(path):
+        if model == sft or is_hub_id(path):
             continue
         if model.lora is not None:
             check_model_folder(path, "aligned (base of the LoRA)")

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")
+FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")  # transformers' model types
 # Mixture-of-experts families: transformers fuses their per-expert checkpoint tensors on load.
 MOE_SETTINGS = {
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
@@ -42,14 +42,8 @@ class PairSpec:
 def model_config(spec: PairSpec, vocab_size: int):
     import transformers
 
-    config_class = {
-        "llama": transformers.LlamaConfig,
-        "mistral": transformers.MistralConfig,
-        "qwen2": transformers.Qwen2Config,
-        "mixtral": transformers.MixtralConfig,
-        "qwen2_moe": transformers.Qwen2MoeConfig,
-    }[spec.family]
-    return config_class(
+    return transformers.AutoConfig.for_model(
+        spec.family,
         **MOE_SETTINGS.get(spec.family, {}),
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import yaml
 
 from mergekit_expo import manifest
+from mergekit_expo.card.search_section import HEADING
 from mergekit_expo.compat.mergekit import card_generator
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.filesystem import write_file_atomically
@@ -89,8 +90,6 @@ def _unordered(card: str) -> str:
 
 def kept_search_section(folder: Path) -> Optional[str]:
     """The "How α was chosen" section of the folder's card, if it is our unedited card."""
-    from mergekit_expo.card.search_section import HEADING
-
     if readme_kind(folder, None) is not Readme.OURS:
         return None
     text = (folder / README).read_text(encoding="utf-8")

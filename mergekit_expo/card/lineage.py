@@ -11,8 +11,8 @@ from typing import Callable, List, Optional, Set, Tuple
 import yaml
 from pydantic import ValidationError
 
-from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.hub import is_hub_id
+from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoInputError, first_line
+from mergekit_expo.hub import cached_snapshot, is_hub_id
 
 HUB = "https://huggingface.co"
 
@@ -84,8 +84,6 @@ class Lineage:
 
     def uncached_hub_ids(self) -> List[str]:
         """The Hub ids (as written) the Hugging Face cache does not hold."""
-        from mergekit_expo.hub import cached_snapshot
-
         found = [path if revision is None else f"{path}@{revision}" for stage in self.stages
                  for model in stage.inputs for path, revision, hub in model.parts if hub]
         return [reference for reference in dict.fromkeys(found) if cached_snapshot(reference) is None]
@@ -98,7 +96,10 @@ def lineage_of_config(source: str, *, hub_ids: Optional[Set[str]] = None,
     ``hub_ids``: the references the merge resolved on the Hub (``org/name@rev`` as
     written); without it a reference counts as a Hub id when it is no folder here.
     """
-    data = _load_yaml(source, where)
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError:
+        raise ExpoConfigError(f"{where} is not valid YAML") from None
     if not isinstance(data, dict):
         raise ExpoConfigError(f"{where} is not a mergekit config (a YAML mapping with merge_method:)")
     return Lineage([_stage(None, data, _is_hub(hub_ids), set(), where)], source)
@@ -139,8 +140,6 @@ def check_written_by(lineage: Lineage, source: str, *, out: str, pipeline: str) 
     the pipeline's final stage: the same config once earlier stages' names become their
     folders, as mergekit plans both (mergekit-multi saves a stage's config as planned)."""
     from mergekit.scripts.multimerge import load_config
-
-    from mergekit_expo.errors import ExpoError, ExpoInputError, first_line
 
     final, written = lineage.final, lineage_of_config(source, where=f"{out}/mergekit_config.yml").final
     wrong = f"{out} was not written by the final stage of {pipeline}"
@@ -184,8 +183,7 @@ def _stage(name, data: dict, is_hub: Callable[[str], bool], stage_names: Set[str
     try:
         config = MergeConfiguration.model_validate(data)
     except (ValidationError, RuntimeError) as error:
-        line = str(error).strip().splitlines()[0]
-        raise ExpoConfigError(f"{where} is not a valid mergekit config ({line})") from None
+        raise ExpoConfigError(f"{where} is not a valid mergekit config ({first_line(error)})") from None
     if config.merge_method == "expo" and config.base_model is None:
         raise ExpoConfigError(f"{where} has an expo merge without base_model (the SFT model): it is not "
                               "what an expo merge ran with")
@@ -213,9 +211,7 @@ def _input(model, is_hub: Callable[[str], bool]) -> Input:
 
 
 def _is_hub(hub_ids: Optional[Set[str]]) -> Callable[[str], bool]:
-    if hub_ids is not None:
-        return lambda reference: reference in hub_ids
-    return is_hub_id
+    return is_hub_id if hub_ids is None else hub_ids.__contains__
 
 
 def _link(path: str, revision: Optional[str], hub: bool) -> str:
@@ -224,13 +220,6 @@ def _link(path: str, revision: Optional[str], hub: bool) -> str:
     if revision:
         return f"[{path}@{revision}]({HUB}/{path}/tree/{revision})"
     return f"[{path}]({HUB}/{path})"
-
-
-def _load_yaml(text: str, where: str):
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ExpoConfigError(f"{where} is not valid YAML") from None
 
 
 def method_markdown(name: str) -> str:

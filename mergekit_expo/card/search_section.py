@@ -29,8 +29,7 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
             note.append("**chosen**")
         if row.key in excluded_keys:
             note.append("excluded by the guard")
-        values = row.coordinates
-        cells = [f"{values[name]:.3g}" for name in coordinates]
+        cells = [f"{row.coordinates[name]:.3g}" for name in coordinates]
         cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
             dropped = "pruned after block" if results.race.get("kind") == "sampled" else "dropped in round"

@@ -75,9 +75,10 @@ def report(host: str, detail: str) -> None:
 def unsupported(host: str, detail: str) -> str:
     """One line: which host version lacks what, the supported ranges, and what to install."""
     version = installed_version(host)
+    ranges = " and ".join(f"{name}{spec}" for name, spec in SUPPORTED.items())
     return (
         f"expo is not available in {host} {version} ({detail}): mergekit-expo supports "
-        f"{_ranges()}; install one of those (pip install '{host}{SUPPORTED[host]}') or a "
+        f"{ranges}; install one of those (pip install '{host}{SUPPORTED[host]}') or a "
         f"mergekit-expo release that supports {host} {version}"
     )
 
@@ -160,10 +161,6 @@ def require_state_dicts_api() -> None:
             "'mergekit>=0.1.5,<0.2', or merge checkpoints with mergekit-yaml and "
             "merge_method: expo"
         ) from None
-
-
-def _ranges() -> str:
-    return " and ".join(f"{host}{spec}" for host, spec in SUPPORTED.items())
 
 
 def without_path(text: str) -> str:

@@ -1,5 +1,6 @@
 """``expo`` declared for mergekitty 0.3, allura-org's fork of mergekit 0.1.4 (see :mod:`.task_api`)."""
 
+import functools
 from typing import Optional
 
 import torch
@@ -25,11 +26,7 @@ class ExpoMerge(task_api.ExpoMethodBody, MergeMethod):
     parameter_class = ConfigParameterDef
 
 
-expo_merge_method = ExpoMerge()
-
-
-def register(registry) -> None:
-    task_api.register(registry, expo_merge_method)
+register = functools.partial(task_api.register, method=ExpoMerge())  # hosts.register calls it
 
 
 # Covers the case where importing this module is what first loaded mergekitty.

@@ -1,4 +1,4 @@
-"""Run a batched function over many items; halve the batch on out-of-memory.
+"""Batches: a batched function run over many items (halved on out-of-memory), and padding.
 
 Items are processed longest first (similar lengths share a batch, so little padding;
 an out-of-memory shows up in the first batch), and results come back in input order.
@@ -14,20 +14,16 @@ from mergekit_expo.errors import ExpoInputError
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+# Where no --batch-size is given: large on a GPU (halved on out-of-memory), modest on CPU.
 CPU_BATCH = 8
 GPU_MAX_BATCH = 64
-
-
-def default_batch_size(device: str) -> int:
-    """Start value for ``--batch-size auto``: large on a GPU (we back off), modest on CPU."""
-    return GPU_MAX_BATCH if str(device).startswith("cuda") else CPU_BATCH
 
 
 class Batcher:
     """Remembers a batch size that fits, across calls (one per search)."""
 
     def __init__(self, batch_size: Optional[int], device: str):
-        self.size = batch_size or default_batch_size(device)
+        self.size = batch_size or (GPU_MAX_BATCH if str(device).startswith("cuda") else CPU_BATCH)
 
     def run(self, items: Sequence[Item], fn: Callable[[List[Item]], List[Result]],
             length: Callable[[Item], int] = len, progress: Callable = None) -> List[Result]:
@@ -63,6 +59,19 @@ class Batcher:
                 "use --dtype bfloat16, or a device with more memory"
             ) from error
         self.size = failed // 2  # half of what failed, not of a size larger than the data
+
+
+def padded(sequences: Sequence[List[int]], pad: int, *, left: bool = False):
+    """(input ids, attention mask) of ``sequences`` padded with ``pad`` to the longest one: on
+    the right, or on the ``left`` (for generation: every sequence ends where answers start)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        span = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence)
+        mask[row, span] = 1
+    return ids, mask
 
 
 def _out_of_memory(error: Exception) -> bool:

@@ -48,10 +48,6 @@ class ExpoCheckpoint:
             sft, aligned = sft.to(self.dtype), aligned.to(self.dtype)
         return extrapolate_tensor(sft.to(device), aligned.to(device), alpha, name=name)
 
-    @property
-    def names(self) -> List[str]:
-        return [name for names in self.groups for name in names]
-
     def shape(self, name: str) -> tuple:
         return tuple(self._sources[name][1].get_slice(name).get_shape())
 

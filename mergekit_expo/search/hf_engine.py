@@ -16,7 +16,7 @@ import transformers
 from mergekit_expo.compat.transformers import checkpoint_loader, is_tied
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.preflight import check_pair
-from mergekit_expo.search.batching import Batcher
+from mergekit_expo.search.batching import Batcher, padded
 from mergekit_expo.search.engine import Engine
 from mergekit_expo.search.expo_weights import ExpoCheckpoint
 from mergekit_expo.search.prompts import pad_id
@@ -94,12 +94,8 @@ class HFEngine(Engine):
                                 progress=progress)
 
     def _generate_batch(self, prompts: List[List[int]], sampling: Sampling) -> List[str]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends where answers start
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+        ids, mask = padded(prompts, self.pad, left=True)
+        width = ids.shape[1]
         options = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad,
                        do_sample=sampling.sample)
         if sampling.sample:
@@ -124,12 +120,7 @@ class HFEngine(Engine):
 
     def _logprob_batch(self, pairs) -> List[float]:
         # Right padding: a causal model never looks right, so padding changes no position.
-        width = max(len(c) + len(a) for c, a in pairs)
-        ids = torch.full((len(pairs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (context, answer) in enumerate(pairs):
-            ids[row, : len(context) + len(answer)] = torch.tensor(context + answer)
-            mask[row, : len(context) + len(answer)] = 1
+        ids, mask = padded([context + answer for context, answer in pairs], self.pad)
         with torch.no_grad():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         totals = []

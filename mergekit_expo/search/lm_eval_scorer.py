@@ -48,8 +48,9 @@ class LmEvalScorer(Scorer):
             _check_known(name, self.task_manager, tasks_path)
         self.tasks = {name: self._load(name) for name in names}
         self.metrics = {name: _metric_key(name, task, metric) for name, task in self.tasks.items()}
-        self.higher_is_better = {name: _higher_is_better(task, self.metrics[name])
-                                 for name, task in self.tasks.items()}
+        # Each task's metric with the sign that makes higher better: the search maximizes.
+        self.signs = {name: 1.0 if _higher_is_better(task, self.metrics[name]) else -1.0
+                      for name, task in self.tasks.items()}
         self.limit, self.num_fewshot, self.batch_size = limit, num_fewshot, batch_size
         self.tasks_path = tasks_path and os.path.abspath(tasks_path)
         self.name = spec
@@ -135,8 +136,7 @@ class LmEvalScorer(Scorer):
         by_row, start = {}, 0
         for name, count in documents.items():
             metric, _, filter_name = self.metrics[name].partition(",")
-            sign = 1.0 if self.higher_is_better[name] else -1.0
-            weight = sign * sum(documents.values()) / (len(documents) * count)
+            weight = self.signs[name] * sum(documents.values()) / (len(documents) * count)
             for sample in samples.get(name, []):
                 if sample.get("filter", "none") == filter_name:
                     by_row[start + int(sample["doc_id"])] = weight * float(sample[metric])
@@ -153,8 +153,7 @@ class LmEvalScorer(Scorer):
             metric, _, filter_name = key.partition(",")
             value = float(results[name][key])
             stderr = results[name].get(f"{metric}_stderr,{filter_name}")
-            sign = 1.0 if self.higher_is_better[name] else -1.0  # the search maximizes
-            values.append(sign * value)
+            values.append(self.signs[name] * value)
             errors.append(float(stderr) if isinstance(stderr, (int, float)) else math.nan)
             per_task[name] = value
         value = sum(values) / len(values)
@@ -167,7 +166,7 @@ class LmEvalScorer(Scorer):
         """95% interval: Wilson's for one accuracy-like task (a share of n items, never outside
         [0, 1]); else ±1.96 lm-eval standard errors (several tasks: of their mean, in
         quadrature), clipped to [0, 1] when every metric is such a share."""
-        shares = all(self.metrics[name].partition(",")[0] in SHARES and self.higher_is_better[name]
+        shares = all(self.metrics[name].partition(",")[0] in SHARES and self.signs[name] > 0
                      for name in self.tasks)
         if shares and len(samples) == 1:
             (name, n), = samples.items()

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search.results import RESULTS, differences, read_json
+from mergekit_expo.search.study import DEFAULT_STORAGE
 
 # Known only once the scorers are loaded: the study itself compares them.
 LATE_SETTINGS = ("scorer_settings", "guard_settings")
@@ -30,9 +32,6 @@ def storage_record(storage: Optional[str]) -> Optional[str]:
 
 def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
     """Refuse a search whose study is not the one whose reports (or study.db) ``out_dir`` holds."""
-    from mergekit_expo.search.results import RESULTS, differences, read_json
-    from mergekit_expo.search.study import DEFAULT_STORAGE
-
     out = Path(out_dir)
     try:
         saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}

@@ -15,11 +15,7 @@ from mergekit_expo.errors import ExpoInputError
 
 def encode_prompt(tokenizer, prompt: str) -> List[int]:
     """The prompt as the policy sees it before its answer: chat template if any."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = _template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-    else:
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    return single_bos(tokenizer, ids)
+    return _encode(tokenizer, [{"role": "user", "content": prompt}], prompt)
 
 
 def encode_answer(tokenizer, answer: str) -> List[int]:
@@ -29,11 +25,21 @@ def encode_answer(tokenizer, answer: str) -> List[int]:
 
 def encode_conversation(tokenizer, prompt: str, answer: str) -> List[int]:
     """A (prompt, answer) pair as a reward model reads it."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        ids = _template_ids(tokenizer, messages, add_generation_prompt=False)
-    else:
-        ids = tokenizer(f"{prompt} {answer}", add_special_tokens=True)["input_ids"]
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return _encode(tokenizer, messages, f"{prompt} {answer}")
+
+
+def _encode(tokenizer, messages, text: str) -> List[int]:
+    """``messages`` through the chat template (a generation prompt after a user's turn), else
+    ``text``; either way with one leading BOS if the tokenizer uses BOS."""
+    if not getattr(tokenizer, "chat_template", None):
+        return single_bos(tokenizer, tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = tokenizer.apply_chat_template(messages, tokenize=True,
+                                        add_generation_prompt=messages[-1]["role"] == "user")
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
     return single_bos(tokenizer, ids)
 
 
@@ -51,15 +57,6 @@ def single_bos(tokenizer, ids: List[int]) -> List[int]:
 def _adds_bos(tokenizer) -> bool:
     bos = tokenizer.bos_token_id
     return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-
-
-def _template_ids(tokenizer, messages, *, add_generation_prompt: bool) -> List[int]:
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return list(ids)
 
 
 def pad_id(tokenizer, role: str) -> int:

@@ -189,10 +189,7 @@ class SearchResults:
             + yaml.safe_dump(config_of(best.coordinates), sort_keys=False),
         )
         plot_path = self.folder / PLOT
-        if self.scalar:
-            self._plot(plot_path)
-        else:
-            self._plot_vectors(plot_path)
+        (self._plot if self.scalar else self._plot_vectors)(plot_path)
         return dict(paths, best=best_path, plot=plot_path)
 
     @property

@@ -9,7 +9,7 @@ import transformers
 
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.preflight import check_tokenizer
-from mergekit_expo.search.batching import Batcher
+from mergekit_expo.search.batching import Batcher, padded
 from mergekit_expo.search.prompts import encode_conversation, pad_id
 
 
@@ -52,12 +52,7 @@ class RewardModel:
     def _batch(self, sequences: List[List[int]]) -> List[float]:
         # Right padding keeps every position as in an unpadded pass; the classifier
         # reads the last token that is not the pad id, as it does without a batch.
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
+        ids, mask = padded(sequences, self.pad)
         with torch.no_grad():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         return [float(value) for value in logits[:, 0]]

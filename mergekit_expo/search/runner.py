@@ -56,12 +56,8 @@ def refined(alphas: List[float], best: float) -> List[float]:
     """Midpoints on either side of the best α (coarse-to-fine, one level)."""
     ordered = sorted(alphas)
     index = ordered.index(best)
-    around = []
-    if index > 0:
-        around.append((ordered[index - 1] + best) / 2)
-    if index < len(ordered) - 1:
-        around.append((ordered[index + 1] + best) / 2)
-    return [round(a, 6) for a in around]
+    neighbours = ordered[max(index - 1, 0):index] + ordered[index + 1:index + 2]
+    return [round((neighbour + best) / 2, 6) for neighbour in neighbours]
 
 
 def fingerprint(*parts: Optional[str]) -> str:
@@ -111,7 +107,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
                             alpha_range=plan.alpha_range)
         results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
                                 storage=storage_record(plan.storage))
-        run = _Run(study, results, scorer, guard, plan, open_engine, created)
+        run = _Run(study, results, scorer, guard, plan, open_engine)
         _enqueue_first(study, run, plan, out)
         try:
             if run.race is not None:
@@ -162,9 +158,9 @@ def _enqueue_first(study, run, plan: Plan, out: str) -> None:
 class _Run:
     """One worker's scoring of candidates, and the reports it keeps current."""
 
-    def __init__(self, study, results, scorer, guard, plan: Plan, open_engine, created):
+    def __init__(self, study, results, scorer, guard, plan: Plan, open_engine):
         self.study, self.results, self.scorer, self.guard, self.plan = study, results, scorer, guard, plan
-        self.open_engine, self.engine, self.created = open_engine, None, created
+        self.open_engine, self.engine = open_engine, None
         self.race = None  # a RaceRun with --race
         self.pruning = None  # a SampledRace with --race in a sampled space
 
@@ -187,21 +183,18 @@ class _Run:
         checked = self.scored("--guard", self.guard, name, description) if self.guard is not None else None
         seconds = time.perf_counter() - start
         self.write_answers(name, score, checked)
-        row = dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
-                   n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
-                   update_seconds=updated,
-                   guard=checked and checked.value, guard_low=checked and checked.low,
-                   guard_high=checked and checked.high, alphas=dict(candidate), candidate=name)
-        return row
+        return dict(alpha=candidate.get("alpha"), score=score.value, low=score.low, high=score.high,
+                    n=score.n, seconds=seconds, extra=self.merged_extra(score, checked),
+                    update_seconds=updated, guard=checked and checked.value,
+                    guard_low=checked and checked.low, guard_high=checked and checked.high,
+                    alphas=dict(candidate), candidate=name)
 
     def scored(self, option: str, scorer, name: str, description: str, rows: Optional[List[int]] = None):
         """The scorer's score (on ``rows`` only, when given); a failure of its code (a user's
         scorer) names it and the candidate."""
         progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
         try:
-            if rows is not None:
-                return scorer(self.engine, progress=progress, rows=rows)
-            return scorer(self.engine, progress=progress)
+            return scorer(self.engine, progress=progress, rows=rows)
         except ExpoError:
             raise
         except Exception as error:
@@ -231,9 +224,7 @@ class _Run:
     def rows(self):
         rows = [AlphaResult(**{k: v for k, v in row.items() if k in AlphaResult.__dataclass_fields__})
                 for row in self.study.rows()]
-        if self.plan.space.name == "scalar":
-            return sorted(rows, key=lambda r: r.alpha)
-        return sorted(rows, key=lambda r: r.trial)
+        return sorted(rows, key=lambda r: r.alpha if self.plan.space.name == "scalar" else r.trial)
 
     def refresh(self) -> None:
         """The results' rows (and the race's state) from every worker's, as the study holds them."""
@@ -274,9 +265,7 @@ class _Run:
 
 def _clean_up(study, folder: Path, created: list, url: Optional[str]) -> None:
     """A run that failed before any candidate was scored leaves nothing behind that it made."""
-    if not created:
-        return
-    if study is not None and (study.rows() or study.others_running()):
+    if not created or study is not None and (study.rows() or study.others_running()):
         return
     if url is not None:
         database = Path(url[len("sqlite:///"):])

@@ -55,7 +55,7 @@ def _fitting(items, lengths, limit: int, what: str):
 class _KeptRowsScorer(Scorer):
     """A scorer of data rows, each encoded once; the rows that fit the context can be raced."""
 
-    _encoded: Optional[list] = None
+    _encoded: Optional[list] = None  # by _encode, on first use
 
     def _encode(self, engine) -> None:
         raise NotImplementedError
@@ -88,7 +88,6 @@ class PreferenceScorer(_KeptRowsScorer):
         self.path = path
         self.located = read_located(path, ("prompt", "chosen", "rejected"))
         self.rows = [row for _, row in self.located]
-        self._encoded = None
 
     def _encode(self, engine) -> None:
         if self._encoded is not None:  # the same token ids at every α
@@ -144,7 +143,6 @@ class RewardModelScorer(_KeptRowsScorer):
         self.prompts = [r["prompt"] for r in read_records(path, ("prompt",))]
         self.reward = reward_model
         self.sampling = sampling
-        self._encoded = None
 
     def _encode(self, engine) -> None:
         if self._encoded is None:

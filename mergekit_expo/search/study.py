@@ -29,8 +29,9 @@ from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
+from mergekit_expo.search.results import difference
 from mergekit_expo.search.space import Candidate, Space
-from mergekit_expo.search.trial_roles import DUPLICATE, GRID, REFERENCE, SAMPLED, SPARE
+from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
 STUDY = "expo-search"
@@ -43,10 +44,6 @@ PLAN = "plan"  # the study's --trials, or --alphas and --refine: what its worker
 
 def storage_url(storage: Optional[str], out: str) -> str:
     return storage or f"sqlite:///{Path(os.path.abspath(out)) / DEFAULT_STORAGE}"
-
-
-def is_journal(url: str) -> bool:
-    return url.endswith(JOURNAL_SUFFIX) and "://" not in url
 
 
 def shown(url: str) -> str:
@@ -86,7 +83,7 @@ def check_driver(url: str) -> None:
 def open_storage(url: str, heartbeat: int):
     """An optuna storage for ``url``; one error line when it cannot be opened."""
     optuna = _optuna()
-    if is_journal(url):
+    if url.endswith(JOURNAL_SUFFIX) and "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
         if not Path(url).parent.is_dir():
@@ -198,10 +195,8 @@ class SearchStudy:
                  settings: dict, plan: dict, alpha_range=(0.0, 1.0)):
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
-        self.space, self.url, self.alpha_range = space, url, alpha_range
+        self.space, self.alpha_range, self.heartbeat = space, alpha_range, heartbeat
         self.storage = open_storage(url, heartbeat)
-        self.heartbeat = heartbeat
-        self.sampler_name = sampler
         self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
                                               sampler=make_sampler(sampler, seed), load_if_exists=True)
         self._check_settings(settings)
@@ -211,8 +206,6 @@ class SearchStudy:
     # -- settings ---------------------------------------------------------------------------
     @storage_failures
     def _check_settings(self, settings: dict) -> None:
-        from mergekit_expo.search.results import difference
-
         saved = self.study.user_attrs.get("settings")
         if saved is None:
             self.study.set_user_attr("settings", settings)
@@ -225,8 +218,6 @@ class SearchStudy:
     def _check_plan(self, plan: dict) -> None:
         """Workers scoring together search to one plan; a run while none scores may change it
         (a larger --trials continues the search), and workers still running follow it."""
-        from mergekit_expo.search.results import difference
-
         saved = self.study.user_attrs.get(PLAN)
         if saved is not None and saved != plan:
             self._recover()
@@ -288,8 +279,8 @@ class SearchStudy:
         return [dict(t.user_attrs[ROW], trial=t.number) for t in self.completed()]
 
     def _sampled_count(self, below: Optional[int] = None) -> int:
-        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE) != REFERENCE
-                   and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED and (below is None or t.number < below))
+        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
+                   and (below is None or t.number < below))
 
     # -- the worker loop --------------------------------------------------------------------
     def others_running(self) -> bool:

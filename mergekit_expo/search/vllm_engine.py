@@ -43,7 +43,7 @@ class VLLMEngine(Engine):
         check_pair(sft, aligned)
         warn_if_untested("vllm")
         self.sft, self.aligned, self.dtype = sft, aligned, dtype
-        size = tensor_parallel_size or default_parallel_size()
+        size = tensor_parallel_size or torch.cuda.device_count() or 1  # all visible GPUs; 1 on CPU
         check_parallel_size(size, aligned)
         options = dict(model=aligned, tokenizer=aligned, tensor_parallel_size=size, seed=seed,
                        dtype=dtype or "auto", trust_remote_code=trust_remote_code,
@@ -52,7 +52,7 @@ class VLLMEngine(Engine):
             options["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
-        if size > 1 and not _cuda_visible():
+        if size > 1 and not torch.cuda.is_available():
             # vLLM's CPU backend wants one core set per worker ("0|1").
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(_core_sets(size)))
         try:
@@ -123,21 +123,13 @@ class VLLMEngine(Engine):
             shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if shutdown:
                 shutdown()
-            del llm
-
-
-def default_parallel_size() -> int:
-    """All visible GPUs; 1 on CPU."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
 def check_parallel_size(size: int, aligned: str) -> None:
-    visible = torch.cuda.device_count() if _cuda_visible() else (os.cpu_count() or 1)
-    what = "visible GPUs" if _cuda_visible() else "CPU cores"
+    visible, what = (torch.cuda.device_count(), "visible GPUs") if torch.cuda.is_available() else \
+        (os.cpu_count() or 1, "CPU cores")
     if size > visible:
-        raise ExpoConfigError(
-            f"--tensor-parallel-size {size} is more than the {visible} {what}: lower it"
-        )
+        raise ExpoConfigError(f"--tensor-parallel-size {size} is more than the {visible} {what}: lower it")
     config = json.loads((Path(aligned) / "config.json").read_text())
     config = config.get("text_config") or config
     for key in ("num_attention_heads", "num_key_value_heads"):
@@ -159,10 +151,6 @@ def why_vllm_did_not_start(error: Exception, aligned: str) -> str:
                 "--gpu-memory-utilization (GPU) or VLLM_CPU_KVCACHE_SPACE (CPU, GiB), or raise "
                 "--tensor-parallel-size")
     return f"vLLM could not start on {aligned}: {first_line(error)} (run with -v for vLLM's traceback)"
-
-
-def _cuda_visible() -> bool:
-    return torch.cuda.is_available()
 
 
 def _core_sets(size: int) -> List[str]:
