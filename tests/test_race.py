@@ -102,6 +102,17 @@ def test_an_equivalence_stop_picks_within_the_tolerance_of_the_best_on_all_rows(
     assert fmean(shares) < 0.75, fmean(shares)
 
 
+def test_two_candidates_no_row_has_told_apart_are_not_yet_equivalent():
+    """The best wins every row, a neighbour loses 6 of 256: until a row tells them apart their
+    differences have no spread, which must not read as proof that they are equal."""
+    rng = random.Random(5)
+    scores = {"near": {row: 0.0 if row % 43 == 0 else 1.0 for row in range(256)},  # first: leads a tie
+              "best": {row: 1.0 for row in range(256)},
+              **{f"far{i}": {row: float(rng.random() < 0.6) for row in range(256)} for i in range(3)}}
+    picks = [race(scores, seed=seed)[0].rounds[-1].leader for seed in range(40)]
+    assert picks == ["best"] * 40, picks
+
+
 def test_the_guard_drops_a_candidate_whose_guard_falls_too_far_and_keeps_alpha_0_scored():
     scores = rows_of({"0": 0.0, "0.5": 1.0, "1": 1.5}, rows=200)
     guard = rows_of({"0": 0.8, "0.5": 0.75, "1": 0.2}, rows=100, noise=0.1, shared=0.1, seed=1)

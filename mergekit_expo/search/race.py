@@ -88,34 +88,46 @@ class Standing:
     finished: Optional[str] = None  # why the race ended, or None
 
 
-def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int]):
+def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int],
+            scale: Optional[float] = None):
     """Mean of the paired differences ``better − worse`` and its standard error as an
-    estimate of their mean over all ``rows`` (sampled without replacement; None: unknown)."""
+    estimate of their mean over all ``rows`` (sampled without replacement; None: unknown).
+
+    Two candidates that no row has told apart yet (every difference the same, as when both
+    win every preference row so far) get the spread of one row differing by ``scale`` (the
+    range of the scores, by default the pair's own): a difference never seen is not yet
+    shown to be absent, and the normal approximation says nothing about it."""
     differences = [b - w for b, w in zip(better, worse, strict=True)]
     n = len(differences)
     spread = stdev(differences) if n > 1 else 0.0
+    if n > 1 and spread == 0:
+        scale = max((*better, *worse)) - min((*better, *worse)) if scale is None else scale
+        spread = scale / math.sqrt(n)
     unseen = 1.0 if rows is None else math.sqrt(max(0, rows - n) / (rows - 1)) if rows > 1 else 0.0
     return fmean(differences), spread / math.sqrt(n) * unseen
 
 
 def clearly_below(better: Sequence[float], worse: Sequence[float], rows: Optional[int], z: float,
-                  margin: float = 0.0) -> Optional[str]:
+                  margin: float = 0.0, scale: Optional[float] = None) -> Optional[str]:
     """Why ``worse`` is below ``better`` by more than ``margin`` with the rule's confidence
     (paired per-row differences, their mean over all ``rows``), or None when it is not shown."""
-    mean, error = _paired(better, worse, rows)
+    mean, error = _paired(better, worse, rows, scale)
     return f"{mean:.4g} ± {z * error:.3g}" if mean - z * error > margin else None
 
 
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
-          guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None) -> Standing:
+          guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None,
+          scale: Optional[float] = None) -> Standing:
     """One round's verdict. ``scores``: each survivor's per-row scores on the same rows, in
-    the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among them."""
+    the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among them;
+    ``scale``: the range of every score the race has read (default: of ``scores``)."""
+    scale = _range(scores.values()) if scale is None else scale
     z = rule.z
     dropped = {}
     if guard is not None and rule.max_drop is not None:
         for name in scores:
             why = name != reference and clearly_below(guard[reference], guard[name], rule.guard_rows, z,
-                                                      rule.max_drop)
+                                                      rule.max_drop, _range(guard.values()))
             if why:
                 dropped[name] = f"guard {why} below α = 0"
     running = [name for name in scores if name not in dropped]
@@ -123,14 +135,21 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
-        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, z)
+        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, z, scale=scale)
         if why:
             dropped[name] = f"below {leader} by {why}"
     survivors = [name for name in running if name not in dropped]
-    return Standing(leader, survivors, dropped, _finished(scores, survivors, leader, rule, rows_left))
+    return Standing(leader, survivors, dropped, _finished(scores, survivors, leader, rule, rows_left, scale))
 
 
-def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_left: bool) -> Optional[str]:
+def _range(lists) -> float:
+    """The range of every score in ``lists``: the scale of a difference no row has shown yet."""
+    values = [value for values in lists for value in values]
+    return max(values) - min(values)
+
+
+def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_left: bool,
+              scale: float) -> Optional[str]:
     if len(survivors) == 1:
         return "one candidate left"
     if not rows_left:
@@ -139,7 +158,7 @@ def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_le
     within = rule.tolerance * spread / math.sqrt(rule.rows)
 
     def most_above_leader(name):
-        mean, error = _paired(scores[name], scores[leader], rule.rows)
+        mean, error = _paired(scores[name], scores[leader], rule.rows, scale)
         return mean + rule.z * error
 
     if all(name == leader or most_above_leader(name) <= within for name in survivors):
@@ -173,8 +192,10 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
         if any(row not in scores[name] for name in scoring for row in rows) or guard is not None and \
                 any(row not in guard[name] for name in scoring for row in guard_rows):
             return Race(rounds, survivors, number, scoring, dropped_in)
+        # the scale of the scores: every candidate's so far, as the survivors may all agree
+        scale = _range([scores[name][row] for row in rows if row in scores[name]] for name in scores)
         standing = judge({name: [scores[name][row] for row in rows] for name in survivors}, rule,
-                         rows_left=number + 1 < len(blocks), reference=reference,
+                         rows_left=number + 1 < len(blocks), reference=reference, scale=scale,
                          guard=guard and {name: [guard[name][row] for row in guard_rows] for name in scoring})
         rounds.append(standing)
         dropped_in.update({name: number + 1 for name in standing.dropped})
