@@ -84,9 +84,23 @@ def score_picks(sft: Path, checkpoint: Path, alphas: dict, test_prompts, test_se
     return found
 
 
+def trained_before(out: Path):
+    """The SFT model and DPO checkpoints an earlier run of this seed trained in ``out`` (the
+    same code and seed give the same weights): a run cut short resumes at its searches."""
+    if not (out / "training.json").is_file():
+        return None
+    saved = json.loads((out / "training.json").read_text())
+    checkpoints = {float(k): Path(v) for k, v in saved["checkpoints"].items()}
+    print(f"reusing the models trained in {out} ({saved['seconds']:.0f} s of training)", flush=True)
+    return Path(saved["sft"]), checkpoints, saved["steps"], saved["seconds"]
+
+
 def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
     started = time.perf_counter()
-    sft, checkpoints, steps, trained = train_checkpoints(out, seed, settings, progress)
+    sft, checkpoints, steps, trained = trained_before(out) or train_checkpoints(out, seed, settings, progress)
+    (out / "training.json").write_text(json.dumps({"sft": str(sft), "steps": steps, "seconds": trained,
+                                                   "checkpoints": {f"{k:.2f}": str(v) for k, v in
+                                                                   checkpoints.items()}}))
     test_prompts = task.prompts("test", settings["test_prompts"])
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):
