@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -116,5 +117,7 @@ def test_race_alpha_quick(tmp_path):
         assert all(len(a["test_per_prompt"]) == summary["settings"]["test_prompts"] for a in arms.values())
     verdict = json.loads((tmp_path / "verdict.json").read_text())["verdict"]["all"]
     assert verdict["points"] == 2 and 0 < verdict["generations_share"] <= 1
+    trained = json.loads((tmp_path / "seed-0" / "training.json").read_text())  # what a rerun reuses
+    assert sorted(map(float, trained["checkpoints"])) == [0.25, 1.0] and Path(trained["sft"]).is_dir()
     assert verdict["verdict"].split(" (")[0] in ("goal met", "stretch goal met", "not met")
     assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()
