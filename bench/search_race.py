@@ -140,8 +140,8 @@ def compare(name: str, full: dict, raced: dict, generating: bool) -> dict:
 
 def per_row_scores(out: Path) -> dict:
     """candidate -> {row: score} from a full search's answers/<candidate>.jsonl."""
-    scores = {}
-    for path in sorted((out / "answers").glob("*.jsonl")):
+    scores = {}  # in α order, as the command orders a race's candidates (a tie goes to the first)
+    for path in sorted((out / "answers").glob("*.jsonl"), key=lambda p: float(p.stem.split("=")[1])):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         scores[path.stem] = {record["row"]: record["score"] for record in records}
     return scores

@@ -93,14 +93,15 @@ def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int]
     """Mean of the paired differences ``better − worse`` and its standard error as an
     estimate of their mean over all ``rows`` (sampled without replacement; None: unknown).
 
-    Two candidates that no row has told apart yet (every difference the same, as when both
-    win every preference row so far) get the spread of one row differing by ``scale`` (the
-    range of the scores, by default the pair's own): a difference never seen is not yet
-    shown to be absent, and the normal approximation says nothing about it."""
+    Two candidates that no row has told apart yet (every difference 0, as when both win
+    every preference row so far) get the spread of one row differing by ``scale`` (the range
+    of the scores, by default the pair's own): a difference never seen is not yet shown to
+    be absent, and the normal approximation says nothing about it. A difference that every
+    row shows alike (a constant shift) keeps its spread of 0."""
     differences = [b - w for b, w in zip(better, worse, strict=True)]
     n = len(differences)
     spread = stdev(differences) if n > 1 else 0.0
-    if n > 1 and spread == 0:
+    if n > 1 and spread == 0 and differences[0] == 0:
         scale = max((*better, *worse)) - min((*better, *worse)) if scale is None else scale
         spread = scale / math.sqrt(n)
     unseen = 1.0 if rows is None else math.sqrt(max(0, rows - n) / (rows - 1)) if rows > 1 else 0.0
