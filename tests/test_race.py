@@ -24,7 +24,7 @@ def race(scores, seed=0, **rule_options):
 
 def rows_used(outcome, blocks, candidates):
     full = sum(len(block) for block in blocks)
-    return sum(sum(len(block) for block in blocks[:outcome.dropped_in.get(name, len(outcome.rounds))])
+    return sum(sum(len(block) for block in blocks[:outcome.blocks_read[name]])
                for name in candidates) / (full * len(candidates))
 
 
@@ -41,8 +41,10 @@ def test_blocks_cover_every_row_once_in_a_seeded_order():
 def test_clear_losers_go_in_the_first_round_and_the_best_wins():
     scores = rows_of({"0": 0.0, "0.3": 0.6, "0.6": 1.2, "2": -1.0})
     outcome, blocks = race(scores)
-    assert outcome.dropped_in == {"0": 1, "2": 1, "0.3": outcome.dropped_in["0.3"]}
-    assert outcome.survivors == ["0.6"] and outcome.next_block is None
+    assert outcome.dropped_in["0"] == 1 and outcome.dropped_in["2"] == 1
+    assert outcome.survivors == ["0.6"] and outcome.over
+    # "0.3" went too: below "0.6", or unable to beat it by more than the tolerance
+    assert "0.3" in outcome.dropped_in or "0.3" in outcome.retired_in
     assert rows_used(outcome, blocks, scores) < 0.5
 
 
@@ -78,12 +80,14 @@ def test_a_flat_peak_ends_the_race_early_within_the_tolerance():
     means = {f"{alpha:g}": 1.0 for alpha in (0.5, 0.6, 0.7, 0.8, 0.9)} | {"0": 0.0, "4": -2.0}
     scores = rows_of(means, rows=800, noise=0.2)
     outcome, blocks = race(scores)
-    assert outcome.rounds[-1].finished.startswith("the survivors are within")
-    assert len(outcome.rounds) < len(blocks)
-    assert set(outcome.dropped_in) == {"0", "4"}
+    assert outcome.rounds[-1].finished.startswith("every other candidate is below")
+    assert max(outcome.blocks_read.values()) < len(blocks)
+    assert {"0", "4"} <= set(outcome.dropped_in)
+    # the flat top stops being scored as soon as it cannot beat the leader by the tolerance
+    assert len(outcome.retired_in) == 4 and outcome.survivors == [outcome.rounds[-1].leader]
     # with no tolerance every row is scored
     strict, _ = race(scores, tolerance=0.0)
-    assert len(strict.rounds) == len(blocks)
+    assert len(strict.rounds) == len(blocks) and strict.rounds[-1].finished == "every row is scored"
 
 
 def test_an_equivalence_stop_picks_within_the_tolerance_of_the_best_on_all_rows():
@@ -96,7 +100,7 @@ def test_an_equivalence_stop_picks_within_the_tolerance_of_the_best_on_all_rows(
         outcome, blocks = race(scores, seed=seed)
         within = 2.0 * fmean([stdev(list(values.values())) for values in scores.values()]) / 400 ** 0.5
         kept += max(full.values()) - full[outcome.rounds[-1].leader] <= within
-        early += outcome.rounds[-1].finished.startswith("the survivors are within")
+        early += outcome.rounds[-1].finished.startswith("every other candidate is below")
         shares.append(rows_used(outcome, blocks, scores))
     assert kept >= 0.95 * races and early >= 0.5 * races, (kept, early)
     assert fmean(shares) < 0.75, fmean(shares)
@@ -132,7 +136,7 @@ def test_the_race_waits_for_the_block_it_needs():
     partial["c"] = {}
     rule = RaceRule(candidates=3, rounds=len(blocks), rows=160)
     waiting = replay(partial, blocks, rule)
-    assert waiting.next_block == 0 and waiting.rounds == [] and waiting.scoring == ["a", "b", "c"]
+    assert waiting.next_units == [("c", 0)] and waiting.rounds == [] and not waiting.over
 
 
 def test_the_best_on_all_rows_is_dropped_at_most_5_percent_of_the_time():
@@ -159,3 +163,45 @@ def test_judge_names_why_each_candidate_went():
     standing = judge(scores, RaceRule(candidates=2, rounds=1, rows=32), rows_left=True)
     assert standing.leader == "a" and standing.survivors == ["a"]
     assert standing.dropped["b"].startswith("below a by 1 ±") and standing.finished == "one candidate left"
+
+
+def test_a_retired_candidate_is_reopened_when_a_new_leader_is_more_than_the_tolerance_below_it():
+    """"twin" equals "early" and is retired in round 1; "late" then leads, and on the rows
+    "twin" was scored on it may be far below "twin": "twin" is scored on the block it missed
+    and judged again, so the pick is within the tolerance of every retired candidate."""
+    rng = random.Random(1)
+    blocks = row_blocks(256, seed=0)
+    first = set(blocks[0])
+    shared = [rng.gauss(0, 1) for _ in range(256)]
+    own = [rng.gauss(0, 0.1) for _ in range(256)]
+    scores = {"early": {row: shared[row] + 0.2 * (row in first) + own[row] for row in range(256)},
+              "twin": {row: shared[row] + 0.2 * (row in first) + own[row] + rng.gauss(0, 0.05)
+                       for row in range(256)},
+              "late": {row: shared[row] + 0.5 * (row not in first) + rng.gauss(0, 1.0) for row in range(256)}}
+    rule = RaceRule(candidates=3, rounds=len(blocks), rows=256, tolerance=0.5)
+    outcome = replay(scores, blocks, rule)
+    first_round, second = outcome.rounds[:2]
+    assert first_round.leader == "early" and list(first_round.retired) == ["twin"]
+    assert second.leader == "late" and second.reopened == ["twin"] and not second.finished
+    assert outcome.rounds[-1].leader == "late" and outcome.survivors == ["late"]
+    # while "twin" lacks the block the others were scored on, the race asks for it alone
+    missed = set(blocks[1])
+    waiting = replay({name: {row: value for row, value in values.items() if name != "twin" or row not in missed}
+                      for name, values in scores.items()}, blocks, rule)
+    assert waiting.next_units == [("twin", 1)] and len(waiting.rounds) == 2
+
+
+def test_retiring_one_by_one_reads_fewer_rows_than_stopping_all_at_once():
+    """A peak of 21 candidates: a rule that stopped only once every survivor was within the
+    tolerance at the same time read 52% of these rows (measured when it was replaced);
+    retiring each as soon as it is within the tolerance of the leader reads 41%, and still
+    keeps the promise."""
+    shares, kept = [], 0
+    for seed in range(20):
+        scores = rows_of({f"{i / 5:g}": -abs(i - 10) * 0.01 for i in range(21)}, rows=256, seed=seed)
+        outcome, blocks = race(scores, seed=seed)
+        full = {name: fmean(list(values.values())) for name, values in scores.items()}
+        within = 2.0 * fmean([stdev(list(values.values())) for values in scores.values()]) / 16
+        kept += max(full.values()) - full[outcome.rounds[-1].leader] <= within
+        shares.append(rows_used(outcome, blocks, scores))
+    assert kept == 20 and fmean(shares) < 0.45, (kept, fmean(shares))

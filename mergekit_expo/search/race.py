@@ -31,7 +31,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 #: rows in the first block, at least: fewer make the per-row spread too noisy to test on
 MIN_BLOCK = 16
@@ -80,12 +80,14 @@ class RaceRule:
 
 @dataclass
 class Standing:
-    """The race after a round: who leads, who is out and why, whether it is over."""
+    """The race after a round: who leads, who went and why, whether it is over."""
 
     leader: str
-    survivors: List[str]
-    dropped: Dict[str, str] = field(default_factory=dict)  # candidate -> reason
+    survivors: List[str]  # still scored after this round (the reopened among them)
+    dropped: Dict[str, str] = field(default_factory=dict)  # candidate -> why it is below
     finished: Optional[str] = None  # why the race ended, or None
+    retired: Dict[str, str] = field(default_factory=dict)  # candidate -> why it is within tolerance
+    reopened: List[str] = field(default_factory=list)  # retired before, no longer within tolerance
 
 
 def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int],
@@ -116,31 +118,67 @@ def clearly_below(better: Sequence[float], worse: Sequence[float], rows: Optiona
     return f"{mean:.4g} ± {z * error:.3g}" if mean - z * error > margin else None
 
 
+def most_above(candidate: Sequence[float], leader: Sequence[float], rows: Optional[int], z: float,
+               scale: Optional[float] = None) -> float:
+    """How far ``candidate`` can be above ``leader`` on all ``rows``, with the rule's confidence,
+    from the rows it was scored on (the first ``len(candidate)`` of the leader's)."""
+    mean, error = _paired(candidate, leader[:len(candidate)], rows, scale)
+    return mean + z * error
+
+
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
           guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None,
-          scale: Optional[float] = None) -> Standing:
-    """One round's verdict. ``scores``: each survivor's per-row scores on the same rows, in
-    the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among them;
-    ``scale``: the range of every score the race has read (default: of ``scores``)."""
+          scale: Optional[float] = None, retirees: Optional[Dict[str, Sequence[float]]] = None,
+          within: Optional[float] = None) -> Standing:
+    """One round's verdict. ``scores``: each running candidate's per-row scores on the same
+    rows, in the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among
+    them; ``scale``: the range of every score the race has read (default: of ``scores``);
+    ``retirees``: each retired candidate's scores on the first rows of ``scores``' order;
+    ``within``: the tolerance in score units (default: :func:`tolerance_of` ``scores``)."""
     scale = _range(scores.values()) if scale is None else scale
-    z = rule.z
-    dropped = {}
-    if guard is not None and rule.max_drop is not None:
-        for name in scores:
-            why = name != reference and clearly_below(guard[reference], guard[name], rule.guard_rows, z,
-                                                      rule.max_drop, _range(guard.values()))
-            if why:
-                dropped[name] = f"guard {why} below α = 0"
+    dropped = _guard_drops(scores, rule, guard, reference)
     running = [name for name in scores if name not in dropped]
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
-        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, z, scale=scale)
+        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, rule.z, scale=scale)
         if why:
             dropped[name] = f"below {leader} by {why}"
-    survivors = [name for name in running if name not in dropped]
-    return Standing(leader, survivors, dropped, _finished(scores, survivors, leader, rule, rows_left, scale))
+    within = tolerance_of(scores, rule) if within is None else within
+    retired = {}
+    for name in running if rows_left else ():  # on every row, the pick is simply the leader
+        if name in dropped or name == leader:
+            continue
+        above = most_above(scores[name], scores[leader], rule.rows, rule.z, scale)
+        if above <= within:
+            retired[name] = f"at most {above:.3g} above {leader} (tolerance {within:.3g})"
+    reopened = [name for name, values in (retirees or {}).items()
+                if most_above(values, scores[leader], rule.rows, rule.z, scale) > within]
+    survivors = [name for name in running if name not in dropped and name not in retired] + reopened
+    return Standing(leader, survivors, dropped, _finished(survivors, reopened, rows_left, retired or retirees,
+                                                          leader, within), retired, reopened)
+
+
+def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
+    """The candidates whose guard is below α = 0's by more than ``max_drop``, with why."""
+    if guard is None or rule.max_drop is None:
+        return {}
+    dropped = {}
+    for name in scores:
+        why = name != reference and clearly_below(guard[reference], guard[name], rule.guard_rows, rule.z,
+                                                  rule.max_drop, _range(guard.values()))
+        if why:
+            dropped[name] = f"guard {why} below α = 0"
+    return dropped
+
+
+def tolerance_of(scores: Dict[str, Sequence[float]], rule: RaceRule) -> float:
+    """The tolerance in score units: ``rule.tolerance`` standard errors of a score on all rows,
+    one row's spread taken as the mean over ``scores`` (the candidates running into a round)."""
+    if len(next(iter(scores.values()))) < 2:
+        return 0.0
+    return rule.tolerance * fmean([stdev(values) for values in scores.values()]) / math.sqrt(rule.rows)
 
 
 def _range(lists) -> float:
@@ -149,22 +187,14 @@ def _range(lists) -> float:
     return max(values) - min(values)
 
 
-def _finished(scores, survivors: List[str], leader: str, rule: RaceRule, rows_left: bool,
-              scale: float) -> Optional[str]:
+def _finished(survivors: List[str], reopened: List[str], rows_left: bool, retirees, leader: str,
+              within: float) -> Optional[str]:
+    if reopened:  # they are scored on the rows they missed, then judged again
+        return None
     if len(survivors) == 1:
-        return "one candidate left"
-    if not rows_left:
-        return "every row is scored"
-    spread = fmean([stdev(scores[name]) for name in survivors]) if len(scores[leader]) > 1 else 0.0
-    within = rule.tolerance * spread / math.sqrt(rule.rows)
-
-    def most_above_leader(name):
-        mean, error = _paired(scores[name], scores[leader], rule.rows, scale)
-        return mean + rule.z * error
-
-    if all(name == leader or most_above_leader(name) <= within for name in survivors):
-        return f"the survivors are within {within:.3g} of the leader"
-    return None
+        return f"every other candidate is below {leader} or within {within:.3g} of it" if retirees \
+            else "one candidate left"
+    return None if rows_left else "every row is scored"
 
 
 @dataclass
@@ -172,11 +202,16 @@ class Race:
     """The race so far, replayed from the per-row scores every worker reads from the study:
     each worker reaches the same verdicts, so none has to coordinate the rounds."""
 
-    rounds: List[Standing]  # one per finished round
-    survivors: List[str]
-    next_block: Optional[int]  # the block to score next; None: the race is over
-    scoring: List[str]  # who is scored on it: the survivors, and α = 0 in a guarded race
-    dropped_in: Dict[str, int]  # candidate -> the round it was dropped in (1-based)
+    rounds: List[Standing]  # one per judgement
+    survivors: List[str]  # still scored
+    next_units: List[Tuple[str, int]]  # (candidate, block) to score next; [] once the race is over
+    dropped_in: Dict[str, int]  # candidate -> blocks read when it was dropped
+    retired_in: Dict[str, int]  # candidate -> blocks read when it was retired (and not reopened)
+    blocks_read: Dict[str, int]  # candidate -> the blocks the race read of it (its first ones)
+
+    @property
+    def over(self) -> bool:
+        return not self.next_units
 
 
 def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: RaceRule, *,
@@ -184,23 +219,52 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
            guard_blocks: Optional[List[List[int]]] = None,
            reference: Optional[str] = None) -> Race:
     """``scores[candidate][row]``: what is scored so far, every candidate of the race a key."""
-    survivors, rounds, dropped_in = list(scores), [], {}
-    for number in range(len(blocks)):
+    survivors, rounds, dropped_in, retired_in = list(scores), [], {}, {}
+    read = {name: 0 for name in scores}
+    count, tolerances = 1, {}  # blocks read by every survivor in this round; its tolerance
+    for _ in range(len(blocks) * (len(scores) + 1) ** 2):
         # α = 0 stays scored in a guarded race: every other guard is measured against it
         scoring = survivors + ([reference] if guard is not None and reference not in survivors else [])
-        rows = [row for earlier in blocks[:number + 1] for row in earlier]
-        guard_rows = [row for earlier in (guard_blocks or [])[:number + 1] for row in earlier]
-        if any(row not in scores[name] for name in scoring for row in rows) or guard is not None and \
-                any(row not in guard[name] for name in scoring for row in guard_rows):
-            return Race(rounds, survivors, number, scoring, dropped_in)
-        # the scale of the scores: every candidate's so far, as the survivors may all agree
-        scale = _range([scores[name][row] for row in rows if row in scores[name]] for name in scores)
-        standing = judge({name: [scores[name][row] for row in rows] for name in survivors}, rule,
-                         rows_left=number + 1 < len(blocks), reference=reference, scale=scale,
-                         guard=guard and {name: [guard[name][row] for row in guard_rows] for name in scoring})
+        missing = [(name, number) for name in scoring for number in range(count)
+                   if not _has(scores, guard, blocks, guard_blocks, name, number)]
+        if missing:
+            return Race(rounds, survivors, missing, dropped_in, retired_in, read)
+        read.update({name: count for name in scoring})
+        standing = _judge_round(scores, guard, blocks, guard_blocks, rule, count, survivors, scoring,
+                                {name: read[name] for name in retired_in}, reference, tolerances)
         rounds.append(standing)
-        dropped_in.update({name: number + 1 for name in standing.dropped})
+        dropped_in.update({name: count for name in standing.dropped})
+        retired_in.update({name: count for name in standing.retired})
+        for name in standing.reopened:
+            del retired_in[name]
         survivors = standing.survivors
         if standing.finished:
-            break
-    return Race(rounds, survivors, None, [], dropped_in)
+            return Race(rounds, survivors, [], dropped_in, retired_in, read)
+        count += not standing.reopened
+    raise RuntimeError(f"the race did not settle in {len(rounds)} rounds")
+
+
+def _has(scores, guard, blocks, guard_blocks, name: str, number: int) -> bool:
+    """Whether ``name`` is scored on block ``number`` (and on its guard block)."""
+    return all(row in scores[name] for row in blocks[number]) and \
+        (guard is None or all(row in guard[name] for row in guard_blocks[number]))
+
+
+def _judge_round(scores, guard, blocks, guard_blocks, rule: RaceRule, count: int, survivors, scoring,
+                 retired_read: Dict[str, int], reference, tolerances: Dict[int, float]) -> Standing:
+    """``judge`` on the first ``count`` blocks, each retiree on the blocks it was scored on.
+    The tolerance is set by the candidates running into the round and kept when the round is
+    judged again after a reopening: then only a better leader or more rows read change a
+    verdict, so the rounds settle."""
+    rows = [row for block in blocks[:count] for row in block]
+    guard_rows = [row for block in (guard_blocks or [])[:count] for row in block]
+    # the scale of the scores: every candidate's so far, as the survivors may all agree
+    read = set(rows)
+    scale = _range([value for row, value in values.items() if row in read] for values in scores.values())
+    retirees = {name: [scores[name][row] for block in blocks[:blocks_read] for row in block]
+                for name, blocks_read in retired_read.items()}
+    running = {name: [scores[name][row] for row in rows] for name in survivors}
+    within = tolerances.setdefault(count, tolerance_of(running, rule))
+    return judge(running, rule, within=within,
+                 rows_left=count < len(blocks), reference=reference, scale=scale, retirees=retirees,
+                 guard=guard and {name: [guard[name][row] for row in guard_rows] for name in scoring})
