@@ -119,7 +119,7 @@ def search(work: Path, name: str, sft, aligned, alphas, options, race: bool) -> 
         raise SystemExit(f"{name} search failed:\n{result.stderr[-3000:]}")
     found = json.loads((out / "results.json").read_text())
     rows = found["results"]
-    alive = [r for r in rows if r.get("dropped_in") is None]
+    alive = [r for r in rows if r.get("dropped_in") is None and r.get("retired_in") is None]
     pick = max(alive, key=lambda r: (r["score"], -r["alphas"]["alpha"]))
     return {"seconds": seconds, "rows": rows, "race": found.get("race"), "pick": pick["alphas"]["alpha"],
             "scored": sum(r["n"] for r in rows)}
@@ -160,8 +160,7 @@ def replayed(work: Path, name: str, full: dict, raced: dict, orders: int) -> dic
     for seed in range(orders):
         blocks = row_blocks(rows, seed)
         race = replay(scores, blocks, RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows))
-        read = len(race.rounds)
-        used = {c: sum(len(b) for b in blocks[:race.dropped_in.get(c, read)]) for c in scores}
+        used = {c: sum(len(b) for b in blocks[:race.blocks_read[c]]) for c in scores}
         shares.append(sum(used.values()) / (rows * len(scores)))
         inside += best["low"] <= by_name[race.rounds[-1].leader]["score"] <= best["high"]
         if seed == 0:

@@ -113,9 +113,10 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert race["rows"] == 64 and race["block_rows"] == len(blocks[0]) == 16 and race["tolerance"] == 2.0
     assert sorted(rows) == alphas
     dropped = {a: r["dropped_in"] for a, r in rows.items() if r["dropped_in"] is not None}
-    survivors = [a for a, r in rows.items() if r["dropped_in"] is None]
-    assert {8.0, 16.0} <= set(dropped) and survivors  # far α lose clearly
-    for alpha, round_number in dropped.items():  # scored up to the round it was dropped in
+    retired = {a: r["retired_in"] for a, r in rows.items() if r["retired_in"] is not None}
+    survivors = [a for a, r in rows.items() if a not in dropped and a not in retired]
+    assert 16.0 in dropped and survivors  # far α lose clearly
+    for alpha, round_number in (dropped | retired).items():  # scored up to the round it went in
         assert rows[alpha]["n"] == 16 * round_number < 64
     assert {rows[a]["n"] for a in survivors} == {16 * race["rounds"]}
     assert race["ended"] == "every row is scored" or race["rounds"] < len(blocks)
@@ -146,6 +147,9 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     rounds = f"in {race['rounds']} round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); "
     assert rounds + "the rows column gives how many rows each candidate was scored on" in card
     assert f"| 16 (dropped in round {dropped[16.0]}) |" in card
+    assert retired, rows  # 8.0 goes as unable to beat the leader by the tolerance
+    assert all(f"| {16 * r} (within the tolerance from round {r}) |" in card for r in retired.values())
+    assert race["retired"].keys() == {rows[a]["candidate"] for a in retired}
 
 
 def test_an_out_holding_someone_elses_results_json_is_refused_untouched(f32_pair, tmp_path):

@@ -110,7 +110,7 @@ def test_race_alpha_quick(tmp_path):
         assert race["rows"] == summary["dev_prompts"] and race["rounds"] >= 1
         assert all(0 < r["n"] <= race["rows"] for r in raced)
         assert race["rows_scored"] == sum(r["n"] for r in raced) <= race["rows_full"]
-        survivors = [r for r in raced if r["dropped_in"] is None]
+        survivors = [r for r in raced if r["dropped_in"] is None and r.get("retired_in") is None]
         assert survivors and point["arms"]["r"]["alpha"] in [r["alphas"]["alpha"] for r in survivors]
         assert point["arms"]["a"]["search_dev"] == max(r["score"] for r in full)
         arms = point["arms"]

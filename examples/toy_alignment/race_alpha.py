@@ -61,7 +61,7 @@ def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, g
 def chosen(rows: list) -> dict:
     """The protocol's selection among the candidates still in (every one in arm (a)): the
     highest dev score; ties to the smaller α, then to the earlier candidate."""
-    order = [(i, r) for i, r in enumerate(rows) if r.get("dropped_in") is None]
+    order = [(i, r) for i, r in enumerate(rows) if r.get("dropped_in") is None and r.get("retired_in") is None]
     return max(order, key=lambda item: (item[1]["score"], -item[1]["alphas"]["alpha"], -item[0]))[1]
 
 

@@ -33,7 +33,9 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
             dropped = "pruned after block" if results.race.get("kind") == "sampled" else "dropped in round"
-            cells.append(str(row.n) + (f" ({dropped} {row.dropped_in})" if row.dropped_in else ""))
+            went = f" ({dropped} {row.dropped_in})" if row.dropped_in else \
+                f" (within the tolerance from round {row.retired_in})" if row.retired_in else ""
+            cells.append(str(row.n) + went)
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
@@ -89,8 +91,9 @@ def race_words(race: dict) -> str:
                 f"{race['rows_full']} candidate rows were scored; the rows column gives how many rows each "
                 "candidate was scored on")
     return (f"raced (`--race`): every candidate was scored on blocks of {race['block_rows']} of the "
-            f"{race['rows']} dev rows, in a seeded order, and dropped once clearly worse than the leader "
-            "(95% confidence on the paired per-row differences); the pick is the best survivor; "
+            f"{race['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than the "
+            "leader or unable to beat it by more than the tolerance (95% confidence on the paired "
+            "per-row differences); the pick is the leader; "
             f"{race['rows_scored']} of {race['rows_full']} candidate rows were scored in {race['rounds']} "
             f"round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); the rows column gives how "
             "many rows each candidate was scored on")

@@ -122,9 +122,7 @@ class RaceRun:
     def more(self) -> List[dict]:
         """The next round's units, or [] when the race is over."""
         race = self.replay(self.study.rows())
-        if race.next_block is None:
-            return []
-        return [dict(self.candidates[name], **{BLOCK: race.next_block}) for name in race.scoring]
+        return [dict(self.candidates[name], **{BLOCK: block}) for name, block in race.next_units]
 
     def replay(self, units: List[dict]):
         blocks, guard_blocks = self.blocks(units)
@@ -151,21 +149,25 @@ class RaceRun:
             return [], None
         race = self.replay(units)
         blocks, _ = self.blocks(units)
-        rows = [self._row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name))
+        rows = [self._row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name),
+                          race.retired_in.get(name))
                 for name in self.candidates if any(u["candidate"] == name for u in units)]
-        ended = race.rounds[-1].finished if race.next_block is None and race.rounds else None
+        ended = race.rounds[-1].finished if race.over and race.rounds else None
         dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
+        retired = {name: why for standing in race.rounds for name, why in standing.retired.items()
+                   if name in race.retired_in}  # the latest reason of those still retired
         total = self.counts(units)[0]
-        report = {"rounds": len(race.rounds), "block_rows": len(blocks[0]), "rows": total,
+        report = {"rounds": max(race.blocks_read.values()), "block_rows": len(blocks[0]), "rows": total,
                   "rows_scored": sum(row.n for row in rows), "rows_full": total * len(self.candidates),
                   "tolerance": self.options["tolerance"], "ended": ended, "survivors": race.survivors,
-                  "dropped": dropped}
+                  "dropped": dropped, "retired": retired}
         return sorted(rows, key=lambda row: row.alpha), report
 
-    def _row(self, name: str, units: List[dict], dropped_in: Optional[int]) -> AlphaResult:
-        key = (name, tuple(sorted(unit["trial"] for unit in units)), dropped_in)
+    def _row(self, name: str, units: List[dict], dropped_in: Optional[int],
+             retired_in: Optional[int]) -> AlphaResult:
+        key = (name, tuple(sorted(unit["trial"] for unit in units)), dropped_in, retired_in)
         if key not in self._reported:
-            self._reported[key] = _candidate_row(name, units, dropped_in)
+            self._reported[key] = _candidate_row(name, units, dropped_in, retired_in)
         return self._reported[key]
 
 
@@ -185,7 +187,8 @@ def rows_of(scorer, engine, option: str) -> int:
     return rows
 
 
-def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int]) -> AlphaResult:
+def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int],
+                   retired_in: Optional[int]) -> AlphaResult:
     """A candidate's row: its per-row values over every block it was scored on."""
     from mergekit_expo.search.scorers import bootstrap_interval  # torch: only once a race reports
 
@@ -199,7 +202,7 @@ def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int]) -> A
                        update_seconds=sum(unit.get("update_seconds") or 0.0 for unit in units),
                        guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,
                        alphas=units[0]["alphas"], candidate=name, trial=min(unit["trial"] for unit in units),
-                       dropped_in=dropped_in)
+                       dropped_in=dropped_in, retired_in=retired_in)
 
 
 def unit_extras(units: List[dict]) -> Optional[dict]:

@@ -47,7 +47,8 @@ class AlphaResult:
     alphas: Optional[Dict[str, float]] = None  # the candidate's coordinates ({"alpha": α} for scalar)
     candidate: Optional[str] = None  # its name: answers/<candidate>.jsonl
     trial: Optional[int] = None  # its trial in the study
-    dropped_in: Optional[int] = None  # --race: the round it was dropped in (None: it survived)
+    dropped_in: Optional[int] = None  # --race: the round it was dropped in (None: it was not)
+    retired_in: Optional[int] = None  # --race: the round it was last shown within the tolerance
 
     @property
     def coordinates(self) -> Dict[str, float]:
@@ -144,7 +145,7 @@ class SearchResults:
         excluded = {r.key for r in self.excluded()}
         allowed = [r for r in self.rows if r.key not in excluded]
         if self.race is not None:
-            allowed = [r for r in allowed if r.dropped_in is None] or allowed
+            allowed = [r for r in allowed if r.dropped_in is None and r.retired_in is None] or allowed
         return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
     def write_tables(self) -> dict:
@@ -156,15 +157,16 @@ class SearchResults:
             coordinates = list(self.rows[0].coordinates) if self.rows else ["alpha"]
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
-            raced = ["dropped_in"] if self.race is not None else []
+            raced = ["dropped_in", "retired_in"] if self.race is not None else []
             excluded = {r.key for r in self.excluded()}
             writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced,
                              *extra_keys, "candidate"])
             for r in self.rows:
                 guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
                 values = r.coordinates
+                went = [r.dropped_in, r.retired_in] if raced else []
                 writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
-                                 round(r.seconds, 3), *guarded, *([r.dropped_in] if raced else []),
+                                 round(r.seconds, 3), *guarded, *went,
                                  *[(r.extra or {}).get(k) for k in extra_keys], r.key])
             write_file_atomically(csv_path, handle.getvalue())
         return {"csv": csv_path, "json": self.folder / RESULTS}
@@ -243,11 +245,12 @@ class SearchResults:
         if excluded:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
-        dropped = [r for r in rows if r.dropped_in is not None]
-        if dropped:  # scored on fewer rows: hollow
-            axis.scatter([r.alpha for r in dropped], [getattr(r, field) for r in dropped], marker="o", s=70,
-                         facecolors="white", edgecolors="C0", zorder=3,
-                         label="dropped by the race (fewer rows)")
+        for marker, went, label in (("o", "dropped_in", "dropped by the race"),
+                                    ("s", "retired_in", "within the tolerance of the pick")):
+            gone = [r for r in rows if getattr(r, went) is not None]
+            if gone:  # scored on fewer rows: hollow
+                axis.scatter([r.alpha for r in gone], [getattr(r, field) for r in gone], marker=marker, s=70,
+                             facecolors="white", edgecolors="C0", zorder=3, label=f"{label} (fewer rows)")
         axis.set_ylabel(f"{field} ({label})")
 
     def _plot_vectors(self, path: Path) -> None:
