@@ -1,30 +1,35 @@
-"""Racing candidates on shared dev rows: score every survivor on the next block of rows,
-drop those clearly worse than the leader, stop when one is left or the rest are equivalent.
+"""Racing candidates on shared dev rows: score every running candidate on the next block of
+rows, drop those clearly worse than the leader, retire those that cannot beat it by more than
+the tolerance, until only the leader is running.
 
-Every survivor is scored on the same rows, so the paired per-row differences to the
+Every candidate is scored on the same rows, so the paired per-row differences to the
 leader carry far less noise than the scores themselves (F-race, Hoeffding races).
 
-The rule, after each round (``n`` of the dev set's ``N`` rows scored by every survivor):
+The rule, after each round (``n`` of the dev set's ``N`` rows scored by every running
+candidate):
 
-- the leader is the survivor with the highest mean score;
-- a survivor ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
+- the leader is the running candidate with the highest mean score;
+- a running ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
   lower confidence bound above 0: ``mean(d) − z·se(d) > 0``;
 - with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
   ``--max-drop`` with the same confidence;
-- the race ends when one survivor is left, when no survivor can beat the leader by more
-  than the tolerance (``mean(c − leader) + z·se <= tolerance`` for every ``c``), or when
-  the rows run out. The tolerance is ``--race-tolerance`` standard errors of a full-data
-  score (one row's spread / √N): by default 2, about the half-width of a full search's 95%
-  interval, so a flat peak ends early.
+- a running ``c`` is retired (no longer scored) when it cannot beat the leader by more than
+  the tolerance: ``mean(c − leader) + z·se <= tolerance``. Every retired candidate is
+  checked again against each new round's leader on the rows it was scored on, and reopened
+  when that no longer holds: scored on the blocks it missed, then judged again;
+- the race ends when only the leader is running, or when every row is scored. The
+  tolerance is ``--race-tolerance`` standard errors of a full-data score (one row's spread
+  / √N): by default 2, about the half-width of a full search's 95% interval.
 
 ``se`` is the standard error of the mean difference over the ``n`` rows as an estimate of
 its mean over all ``N`` rows (rows are drawn without replacement, hence the factor
 ``√((N − n)/(N − 1))``: once every row is scored the means are exact). ``z`` is
-Bonferroni-corrected for every comparison the race can make (``candidates − 1`` per round,
-times the rounds). With that, one event covers both promises (normal approximation of the
-mean of paired differences; rows in a seeded random order): with probability at least
-``confidence``, the candidate that is best on all rows is never dropped, and a race that
-stops for equivalence picks a candidate within the tolerance of it on all rows.
+Bonferroni-corrected for every comparison of the best candidate the race can make
+(``candidates − 1`` others, each on the first ``k`` blocks for every ``k``). With that, one
+event covers both promises (normal approximation of the mean of paired differences; rows in
+a seeded random order): with probability at least ``confidence``, the candidate that is best
+on all rows is never dropped, and the pick is within the tolerance of it on all rows (the
+best is the pick, or a retiree checked against the pick in the last round).
 """
 
 import math
