@@ -6,8 +6,9 @@ The rule is :mod:`.race`'s; this module is its glue to the study:
   block's row indices and per-row values (and the guard's), keyed by candidate and block,
   so that the study scores each unit once across workers and gives a killed worker's back;
 - after each round (the study's barrier: nothing waiting or running) any worker replays
-  the race from the completed units and enqueues the next block for the survivors; every
-  worker reaches the same verdicts, so a rerun resumes mid-race;
+  the race from the completed units and enqueues the next block for the candidates still
+  running (and the blocks a reopened candidate missed); every worker reaches the same
+  verdicts, so a rerun resumes mid-race;
 - the reports have one row per candidate, aggregated from its units.
 """
 

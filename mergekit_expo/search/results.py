@@ -141,7 +141,8 @@ class SearchResults:
     def best(self) -> AlphaResult:
         """Highest score among the allowed α; ties (common for accuracies) go to the larger
         mean margin. α = 0 is never excluded, so some α is always allowed. A race picks among
-        its survivors only: each was scored (and guarded) on every row the race read."""
+        the candidates still scored at its end only: each was scored (and guarded) on every
+        row the race read."""
         excluded = {r.key for r in self.excluded()}
         allowed = [r for r in self.rows if r.key not in excluded]
         if self.race is not None:
