@@ -236,7 +236,7 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
             return Race(rounds, survivors, missing, dropped_in, retired_in, read)
         read.update({name: count for name in scoring})
         standing = _judge_round(scores, guard, blocks, guard_blocks, rule, count, survivors, scoring,
-                                {name: read[name] for name in retired_in}, reference, tolerances)
+                                read, set(retired_in), reference, tolerances)
         rounds.append(standing)
         dropped_in.update({name: count for name in standing.dropped})
         retired_in.update({name: count for name in standing.retired})
@@ -256,18 +256,16 @@ def _has(scores, guard, blocks, guard_blocks, name: str, number: int) -> bool:
 
 
 def _judge_round(scores, guard, blocks, guard_blocks, rule: RaceRule, count: int, survivors, scoring,
-                 retired_read: Dict[str, int], reference, tolerances: Dict[int, float]) -> Standing:
+                 read: Dict[str, int], retired, reference, tolerances: Dict[int, float]) -> Standing:
     """``judge`` on the first ``count`` blocks, each retiree on the blocks it was scored on.
     The tolerance is set by the candidates running into the round and kept when the round is
     judged again after a reopening: then only a better leader or more rows read change a
     verdict, so the rounds settle."""
     rows = [row for block in blocks[:count] for row in block]
     guard_rows = [row for block in (guard_blocks or [])[:count] for row in block]
-    # the scale of the scores: every candidate's so far, as the survivors may all agree
-    read = set(rows)
-    scale = _range([value for row, value in values.items() if row in read] for values in scores.values())
-    retirees = {name: [scores[name][row] for block in blocks[:blocks_read] for row in block]
-                for name, blocks_read in retired_read.items()}
+    prefix = {name: [scores[name][row] for block in blocks[:read[name]] for row in block] for name in scores}
+    scale = _range(prefix.values())  # of every score read, as the running candidates may all agree
+    retirees = {name: prefix[name] for name in retired}
     running = {name: [scores[name][row] for row in rows] for name in survivors}
     within = tolerances.setdefault(count, tolerance_of(running, rule))
     return judge(running, rule, within=within,
