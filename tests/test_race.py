@@ -205,3 +205,32 @@ def test_retiring_one_by_one_reads_fewer_rows_than_stopping_all_at_once():
         kept += max(full.values()) - full[outcome.rounds[-1].leader] <= within
         shares.append(rows_used(outcome, blocks, scores))
     assert kept == 20 and fmean(shares) < 0.45, (kept, fmean(shares))
+
+
+def test_scoring_only_the_units_asked_for_gives_the_race_on_every_row():
+    """What workers do: score the units the replay asks for, replay again. Each unit is asked
+    for once, reopenings included, and the verdicts are those of the race replayed on every
+    row's scores (so a replay from a full search's scores is the command's race)."""
+    reopened = 0
+    for seed in range(150):
+        rng = random.Random(seed)
+        names = [f"c{i}" for i in range(rng.randint(2, 8))]
+        scores = rows_of({name: rng.uniform(-0.2, 0.2) for name in names}, rows=rng.choice([48, 100, 256]),
+                         noise=rng.choice([0.05, 0.5, 1.0]), shared=1.0, seed=seed)
+        rows = len(scores[names[0]])
+        blocks = row_blocks(rows, seed=seed)
+        rule = RaceRule(candidates=len(names), rounds=len(blocks), rows=rows, tolerance=rng.choice([0.5, 2.0]))
+        known, asked = {name: {} for name in names}, []
+        outcome = replay(known, blocks, rule)
+        while not outcome.over:
+            for name, block in outcome.next_units:
+                known[name].update({row: scores[name][row] for row in blocks[block]})
+            asked += outcome.next_units
+            outcome = replay(known, blocks, rule)
+        on_every_row = replay(scores, blocks, rule)
+        assert len(asked) == len(set(asked)) == sum(outcome.blocks_read.values())
+        assert [s.leader for s in outcome.rounds] == [s.leader for s in on_every_row.rounds]
+        assert (outcome.dropped_in, outcome.retired_in, outcome.blocks_read) == \
+            (on_every_row.dropped_in, on_every_row.retired_in, on_every_row.blocks_read)
+        reopened += any(standing.reopened for standing in outcome.rounds)
+    assert reopened >= 10, reopened
