@@ -37,7 +37,8 @@ ALPHA_MAX = 2.0
 SCORERS = {"a": "task:dev_reward_sampled", "r": "task:dev_rewards_sampled_rows"}
 
 
-def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, grid: int) -> dict:
+def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, grid: int,
+               tolerance=None) -> dict:
     """One arm's search with the real command: its results.json and stderr's race line."""
     step = ALPHA_MAX / (grid - 1)
     command = [BIN / "mergekit-expo", "search", sft, checkpoint, "--scorer", SCORERS[arm],
@@ -45,6 +46,7 @@ def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, g
                "--alphas", ",".join(f"{i * step:.4g}" for i in range(1, grid))]
     if arm == "r":
         command += ["--race", "--seed", str(seed)]
+        command += ["--race-tolerance", str(tolerance)] if tolerance is not None else []
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     result = subprocess.run([str(c) for c in command], cwd=HERE, env=env, capture_output=True, text=True)
@@ -95,7 +97,7 @@ def trained_before(out: Path):
     return Path(saved["sft"]), checkpoints, saved["steps"], saved["seconds"]
 
 
-def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
+def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None) -> dict:
     started = time.perf_counter()
     sft, checkpoints, steps, trained = trained_before(out) or train_checkpoints(out, seed, settings, progress)
     (out / "training.json").write_text(json.dumps({"sft": str(sft), "steps": steps, "seconds": trained,
@@ -105,7 +107,7 @@ def one_seed(out: Path, seed: int, settings, progress, grid: int) -> dict:
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):
         searches = {arm: run_search(out / "search" / f"{fraction:.2f}-{arm}", sft, checkpoint, arm, seed,
-                                    grid) for arm in SCORERS}
+                                    grid, tolerance) for arm in SCORERS}
         picks = {arm: chosen(search["results"])["alphas"]["alpha"] for arm, search in searches.items()}
         arms = score_picks(sft, checkpoint, picks, test_prompts, settings["seeds"])
         arms["a"]["search_dev"] = chosen(searches["a"]["results"])["score"]
@@ -124,6 +126,7 @@ def main():
     parser.add_argument("--out", default="./toy-alignment-v4")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    parser.add_argument("--race-tolerance", type=float, help="arm (r)'s --race-tolerance (default: the command's)")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     progress = QUICK_PROGRESS if args.quick else PROGRESS
@@ -134,13 +137,14 @@ def main():
     started = time.perf_counter()
     seeds = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid))
+        seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid, args.race_tolerance))
         # a run cut short keeps every finished seed
         (out / "seeds-done.json").write_text(json.dumps(seeds, indent=1))
     summary = {"settings": settings, "dpo_lr": DPO_LR, "progress": list(progress), "grid": grid,
                "alpha_max": ALPHA_MAX, "dev_prompts": task.DEV_PROMPTS,
                "dev_sampling_seeds": list(task.DEV_SAMPLING_SEEDS), "torch": torch.__version__,
-               "quick": args.quick, "seconds": round(time.perf_counter() - started), "seeds": seeds}
+               "quick": args.quick, "race_tolerance": args.race_tolerance,
+               "seconds": round(time.perf_counter() - started), "seeds": seeds}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     report(out, summary)
 
