@@ -246,12 +246,12 @@ class SearchResults:
         if excluded:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
-        for marker, went, label in (("o", "dropped_in", "dropped by the race"),
-                                    ("s", "retired_in", "within the tolerance of the pick")):
+        for marker, went, why in (("o", "dropped_in", "dropped by the race"),
+                                  ("s", "retired_in", "within the tolerance of the pick")):
             gone = [r for r in rows if getattr(r, went) is not None]
             if gone:  # scored on fewer rows: hollow
                 axis.scatter([r.alpha for r in gone], [getattr(r, field) for r in gone], marker=marker, s=70,
-                             facecolors="white", edgecolors="C0", zorder=3, label=f"{label} (fewer rows)")
+                             facecolors="white", edgecolors="C0", zorder=3, label=f"{why} (fewer rows)")
         axis.set_ylabel(f"{field} ({label})")
 
     def _plot_vectors(self, path: Path) -> None:
