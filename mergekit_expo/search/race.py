@@ -146,14 +146,14 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
-    for name in running if rows_left else ():  # on every row, the pick is simply the leader
-        why = name != leader and clearly_below(scores[leader], scores[name], rule.rows, rule.z, scale=scale)
-        if why:
-            dropped[name] = f"below {leader} by {why}"
     within = tolerance_of(scores, rule) if within is None else within
     retired = {}
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
-        if name in dropped or name == leader:
+        if name == leader:
+            continue
+        why = clearly_below(scores[leader], scores[name], rule.rows, rule.z, scale=scale)
+        if why:
+            dropped[name] = f"below {leader} by {why}"
             continue
         above = most_above(scores[name], scores[leader], rule.rows, rule.z, scale)
         if above <= within:
