@@ -43,7 +43,7 @@ MIN_BLOCK = 16
 #: the rows are split into at most this many blocks, so the correction for looking again
 #: after every block stays small
 MAX_ROUNDS = 8
-DEFAULT_TOLERANCE = 2.0
+DEFAULT_TOLERANCE = 3.0
 
 
 def fmean(values: Sequence[float]) -> float:
@@ -73,7 +73,7 @@ class RaceRule:
     rounds: int  # blocks there are
     rows: int  # in the whole dev set
     confidence: float = 0.95
-    tolerance: float = DEFAULT_TOLERANCE  # in standard errors of a full-data score
+    tolerance: float = DEFAULT_TOLERANCE  # in standard errors of a pair's full-data paired difference
     max_drop: Optional[float] = None  # the guard's allowed drop below α = 0
     guard_rows: Optional[int] = None  # in the guard's whole dev set
 
@@ -112,41 +112,41 @@ def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int]
         scale = max((*better, *worse)) - min((*better, *worse)) if scale is None else scale
         spread = scale / math.sqrt(n)
     unseen = 1.0 if rows is None else math.sqrt(max(0, rows - n) / (rows - 1)) if rows > 1 else 0.0
-    return fmean(differences), spread / math.sqrt(n) * unseen
+    return fmean(differences), spread / math.sqrt(n) * unseen, spread
 
 
 def clearly_below(better: Sequence[float], worse: Sequence[float], rows: Optional[int], z: float,
                   margin: float = 0.0, scale: Optional[float] = None) -> Optional[str]:
     """Why ``worse`` is below ``better`` by more than ``margin`` with the rule's confidence
     (paired per-row differences, their mean over all ``rows``), or None when it is not shown."""
-    mean, error = _paired(better, worse, rows, scale)
+    mean, error, _ = _paired(better, worse, rows, scale)
     return f"{mean:.4g} ± {z * error:.3g}" if mean - z * error > margin else None
 
 
-def most_above(candidate: Sequence[float], leader: Sequence[float], rows: Optional[int], z: float,
-               scale: Optional[float] = None) -> float:
-    """How far ``candidate`` can be above ``leader`` on all ``rows``, with the rule's confidence,
-    from the rows it was scored on (the first ``len(candidate)`` of the leader's)."""
-    mean, error = _paired(candidate, leader[:len(candidate)], rows, scale)
-    return mean + z * error
+def most_above(candidate: Sequence[float], leader: Sequence[float], rule: RaceRule,
+               scale: Optional[float] = None) -> Tuple[float, float]:
+    """How far ``candidate`` can be above ``leader`` on all rows, with the rule's confidence,
+    and the pair's tolerance: ``rule.tolerance`` standard errors of the pair's mean paired
+    difference on all rows (its per-row spread / √rows, the resolution of a full search's
+    paired comparison of the two). Both from the rows ``candidate`` was scored on (the
+    first ``len(candidate)`` of the leader's)."""
+    mean, error, spread = _paired(candidate, leader[:len(candidate)], rule.rows, scale)
+    return mean + rule.z * error, rule.tolerance * spread / math.sqrt(rule.rows)
 
 
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
           guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None,
-          scale: Optional[float] = None, retirees: Optional[Dict[str, Sequence[float]]] = None,
-          within: Optional[float] = None) -> Standing:
+          scale: Optional[float] = None, retirees: Optional[Dict[str, Sequence[float]]] = None) -> Standing:
     """One round's verdict. ``scores``: each running candidate's per-row scores on the same
     rows, in the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among
     them; ``scale``: the range of every score the race has read (default: of ``scores``);
-    ``retirees``: each retired candidate's scores on the first rows of ``scores``' order;
-    ``within``: the tolerance in score units (default: :func:`tolerance_of` ``scores``)."""
+    ``retirees``: each retired candidate's scores on the first rows of ``scores``' order."""
     scale = _range(scores.values()) if scale is None else scale
     dropped = _guard_drops(scores, rule, guard, reference)
     running = [name for name in scores if name not in dropped]
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
     leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
-    within = tolerance_of(scores, rule) if within is None else within
     retired = {}
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
         if name == leader:
@@ -155,14 +155,17 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
         if why:
             dropped[name] = f"below {leader} by {why}"
             continue
-        above = most_above(scores[name], scores[leader], rule.rows, rule.z, scale)
+        above, within = most_above(scores[name], scores[leader], rule, scale)
         if above <= within:
             retired[name] = f"at most {above:.3g} above {leader} (tolerance {within:.3g})"
-    reopened = [name for name, values in (retirees or {}).items()
-                if most_above(values, scores[leader], rule.rows, rule.z, scale) > within]
+    reopened = []
+    for name, values in (retirees or {}).items():
+        above, within = most_above(values, scores[leader], rule, scale)
+        if above > within:
+            reopened.append(name)
     survivors = [name for name in running if name not in dropped and name not in retired] + reopened
     return Standing(leader, survivors, dropped, _finished(survivors, reopened, rows_left, retired or retirees,
-                                                          leader, within), retired, reopened)
+                                                          leader), retired, reopened)
 
 
 def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
@@ -178,26 +181,18 @@ def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
     return dropped
 
 
-def tolerance_of(scores: Dict[str, Sequence[float]], rule: RaceRule) -> float:
-    """The tolerance in score units: ``rule.tolerance`` standard errors of a score on all rows,
-    one row's spread taken as the mean over ``scores`` (the candidates running into a round)."""
-    if len(next(iter(scores.values()))) < 2:
-        return 0.0
-    return rule.tolerance * fmean([stdev(values) for values in scores.values()]) / math.sqrt(rule.rows)
-
-
 def _range(lists) -> float:
     """The range of every score in ``lists``: the scale of a difference no row has shown yet."""
     values = [value for values in lists for value in values]
     return max(values) - min(values)
 
 
-def _finished(survivors: List[str], reopened: List[str], rows_left: bool, retirees, leader: str,
-              within: float) -> Optional[str]:
+def _finished(survivors: List[str], reopened: List[str], rows_left: bool, retirees,
+              leader: str) -> Optional[str]:
     if reopened:  # they are scored on the rows they missed, then judged again
         return None
     if len(survivors) == 1:
-        return f"every other candidate is below {leader} or within {within:.3g} of it" if retirees \
+        return f"every other candidate is below {leader} or within the tolerance of it" if retirees \
             else "one candidate left"
     return None if rows_left else "every row is scored"
 
@@ -226,7 +221,7 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
     """``scores[candidate][row]``: what is scored so far, every candidate of the race a key."""
     survivors, rounds, dropped_in, retired_in = list(scores), [], {}, {}
     read = {name: 0 for name in scores}
-    count, tolerances = 1, {}  # blocks read by every survivor in this round; its tolerance
+    count = 1  # blocks read by every survivor in this round
     for _ in range(len(blocks) * (len(scores) + 1) ** 2):
         # α = 0 stays scored in a guarded race: every other guard is measured against it
         scoring = survivors + ([reference] if guard is not None and reference not in survivors else [])
@@ -236,7 +231,7 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
             return Race(rounds, survivors, missing, dropped_in, retired_in, read)
         read.update({name: count for name in scoring})
         standing = _judge_round(scores, guard, blocks, guard_blocks, rule, count, survivors, scoring,
-                                read, set(retired_in), reference, tolerances)
+                                read, set(retired_in), reference)
         rounds.append(standing)
         dropped_in.update({name: count for name in standing.dropped})
         retired_in.update({name: count for name in standing.retired})
@@ -256,18 +251,14 @@ def _has(scores, guard, blocks, guard_blocks, name: str, number: int) -> bool:
 
 
 def _judge_round(scores, guard, blocks, guard_blocks, rule: RaceRule, count: int, survivors, scoring,
-                 read: Dict[str, int], retired, reference, tolerances: Dict[int, float]) -> Standing:
-    """``judge`` on the first ``count`` blocks, each retiree on the blocks it was scored on.
-    The tolerance is set by the candidates running into the round and kept when the round is
-    judged again after a reopening: then only a better leader or more rows read change a
-    verdict, so the rounds settle."""
+                 read: Dict[str, int], retired, reference) -> Standing:
+    """``judge`` on the first ``count`` blocks, each retiree on the blocks it was scored on."""
     rows = [row for block in blocks[:count] for row in block]
     guard_rows = [row for block in (guard_blocks or [])[:count] for row in block]
     prefix = {name: [scores[name][row] for block in blocks[:read[name]] for row in block] for name in scores}
     scale = _range(prefix.values())  # of every score read, as the running candidates may all agree
     retirees = {name: prefix[name] for name in retired}
     running = {name: [scores[name][row] for row in rows] for name in survivors}
-    within = tolerances.setdefault(count, tolerance_of(running, rule))
-    return judge(running, rule, within=within,
-                 rows_left=count < len(blocks), reference=reference, scale=scale, retirees=retirees,
-                 guard=guard and {name: [guard[name][row] for row in guard_rows] for name in scoring})
+    guarded = guard and {name: [guard[name][row] for row in guard_rows] for name in scoring}
+    return judge(running, rule, rows_left=count < len(blocks), reference=reference, scale=scale,
+                 retirees=retirees, guard=guarded)
