@@ -14,12 +14,14 @@ candidate):
 - with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
   ``--max-drop`` with the same confidence;
 - a running ``c`` is retired (no longer scored) when it cannot beat the leader by more than
-  the tolerance: ``mean(c − leader) + z·se <= tolerance``. Every retired candidate is
+  the pair's tolerance: ``mean(c − leader) + z·se <= tolerance``. Every retired candidate is
   checked again against each new round's leader on the rows it was scored on, and reopened
   when that no longer holds: scored on the blocks it missed, then judged again;
-- the race ends when only the leader is running, or when every row is scored. The
-  tolerance is ``--race-tolerance`` standard errors of a full-data score (one row's spread
-  / √N): by default 2, about the half-width of a full search's 95% interval.
+- the race ends when only the leader is running, or when every row is scored. A pair's
+  tolerance is ``--race-tolerance`` standard errors of its paired difference on all rows (the
+  spread of its per-row differences / √N, the resolution of a full search's comparison of
+  the two): by default 3. Two neighbours whose answers barely differ are held to their small
+  spread; two candidates that disagree on many rows, to their large one.
 
 ``se`` is the standard error of the mean difference over the ``n`` rows as an estimate of
 its mean over all ``N`` rows (rows are drawn without replacement, hence the factor
@@ -29,7 +31,8 @@ Bonferroni-corrected for every comparison of the best candidate the race can mak
 event covers both promises (normal approximation of the mean of paired differences; rows in
 a seeded random order): with probability at least ``confidence``, the candidate that is best
 on all rows is never dropped, and the pick is within the tolerance of it on all rows (the
-best is the pick, or a retiree checked against the pick in the last round).
+best is the pick, or a retiree checked against the pick in the last round; the tolerance is
+the pair's, its spread measured on the rows the best was scored on).
 """
 
 import math

@@ -130,7 +130,8 @@ class SearchSettings(BaseModel):
                               "(sampled spaces); see docs/search.md")
     race_tolerance: float = _option("Racing", DEFAULT_TOLERANCE, type=float, show_default=True,
                                     help="--space scalar: stop scoring a candidate once it cannot beat the "
-                                         "leader by more than this many standard errors of a full-data score")
+                                         "leader by more than this many standard errors of their paired "
+                                         "difference on all rows")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning "
