@@ -144,6 +144,7 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert f"alpha: {best}" in (out / "best.yml").read_text()
     card = (tmp_path / "best" / "README.md").read_text()
     assert "raced (`--race`)" in card and f"{race['rows_scored']} of 320 candidate rows" in card
+    assert "unable to beat it by more than 3 standard errors of their paired difference" in card
     rounds = f"in {race['rounds']} round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); "
     assert rounds + "the rows column gives how many rows each candidate was scored on" in card
     assert f"| 16 (dropped in round {dropped[16.0]}) |" in card

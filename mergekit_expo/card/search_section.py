@@ -92,8 +92,8 @@ def race_words(race: dict) -> str:
                 "candidate was scored on")
     return (f"raced (`--race`): every candidate was scored on blocks of {race['block_rows']} of the "
             f"{race['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than the "
-            "leader or unable to beat it by more than the tolerance (95% confidence on the paired "
-            "per-row differences); the pick is the leader; "
+            f"leader or unable to beat it by more than {race['tolerance']:g} standard errors of their paired "
+            "difference (95% confidence on the paired per-row differences); the pick is the leader; "
             f"{race['rows_scored']} of {race['rows_full']} candidate rows were scored in {race['rounds']} "
             f"round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); the rows column gives how "
             "many rows each candidate was scored on")

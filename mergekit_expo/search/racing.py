@@ -39,8 +39,8 @@ def check(settings, scorer, guard) -> None:
         raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full score, "
                               "which a race does not compute for dropped α: add the midpoints to --alphas")
     if not 0 <= settings.race_tolerance < math.inf:
-        raise ExpoConfigError("--race-tolerance must be a finite number, 0 or more (standard errors), "
-                              f"got {settings.race_tolerance}")
+        raise ExpoConfigError("--race-tolerance must be a finite number, 0 or more (standard errors of "
+                              f"a pair's paired difference), got {settings.race_tolerance}")
     for option, used in (("--scorer", scorer), ("--guard", guard)):
         why = used is not None and used.race_refusal()
         if why:
