@@ -408,6 +408,16 @@ SEARCH_CASES = {
         "p.jsonl line 2 has no 'prompt'"),
     "an aligned model without tokenizer files": (
         without_tokenizer, "aligned model folder ./aligned has no tokenizer files"),
+    "an empty --alphas": (lambda r: ("--data", "prefs.jsonl", "--alphas", ""), "--alphas '' names no α"),
+    "postgres:// for --storage": (
+        lambda r: ("--data", "prefs.jsonl", "--storage", "postgres://expo:s3cret@localhost/expo"),
+        "names this scheme postgresql://: write --storage postgresql://expo:***@localhost/expo"),
+    "a scorer module that is not there": (
+        lambda r: ("--scorer", "no_such_module:score"),
+        "there is no module no_such_module here: run from the folder that holds no_such_module.py"),
+    "a scorer function that is not there": (
+        lambda r: (*data_file("my_scorer.py", "def score(model, tokenizer):\n    return 1.0\n")(r)[:0],
+                   "--scorer", "my_scorer:scor"), "module my_scorer has no scor: check the function's name"),
     "resuming with another --max-new-tokens": (
         lambda r: ("--data", "prefs.jsonl", "--out", "./done", "--max-new-tokens", "32"),
         "./done holds results of a different search: --max-new-tokens was 64, now 32"),
@@ -438,6 +448,41 @@ def test_search_gives_one_line(name, search_workspace, llama_pair):
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(search_workspace) == before
+
+
+def test_search_refuses_one_folder_as_both_models(search_workspace):
+    before = snapshot(search_workspace)
+    result = invoke("search", "./aligned", "./aligned/", "--data", "prefs.jsonl", "--out", "./s",
+                    cwd=search_workspace)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "the SFT and aligned models are the same folder (./aligned)" in lines[0]
+    assert "give the SFT checkpoint the aligned model was trained from" in lines[0]
+    assert snapshot(search_workspace) == before
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 160 KB tmpfs: a real full disk (mounting needs root, as on the test machines)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_search_on_a_full_disk_names_the_disk_under_out(search_workspace, full_disk):
+    (full_disk / "filler").write_bytes(b"\0" * 150_000)
+    before = snapshot(search_workspace)
+    result = run_cli("mergekit-expo", "search", "./sft", "./aligned", "--data", "prefs.jsonl", "--alphas",
+                     "0", "--out", full_disk / "s", cwd=search_workspace, check=False, process=True)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert f"the disk under --out {full_disk / 's'} is full" in lines[0] and "--storage" not in lines[0]
+    assert snapshot(search_workspace) == before
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # nothing of the search is left
 
 
 def test_search_without_matplotlib_stops_before_any_work(search_workspace, monkeypatch):

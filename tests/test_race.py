@@ -170,7 +170,8 @@ def test_judge_names_why_each_candidate_went():
     scores = {"a": [1.0, 1.1, 0.9, 1.0] * 8, "b": [0.0, 0.1, -0.1, 0.0] * 8}
     standing = judge(scores, RaceRule(candidates=2, rounds=1, rows=32), rows_left=True)
     assert standing.leader == "a" and standing.survivors == ["a"]
-    assert standing.dropped["b"].startswith("below a by 1 ±") and standing.finished == "one candidate left"
+    assert standing.dropped["b"].startswith("below a (the leader then) by 1 ±")
+    assert standing.finished == "one candidate left"
 
 
 def test_a_retired_candidate_is_reopened_when_a_new_leader_is_more_than_the_tolerance_below_it():

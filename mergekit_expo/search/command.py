@@ -89,6 +89,10 @@ def read_models(s, sft, aligned):
     search folder is created."""
     sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
     reward_folder = hub.resolve(s.reward_model, "reward model")
+    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder):
+        # mergekit plans one folder given twice as one model: there is no update to extrapolate
+        raise ExpoConfigError(f"the SFT and aligned models are the same folder ({sft}): give the SFT "
+                              "checkpoint the aligned model was trained from as the first argument")
     check_pair(sft_folder, aligned_folder)
     check_tokenizer(aligned_folder, "aligned")
     if same_weights(sft_folder, aligned_folder):

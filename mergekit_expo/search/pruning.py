@@ -89,7 +89,7 @@ class SampledRace:
         incumbent = max(full, key=lambda row: (row["score"], -row["trial"]))
         by_row = dict(zip(incumbent["rows"], incumbent["values"]))
         why = clearly_below([by_row[row] for row in read], values, rule.rows, rule.z)
-        return why and f"below {incumbent['candidate']} by {why}"
+        return why and f"below {incumbent['candidate']} (the best so far then) by {why}"
 
     def _row(self, candidate, name, start, updated, units, read, values, guard_read, guard_values, *,
              dropped_in: Optional[int], why: Optional[str]) -> dict:

@@ -156,11 +156,11 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
             continue
         why = clearly_below(scores[leader], scores[name], rule.rows, rule.z, scale=scale)
         if why:
-            dropped[name] = f"below {leader} by {why}"
+            dropped[name] = f"below {leader} (the leader then) by {why}"
             continue
         above, within = most_above(scores[name], scores[leader], rule, scale)
         if above <= within:
-            retired[name] = f"at most {above:.3g} above {leader} (tolerance {within:.3g})"
+            retired[name] = f"at most {above:.3g} above {leader} (the leader then; tolerance {within:.3g})"
     reopened = []
     for name, values in (retirees or {}).items():
         above, within = most_above(values, scores[leader], rule, scale)

@@ -12,15 +12,17 @@ The rule is :mod:`.race`'s; this module is its glue to the study:
 - the reports have one row per candidate, aggregated from its units.
 """
 
+import logging
 import math
 import time
 from typing import Dict, List, Optional
 
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search.race import RaceRule, fmean, replay, row_blocks
+from mergekit_expo.search.race import MIN_BLOCK, RaceRule, fmean, replay, row_blocks
 from mergekit_expo.search.results import AlphaResult, candidate_name
 from mergekit_expo.search.study import BLOCK
 
+LOG = logging.getLogger("mergekit_expo")
 REFERENCE = "alpha=0"  # α = 0: its guard is the one every other is measured against
 
 
@@ -150,8 +152,11 @@ class RaceRun:
             return [], None
         race = self.replay(units)
         blocks, _ = self.blocks(units)
+        leader = race.rounds[-1].leader if race.rounds else None
+        leader_scores = {row: value for unit in units if unit["candidate"] == leader
+                         for row, value in zip(unit["rows"], unit["values"])}
         rows = [self._row(name, [u for u in units if u["candidate"] == name], race.dropped_in.get(name),
-                          race.retired_in.get(name))
+                          race.retired_in.get(name), leader_scores if name != leader else None)
                 for name in self.candidates if any(u["candidate"] == name for u in units)]
         ended = race.rounds[-1].finished if race.over and race.rounds else None
         dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
@@ -165,10 +170,15 @@ class RaceRun:
         return sorted(rows, key=lambda row: row.alpha), report
 
     def _row(self, name: str, units: List[dict], dropped_in: Optional[int],
-             retired_in: Optional[int]) -> AlphaResult:
-        key = (name, tuple(sorted(unit["trial"] for unit in units)), dropped_in, retired_in)
+             retired_in: Optional[int], leader_scores: Optional[Dict[int, float]]) -> AlphaResult:
+        key = (name, tuple(sorted(unit["trial"] for unit in units)), dropped_in, retired_in,
+               tuple(sorted(leader_scores.items())) if leader_scores else None)
         if key not in self._reported:
-            self._reported[key] = _candidate_row(name, units, dropped_in, retired_in)
+            row = _candidate_row(name, units, dropped_in, retired_in)
+            own = [r for unit in units for r in unit["rows"]]
+            if leader_scores and all(r in leader_scores for r in own):  # the comparison the race made
+                row.pick_score = fmean([leader_scores[r] for r in own])
+            self._reported[key] = row
         return self._reported[key]
 
 
@@ -185,6 +195,10 @@ def rows_of(scorer, engine, option: str) -> int:
     rows = scorer.race_rows(engine)
     if rows is None or rows < 1:
         raise ExpoConfigError(f"--race: {option} {scorer.name} has no dev rows to race: check its data")
+    if rows <= MIN_BLOCK and option == "--scorer":
+        LOG.warning("--race: %s %s scores %d dev row%s, one block (a block has at least %d rows): "
+                    "nothing can be dropped before every row is scored, so this is a full search",
+                    option, scorer.name, rows, "" if rows == 1 else "s", MIN_BLOCK)
     return rows
 
 

@@ -49,6 +49,7 @@ class AlphaResult:
     trial: Optional[int] = None  # its trial in the study
     dropped_in: Optional[int] = None  # --race: the round it was dropped in (None: it was not)
     retired_in: Optional[int] = None  # --race: the round it was last shown within the tolerance
+    pick_score: Optional[float] = None  # --race: the race's leader's mean on this candidate's rows
 
     @property
     def coordinates(self) -> Dict[str, float]:
@@ -149,6 +150,27 @@ class SearchResults:
             allowed = [r for r in allowed if r.dropped_in is None and r.retired_in is None] or allowed
         return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
 
+    def verdict(self, row: AlphaResult, best: AlphaResult) -> str:
+        """A raced candidate's fate, in a few words (the race's reasons: results.json)."""
+        if row.key == best.key:
+            return "pick"
+        if row.dropped_in is not None:
+            return f"dropped after {row.n} rows" if self.race.get("kind") == "sampled" else \
+                f"dropped in round {row.dropped_in}"
+        if row.retired_in is not None:
+            return f"within the tolerance from round {row.retired_in}"
+        return "still running" if not self.race.get("ended") else "scored on every row"
+
+    def why_picked(self) -> str:
+        """Why the pick is the pick, when the means are over different rows."""
+        if self.race.get("kind") == "sampled":
+            return ("the best candidate scored on every row; pruned ones are means over fewer rows, "
+                    "each clearly below the best so far then on the rows both were scored on")
+        return ("the race's leader; each other alpha was dropped (clearly below the leader then) or "
+                "retired (unable to beat it by more than the tolerance) on the rows both were scored on, "
+                "so a mean over fewer rows is not comparable: 'pick there' is the pick's mean on that "
+                "alpha's rows")
+
     def write_tables(self) -> dict:
         """results.json and results.csv, one row per candidate with its α vector."""
         self.save()  # this run's --max-drop, even when every candidate was scored before
@@ -158,14 +180,14 @@ class SearchResults:
             coordinates = list(self.rows[0].coordinates) if self.rows else ["alpha"]
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
             guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
-            raced = ["dropped_in", "retired_in"] if self.race is not None else []
+            raced = ["dropped_in", "retired_in", "pick_score"] if self.race is not None else []
             excluded = {r.key for r in self.excluded()}
             writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced,
                              *extra_keys, "candidate"])
             for r in self.rows:
                 guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
                 values = r.coordinates
-                went = [r.dropped_in, r.retired_in] if raced else []
+                went = [r.dropped_in, r.retired_in, r.pick_score] if raced else []
                 writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
                                  round(r.seconds, 3), *guarded, *went,
                                  *[(r.extra or {}).get(k) for k in extra_keys], r.key])
@@ -211,9 +233,15 @@ class SearchResults:
         best = self.best()
         score_axis = axes[0][0]
         self._curve(score_axis, "score", self.settings["scorer"], excluded)
+        why = " (the race's pick)" if self.race else ""
         score_axis.scatter([best.alpha], [best.score], color="red", zorder=3,
-                           label=f"best α = {best.alpha:g}")
-        score_axis.set_title("ExPO: score vs extrapolation strength")
+                           label=f"best α = {best.alpha:g}{why}")
+        raced = [r for r in self.rows if r.pick_score is not None and r.key != best.key]
+        if raced:  # the comparison the race made: the pick on each other α's own rows
+            score_axis.scatter([r.alpha for r in raced], [r.pick_score for r in raced], marker="_", s=120,
+                               color="red", zorder=3, label="the pick on that α's rows")
+        score_axis.set_title("ExPO: score vs extrapolation strength" + (
+            "\nraced: hollow = fewer rows, not comparable with the pick's mean" if self.race else ""))
         score_axis.legend()
         if self.guarded:
             guard_axis = axes[1][0]
@@ -290,16 +318,21 @@ class SearchResults:
 
     def summary(self) -> str:
         guard = f" {'guard':>10}" if self.guarded else ""
+        raced = f" {'pick there':>10}  race" if self.race else ""
         first = "alpha" if self.scalar else "candidate"
         width = max([7] + [len(r.label) for r in self.rows])
-        lines = [f"{first:>{width}} {'score':>10} {'95% interval':>22} {'n':>5} {'seconds':>8}{guard}"]
+        rows = "rows" if self.race else "n"
+        lines = [f"{first:>{width}} {'score':>10} {'95% interval':>22} {rows:>5} {'seconds':>8}"
+                 f"{guard}{raced}"]
+        best = self.best()
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
             guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
+            raced = f" {_number(r.pick_score):>10}  {self.verdict(r, best)}" if self.race else ""
             lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} "
-                         f"{r.seconds:8.2f}{guard}")
-        best = self.best()
-        lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g})")
+                         f"{r.seconds:8.2f}{guard}{raced}")
+        lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g}"
+                     + (f" on {best.n} rows): {self.why_picked()}" if self.race else ")"))
         baseline = self.baseline()
         if baseline is not None:
             lines.append(f"alpha = 0 (the aligned model) scores {baseline.score:.4g}")
@@ -314,6 +347,10 @@ class SearchResults:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
                          f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")
         return "\n".join(lines)
+
+
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def read_json(path: Path) -> dict:

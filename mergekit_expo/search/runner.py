@@ -29,18 +29,19 @@ DEFAULT_TRIALS = 30
 
 
 def parse_alphas(text: Optional[str]) -> List[float]:
-    if not text:
+    if text is None:  # not given; an empty value is a mistake, never the default grid
         return list(DEFAULT_ALPHAS)
     values = [checked_alpha(part.strip(), option="--alphas", in_search=True)
               for part in text.split(",") if part.strip()]
     if not values:
-        raise ExpoConfigError("--alphas is empty: give e.g. --alphas 0,0.3,0.5")
+        raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
+                              "--alphas for the default grid 0,0.1,...,0.6")
     return sorted(set(values))
 
 
 def parse_range(text: Optional[str]) -> Tuple[float, float]:
     """``LO,HI`` of --alpha-range, LO < HI."""
-    if not text:
+    if text is None:
         return (0.0, 1.0)
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 2:

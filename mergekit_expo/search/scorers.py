@@ -7,10 +7,10 @@
 ``lm-eval:TASK[,TASK…]`` runs lm-evaluation-harness tasks (:mod:`.lm_eval_scorer`).
 """
 
-import importlib
 import logging
 import math
 import os
+import pkgutil
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -178,9 +178,20 @@ class CallableScorer(Scorer):
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # like uvicorn: the user's own module, from cwd
         try:
-            self.function = getattr(importlib.import_module(module_name), function_name)
-        except (ImportError, AttributeError) as error:
-            raise ExpoConfigError(f"cannot load scorer {target}: {error}") from None
+            self.function = pkgutil.resolve_name(target)
+        except ModuleNotFoundError as error:
+            if error.name != module_name.split(".")[0] and error.name != module_name:
+                raise ExpoConfigError(f"scorer {target}: importing {module_name} needs {error.name}, "
+                                      f"which is not installed: pip install the package that provides "
+                                      "it") from None
+            raise ExpoConfigError(f"scorer {target}: there is no module {module_name} here: run from the "
+                                  f"folder that holds {module_name.replace('.', '/')}.py, or add its folder "
+                                  "to PYTHONPATH") from None
+        except AttributeError:
+            raise ExpoConfigError(f"scorer {target}: module {module_name} has no {function_name}: check "
+                                  "the function's name") from None
+        except ImportError as error:
+            raise ExpoConfigError(f"scorer {target}: importing {module_name} failed: {error}") from None
         self.name = target
 
     @property
@@ -207,6 +218,10 @@ class CallableScorer(Scorer):
     def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
         if rows is not None:
             return self._rows(engine, list(rows))
+        if self.declared_rows is not None:  # a per-row function: a full search asks for every row
+            score = self._rows(engine, list(range(self.race_rows(engine))))
+            low, high = bootstrap_interval(score.values)
+            return Score(value=score.value, low=low, high=high, n=score.n)
         with torch.no_grad():  # scoring needs no gradients (and torch warns about them)
             returned = self.function(*engine.callable_arguments())
         return Score(value=self._number(returned, "it must return a float (higher is better)"))

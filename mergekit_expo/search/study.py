@@ -16,6 +16,7 @@
 """
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -80,8 +81,14 @@ def check_driver(url: str) -> None:
                               f"cannot be imported ({first_line(error)}): {install}") from None
 
 
-def open_storage(url: str, heartbeat: int):
-    """An optuna storage for ``url``; one error line when it cannot be opened."""
+def disk_full(error: BaseException) -> bool:
+    """SQLite's "database or disk is full", or the OS's ENOSPC."""
+    return "database or disk is full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+
+
+def open_storage(url: str, heartbeat: int, *, out: Optional[str] = None):
+    """An optuna storage for ``url``; one error line when it cannot be opened. ``out``: the
+    --out folder whose default study this is (None: a --storage the user gave)."""
     optuna = _optuna()
     if url.endswith(JOURNAL_SUFFIX) and "://" not in url:
         from optuna.storages.journal import JournalFileBackend
@@ -95,6 +102,10 @@ def open_storage(url: str, heartbeat: int):
                 JournalFileBackend(url, lock_obj=optuna.storages.journal.JournalFileOpenLock(url)))
         except Exception as error:  # noqa: BLE001 - optuna's and the OS's failures become one line
             raise ExpoConfigError(f"--storage {url} cannot be opened: {first_line(error)}") from None
+    if url.startswith("postgres://"):
+        raise ExpoConfigError(f"--storage {shown(url)}: SQLAlchemy, which optuna opens databases with, "
+                              "names this scheme postgresql://: write --storage postgresql://"
+                              f"{shown(url)[len('postgres://'):]}")
     if "://" not in url:
         raise ExpoConfigError(f"--storage {url} is neither a database URL (sqlite:///path, "
                               "postgresql://user@host/db) nor a journal file (a path ending in "
@@ -109,8 +120,18 @@ def open_storage(url: str, heartbeat: int):
             if any(text in str(error) for text in racing) and attempt < 9:
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise ExpoConfigError(f"--storage {shown(url)} cannot be opened: {first_line(error)}: check "
-                                  "the URL and that the server is running") from None
+            if out is not None and disk_full(error):
+                raise ExpoConfigError(f"the disk under --out {out} is full: the study ({DEFAULT_STORAGE}) "
+                                      "cannot be written there: free space, or choose --out on another "
+                                      "disk") from None
+            if out is not None:
+                raise ExpoConfigError(f"the study {DEFAULT_STORAGE} in --out {out} cannot be opened: "
+                                      f"{first_line(error)}: check that the folder is writable, or choose "
+                                      "another --out") from None
+            fix = "free space on that disk" if disk_full(error) else \
+                "check the URL and that the server is running"
+            raise ExpoConfigError(f"--storage {shown(url)} cannot be opened: {first_line(error)}: "
+                                  f"{fix}") from None
 
 
 def storage_failures(method):
@@ -128,6 +149,8 @@ def storage_failures(method):
             raise
         except (StorageInternalError, SQLAlchemyError, OSError) as error:  # no user code runs in these
             cause = first_line(error.__cause__ or error)
+            if disk_full(error.__cause__ or error):
+                cause += " (free space on that disk)"
             raise ExpoStorageError(f"the study ({self.where}) could not be read or written: {cause}: the "
                                    "candidates scored so far are kept; rerun the same command to resume once "
                                    "it is reachable again") from None
@@ -196,7 +219,7 @@ class SearchStudy:
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
         self.space, self.alpha_range, self.heartbeat = space, alpha_range, heartbeat
-        self.storage = open_storage(url, heartbeat)
+        self.storage = open_storage(url, heartbeat, out=None if where.startswith("--storage") else where)
         self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
                                               sampler=make_sampler(sampler, seed), load_if_exists=True)
         self._check_settings(settings)
