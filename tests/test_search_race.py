@@ -151,6 +151,24 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
     assert retired, rows  # 8.0 goes as unable to beat the leader by the tolerance
     assert all(f"| {16 * r} (within the tolerance from round {r}) |" in card for r in retired.values())
     assert race["retired"].keys() == {rows[a]["candidate"] for a in retired}
+    # What a reader sees: each mean beside its rows, the pick's mean on the same rows, each verdict,
+    # and why the pick is the pick (a mean over fewer rows can be higher than the pick's).
+    lines = result.stdout.splitlines()
+    header, table = lines[0], lines[1:1 + len(rows)]
+    summary = {line.split()[0]: line for line in table}
+    assert "pick there" in header and "rows" in header.split()
+    for alpha, row in rows.items():
+        line = summary[f"{alpha:g}"]
+        picked = race["survivors"] == [row["candidate"]]
+        assert line.split()[4] == str(row["n"]) and line.endswith(
+            "pick" if picked else f"dropped in round {dropped[alpha]}" if alpha in dropped
+            else f"within the tolerance from round {retired[alpha]}")
+        leader = [a["score"] for a in map(json.loads, (out / "answers/alpha={:g}.jsonl".format(best))
+                                          .read_text().splitlines())]
+        assert row["pick_score"] == (None if picked else pytest.approx(sum(leader[:row["n"]]) / row["n"]))
+    assert f"best alpha = {best:g} (score {rows[best]['score']:.4g} on {rows[best]['n']} rows): the race's " \
+        "leader; each other alpha was dropped" in result.stdout
+    assert all("(the leader then" in why for why in (*race["dropped"].values(), *race["retired"].values()))
 
 
 def test_an_out_holding_someone_elses_results_json_is_refused_untouched(f32_pair, tmp_path):
@@ -202,6 +220,64 @@ def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_pat
         lines = error_lines(refused)
         assert refused.returncode == 1 and len(lines) == 1 and message in lines[0], refused.stderr
         assert not (tmp_path / "refused").exists()
+
+
+DOCS_PRELUDE = """
+from slow_scorer import alpha_of
+
+DEV = [0.1 * i for i in range({rows})]
+
+
+def my_row_score(model, tokenizer, x):
+    return -((alpha_of(model) - 0.3) ** 2) + x
+"""
+
+
+def docs_snippet(marker: str) -> str:
+    """The Python block of docs/search.md that contains ``marker``, dedented, as written."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "search.md").read_text()
+    blocks = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", text, re.S)]
+    return next(block for block in blocks if marker in block)
+
+
+def test_the_docs_racing_function_runs_raced_and_full(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=1, noise=0.0)
+    snippet = docs_snippet("score.rows = len(DEV)")
+    (tmp_path / "dev_scorer.py").write_text(DOCS_PRELUDE.format(rows=20) + snippet)
+    (tmp_path / "tiny_scorer.py").write_text(DOCS_PRELUDE.format(rows=5) + snippet)
+    runs = {name: invoke("search", *f32_pair, "--scorer", "dev_scorer:score", "--alphas", "0.3,1", *extra,
+                         "--out", f"./{name}", cwd=tmp_path)
+            for name, extra in (("full", ()), ("raced", ("--race",)))}
+    assert all(result.returncode == 0 for result in runs.values()), runs["full"].stderr + runs["raced"].stderr
+    full = by_alpha(tmp_path / "full")
+    for alpha in (0.0, 0.3, 1.0):  # every row, against the function's own arithmetic
+        expected = sum(-((alpha - 0.3) ** 2) + 0.1 * i for i in range(20)) / 20
+        assert full[alpha]["n"] == 20 and full[alpha]["score"] == pytest.approx(expected, abs=1e-9)
+        assert full[alpha]["low"] < expected < full[alpha]["high"]
+    assert saved(tmp_path / "raced")["race"]["rows"] == 20
+    # A race of one block cannot drop anything before every row is scored: it says so.
+    tiny = invoke("search", *f32_pair, "--scorer", "tiny_scorer:score", "--alphas", "0.3", "--race",
+                  "--out", "./tiny", cwd=tmp_path)
+    assert tiny.returncode == 0, tiny.stderr
+    assert "--race: --scorer tiny_scorer:score scores 5 dev rows, one block" in tiny.stderr
+    assert "this is a full search" in tiny.stderr
+    assert "one block" not in runs["raced"].stderr
+
+
+def test_a_rerun_continues_the_race_under_another_tolerance(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3)
+    common = ["--scorer", "slow_scorer:norm", "--alphas", "0.2,0.3,0.4,2", "--race", "--out", "./s"]
+    first = invoke("search", *f32_pair, *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    scored = saved(tmp_path / "s")["race"]["rows_scored"]
+    again = invoke("search", *f32_pair, *common, "--race-tolerance", "0", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    race = saved(tmp_path / "s")["race"]
+    assert race["tolerance"] == 0 and race["rows_scored"] > scored  # continued: more rows, same study
 
 
 def probe_mean(alpha: float, rows: int, noise: float) -> float:
