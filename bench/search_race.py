@@ -149,7 +149,8 @@ def per_row_scores(out: Path) -> dict:
 
 def replayed(work: Path, name: str, full: dict, raced: dict, orders: int) -> dict:
     """The race on the full search's per-row scores under ``orders`` row orders."""
-    from mergekit_expo.search.race import RaceRule, fmean, replay, row_blocks
+    from mergekit_expo.search.race import RaceRule, replay, row_blocks
+    from mergekit_expo.search.stats import fmean
 
     out = work / f"search-{name}-full"
     scores = per_row_scores(out)

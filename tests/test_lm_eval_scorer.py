@@ -146,7 +146,7 @@ def test_metric_limit_and_few_shot_reach_lm_eval(tmp_path, pair, tasks_dir, merg
 
 
 def test_wilson_interval_matches_published_values():
-    from mergekit_expo.search.lm_eval_scorer import wilson_interval
+    from mergekit_expo.search.stats import wilson_interval
 
     assert wilson_interval(0.0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
     assert wilson_interval(0.5, 20) == pytest.approx((0.2993, 0.7007), abs=1e-4)

@@ -3,7 +3,8 @@ how often the candidate that is best on all rows is lost."""
 
 import random
 
-from mergekit_expo.search.race import RaceRule, fmean, judge, replay, row_blocks, stdev
+from mergekit_expo.search.race import RaceRule, judge, replay, row_blocks
+from mergekit_expo.search.stats import fmean, stdev
 
 
 def rows_of(means, rows=400, noise=1.0, shared=2.0, seed=0):

@@ -14,10 +14,10 @@ from typing import Callable, Dict, List, Optional
 from mergekit_expo.compat.lm_eval import filter_names, import_lm_eval, quiet_lm_eval
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
 from mergekit_expo.search.scoring import LM_EVAL, Score, Scorer
+from mergekit_expo.search.stats import wilson_interval, z_of
 
 UNSUPPORTED_ENGINE = ("the lm-eval scorer runs with --engine hf: lm-eval's vLLM wrapper builds its own "
                       "vLLM instance, so it cannot score weights swapped in place")
-Z95 = 1.959963984540054  # two-sided 95%
 # Metrics that are a share of items scored 0 or 1 (their intervals lie within [0, 1]).
 SHARES = ("acc", "acc_norm", "exact_match")
 
@@ -176,16 +176,9 @@ class LmEvalScorer(Scorer):
         stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
         if math.isnan(stderr):
             return None, None
-        low, high = value - Z95 * stderr, value + Z95 * stderr
+        z = z_of()
+        low, high = value - z * stderr, value + z * stderr
         return (max(low, 0.0), min(high, 1.0)) if shares else (low, high)
-
-
-def wilson_interval(share: float, n: int):
-    """Wilson's 95% score interval of a share of ``n`` items (within [0, 1], not degenerate at 0 or 1)."""
-    z2 = Z95 * Z95
-    center = (share + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(center - half, 0.0), min(center + half, 1.0)
 
 
 @functools.lru_cache(maxsize=None)

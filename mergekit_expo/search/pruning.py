@@ -16,9 +16,10 @@ the guard's reference.
 import time
 from typing import List, Optional
 
-from mergekit_expo.search.race import RaceRule, clearly_below, fmean, row_blocks
+from mergekit_expo.search.race import RaceRule, row_blocks
 from mergekit_expo.search.racing import rows_of, scored_rows, unit_extras
 from mergekit_expo.search.results import candidate_name
+from mergekit_expo.search.stats import bootstrap_interval, clearly_below, fmean
 
 
 class SampledRace:
@@ -93,8 +94,6 @@ class SampledRace:
 
     def _row(self, candidate, name, start, updated, units, read, values, guard_read, guard_values, *,
              dropped_in: Optional[int], why: Optional[str]) -> dict:
-        from mergekit_expo.search.scorers import bootstrap_interval  # torch: only once a candidate is scored
-
         low, high = bootstrap_interval(values)
         guard_low, guard_high = bootstrap_interval(guard_values) if guard_values else (None, None)
         return dict(alpha=candidate.get("alpha"), score=fmean(values), low=low, high=high, n=len(values),

@@ -38,8 +38,9 @@ the pair's, its spread measured on the rows the best was scored on).
 import math
 import random
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from mergekit_expo.search.stats import CONFIDENCE, clearly_below, fmean, most_above, z_of
 
 #: rows in the first block, at least: fewer make the per-row spread too noisy to test on
 MIN_BLOCK = 16
@@ -47,16 +48,6 @@ MIN_BLOCK = 16
 #: after every block stays small
 MAX_ROUNDS = 8
 DEFAULT_TOLERANCE = 3.0
-
-
-def fmean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values)
-
-
-def stdev(values: Sequence[float]) -> float:
-    """Sample standard deviation (statistics.stdev, without its exact-fraction cost)."""
-    mean = fmean(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def row_blocks(rows: int, seed: int = 0, count: Optional[int] = None) -> List[List[int]]:
@@ -75,15 +66,14 @@ class RaceRule:
     candidates: int  # in the race from the start
     rounds: int  # blocks there are
     rows: int  # in the whole dev set
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     tolerance: float = DEFAULT_TOLERANCE  # in standard errors of a pair's full-data paired difference
     max_drop: Optional[float] = None  # the guard's allowed drop below α = 0
     guard_rows: Optional[int] = None  # in the guard's whole dev set
 
     @property
     def z(self) -> float:
-        comparisons = max(1, (self.candidates - 1) * self.rounds)
-        return NormalDist().inv_cdf(1 - (1 - self.confidence) / comparisons)
+        return z_of(self.confidence, max(1, (self.candidates - 1) * self.rounds))
 
 
 @dataclass
@@ -96,45 +86,6 @@ class Standing:
     finished: Optional[str] = None  # why the race ended, or None
     retired: Dict[str, str] = field(default_factory=dict)  # candidate -> why it is within tolerance
     reopened: List[str] = field(default_factory=list)  # retired before, no longer within tolerance
-
-
-def _paired(better: Sequence[float], worse: Sequence[float], rows: Optional[int],
-            scale: Optional[float] = None):
-    """Mean of the paired differences ``better − worse`` and its standard error as an
-    estimate of their mean over all ``rows`` (sampled without replacement; None: unknown).
-
-    Two candidates that no row has told apart yet (every difference 0, as when both win
-    every preference row so far) get the spread of one row differing by ``scale`` (the range
-    of the scores, by default the pair's own): a difference never seen is not yet shown to
-    be absent, and the normal approximation says nothing about it. A difference that every
-    row shows alike (a constant shift) keeps its spread of 0."""
-    differences = [b - w for b, w in zip(better, worse, strict=True)]
-    n = len(differences)
-    spread = stdev(differences) if n > 1 else 0.0
-    if n > 1 and spread == 0 and differences[0] == 0:
-        scale = max((*better, *worse)) - min((*better, *worse)) if scale is None else scale
-        spread = scale / math.sqrt(n)
-    unseen = 1.0 if rows is None else math.sqrt(max(0, rows - n) / (rows - 1)) if rows > 1 else 0.0
-    return fmean(differences), spread / math.sqrt(n) * unseen, spread
-
-
-def clearly_below(better: Sequence[float], worse: Sequence[float], rows: Optional[int], z: float,
-                  margin: float = 0.0, scale: Optional[float] = None) -> Optional[str]:
-    """Why ``worse`` is below ``better`` by more than ``margin`` with the rule's confidence
-    (paired per-row differences, their mean over all ``rows``), or None when it is not shown."""
-    mean, error, _ = _paired(better, worse, rows, scale)
-    return f"{mean:.4g} ± {z * error:.3g}" if mean - z * error > margin else None
-
-
-def most_above(candidate: Sequence[float], leader: Sequence[float], rule: RaceRule,
-               scale: Optional[float] = None) -> Tuple[float, float]:
-    """How far ``candidate`` can be above ``leader`` on all rows, with the rule's confidence,
-    and the pair's tolerance: ``rule.tolerance`` standard errors of the pair's mean paired
-    difference on all rows (its per-row spread / √rows, the resolution of a full search's
-    paired comparison of the two). Both from the rows ``candidate`` was scored on (the
-    first ``len(candidate)`` of the leader's)."""
-    mean, error, spread = _paired(candidate, leader[:len(candidate)], rule.rows, scale)
-    return mean + rule.z * error, rule.tolerance * spread / math.sqrt(rule.rows)
 
 
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
@@ -158,12 +109,12 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
         if why:
             dropped[name] = f"below {leader} (the leader then) by {why}"
             continue
-        above, within = most_above(scores[name], scores[leader], rule, scale)
+        above, within = most_above(scores[name], scores[leader], rule.rows, rule.z, rule.tolerance, scale)
         if above <= within:
             retired[name] = f"at most {above:.3g} above {leader} (the leader then; tolerance {within:.3g})"
     reopened = []
     for name, values in (retirees or {}).items():
-        above, within = most_above(values, scores[leader], rule, scale)
+        above, within = most_above(values, scores[leader], rule.rows, rule.z, rule.tolerance, scale)
         if above > within:
             reopened.append(name)
     survivors = [name for name in running if name not in dropped and name not in retired] + reopened

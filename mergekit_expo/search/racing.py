@@ -18,8 +18,9 @@ import time
 from typing import Dict, List, Optional
 
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search.race import MIN_BLOCK, RaceRule, fmean, replay, row_blocks
+from mergekit_expo.search.race import MIN_BLOCK, RaceRule, replay, row_blocks
 from mergekit_expo.search.results import AlphaResult, candidate_name
+from mergekit_expo.search.stats import bootstrap_interval, fmean
 from mergekit_expo.search.study import BLOCK
 
 LOG = logging.getLogger("mergekit_expo")
@@ -205,8 +206,6 @@ def rows_of(scorer, engine, option: str) -> int:
 def _candidate_row(name: str, units: List[dict], dropped_in: Optional[int],
                    retired_in: Optional[int]) -> AlphaResult:
     """A candidate's row: its per-row values over every block it was scored on."""
-    from mergekit_expo.search.scorers import bootstrap_interval  # torch: only once a race reports
-
     units = sorted(units, key=lambda unit: unit[BLOCK])
     values = [value for unit in units for value in unit["values"]]
     guards = [value for unit in units for value in (unit.get("guard_values") or [])]

@@ -12,7 +12,7 @@ import math
 import os
 import pkgutil
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import torch
 
@@ -22,19 +22,9 @@ from mergekit_expo.search.prompts import encode_answer, encode_prompt
 from mergekit_expo.search.reward_model import RewardModel
 from mergekit_expo.search.sampling import Sampling
 from mergekit_expo.search.scoring import Score, Scorer
+from mergekit_expo.search.stats import bootstrap_interval
 
 LOG = logging.getLogger("mergekit_expo")
-
-
-def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):
-    """Percentile bootstrap 95% interval of the mean (seeded, so reruns agree)."""
-    if len(values) < 2:
-        return None, None
-    generator = torch.Generator().manual_seed(seed)
-    data = torch.tensor(values, dtype=torch.float64)
-    picks = torch.randint(len(values), (rounds, len(values)), generator=generator)
-    means = data[picks].mean(dim=1).sort().values
-    return float(means[int(0.025 * rounds)]), float(means[int(0.975 * rounds) - 1])
 
 
 def _fitting(items, lengths, limit: int, what: str):
