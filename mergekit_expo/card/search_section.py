@@ -7,9 +7,9 @@ import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES
 
 HEADING = "## How α was chosen"
-ENGINES = {"hf": "transformers (`--engine hf`)", "vllm": "vLLM (`--engine vllm`)"}
 
 
 def search_section(results, stage, *, plot: Optional[str]) -> dict:
@@ -32,17 +32,14 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         cells = [f"{row.coordinates[name]:.3g}" for name in coordinates]
         cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
-            dropped = "pruned after block" if results.race.get("kind") == "sampled" else "dropped in round"
-            went = f" ({dropped} {row.dropped_in})" if row.dropped_in else \
-                f" (within the tolerance from round {row.retired_in})" if row.retired_in else ""
-            cells.append(str(row.n) + went)
+            cells.append(str(row.n) + results.strategy.card_rows_note(row))
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
     names = ["α"] if results.scalar else [f"α {name.replace('_', ' ')}" for name in coordinates]
     header = [*names, "score", "95% interval", *(["rows"] if results.race else []),
               *(["guard", "guard 95% interval"] if guarded else []), ""]
-    engine = ENGINES.get(settings.get("engine"), settings.get("engine") or ENGINES["hf"])
+    engine = ENGINES.get(settings.get("engine") or ENGINES.names()[0]).words
     dtype = settings.get("dtype") or "the checkpoints' own"
     facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
              *_data_facts(results), f"engine: {engine}, dtype: {dtype}"]
@@ -55,19 +52,9 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
                       "below the guard at α = 0")
         facts.append(guard)
     if results.race:
-        facts.append(race_words(results.race))
+        facts.append(results.strategy.card_sentence(results.race))
     return {"facts": facts, "header": header, "rows": rows, "choice": choice_words(results, stage),
             "plot": plot}
-
-
-SPACE_WORDS = {
-    "module": "one α each for attention (`self_attn`), MLP (`mlp`, experts and routers included) and "
-              "everything else (embeddings, norms, `lm_head`)",
-    "depth": "α at the first and at the last layer, interpolated over the layers as mergekit "
-             "interpolates a gradient list",
-    "module+depth": "for each of attention, MLP and everything else, α at the first and at the last layer, "
-                    "interpolated over the layers",
-}
 
 
 def space_words(results) -> str:
@@ -76,63 +63,20 @@ def space_words(results) -> str:
     sampler = settings.get("sampler") or "tpe"
     drawn = sum(not row.is_reference for row in results.rows)
     first = "α = 0 everywhere, then " if results.baseline() is not None else ""
-    return (f"space: `{results.space}`, {SPACE_WORDS.get(results.space, results.space)}; each coordinate in "
+    return (f"space: `{results.space}`, {SPACES.get(results.space).words}; each coordinate in "
             f"[{low:g}, {high:g}]; {len(results.rows)} candidates: {first}{drawn} drawn by optuna's "
             f"`{sampler}` sampler")
 
 
-def race_words(race: dict) -> str:
-    """One sentence: the pick was raced, and how many rows the candidates got."""
-    if race.get("kind") == "sampled":
-        return (f"raced (`--race`): each sampled candidate was scored on blocks of {race['block_rows']} of "
-                f"the {race['rows']} dev rows, in a seeded order, and pruned once clearly worse than the "
-                "best candidate scored on every row so far (95% confidence on the paired per-row "
-                f"differences); the pick is the best fully scored candidate; {race['rows_scored']} of "
-                f"{race['rows_full']} candidate rows were scored; the rows column gives how many rows each "
-                "candidate was scored on")
-    return (f"raced (`--race`): every candidate was scored on blocks of {race['block_rows']} of the "
-            f"{race['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than the "
-            f"leader or unable to beat it by more than {race['tolerance']:g} standard errors of their paired "
-            "difference (95% confidence on the paired per-row differences); the pick is the leader; "
-            f"{race['rows_scored']} of {race['rows_full']} candidate rows were scored in {race['rounds']} "
-            f"round{'s' if race['rounds'] != 1 else ''} (ended: {race['ended']}); the rows column gives how "
-            "many rows each candidate was scored on")
-
-
 def scorer_words(name: str, settings: dict, details: Optional[dict]) -> str:
-    if name == "preference":
-        return ("`preference`: accuracy, the share of rows in which the model gives the chosen answer a "
-                "higher log-likelihood than the rejected one (bootstrap 95% interval)")
-    if name == "reward-model":
-        sampling = settings.get("sampling") or {}
-        how = "greedy"
-        if sampling.get("sample"):
-            how = (f"sampled at temperature {sampling.get('temperature'):g}, "
-                   f"top-p {sampling.get('top_p'):g}, top-k {sampling.get('top_k')}, "
-                   f"seed {sampling.get('seed')}")
-        reward = settings.get("reward_model") or "a reward model"
-        return (f"`reward-model`: mean reward of the model's answers ({how}, up to "
-                f"{sampling.get('max_new_tokens', '?')} new tokens) under `{_short(reward)}` "
-                "(bootstrap 95% interval)")
-    if name.startswith("lm-eval:"):
-        details = details or {}
-        metrics = details.get("metrics") or {}
-        tasks = ", ".join(f"{task} ({metric})" for task, metric in metrics.items()) or name[len("lm-eval:"):]
-        extra = []
-        if details.get("limit"):
-            extra.append(f"first {details['limit']} examples per task")
-        if details.get("num_fewshot") is not None:
-            extra.append(f"{details['num_fewshot']}-shot")
-        more = f", {', '.join(extra)}" if extra else ""
-        return (f"`{name}`: lm-evaluation-harness, mean of task metric {tasks}{more} "
-                "(95% interval from lm-eval's standard error)")
-    return f"`{name}`: the value this user function returns"
+    return SCORERS.get(name).load().card_words(name, settings, details)
 
 
 def _data_facts(results) -> List[str]:
     name = results.settings["scorer"]
     first = results.rows[0]
-    if name in ("preference", "reward-model"):
+    traits = SCORERS.get(name).traits
+    if "data" in traits:
         data = results.about.get("data_file")
         skipped = int((first.extra or {}).get("skipped") or 0)
         total = (results.race["rows"] if results.race else first.n) + skipped  # raced: n is what each got
@@ -140,7 +84,7 @@ def _data_facts(results) -> List[str]:
         if skipped:
             rows += f" ({skipped} skipped: longer than the model's context)"
         return [f"data: `{os.path.basename(data)}`, {rows}" if data else f"data: {rows}"]
-    if name.startswith("lm-eval:"):
+    if "tasks" in traits:
         return [f"data: the tasks' own, {first.n} examples"]
     return []
 
@@ -243,10 +187,6 @@ def _same_model(searched: Optional[str], configured) -> bool:
     if not os.path.isabs(searched):
         return False
     return os.path.realpath(searched) == os.path.realpath(os.path.expanduser(path))
-
-
-def _short(reference: str) -> str:
-    return os.path.basename(reference.rstrip("/")) if os.path.isabs(reference) else reference
 
 
 def _number(value) -> str:

@@ -17,7 +17,6 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
 from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
-from mergekit_expo.search import racing
 from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
 from mergekit_expo.search.results import RESULTS, check_plotting
@@ -106,11 +105,11 @@ def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space for these models and the resolver of its candidates (through mergekit)."""
     names = sorted(shard_of(Path(aligned_folder)))
     model_type = json.loads((Path(aligned_folder) / "config.json").read_text()).get("model_type")
-    groups = names  # module spaces group what mergekit's planner gives α, not the checkpoint's names
-    if settings.space in ("module", "module+depth"):
-        groups = sorted(planned_alphas(Space("scalar").config(sft_folder, aligned_folder, {"alpha": 0.0}),
-                                       trust_remote_code=settings.trust_remote_code))
-    space = make_space(settings.space, groups)
+    space = make_space(settings.space, names)
+    if space.by_module:  # module spaces group what mergekit's planner gives α, not the checkpoint's names
+        one = Space(settings.space).config(sft_folder, aligned_folder, {"alpha": 0.0})
+        planned = planned_alphas(one, trust_remote_code=settings.trust_remote_code)
+        space = make_space(settings.space, sorted(planned))
     resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names,
                                  model_type=model_type, dtype=settings.dtype,
                                  trust_remote_code=settings.trust_remote_code,
@@ -130,13 +129,12 @@ def make_scorers(s, identity: dict, reward_folder, device):
     return scoring, guarding
 
 
-def report(s, results, reports, log, device, checked) -> None:
+def report(s, results, reports, log, strategy, device, checked) -> None:
     """What the search found; with --write-best, the worker that scored the last candidate
     merges the best one (one worker writes it)."""
     click.echo(results.summary())
     click.echo("wrote " + ", ".join(str(p) for p in reports.values()))
-    # the grid race's unit: one α on one block of rows; a sampled race scores a candidate at once
-    unit = "candidate block" if s.race and s.space == "scalar" else "candidate"
+    unit = strategy.unit_word
     click.echo(f"this worker scored {len(log.scored)} {unit}{'s' if len(log.scored) != 1 else ''} "
                f"and waited {log.idle_seconds:.1f} s for other workers' candidates", err=True)
     if not s.write_best:
@@ -179,9 +177,9 @@ def search_command(sft, aligned, settings):
     sft_folder, aligned_folder, reward_folder = read_models(s, sft, aligned)
     plan = s.plan(*model_space(s, sft_folder, aligned_folder, sft, aligned))
     scoring, guarding = make_scorers(s, identity, reward_folder, device)
-    racing.check(s, scoring, guarding)
-    results, reports, log = search(
+    s.check_scorers(scoring, guarding)
+    results, reports, log, strategy = search(
         s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
         about={"data_file": s.data and os.path.abspath(s.data)},
         open_engine=lambda: make_engine(s.engine, sft_folder, aligned_folder, **s.engine_options(device)))
-    report(s, results, reports, log, device, best_output)
+    report(s, results, reports, log, strategy, device, best_output)

@@ -9,8 +9,7 @@ one by name and imports only that one.
 from abc import ABC, abstractmethod
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
-from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.registry import load
+from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.sampling import Sampling
 
 
@@ -53,11 +52,6 @@ class Engine(ABC):
         """Free the engine's resources (processes, GPU memory)."""
 
 
-ENGINES = {"hf": "mergekit_expo.search.hf_engine:HFEngine",
-           "vllm": "mergekit_expo.search.vllm_engine:VLLMEngine"}
-
-
 def make_engine(name: str, sft: str, aligned: str, **options) -> Engine:
-    if name not in ENGINES:
-        raise ExpoConfigError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")
-    return load(ENGINES[name])(sft, aligned, **options)
+    """The engine ``name`` (:data:`~.registry.ENGINES`) on the pair."""
+    return ENGINES.get(name).load()(sft, aligned, **options)

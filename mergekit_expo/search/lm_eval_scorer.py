@@ -13,19 +13,14 @@ from typing import Callable, Dict, List, Optional
 
 from mergekit_expo.compat.lm_eval import filter_names, import_lm_eval, quiet_lm_eval
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
-from mergekit_expo.search.scoring import LM_EVAL, Score, Scorer
+from mergekit_expo.search.scoring import Score, Scorer
 from mergekit_expo.search.stats import wilson_interval, z_of
 
-UNSUPPORTED_ENGINE = ("the lm-eval scorer runs with --engine hf: lm-eval's vLLM wrapper builds its own "
-                      "vLLM instance, so it cannot score weights swapped in place")
+LM_EVAL = "lm-eval:"  # lm-eval:TASK[,TASK...]
+NO_TRANSFORMERS = ("the lm-eval scorer wraps the engine's transformers model, and this engine has none: "
+                   "use an engine that holds one")
 # Metrics that are a share of items scored 0 or 1 (their intervals lie within [0, 1]).
 SHARES = ("acc", "acc_norm", "exact_match")
-
-
-def check_spelling(scorer: Optional[str]) -> None:
-    """``lm_eval:arc_easy`` would otherwise be taken for a Python module:function."""
-    if scorer and scorer.partition(":")[0] in ("lm_eval", "lmeval", "lm-evaluation-harness"):
-        raise ExpoConfigError(f"unknown scorer {scorer!r}: did you mean {LM_EVAL}{scorer.partition(':')[2]}?")
 
 
 class LmEvalScorer(Scorer):
@@ -75,6 +70,20 @@ class LmEvalScorer(Scorer):
             return group
         return next(iter(loaded["tasks"].values()))
 
+    @classmethod
+    def card_words(cls, name: str, settings: dict, details) -> str:
+        details = details or {}
+        metrics = details.get("metrics") or {}
+        tasks = ", ".join(f"{task} ({metric})" for task, metric in metrics.items()) or name[len(LM_EVAL):]
+        extra = []
+        if details.get("limit"):
+            extra.append(f"first {details['limit']} examples per task")
+        if details.get("num_fewshot") is not None:
+            extra.append(f"{details['num_fewshot']}-shot")
+        more = f", {', '.join(extra)}" if extra else ""
+        return (f"`{name}`: lm-evaluation-harness, mean of task metric {tasks}{more} "
+                "(95% interval from lm-eval's standard error)")
+
     def settings(self) -> dict:
         return {"tasks": list(self.tasks), "tasks_path": self.tasks_path, "metrics": self.metrics,
                 "limit": self.limit, "num_fewshot": self.num_fewshot}
@@ -83,7 +92,7 @@ class LmEvalScorer(Scorer):
         """lm-eval's HFLM around the engine's model: its weights change in place per α."""
         model = engine.transformers_model()
         if model is None:
-            raise ExpoConfigError(UNSUPPORTED_ENGINE)
+            raise ExpoConfigError(NO_TRANSFORMERS)
         if self._wrapper is None:
             from lm_eval.models.huggingface import HFLM
 

@@ -10,9 +10,9 @@ temporary file renamed over the old one: a hard-linked backup of the folder
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import yaml
 
@@ -20,6 +20,9 @@ from mergekit_expo.compat.extras import import_extra
 from mergekit_expo.compat.optuna import import_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.filesystem import write_file_atomically
+from mergekit_expo.search import rows as candidate_rows
+from mergekit_expo.search.registry import SPACES, strategy_of
+from mergekit_expo.search.rows import AlphaResult
 
 RESULTS = "results.json"
 PLOT = "score_vs_alpha.png"  # also copied, under this name, beside a model card
@@ -29,52 +32,6 @@ def check_plotting() -> None:
     """The search ends with a plot: fail now, not after hours of scoring."""
     import_extra("matplotlib", "search", f"the search draws {PLOT} with matplotlib, which cannot be "
                  "imported ({error})")
-
-
-@dataclass
-class AlphaResult:
-    alpha: float
-    score: float
-    low: Optional[float]
-    high: Optional[float]
-    n: int
-    seconds: float  # weight update plus scoring
-    extra: Optional[dict] = None
-    update_seconds: Optional[float] = None  # setting the weights in place alone
-    guard: Optional[float] = None  # the --guard scorer's score at this α
-    guard_low: Optional[float] = None
-    guard_high: Optional[float] = None
-    alphas: Optional[Dict[str, float]] = None  # the candidate's coordinates ({"alpha": α} for scalar)
-    candidate: Optional[str] = None  # its name: answers/<candidate>.jsonl
-    trial: Optional[int] = None  # its trial in the study
-    dropped_in: Optional[int] = None  # --race: the round it was dropped in (None: it was not)
-    retired_in: Optional[int] = None  # --race: the round it was last shown within the tolerance
-    pick_score: Optional[float] = None  # --race: the race's leader's mean on this candidate's rows
-
-    @property
-    def coordinates(self) -> Dict[str, float]:
-        return dict(self.alphas) if self.alphas else {"alpha": self.alpha}
-
-    @property
-    def key(self) -> str:
-        return self.candidate or f"alpha={self.alpha:g}"
-
-    @property
-    def label(self) -> str:
-        """``0.3`` for one α, ``attention=0.2 mlp=0.5 other=0.1`` for a vector."""
-        coordinates = self.coordinates
-        if list(coordinates) == ["alpha"]:
-            return f"{coordinates['alpha']:g}"
-        return " ".join(f"{name}={value:.3g}" for name, value in coordinates.items())
-
-    @property
-    def is_reference(self) -> bool:
-        return all(value == 0 for value in self.coordinates.values())
-
-
-def candidate_name(space_name: str, candidate: Dict[str, float], trial: int) -> str:
-    """How answers/ and results.csv name a candidate: by its α for scalar, else by trial."""
-    return f"alpha={candidate['alpha']:g}" if space_name == "scalar" else f"trial-{trial}"
 
 
 class SearchResults:
@@ -89,7 +46,7 @@ class SearchResults:
         # What reports and model cards say of the search (the data file's name), also
         # not part of its settings: a moved data file with the same content still resumes.
         self.about = dict(about or {})
-        # --race: rounds, rows scored of a full search's, why it ended (racing.RaceRun.aggregate)
+        # a strategy's record (a race's rounds, rows scored of a full search's, why it ended)
         self.race: Optional[dict] = None
 
     @classmethod
@@ -122,54 +79,28 @@ class SearchResults:
 
     @property
     def space(self) -> str:
-        return self.settings.get("space") or "scalar"
+        return self.settings.get("space") or SPACES.having("grid")[0].name
 
     @property
     def scalar(self) -> bool:
-        return self.space == "scalar"
+        """One α per candidate (the --alphas grid), rather than a vector of them."""
+        return "grid" in SPACES.get(self.space).traits
 
     def baseline(self) -> Optional[AlphaResult]:
         return next((r for r in self.rows if r.is_reference), None)
 
     def excluded(self) -> List[AlphaResult]:
-        """α whose guard score fell more than --max-drop below the guard at α = 0."""
-        baseline = self.baseline()
-        if self.max_drop is None or baseline is None or baseline.guard is None:
-            return []
-        floor = baseline.guard - self.max_drop
-        return [r for r in self.rows if r.guard is not None and r.guard < floor]
+        """Candidates whose guard score fell more than --max-drop below the guard at α = 0."""
+        return candidate_rows.excluded(self.rows, self.max_drop)
 
     def best(self) -> AlphaResult:
-        """Highest score among the allowed α; ties (common for accuracies) go to the larger
-        mean margin. α = 0 is never excluded, so some α is always allowed. A race picks among
-        the candidates still scored at its end only: each was scored (and guarded) on every
-        row the race read."""
-        excluded = {r.key for r in self.excluded()}
-        allowed = [r for r in self.rows if r.key not in excluded]
-        if self.race is not None:
-            allowed = [r for r in allowed if r.dropped_in is None and r.retired_in is None] or allowed
-        return max(allowed, key=lambda r: (r.score, (r.extra or {}).get("mean_margin", float("-inf"))))
+        """The pick (:func:`.rows.best`)."""
+        return candidate_rows.best(self.rows, self.max_drop)
 
-    def verdict(self, row: AlphaResult, best: AlphaResult) -> str:
-        """A raced candidate's fate, in a few words (the race's reasons: results.json)."""
-        if row.key == best.key:
-            return "pick"
-        if row.dropped_in is not None:
-            return f"dropped after {row.n} rows" if self.race.get("kind") == "sampled" else \
-                f"dropped in round {row.dropped_in}"
-        if row.retired_in is not None:
-            return f"within the tolerance from round {row.retired_in}"
-        return "still running" if not self.race.get("ended") else "scored on every row"
-
-    def why_picked(self) -> str:
-        """Why the pick is the pick, when the means are over different rows."""
-        if self.race.get("kind") == "sampled":
-            return ("the best candidate scored on every row; pruned ones are means over fewer rows, "
-                    "each clearly below the best so far then on the rows both were scored on")
-        return ("the race's leader; each other alpha was dropped (clearly below the leader then) or "
-                "retired (unable to beat it by more than the tolerance) on the rows both were scored on, "
-                "so a mean over fewer rows is not comparable: 'pick there' is the pick's mean on that "
-                "alpha's rows")
+    @property
+    def strategy(self):
+        """The strategy class that wrote ``race`` (None for a full search)."""
+        return strategy_of(self.race) if self.race else None
 
     def write_tables(self) -> dict:
         """results.json and results.csv, one row per candidate with its α vector."""
@@ -328,11 +259,12 @@ class SearchResults:
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
             guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
-            raced = f" {_number(r.pick_score):>10}  {self.verdict(r, best)}" if self.race else ""
+            raced = f" {_number(r.pick_score):>10}  {self.strategy.verdict(r, best, self.race)}" \
+                if self.race else ""
             lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} "
                          f"{r.seconds:8.2f}{guard}{raced}")
         lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g}"
-                     + (f" on {best.n} rows): {self.why_picked()}" if self.race else ")"))
+                     + (f" on {best.n} rows): {self.strategy.why_picked(self.race)}" if self.race else ")"))
         baseline = self.baseline()
         if baseline is not None:
             lines.append(f"alpha = 0 (the aligned model) scores {baseline.score:.4g}")

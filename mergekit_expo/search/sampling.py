@@ -3,8 +3,6 @@
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-from mergekit_expo.errors import ExpoConfigError
-
 
 @dataclass(frozen=True)
 class Sampling:
@@ -36,12 +34,4 @@ def build_sampling(preset: Optional[str], *, seed: int, **overrides) -> Sampling
     """A preset (or greedy defaults) with the options the user gave on top."""
     base = PRESETS[preset] if preset else Sampling()
     given = {key: value for key, value in overrides.items() if value is not None}
-    sampling = replace(base, seed=seed, **given)
-    if sampling.max_new_tokens < 1:
-        raise ExpoConfigError(f"--max-new-tokens must be at least 1, got {sampling.max_new_tokens}")
-    if sampling.temperature <= 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
-        raise ExpoConfigError(
-            "--temperature must be > 0, --top-p in (0, 1] and --top-k ≥ 0 (0 = off): "
-            "fix the sampling options"
-        )
-    return sampling
+    return replace(base, seed=seed, **given)

@@ -79,6 +79,11 @@ class PreferenceScorer(_KeptRowsScorer):
         self.located = read_located(path, ("prompt", "chosen", "rejected"))
         self.rows = [row for _, row in self.located]
 
+    @classmethod
+    def card_words(cls, name: str, settings: dict, details) -> str:
+        return (f"`{name}`: accuracy, the share of rows in which the model gives the chosen answer a "
+                "higher log-likelihood than the rejected one (bootstrap 95% interval)")
+
     def _encode(self, engine) -> None:
         if self._encoded is not None:  # the same token ids at every α
             return
@@ -134,6 +139,19 @@ class RewardModelScorer(_KeptRowsScorer):
         self.reward = reward_model
         self.sampling = sampling
 
+    @classmethod
+    def card_words(cls, name: str, settings: dict, details) -> str:
+        sampling = settings.get("sampling") or {}
+        how = "greedy"
+        if sampling.get("sample"):
+            how = (f"sampled at temperature {sampling.get('temperature'):g}, "
+                   f"top-p {sampling.get('top_p'):g}, top-k {sampling.get('top_k')}, "
+                   f"seed {sampling.get('seed')}")
+        reward = settings.get("reward_model") or "a reward model"
+        shown = os.path.basename(reward.rstrip("/")) if os.path.isabs(reward) else reward
+        return (f"`{name}`: mean reward of the model's answers ({how}, up to "
+                f"{sampling.get('max_new_tokens', '?')} new tokens) under `{shown}` (bootstrap 95% interval)")
+
     def _encode(self, engine) -> None:
         if self._encoded is None:
             encoded = [(prompt, encode_prompt(engine.tokenizer, prompt)) for prompt in self.prompts]
@@ -183,6 +201,10 @@ class CallableScorer(Scorer):
         except ImportError as error:
             raise ExpoConfigError(f"scorer {target}: importing {module_name} failed: {error}") from None
         self.name = target
+
+    @classmethod
+    def card_words(cls, name: str, settings: dict, details) -> str:
+        return f"`{name}`: the value this user function returns"
 
     @property
     def declared_rows(self):

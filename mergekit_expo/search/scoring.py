@@ -1,21 +1,12 @@
 """What a scorer of the α search is: the Score it returns, the interface every scorer
-implements (talking to the :class:`~.engine.Engine` interface only), and :data:`SCORERS`,
-which finds one by the --scorer value."""
+implements (talking to the :class:`~.engine.Engine` interface only), and :func:`make_scorer`,
+which makes the one a --scorer value names."""
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, FrozenSet, List, Optional
 
-from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.registry import load
-
-LM_EVAL = "lm-eval:"  # lm-eval:TASK[,TASK...]
-CALLABLE = "module:function"  # any other value with a colon
-SCORERS = {"preference": "mergekit_expo.search.scorers:PreferenceScorer",
-           "reward-model": "mergekit_expo.search.scorers:RewardModelScorer",
-           LM_EVAL: "mergekit_expo.search.lm_eval_scorer:LmEvalScorer",
-           CALLABLE: "mergekit_expo.search.scorers:CallableScorer"}
+from mergekit_expo.search.registry import SCORERS
 
 
 @dataclass(frozen=True)
@@ -37,6 +28,8 @@ class Scorer(ABC):
 
     #: the --scorer value it was made from; results and model cards name it so
     name: str
+    #: what its registry entry says it can do (make_scorer sets them)
+    traits: FrozenSet[str] = frozenset()
 
     @classmethod
     @abstractmethod
@@ -63,19 +56,15 @@ class Scorer(ABC):
         """What else makes two searches with it the same; {} adds nothing to results.json's settings."""
         return {}
 
+    @classmethod
+    def card_words(cls, name: str, settings: dict, details: Optional[dict]) -> str:
+        """What the model card says it measured (``settings``: the search's, ``details``: its own)."""
+        return f"`{name}`"
 
-def is_lm_eval(scorer: Optional[str]) -> bool:
-    return bool(scorer) and scorer.startswith(LM_EVAL)
 
-
-def make_scorer(scorer: str, *, data, reward_model, sampling, device: str, batch_size,
-                trust_remote_code: bool, lm_eval_options: Optional[dict] = None) -> Scorer:
-    kind = LM_EVAL if is_lm_eval(scorer) else CALLABLE if ":" in scorer else scorer
-    if kind not in SCORERS:
-        match = difflib.get_close_matches(scorer, ["preference", "reward-model", LM_EVAL], n=1, cutoff=0.6)
-        hint = f"did you mean {match[0]!r}? " if match else ""
-        raise ExpoConfigError(f"unknown scorer {scorer!r}: {hint}use preference, reward-model, "
-                              "lm-eval:TASK[,TASK...], or module:function")
-    return load(SCORERS[kind]).from_options(
-        scorer, data=data, reward_model=reward_model, sampling=sampling, device=device, batch_size=batch_size,
-        trust_remote_code=trust_remote_code, lm_eval_options=lm_eval_options)
+def make_scorer(spec: str, **options) -> Scorer:
+    """The scorer ``spec`` names (:data:`~.registry.SCORERS`), from the search's options."""
+    entry = SCORERS.get(spec)
+    scorer = entry.load().from_options(spec, **options)
+    scorer.traits = entry.traits
+    return scorer

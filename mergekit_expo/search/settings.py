@@ -1,43 +1,50 @@
-"""Every option of ``mergekit-expo search`` as one settings object.
+"""Every option of ``mergekit-expo search`` as one settings object, and every rule about them.
 
 Like mergekit's ``MergeOptions``: the fields are declared once, the click options are
 generated from them and shown in ``--help`` in named groups, and the command receives
-one :class:`SearchSettings` instead of thirty arguments.
+one :class:`SearchSettings` instead of thirty arguments. Every check of an option is here
+(pydantic constraints and validators), before anything is read: the names of scorers,
+engines, spaces and strategies, and the options only one of them takes, come from
+:mod:`.registry`.
 """
 
+import difflib
 import functools
+import hashlib
+import math
+from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergekit_expo import hub
+from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search import racing
-from mergekit_expo.search.lm_eval_scorer import UNSUPPORTED_ENGINE, check_spelling
-from mergekit_expo.search.race import DEFAULT_TOLERANCE
-from mergekit_expo.search.runner import DEFAULT_TRIALS, Plan, fingerprint, parse_alphas, parse_range
+from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
+from mergekit_expo.search.runner import Plan
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
-from mergekit_expo.search.scoring import is_lm_eval
+from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
-GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Racing", "Output")
+GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Strategy", "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
-# Options that one engine takes; given with the other engine they are an error, never dropped.
-ENGINE_OPTIONS = {"hf": ("device", "batch_size"),
-                  "vllm": ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")}
+DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
+DEFAULT_TRIALS = 30
+AT_LEAST_ONE = dict(ge=1)
 
 
-def _positive(context, parameter, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be at least 1, got {value}")
-    return value
-
-
-def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), **click_options):
+def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), limits: Optional[dict] = None,
+            **click_options):
     """A settings field that is also a click option shown under ``group`` (``flags``: its own,
-    else ``--field-name``)."""
-    return Field(default, json_schema_extra={"group": group, "flags": flags, "click": click_options})
+    else ``--field-name``); ``limits``: pydantic's constraints on its value."""
+    return Field(default, json_schema_extra={"group": group, "flags": flags, "click": click_options},
+                 **(limits or {}))
+
+
+def _one_of(names, metavar: str = None) -> dict:
+    """click's view of an option whose value the settings check: its choices in --help."""
+    return dict(metavar=metavar or f"[{'|'.join(names)}]")
 
 
 class SearchSettings(BaseModel):
@@ -46,9 +53,8 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     # -- Scorer ---------------------------------------------------------------------------
-    scorer: str = _option("Scorer", "preference", show_default=True,
-                          help="preference, reward-model, lm-eval:TASK[,TASK...], or module:function "
-                               "returning a float")
+    scorer: str = _option("Scorer", SCORERS.names()[0], show_default=True,
+                          help=f"{SCORERS.listed()} returning a float")
     guard: Optional[str] = _option("Scorer", help="A second scorer (any kind, typically lm-eval:TASK) "
                                                   "that must not drop")
     max_drop: Optional[float] = _option("Scorer", type=float,
@@ -59,35 +65,35 @@ class SearchSettings(BaseModel):
     reward_model: Optional[str] = _option("Scorer", help="Sequence-classification model folder or Hub id "
                                                          "(reward-model scorer)")
     # -- lm-eval ----------------------------------------------------------------------------
-    tasks_path: Optional[str] = _option("lm-eval", type=click.Path(exists=True, file_okay=False),
+    tasks_path: Optional[str] = _option("lm-eval", metavar="DIRECTORY",
                                         help="Folder of your own task YAMLs (lm-eval's include path)")
-    limit: Optional[int] = _option("lm-eval", type=int, callback=_positive,
+    limit: Optional[int] = _option("lm-eval", type=int, limits=AT_LEAST_ONE,
                                    help="Score only the first N examples per task")
-    num_fewshot: Optional[int] = _option("lm-eval", type=int,
+    num_fewshot: Optional[int] = _option("lm-eval", type=int, limits=dict(ge=0),
                                          help="Few-shot examples  [default: each task's]")
     metric: Optional[str] = _option("lm-eval",
                                     help="Metric to score, e.g. acc_norm  [default: each task's first]")
     # -- Engine -----------------------------------------------------------------------------
-    engine: str = _option("Engine", "hf", type=click.Choice(("hf", "vllm")), show_default=True,
-                          help="hf: transformers, batched; vllm: vLLM with in-place weight reload")
+    engine: str = _option("Engine", ENGINES.names()[0], show_default=True, **_one_of(ENGINES.names()),
+                          help="; ".join(f"{entry.name}: {entry.help}" for entry in ENGINES.entries))
     device: str = _option("Engine", "cpu", show_default=True,
                           help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
-    dtype: Optional[str] = _option("Engine", type=click.Choice(DTYPES),
+    dtype: Optional[str] = _option("Engine", **_one_of(DTYPES),
                                    help="Load and merge in this dtype  [default: checkpoint's]")
-    batch_size: Optional[int] = _option("Engine", type=int, callback=_positive,
+    batch_size: Optional[int] = _option("Engine", type=int, limits=AT_LEAST_ONE,
                                         help="Prompts per batch (hf engine; with vllm: the reward model's)  "
                                              "[default: automatic, halved on out-of-memory]")
-    tensor_parallel_size: Optional[int] = _option("Engine", type=int, callback=_positive,
+    tensor_parallel_size: Optional[int] = _option("Engine", type=int, limits=AT_LEAST_ONE,
                                                   help="vLLM: GPUs per model  "
                                                        "[default: all visible GPUs; 1 on CPU]")
-    gpu_memory_utilization: Optional[float] = _option("Engine", type=float,
+    gpu_memory_utilization: Optional[float] = _option("Engine", type=float, limits=dict(gt=0, le=1),
                                                       help="vLLM: share of GPU memory it may take")
-    max_model_len: Optional[int] = _option("Engine", type=int, callback=_positive,
+    max_model_len: Optional[int] = _option("Engine", type=int, limits=AT_LEAST_ONE,
                                            help="vLLM: context length to reserve")
     trust_remote_code: bool = _option("Engine", False, is_flag=True,
                                       help="Run model code from the checkpoints (danger)")
     # -- Generation -------------------------------------------------------------------------
-    preset: Optional[str] = _option("Generation", type=click.Choice(sorted(PRESETS)),
+    preset: Optional[str] = _option("Generation", **_one_of(sorted(PRESETS)),
                                     help="paper: the released procedure's sampling (T 0.7, top-k 50, "
                                          "top-p 0.9, penalties 0.1, up to 2048 tokens); options below "
                                          "override it")
@@ -100,35 +106,38 @@ class SearchSettings(BaseModel):
     top_p: Optional[float] = _option("Generation", type=float, help="Nucleus sampling mass  [default: 1.0]")
     top_k: Optional[int] = _option("Generation", type=int, help="Top-k cut, 0 = off  [default: 0]")
     seed: int = _option("Generation", 0, type=int, show_default=True,
-                        help="Seed of --sample and of the candidate sampler; reruns draw the same")
+                        help="Seed of --sample, of the candidate sampler and of the dev rows' order; "
+                             "reruns draw the same")
     # -- Space and workers ------------------------------------------------------------------
-    space: str = _option("Space and workers", "scalar", show_default=True,
-                         type=click.Choice(("scalar", "module", "depth", "module+depth")),
-                         help="scalar: one α; module: attention, MLP, other; depth: first and last "
-                              "layer, interpolated; module+depth: both")
+    space: str = _option("Space and workers", SPACES.names()[0], show_default=True, **_one_of(SPACES.names()),
+                         help="; ".join(f"{entry.name}: {entry.help}" for entry in SPACES.entries))
     alphas: Optional[str] = _option("Space and workers",
                                     help="--space scalar: comma-separated α values  [default: 0,0.1,...,0.6]")
     refine: bool = _option("Space and workers", False, is_flag=True,
                            help="--space scalar: also score the midpoints around the best α")
     alpha_range: Optional[str] = _option("Space and workers", metavar="LO,HI",
                                          help="Bounds of every coordinate (other spaces)  [default: 0,1]")
-    trials: Optional[int] = _option("Space and workers", type=int, callback=_positive,
+    trials: Optional[int] = _option("Space and workers", type=int, limits=AT_LEAST_ONE,
                                     help="Sampled candidates besides α = 0, across all workers "
                                          "(other spaces)  [default: 30]")
-    sampler: Optional[str] = _option("Space and workers", type=click.Choice(SAMPLERS),
+    sampler: Optional[str] = _option("Space and workers", **_one_of(SAMPLERS),
                                      help="optuna sampler  [default: grid for scalar, tpe otherwise]")
     storage: Optional[str] = _option("Space and workers", metavar="URL",
                                      help="optuna storage shared by workers: sqlite:///…, postgresql://…, "
                                           "or a journal file (…/study.journal)  [default: study.db in --out]")
-    heartbeat: int = _option("Space and workers", 60, type=int, callback=_positive, show_default=True,
+    heartbeat: int = _option("Space and workers", 60, type=int, limits=AT_LEAST_ONE, show_default=True,
                              help="Seconds between a worker's heartbeats; a candidate whose worker missed "
                                   "3 is scored again by another (database storages)")
-    # -- Racing -------------------------------------------------------------------------------
-    race: bool = _option("Racing", False, is_flag=True,
-                         help="Score candidates on blocks of dev rows (in a --seed order), dropping each "
-                              "clearly worse than the leader (the --alphas grid) or than the best so far "
-                              "(sampled spaces); see docs/search.md")
-    race_tolerance: float = _option("Racing", DEFAULT_TOLERANCE, type=float, show_default=True,
+    # -- Strategy -----------------------------------------------------------------------------
+    strategy: Optional[str] = _option("Strategy", **_one_of(STRATEGIES.names()),
+                                      help="What to score next: " + "; ".join(
+                                          f"{entry.name}: {entry.help}" for entry in STRATEGIES.entries)
+                                      + f"  [default: {STRATEGIES.names()[0]}]")
+    race: bool = _option("Strategy", False, is_flag=True,
+                         help="The space's racing strategy: score candidates on blocks of dev rows (in a "
+                              "--seed order), dropping each clearly worse than the leader (the --alphas "
+                              "grid) or than the best so far (sampled spaces); see docs/search.md")
+    race_tolerance: float = _option("Strategy", DEFAULT_TOLERANCE, type=float, show_default=True,
                                     help="--space scalar: stop scoring a candidate once it cannot beat the "
                                          "leader by more than this many standard errors of their paired "
                                          "difference on all rows")
@@ -146,69 +155,199 @@ class SearchSettings(BaseModel):
 
     given: FrozenSet[str] = frozenset()  # not an option: those given on the command line, not defaults
 
-    # -- Rules across options, one line each (ExpoError is no ValueError: pydantic passes it on) --
+    # -- One option at a time (ExpoError is no ValueError: pydantic passes it on) ---------------
+    @field_validator("scorer", "guard")
+    @classmethod
+    def known_scorer(cls, spec: Optional[str], info) -> Optional[str]:
+        if spec is not None:
+            head, _, tail = spec.partition(":")
+            close = [entry.name for entry in SCORERS.having("prefix")
+                     if difflib.get_close_matches(head, [entry.name.rstrip(":")], cutoff=0.5)]
+            if close and not any(spec.startswith(name) for name in close):
+                # lm_eval:arc_easy would otherwise be taken for a Python module:function
+                raise ExpoConfigError(f"unknown scorer {spec!r}: did you mean {close[0]}{tail}?")
+            SCORERS.get(spec)
+        return spec
+
+    @field_validator("engine", "space")
+    @classmethod
+    def known(cls, name: str, info) -> str:
+        {"engine": ENGINES, "space": SPACES}[info.field_name].get(name)
+        return name
+
+    @field_validator("dtype", "preset", "sampler")
+    @classmethod
+    def one_of(cls, value: Optional[str], info) -> Optional[str]:
+        choices = {"dtype": DTYPES, "preset": sorted(PRESETS), "sampler": SAMPLERS}[info.field_name]
+        if value is not None and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ExpoConfigError(f"--{info.field_name} {value!r} is not one of {', '.join(choices)}: {hint}"
+                                  "choose one of them")
+        return value
+
+    @field_validator("tasks_path")
+    @classmethod
+    def existing_folder(cls, path: Optional[str]) -> Optional[str]:
+        if path is not None and not Path(path).is_dir():
+            raise ExpoConfigError(f"--tasks-path {path} is not a folder: give the folder of your task YAMLs")
+        return path
+
+    @field_validator("max_drop")
+    @classmethod
+    def drop(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not value >= 0:
+            raise ExpoConfigError(f"--max-drop must be 0 or more (a drop in the guard's units), got {value}")
+        return value
+
+    @field_validator("race_tolerance")
+    @classmethod
+    def tolerance(cls, value: float) -> float:
+        if not 0 <= value < math.inf:
+            raise ExpoConfigError("--race-tolerance must be a finite number, 0 or more (standard errors of "
+                                  f"a pair's paired difference), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def check_sampling(self) -> "SearchSettings":
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ExpoConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if any(value is not None and not ok for value, ok in (
+                (self.temperature, (self.temperature or 0) > 0), (self.top_p, 0 < (self.top_p or 0) <= 1),
+                (self.top_k, (self.top_k or 0) >= 0))):
+            raise ExpoConfigError("--temperature must be > 0, --top-p in (0, 1] and --top-k ≥ 0 (0 = off): "
+                                  "fix the sampling options")
+        return self
+
+    # -- Rules across options, one line each ---------------------------------------------------
     @model_validator(mode="after")
     def check_space(self) -> "SearchSettings":
         """Options of one space used with another, the range and the sampler."""
-        if self.space == "scalar":
+        grid = "grid" in SPACES.get(self.space).traits
+        own = SPACES.get(self.space).options
+        others = [name for entry in SPACES.entries if entry.name != self.space for name in entry.options
+                  if name not in own]
+        for name in others:
+            if getattr(self, name) not in (None, False):
+                raise ExpoConfigError(f"--{name.replace('_', '-')} applies to --space {self.grid_space}; "
+                                      f"--space {self.space} draws candidates from --alpha-range: use "
+                                      "--alpha-range LO,HI and --trials N instead")
+        if grid:
             for given, name in ((self.trials, "--trials"), (self.alpha_range, "--alpha-range")):
                 if given is not None:
-                    raise ExpoConfigError(f"{name} applies to --space module, depth or module+depth; "
-                                          "--space scalar scores the --alphas grid: drop it, or choose "
+                    raise ExpoConfigError(f"{name} applies to --space {self.sampled_spaces}; --space "
+                                          f"{self.space} scores the --alphas grid: drop it, or choose "
                                           "another --space")
             if self.sampler not in (None, "grid"):
-                raise ExpoConfigError(f"--sampler {self.sampler} draws from a range; --space scalar scores "
-                                      "the --alphas grid: drop --sampler, or choose --space module, depth "
-                                      "or module+depth")
-        else:
-            for given, name in ((self.alphas, "--alphas"), (self.refine or None, "--refine")):
-                if given is not None:
-                    raise ExpoConfigError(f"{name} applies to --space scalar; --space {self.space} draws "
-                                          "candidates from --alpha-range: use --alpha-range LO,HI and "
-                                          "--trials N instead")
-            if self.sampler == "grid":
-                raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space scalar; --space "
-                                      f"{self.space} needs tpe, cmaes or random")
+                raise ExpoConfigError(f"--sampler {self.sampler} draws from a range; --space {self.space} "
+                                      f"scores the --alphas grid: drop --sampler, or choose --space "
+                                      f"{self.sampled_spaces}")
+        elif self.sampler == "grid":
+            raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space {self.grid_space}; "
+                                  f"--space {self.space} needs tpe, cmaes or random")
         self.grid, self.bounds  # noqa: B018 (an unreadable --alphas or --alpha-range fails here)
         return self
 
     @model_validator(mode="after")
     def check_scorer(self) -> "SearchSettings":
-        """Scorer options that only make sense together."""
-        check_spelling(self.scorer)
-        check_spelling(self.guard)
+        """Scorer options that only make sense together, and options no chosen part takes."""
         if (self.guard is None) != (self.max_drop is None):
             given, missing = ("--guard", "--max-drop") if self.guard else ("--max-drop", "--guard")
             raise ExpoConfigError(f"{given} needs {missing}: e.g. --guard lm-eval:arc_easy --max-drop 0.02")
-        if self.max_drop is not None and not self.max_drop >= 0:
-            raise ExpoConfigError("--max-drop must be 0 or more (a drop in the guard's units), "
-                                  f"got {self.max_drop}")
-        given = [f"--{name.replace('_', '-')}" for name, value in self.lm_eval_options().items()
-                 if value is not None]
-        if given and not self.uses_lm_eval:
-            verb = "applies" if len(given) == 1 else "apply"
-            raise ExpoConfigError(f"{', '.join(given)} only {verb} to lm-eval scorers: "
-                                  "use --scorer lm-eval:TASK or --guard lm-eval:TASK, or drop them")
-        if self.uses_lm_eval and self.engine != "hf":
-            raise ExpoConfigError(UNSUPPORTED_ENGINE)
-        return self
-
-    @model_validator(mode="after")
-    def check_engine(self) -> "SearchSettings":
-        """An option of the other engine given, then the sampling's own rules."""
-        other = "vllm" if self.engine == "hf" else "hf"
-        # with vLLM, --device and --batch-size place and batch the reward model
-        if other == "vllm" or "reward-model" not in (self.scorer, self.guard):
-            for name in (name for name in ENGINE_OPTIONS[other] if name in self.given):
-                raise ExpoConfigError(f"--{name.replace('_', '-')} is an option of --engine {other}, "
-                                      f"not of --engine {self.engine}: drop it, or use --engine {other}")
+        scorers = [SCORERS.get(spec) for spec in (self.scorer, self.guard) if spec]
+        engine = ENGINES.get(self.engine)
+        for entry in scorers:
+            if "transformers" in entry.traits and "transformers" not in engine.traits:
+                capable = " or ".join(e.name for e in ENGINES.having("transformers"))
+                raise ExpoConfigError(f"the {entry.name.rstrip(':')} scorer runs with --engine {capable}: it "
+                                      "wraps the engine's transformers model, whose weights change in place "
+                                      f"(lm-eval's vLLM wrapper builds its own vLLM instance)")
+        self._check_owned_options([engine, *scorers])
         self.sampling  # noqa: B018
         return self
 
+    def _check_owned_options(self, chosen) -> None:
+        """An option that only an unchosen engine or scorer takes is an error, never dropped."""
+        allowed = {name for entry in chosen for name in entry.options}
+        given = [name for name in self.given if name not in allowed]
+        for registry, kind in ((ENGINES, "engine"), (SCORERS, "scorer")):
+            owners = {name: entry for entry in registry.entries for name in entry.options}
+            for name in (name for name in given if name in owners):
+                option = f"--{name.replace('_', '-')}"
+                if kind == "engine":
+                    owner = owners[name].name
+                    raise ExpoConfigError(f"{option} is an option of --engine {owner}, not of --engine "
+                                          f"{self.engine}: drop it, or use --engine {owner}")
+                unused = [f"--{n.replace('_', '-')}" for n in owners[name].options if n in given]
+                verb = "applies" if len(unused) == 1 else "apply"
+                owner = owners[name]
+                raise ExpoConfigError(f"{', '.join(unused)} only {verb} to {owner.name.rstrip(':')} scorers: "
+                                      f"use --scorer or --guard {owner.written}, or drop them")
+
+    @model_validator(mode="after")
+    def check_strategy(self) -> "SearchSettings":
+        """The strategy fits the space, and its own options come with it."""
+        if self.strategy is not None and self.race and self.strategy != self.strategy_name:
+            raise ExpoConfigError(f"--race picks --strategy {self.strategy_name} for --space {self.space}, "
+                                  f"not {self.strategy}: drop one of them")
+        kind = "grid" if "grid" in SPACES.get(self.space).traits else "sampled"
+        entry = STRATEGIES.get(self.strategy_name)
+        if kind not in entry.traits:
+            fitting = [e.name for e in STRATEGIES.entries if kind in e.traits]
+            raise ExpoConfigError(f"--strategy {entry.name} does not search --space {self.space}: use "
+                                  f"--strategy {' or '.join(fitting)}")
+        for name in (name for name in self.given if name in self._strategy_options() - set(entry.options)):
+            option = f"--{name.replace('_', '-')}"
+            if "races" in entry.traits:
+                raise ExpoConfigError(
+                    f"{option} ends the race of the --alphas grid; with --space {self.space} each sampled "
+                    "candidate is pruned on its own once clearly worse than the best so far, and the "
+                    f"search ends after --trials: drop {option}")
+            raise ExpoConfigError(f"{option} applies to a race: add --race, or drop {option}")
+        if self.refine and "races" in entry.traits:
+            raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full "
+                                  "score, which a race does not compute for dropped α: add the midpoints "
+                                  "to --alphas")
+        return self
+
+    @staticmethod
+    def _strategy_options() -> set:
+        return {name for entry in STRATEGIES.entries for name in entry.options}
+
+    def check_scorers(self, scorer, guard) -> None:
+        """What only the loaded scorers can tell: whether a strategy of dev rows can use them."""
+        if "rows" not in STRATEGIES.get(self.strategy_name).traits:
+            return
+        for option, used in (("--scorer", scorer), ("--guard", guard)):
+            why = used is not None and used.race_refusal()
+            if why:
+                raise ExpoConfigError(f"--race cannot use {option} {why}")
+
     # -- What follows from the settings --------------------------------------------------------
     @property
+    def grid_space(self) -> str:
+        return SPACES.having("grid")[0].name
+
+    @property
+    def sampled_spaces(self) -> str:
+        names = [entry.name for entry in SPACES.having("sampled")]
+        return f"{', '.join(names[:-1])} or {names[-1]}"
+
+    @property
+    def strategy_name(self) -> str:
+        """--strategy, or what --race picks for the space (its racing strategy)."""
+        if not self.race:
+            return self.strategy or STRATEGIES.names()[0]
+        kind = "grid" if "grid" in SPACES.get(self.space).traits else "sampled"
+        return next(entry.name for entry in STRATEGIES.having("races") if kind in entry.traits)
+
+    @property
+    def races(self) -> bool:
+        return "races" in STRATEGIES.get(self.strategy_name).traits
+
+    @property
     def uses_lm_eval(self) -> bool:
-        return is_lm_eval(self.scorer) or is_lm_eval(self.guard)
+        return any("transformers" in SCORERS.get(spec).traits for spec in (self.scorer, self.guard) if spec)
 
     def lm_eval_options(self) -> Dict[str, Any]:
         return dict(tasks_path=self.tasks_path, limit=self.limit, num_fewshot=self.num_fewshot,
@@ -216,8 +355,8 @@ class SearchSettings(BaseModel):
 
     @property
     def grid(self) -> Optional[List[float]]:
-        """The α values of --space scalar; None for the spaces that draw from --alpha-range."""
-        return parse_alphas(self.alphas) if self.space == "scalar" else None
+        """The α values of the grid space; None for the spaces that draw from --alpha-range."""
+        return parse_alphas(self.alphas) if "grid" in SPACES.get(self.space).traits else None
 
     @property
     def bounds(self) -> Tuple[float, float]:
@@ -242,20 +381,63 @@ class SearchSettings(BaseModel):
             settings["guard"] = self.guard
         if self.grid is None:
             settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
-        return dict(settings, **racing.study_settings(self))
+        if self.races:  # the seeded row order
+            settings["race"] = {"seed": self.seed}
+        if self.strategy_name not in (STRATEGIES.names()[0], *(e.name for e in STRATEGIES.having("races"))):
+            settings["strategy"] = self.strategy_name  # earlier versions knew only full searches and races
+        return settings
 
     def plan(self, space, resolve: Callable) -> Plan:
         grid = self.grid
+        options = {"tolerance": self.race_tolerance} if "race_tolerance" in \
+            STRATEGIES.get(self.strategy_name).options else {}
         return Plan(space=space, resolve=resolve, grid=grid, refine=self.refine, alpha_range=self.bounds,
                     trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
                     sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
-                    storage=self.storage, heartbeat=self.heartbeat, race=racing.plan_of(self))
+                    storage=self.storage, heartbeat=self.heartbeat, strategy=self.strategy_name,
+                    options=options)
 
     def engine_options(self, device: str) -> dict:
-        """make_engine's options: each engine gets its own only (``device``: the resolved --device)."""
-        own = {name: getattr(self, name) for name in ENGINE_OPTIONS[self.engine]}
-        own.update({"device": device} if self.engine == "hf" else {"seed": self.seed})
+        """The engine's options: each engine gets its own only (``device``: the resolved --device)."""
+        entry = ENGINES.get(self.engine)
+        own = {name: getattr(self, name) for name in entry.options}
+        own.update({"device": device} if "device" in entry.options else {"seed": self.seed})
         return dict(own, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+
+
+def parse_alphas(text: Optional[str]) -> List[float]:
+    if text is None:  # not given; an empty value is a mistake, never the default grid
+        return list(DEFAULT_ALPHAS)
+    values = [checked_alpha(part.strip(), option="--alphas", in_search=True)
+              for part in text.split(",") if part.strip()]
+    if not values:
+        raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
+                              "--alphas for the default grid 0,0.1,...,0.6")
+    return sorted(set(values))
+
+
+def parse_range(text: Optional[str]) -> Tuple[float, float]:
+    """``LO,HI`` of --alpha-range, LO < HI."""
+    if text is None:
+        return (0.0, 1.0)
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2:
+        raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
+    low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
+    if not low < high:
+        example = f"{min(low, high):g},{max(low, high) if low != high else high + 1:g}"
+        raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {example}")
+    return low, high
+
+
+def fingerprint(*parts: Optional[str]) -> str:
+    """Content hash of a data file, so a changed file is a different search."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if part and Path(part).is_file():
+            digest.update(Path(part).read_bytes())
+        digest.update(str(part).encode())
+    return digest.hexdigest()[:16]
 
 
 def search_options(command: Callable) -> Callable:
@@ -266,7 +448,14 @@ def search_options(command: Callable) -> Callable:
         context = click.get_current_context()
         given = {name for name in values if context.get_parameter_source(name) not in
                  (None, click.core.ParameterSource.DEFAULT)}
-        return command(*args, settings=SearchSettings(**values, given=given), **kwargs)
+        try:
+            settings = SearchSettings(**values, given=given)
+        except ValidationError as error:  # a constraint on one value: click's usage error, as click words it
+            problem = error.errors()[0]
+            name = str(problem["loc"][0])
+            raise click.BadParameter(f"{_limit_words(problem)}, got {problem['input']}",
+                                     param_hint=f"'--{name.replace('_', '-')}'") from None
+        return command(*args, settings=settings, **kwargs)
 
     for name, field in reversed(list(SearchSettings.model_fields.items())):
         if field.json_schema_extra is None:
@@ -276,6 +465,14 @@ def search_options(command: Callable) -> Callable:
             options["default"] = field.default
         wrapper = click.option(*(flags or [f"--{name.replace('_', '-')}"]), name, **options)(wrapper)
     return wrapper
+
+
+def _limit_words(problem: dict) -> str:
+    """pydantic's constraint, as the option's limit."""
+    limits = problem.get("ctx") or {}
+    words = {"ge": "must be at least", "gt": "must be more than", "le": "must be at most",
+             "lt": "must be below"}
+    return next((f"{text} {limits[key]}" for key, text in words.items() if key in limits), problem["msg"])
 
 
 class GroupedHelp(click.Command):

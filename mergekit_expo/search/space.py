@@ -20,8 +20,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from mergekit_expo.compat.mergekit import model_out_config
 from mergekit_expo.compat.transformers import checkpoint_renamer
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError
+from mergekit_expo.search.registry import SPACES
 
-SPACES = ("scalar", "module", "depth", "module+depth")
 GROUPS = ("attention", "mlp", "other")
 # Substrings of tensor names that make up each group, in mergekit filter syntax.
 GROUP_FILTERS = {"attention": ("self_attn",), "mlp": ("mlp", "block_sparse_moe")}
@@ -32,28 +32,24 @@ Candidate = Dict[str, float]
 
 @dataclass(frozen=True)
 class Space:
-    """A named space and, for ``module`` spaces, the filters that this model needs."""
+    """A space (:data:`~.registry.SPACES`: one α, or one per module group and/or per depth) and,
+    for module spaces, the filters that this model needs."""
 
     name: str
+    by_module: bool = False
+    by_depth: bool = False
     filters: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()  # (group, substrings), "other" excluded
 
     @property
     def coordinates(self) -> List[str]:
-        if self.name == "scalar":
-            return ["alpha"]
-        if self.name == "module":
-            return list(GROUPS)
-        if self.name == "depth":
-            return [f"alpha_{end}" for end in ENDS]
-        return [f"{group}_{end}" for group in GROUPS for end in ENDS]
+        groups = GROUPS if self.by_module else ("alpha",)
+        if not self.by_depth:
+            return list(groups)
+        return [f"{group}_{end}" for group in groups for end in ENDS]
 
     @property
-    def by_module(self) -> bool:
-        return self.name in ("module", "module+depth")
-
-    @property
-    def by_depth(self) -> bool:
-        return self.name in ("depth", "module+depth")
+    def scalar(self) -> bool:
+        return self.coordinates == ["alpha"]
 
     def reference(self) -> Candidate:
         """α = 0 everywhere: the aligned model as it is."""
@@ -87,18 +83,22 @@ class Space:
         return config
 
     def describe(self, candidate: Mapping[str, float]) -> str:
-        """``alpha=0.3`` for a scalar, ``attention=0.2 mlp=0.5 other=0.1`` otherwise."""
-        if self.name == "scalar":
+        """``alpha=0.3`` for one α, ``attention=0.2 mlp=0.5 other=0.1`` otherwise."""
+        if self.scalar:
             return f"alpha={candidate['alpha']:g}"
         return " ".join(f"{name}={candidate[name]:.4g}" for name in self.coordinates)
+
+    def name_of(self, candidate: Mapping[str, float], trial: int) -> str:
+        """How answers/ and the reports name a candidate: by its α for one α, else by its trial."""
+        return f"alpha={candidate['alpha']:g}" if self.scalar else f"trial-{trial}"
 
 
 def make_space(name: str, tensor_names: Sequence[str]) -> Space:
     """The space ``name`` for a model with these tensors; refuse one it cannot express."""
-    if name not in SPACES:
-        raise ExpoConfigError(f"--space {name!r} is not a space: use one of {', '.join(SPACES)}")
-    if name in ("scalar", "depth"):
-        return Space(name)
+    traits = SPACES.get(name).traits
+    space = Space(name, by_module="module" in traits, by_depth="depth" in traits)
+    if not space.by_module:
+        return space
     filters = []
     claimed = set()
     for group, substrings in GROUP_FILTERS.items():
@@ -106,13 +106,17 @@ def make_space(name: str, tensor_names: Sequence[str]) -> Space:
         if not used:
             raise ExpoConfigError(
                 f"--space {name}: no tensor of this model is in the {group} group (names containing "
-                f"{' or '.join(substrings)}): use --space scalar or depth")
+                f"{' or '.join(substrings)}): use --space {_without_modules()}")
         claimed |= {t for t in tensor_names if any(s in t for s in used)}
         filters.append((group, used))
     if all(t in claimed for t in tensor_names):
         raise ExpoConfigError(f"--space {name}: every tensor of this model is attention or MLP, so "
-                              "the other group is empty: use --space scalar or depth")
-    return Space(name, tuple(filters))
+                              f"the other group is empty: use --space {_without_modules()}")
+    return Space(name, space.by_module, space.by_depth, tuple(filters))
+
+
+def _without_modules() -> str:
+    return " or ".join(entry.name for entry in SPACES.entries if "module" not in entry.traits)
 
 
 def merge_planner(config, *, trust_remote_code: bool = False):

@@ -31,7 +31,9 @@ from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, f
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
 from mergekit_expo.search.results import difference
+from mergekit_expo.search.rows import Scored
 from mergekit_expo.search.space import Candidate, Space
+from mergekit_expo.search.strategies.base import Unit
 from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
@@ -39,8 +41,7 @@ STUDY = "expo-search"
 DEFAULT_STORAGE = "study.db"  # in --out
 JOURNAL_SUFFIX = ".journal"
 ROLE, CANDIDATE, ROW, WORKER = "role", "candidate", "row", "worker"
-BLOCK = "block"  # --race: a unit of work is a candidate on one block of dev rows (search/racing.py)
-PLAN = "plan"  # the study's --trials, or --alphas and --refine: what its workers search to
+PLAN = "plan"  # what its workers search to (the strategy's plan: --trials, or --alphas and --refine)
 
 
 def storage_url(storage: Optional[str], out: str) -> str:
@@ -224,6 +225,7 @@ class SearchStudy:
                                               sampler=make_sampler(sampler, seed), load_if_exists=True)
         self._check_settings(settings)
         self.log = WorkerLog()
+        self.draw: Optional[Unit] = None  # what the strategy last asked the sampler to draw
         self._check_plan(plan)
 
     # -- settings ---------------------------------------------------------------------------
@@ -257,49 +259,54 @@ class SearchStudy:
         """Sampled candidates to score (the other spaces); None for the --alphas grid."""
         return self.plan.get("trials")
 
-    # -- candidates -------------------------------------------------------------------------
+    # -- units --------------------------------------------------------------------------------
     @storage_failures
     def trials(self):
         return self.study.get_trials(deepcopy=False)
 
     def _live(self, trial) -> bool:
         states = self.optuna.trial.TrialState
-        return (trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) or _pruned(trial)) and \
+        return (trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) or _stopped(trial)) and \
             trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
 
-    def _key(self, candidate: Candidate):
-        return (*(round(float(candidate[name]), 9) for name in self.space.coordinates), candidate.get(BLOCK))
+    def _key(self, stored: dict):
+        """A unit's identity: its coordinates and blocks (two workers enqueue one grid as one)."""
+        unit = Unit.of(stored, self.space.coordinates, GRID)
+        return (*(round(float(value), 9) for value in unit.candidate.values()), unit.block, unit.blocks)
 
     def known(self) -> set:
         return {self._key(t.user_attrs[CANDIDATE]) for t in self.trials()
                 if self._live(t) and CANDIDATE in t.user_attrs}
 
     @storage_failures
-    def enqueue(self, candidates: Sequence[Candidate], role: str) -> int:
-        """Enqueue the candidates no live trial has; return how many were enqueued."""
+    def enqueue(self, units: Sequence[Unit]) -> int:
+        """Enqueue the units no live trial has; return how many were enqueued."""
         known = self.known()
         added = 0
-        for candidate in candidates:
-            if self._key(candidate) in known:
+        for unit in units:
+            key = self._key(unit.stored())
+            if key in known:
                 continue
-            known.add(self._key(candidate))
+            known.add(key)
             # Inside the range, the sampler sees it as a point like any other.
-            params = dict(candidate) if self._in_range(candidate) else {}
-            self.study.enqueue_trial(params, user_attrs={ROLE: role, CANDIDATE: dict(candidate)})
+            params = dict(unit.candidate) if self._in_range(unit.candidate) else {}
+            self.study.enqueue_trial(params, user_attrs={ROLE: unit.role, CANDIDATE: unit.stored()})
             added += 1
         return added
 
     def _in_range(self, candidate: Candidate) -> bool:
         low, high = self.alpha_range
-        return self.budget is not None and all(low <= float(v) <= high for v in candidate.values())
+        return self.budget is not None and all(low <= float(candidate[name]) <= high
+                                               for name in self.space.coordinates)
 
     def completed(self) -> List:
-        """Scored trials: complete, or pruned by a sampled race after some blocks."""
+        """Scored trials: complete, or stopped by the strategy after some blocks."""
         states = self.optuna.trial.TrialState
-        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs or _pruned(t)]
+        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
 
-    def rows(self) -> List[dict]:
-        return [dict(t.user_attrs[ROW], trial=t.number) for t in self.completed()]
+    def scored(self) -> List[Scored]:
+        """Every scored unit, in trial order."""
+        return [Scored.stored(t.user_attrs[ROW], t.number) for t in self.completed()]
 
     def _sampled_count(self, below: Optional[int] = None) -> int:
         return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
@@ -310,67 +317,69 @@ class SearchStudy:
         states = self.optuna.trial.TrialState
         return any(t.state == states.RUNNING for t in self.trials())
 
-    def work(self, evaluate: Callable[[Candidate, object], dict], *, after: Callable[[], None] = None,
-             more: Callable[[], List[Candidate]] = None, poll: float = 0.5) -> WorkerLog:
-        """Score candidates until none is left; ``evaluate(candidate, trial)`` returns the row,
-        ``after()`` runs after each (reports).
-
-        ``more()`` is asked for further candidates once everything enqueued is scored, when the
-        plan says ``--refine`` (the midpoints) or ``race`` (the next round's units); it returns
-        [] when there are none.
-        """
+    def work(self, score: Callable[[Unit, object], Scored], propose: Callable[[], List[Unit]], *,
+             after: Callable[[], None] = None, poll: float = 0.5) -> WorkerLog:
+        """Score units until none is left: ``propose()`` says what to score next (units to
+        enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after()`` runs
+        after each (reports). Ends when nothing is waiting, running or proposed."""
         states = self.optuna.trial.TrialState
         while True:
             raise_if_interrupted()
             self.plan = self.study.user_attrs.get(PLAN, self.plan)  # a rerun may have changed it
             self._recover()
             trials = self.trials()
-            waiting = [t for t in trials if t.state == states.WAITING]
-            running = [t for t in trials if t.state == states.RUNNING]
-            sampling = self.budget is not None and self._sampled_count() < self.budget
-            if not waiting and not sampling:
-                if running:  # others are scoring: theirs may fail and come back
-                    start = time.perf_counter()
-                    time.sleep(poll)
-                    self.log.idle_seconds += time.perf_counter() - start
+            if not any(t.state == states.WAITING for t in trials):
+                proposed = propose()
+                if self.enqueue([unit for unit in proposed if unit.candidate is not None]):
                     continue
-                asks = self.plan.get("refine") or self.plan.get("race")
-                if asks and more is not None and self.enqueue(more(), GRID):
-                    continue
-                return self.log
+                self.draw = next((unit for unit in proposed if unit.candidate is None), None)
+                if self.draw is None or self.budget is None or self._sampled_count() >= self.budget:
+                    if any(t.state == states.RUNNING for t in trials):  # theirs may fail and come back
+                        start = time.perf_counter()
+                        time.sleep(poll)
+                        self.log.idle_seconds += time.perf_counter() - start
+                        continue
+                    return self.log
             trial = self._take()
-            candidate = self._candidate_of(trial)
-            if candidate is None:
+            unit = self._unit_of(trial)
+            if unit is None:
                 continue
-            self._score(trial, candidate, evaluate)
+            self._score(trial, unit, score)
             if after is not None:
                 after()
 
+    def _drawn(self, trial, role: str, draw: Unit) -> Unit:
+        """A candidate the sampler draws in ``trial``, recorded there at once."""
+        low, high = self.alpha_range
+        candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
+        unit = Unit(candidate, draw.block, draw.blocks, role)
+        trial.set_user_attr(ROLE, role)
+        trial.set_user_attr(CANDIDATE, unit.stored())
+        return unit
+
     @storage_failures
-    def _candidate_of(self, trial) -> Optional[Candidate]:
-        """The trial's candidate, or None when it is closed unscored (a duplicate, or spare)."""
+    def _unit_of(self, trial) -> Optional[Unit]:
+        """The trial's unit, or None when it is closed unscored (a duplicate, or spare)."""
         states = self.optuna.trial.TrialState
         attributes = trial.user_attrs
         role = attributes.get(ROLE)
-        if role is None:  # a fresh trial: sampled, if the budget allows
+        draw = self.draw or Unit(None)
+        if role is None:  # a fresh trial: drawn, if the budget allows
             if self.budget is None or self._sampled_count(below=trial.number) >= self.budget:
                 trial.set_user_attr(ROLE, SPARE)
                 self.study.tell(trial, state=states.PRUNED)
                 self.log.pruned += 1
                 return None
-            low, high = self.alpha_range
-            candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
-            trial.set_user_attr(ROLE, SAMPLED)
-            trial.set_user_attr(CANDIDATE, candidate)
+            unit = self._drawn(trial, SAMPLED, draw)
+        elif attributes.get(CANDIDATE) is None:  # a drawn trial that died before it was drawn, retried
+            unit = self._drawn(trial, role, draw)
         else:
-            candidate = attributes.get(CANDIDATE)
-            low, high = self.alpha_range
-            if candidate is None:  # a sampled trial that died before it was drawn, retried
-                candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
-                trial.set_user_attr(CANDIDATE, candidate)
-            elif self._in_range(candidate):  # enqueued with these values: record them as its params
-                candidate = {name: trial.suggest_float(name, low, high) for name in self.space.coordinates}
-        key = self._key(candidate)
+            unit = Unit.of(attributes[CANDIDATE], self.space.coordinates, role)
+            if self._in_range(unit.candidate):  # enqueued with these values: record them as its params
+                low, high = self.alpha_range
+                for name in self.space.coordinates:
+                    trial.suggest_float(name, low, high)
+        key = self._key(unit.stored())
         first = min((t.number for t in self.trials() if self._live(t) and CANDIDATE in t.user_attrs
                      and self._key(t.user_attrs[CANDIDATE]) == key), default=trial.number)
         if first < trial.number:  # another trial has it: score it there, once
@@ -378,7 +387,7 @@ class SearchStudy:
             self.study.tell(trial, state=states.PRUNED)
             self.log.pruned += 1
             return None
-        return candidate
+        return unit
 
     @storage_failures
     def _take(self):
@@ -388,27 +397,27 @@ class SearchStudy:
         trial.set_user_attr(WORKER, owner_record())
         return trial
 
-    def _score(self, trial, candidate: Candidate, evaluate) -> None:
+    def _score(self, trial, unit: Unit, score) -> None:
         states = self.optuna.trial.TrialState
         try:
             with heartbeats(self.storage, trial, self.heartbeat):
-                row = evaluate(candidate, trial)
+                scored = score(unit, trial)
         except BaseException as error:
             if isinstance(error, (Interrupted, KeyboardInterrupt)):
-                # Ctrl-C: give the candidate back before leaving, for another worker or a rerun.
+                # Ctrl-C: give the unit back before leaving, for another worker or a rerun.
                 self._requeue(trial)
             with contextlib.suppress(Exception):
                 self.study.tell(trial, state=states.FAIL)
             raise
-        self._record(trial, row)
+        self._record(trial, scored)
 
     @storage_failures
-    def _record(self, trial, row: dict) -> None:
-        trial.set_user_attr(ROW, row)
-        if row.get("pruned"):  # its blocks' running means are reported: optuna ranks it by them
+    def _record(self, trial, scored: Scored) -> None:
+        trial.set_user_attr(ROW, scored.record())
+        if scored.stopped:  # its blocks' running means are reported: optuna ranks it by them
             self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
         else:
-            self.study.tell(trial, row["score"])
+            self.study.tell(trial, scored.score)
         self.log.scored.append(trial.number)
 
     def _requeue(self, trial) -> None:
@@ -445,8 +454,8 @@ class SearchStudy:
                 self._requeue(trial)
 
 
-def _pruned(trial) -> bool:
-    """A candidate a sampled race scored on some blocks and then pruned (search/pruning.py)."""
+def _stopped(trial) -> bool:
+    """A unit the strategy stopped after some of its blocks: scored, and PRUNED for optuna."""
     return trial.state.name == "PRUNED" and ROW in trial.user_attrs
 
 

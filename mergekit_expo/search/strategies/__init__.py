@@ -1,0 +1,1 @@
+"""Selection strategies: what the search scores next (see :mod:`.base`)."""

@@ -1,0 +1,160 @@
+"""What a selection strategy is: it says which units to score next, from what the study has
+stored, and what the scores mean once they are in.
+
+A unit is a candidate on the whole dev set, or on a run of blocks of its rows (a seeded order
+of the rows, cut into blocks). The study's loop leases units to workers, scores them, stores
+each as a :class:`~mergekit_expo.search.rows.Scored` and asks the strategy again; it knows no
+strategy. Every method is a function of what the study stored, so any worker can replay the
+strategy and reach the same answer (optuna's shape: the loop never names its pruner).
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple
+
+from mergekit_expo.search.race import row_blocks
+from mergekit_expo.search.rows import AlphaResult, Scored
+from mergekit_expo.search.trial_roles import GRID, REFERENCE, TrialRole
+
+BLOCK, BLOCKS = "block", "blocks"  # a unit's first block, and how many (stored with its candidate)
+ALL = -1  # blocks: every block from the first, each scored only while the strategy goes on
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one trial scores. ``candidate`` None: one the sampler draws."""
+
+    candidate: Optional[Dict[str, float]]
+    block: Optional[int] = None  # None: the whole dev set at once
+    blocks: int = 1
+    role: TrialRole = GRID
+
+    def stored(self, candidate: Optional[Dict[str, float]] = None) -> dict:
+        """The trial's ``candidate`` attribute: the coordinates, and the blocks of a block unit."""
+        stored = dict(candidate if candidate is not None else self.candidate)
+        if self.block is not None:
+            stored[BLOCK] = self.block
+            if self.blocks != 1:
+                stored[BLOCKS] = self.blocks
+        return stored
+
+    @classmethod
+    def of(cls, stored: dict, coordinates: List[str], role: TrialRole) -> "Unit":
+        return cls({name: stored[name] for name in coordinates}, stored.get(BLOCK), stored.get(BLOCKS, 1),
+                   role)
+
+
+class DevRows:
+    """The dev rows in the ``seed`` order, cut into blocks (the guard's into as many), known once
+    the scorers have counted their rows: from a scored unit, else by ``count()``."""
+
+    def __init__(self, seed: int, count: Callable[[], Tuple[int, Optional[int]]]):
+        self.seed, self._count, self._counts = seed, count, None
+
+    def counts(self, scored: List[Scored] = ()) -> Tuple[int, Optional[int]]:
+        """(score rows, guard rows or None)."""
+        if self._counts is None:
+            unit = next((unit for unit in scored if unit.race_rows), None)
+            self._counts = (unit.race_rows, unit.guard_race_rows) if unit else self._count()
+        return self._counts
+
+    def blocks(self, scored: List[Scored] = ()) -> Tuple[List[List[int]], Optional[List[List[int]]]]:
+        rows, guard_rows = self.counts(scored)
+        blocks = row_blocks(rows, self.seed)
+        return blocks, row_blocks(guard_rows, self.seed, count=len(blocks)) if guard_rows else None
+
+
+@dataclass
+class Setup:
+    """What a strategy is started with (the search's settings and the study's plan)."""
+
+    space: object  # space.Space
+    grid: Optional[List[float]] = None  # the --alphas grid; None: candidates are drawn
+    trials: Optional[int] = None  # candidates to draw
+    refine: bool = False
+    seed: int = 0
+    options: Dict[str, object] = field(default_factory=dict)  # the strategy's own (a race's tolerance)
+    guarded: bool = False
+    max_drop: Optional[float] = None
+    dev: Optional[DevRows] = None
+
+
+class Strategy(ABC):
+    """Which units to score next, and what the scored ones say."""
+
+    #: its --strategy name, and what a worker's summary calls its unit
+    name: ClassVar[str]
+    unit_word: ClassVar[str] = "candidate"
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+
+    def plan(self) -> dict:
+        """What workers scoring together must agree on (a rerun may change it once they are done).
+        The loop reads ``trials``: how many candidates the sampler may draw."""
+        if self.setup.grid is None:
+            return {"trials": self.setup.trials}
+        return {"alphas": self.setup.grid, "refine": self.setup.refine}
+
+    def follow(self, plan: dict) -> None:
+        """The study's plan as it is now: a rerun while no worker scored may have changed it."""
+        self.setup.trials = plan.get("trials", self.setup.trials)
+        self.setup.refine = plan.get("refine", self.setup.refine)
+        race = plan.get("race") or {}
+        self.setup.options.update({key: value for key, value in race.items() if key != "max_drop"})
+        if "max_drop" in race:
+            self.setup.max_drop = race["max_drop"]
+
+    @abstractmethod
+    def start(self) -> List[Unit]:
+        """What a worker enqueues on arrival (the study keeps one live trial per unit)."""
+
+    def next(self, scored: List[Scored]) -> List[Unit]:
+        """Further units, asked whenever nothing is waiting; [] when there are none (the search
+        ends once nothing runs either)."""
+        return []
+
+    def go_on(self, unit: Scored, scored: List[Scored]) -> Optional[str]:
+        """Asked between the blocks of a unit scored so far: None to go on, else why it stops."""
+        return None
+
+    @abstractmethod
+    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+        """One row per candidate scored so far, and the strategy's own record for results.json
+        (None for a full search)."""
+
+    def resumed(self, scored: List[Scored]) -> Optional[str]:
+        """What a worker says when it finds scores in the study already."""
+        return f"resuming: {len(scored)} candidates already scored" if scored else None
+
+    @classmethod
+    def verdict(cls, row: AlphaResult, best: AlphaResult, record: dict) -> str:
+        """A candidate's fate, in a few words, for the summary table."""
+        return "pick" if row.key == best.key else ""
+
+    @classmethod
+    def why_picked(cls, record: dict) -> str:
+        """Why the pick is the pick, when the candidates' means are over different rows."""
+        return "the best score"
+
+    @classmethod
+    def card_rows_note(cls, row: AlphaResult) -> str:
+        """What the card's rows column adds to a candidate's row count (why it got fewer)."""
+        return ""
+
+    @classmethod
+    def card_sentence(cls, record: dict) -> str:
+        """The model card's sentence on how the strategy chose (from its results.json record)."""
+        return ""
+
+    @classmethod
+    def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
+        """The line a finished search prints about the strategy (None: none)."""
+        return None
+
+    def sorted_rows(self, rows: List[AlphaResult]) -> List[AlphaResult]:
+        return sorted(rows, key=lambda row: row.alpha if self.setup.grid is not None else row.trial)
+
+    def reference(self, **unit) -> Unit:
+        """α = 0 everywhere: the aligned model, the baseline and the guard's reference."""
+        return Unit(self.setup.space.reference(), role=REFERENCE, **unit)

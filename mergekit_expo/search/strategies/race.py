@@ -1,0 +1,145 @@
+"""``--strategy race`` on the --alphas grid: every α still running scores the next block of dev
+rows; clear losers are dropped and those within the tolerance of the leader retired (the rule:
+:mod:`mergekit_expo.search.race`).
+
+A unit is one α on one block (or a reopened α on the blocks it missed). When a round is
+scored, any worker replays the race from the study's per-row scores and gets the next
+round's units: every worker reaches the same verdicts, so a rerun resumes mid-race.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+from mergekit_expo.search.race import RaceRule, replay
+from mergekit_expo.search.rows import AlphaResult, Scored, candidate_row
+from mergekit_expo.search.stats import CONFIDENCE, fmean
+from mergekit_expo.search.strategies.base import Strategy, Unit
+
+DEFAULT_TOLERANCE = 3.0
+
+
+class GridRace(Strategy):
+    name = "race"
+    unit_word = "candidate block"
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        space = setup.space
+        self.candidates = {space.name_of({"alpha": a}, 0): {"alpha": a} for a in sorted({0.0, *setup.grid})}
+        self.reference_name = space.name_of(space.reference(), 0)  # every guard is measured against it
+
+    def plan(self) -> dict:
+        return dict(super().plan(), race={"tolerance": self.setup.options.get("tolerance", DEFAULT_TOLERANCE),
+                                          "max_drop": self.setup.max_drop})
+
+    def start(self) -> List[Unit]:
+        return [Unit(candidate, block=0) for candidate in self.candidates.values()]
+
+    def next(self, scored: List[Scored]) -> List[Unit]:
+        race = self.replay(scored)
+        return [Unit(self.candidates[name], block=block) for name, block in race.next_units]
+
+    def replay(self, scored: List[Scored]):
+        blocks, guard_blocks = self.setup.dev.blocks(scored)
+        scores = {name: {} for name in self.candidates}
+        guard = {name: {} for name in self.candidates} if guard_blocks else None
+        for unit in self._raced(scored):
+            scores[unit.candidate].update(unit.by_row)
+            if guard is not None:
+                guard[unit.candidate].update(unit.guard_by_row)
+        rows, guard_rows = self.setup.dev.counts(scored)
+        rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows, guard_rows=guard_rows,
+                        tolerance=self.setup.options.get("tolerance", DEFAULT_TOLERANCE),
+                        max_drop=self.setup.max_drop if guard is not None else None)
+        return replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks,
+                      reference=self.reference_name)
+
+    def _raced(self, scored: List[Scored]) -> List[Scored]:
+        """The units of this race (not of a candidate a rerun's --alphas no longer has)."""
+        return [unit for unit in scored if unit.block is not None and unit.candidate in self.candidates]
+
+    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+        units = self._raced(scored)
+        if not units:
+            return [], None
+        race = self.replay(units)
+        blocks, _ = self.setup.dev.blocks(units)
+        leader = race.rounds[-1].leader if race.rounds else None
+        leader_scores = {row: value for unit in units if unit.candidate == leader
+                         for row, value in unit.by_row.items()}
+        rows = [self._row(name, [u for u in units if u.candidate == name], race, leader_scores, leader)
+                for name in self.candidates if any(u.candidate == name for u in units)]
+        ended = race.rounds[-1].finished if race.over and race.rounds else None
+        dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
+        retired = {name: why for standing in race.rounds for name, why in standing.retired.items()
+                   if name in race.retired_in}  # the latest reason of those still retired
+        total = self.setup.dev.counts(units)[0]
+        record = {"strategy": self.name, "rounds": max(race.blocks_read.values()),
+                  "block_rows": len(blocks[0]), "rows": total, "rows_scored": sum(row.n for row in rows),
+                  "rows_full": total * len(self.candidates), "tolerance": self.plan()["race"]["tolerance"],
+                  "confidence": CONFIDENCE, "ended": ended, "survivors": race.survivors, "dropped": dropped,
+                  "retired": retired}
+        return sorted(rows, key=lambda row: row.alpha), record
+
+    @staticmethod
+    def _row(name: str, units: List[Scored], race, leader_scores: Dict[int, float],
+             leader: Optional[str]) -> AlphaResult:
+        own = [row for unit in units for row in unit.rows]
+        there = None  # the comparison the race made: the leader on this candidate's rows
+        if name != leader and leader_scores and all(row in leader_scores for row in own):
+            there = fmean([leader_scores[row] for row in own])
+        return candidate_row(units, dropped_in=race.dropped_in.get(name),
+                             retired_in=race.retired_in.get(name), pick_score=there)
+
+    def resumed(self, scored: List[Scored]) -> Optional[str]:
+        done = len(self._raced(scored))
+        return f"resuming the race: {done} candidate blocks already scored" if done else None
+
+    @classmethod
+    def verdict(cls, row: AlphaResult, best: AlphaResult, record: dict) -> str:
+        if row.key == best.key:
+            return "pick"
+        if row.dropped_in is not None:
+            return f"dropped in round {row.dropped_in}"
+        if row.retired_in is not None:
+            return f"within the tolerance from round {row.retired_in}"
+        return "scored on every row" if record.get("ended") else "still running"
+
+    @classmethod
+    def why_picked(cls, record: dict) -> str:
+        return ("the race's leader; each other alpha was dropped (clearly below the leader then) or "
+                "retired (unable to beat it by more than the tolerance) on the rows both were scored on, "
+                "so a mean over fewer rows is not comparable: 'pick there' is the pick's mean on that "
+                "alpha's rows")
+
+    @classmethod
+    def card_rows_note(cls, row: AlphaResult) -> str:
+        if row.dropped_in:
+            return f" (dropped in round {row.dropped_in})"
+        return f" (within the tolerance from round {row.retired_in})" if row.retired_in else ""
+
+    @classmethod
+    def card_sentence(cls, record: dict) -> str:
+        rounds = record["rounds"]
+        return (f"raced (`--race`): every candidate was scored on blocks of {record['block_rows']} of the "
+                f"{record['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than "
+                f"the leader or unable to beat it by more than {record['tolerance']:g} standard errors of "
+                f"their paired difference ({100 * record.get('confidence', CONFIDENCE):g}% confidence on the "
+                "paired per-row differences); the pick is the leader; "
+                f"{record['rows_scored']} of {record['rows_full']} candidate rows were scored in {rounds} "
+                f"round{'s' if rounds != 1 else ''} (ended: {record['ended']}); the rows column gives how "
+                "many rows each candidate was scored on")
+
+    @classmethod
+    def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
+        rounds = record["rounds"]
+        return rows_line(record, f"in {rounds} round{'s' if rounds != 1 else ''}", generating)
+
+
+def rows_line(record: dict, how: str, generating: bool) -> str:
+    """``race: scored X of Y candidate rows (Z%) …``: what the strategy saved against a full search."""
+    scored, full = record["rows_scored"], record["rows_full"]
+    line = (f"race: scored {scored} of {full} candidate rows ({100 * scored / full:.0f}%) {how}; "
+            f"ended: {record['ended'] or 'not yet'}")
+    if generating:
+        line += f"; generations: {scored} of the {full} a full search makes"
+    return line
