@@ -213,3 +213,73 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert foreign_private_attributes(package / "d.py", own_private_names(package)) == ["2: trial._trial_id"]
     (package / "e.py").write_text("def long():\n" + "    x = 1\n" * 60)
     assert long_functions(package) == ["pkg/e.py:long (61)"]
+
+
+# -- the search: names written once, a loop that names no strategy ------------------------------
+SEARCH = PACKAGE / "search"
+LOOP = SEARCH / "study.py"  # the study's loop: leases units, stores, resumes; asks a strategy
+# Other libraries' internals that carry no leading underscore (vLLM's workers and engine,
+# lm-eval's task index, the registry dict of mergekit 0.1.4's family): compat/ only.
+FOREIGN_ATTRIBUTES = ("model_runner", "reload_weights", "llm_engine", "engine_core", "task_index",
+                      "REGISTERED_MERGE_METHODS")
+
+
+def string_literals(path: Path) -> List[str]:
+    """Every string constant of a module but its docstrings (prose, like comments)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def modules_naming(package: Path, name: str, option: str) -> List[str]:
+    """The modules with a literal that is ``name``, or names it as ``--option name`` or `` `name` ``."""
+    return sorted(str(path.relative_to(package.parent)) for path in package.rglob("*.py")
+                  if any(text == name or f"--{option} {name}" in text or f"`{name}`" in text
+                         for text in string_literals(path)))
+
+
+def test_each_scorer_engine_and_space_name_is_written_in_its_module_and_the_registry_only():
+    from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES
+
+    spread = {}
+    for registry in (SCORERS, ENGINES, SPACES):
+        for entry in registry.entries:
+            found = modules_naming(PACKAGE, entry.name, registry.noun)
+            own = entry.target.partition(":")[0].replace(".", "/") + ".py"
+            if [path for path in found if path not in ("mergekit_expo/search/registry.py", own)]:
+                spread[entry.name] = found
+    assert not spread, spread
+
+
+def test_the_study_loop_names_no_strategy():
+    from mergekit_expo.search.registry import STRATEGIES
+
+    names = set(STRATEGIES.names())
+    tree = ast.parse(LOOP.read_text())
+    words = set(string_literals(LOOP)) | {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} \
+        | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    targets = {target for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for target in imported(node, "mergekit_expo.search.study", LOOP)}
+    assert not names & words, names & words
+    assert not [t for t in targets if ".strategies." in t
+                and not t.startswith("mergekit_expo.search.strategies.base")], targets
+
+
+def test_other_libraries_internals_without_underscore_stay_in_compat_too():
+    outside = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.attr}"
+               for path in PACKAGE.rglob("*.py") if "compat" not in path.parts
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Attribute) and node.attr in FOREIGN_ATTRIBUTES]
+    assert not outside, outside
+
+
+def test_the_search_checks_catch_what_they_look_for(tmp_path):
+    (tmp_path / "a.py").write_text('"""Names hf in prose."""\nENGINE = "hf"\nUSE = "use --engine hf"\n'
+                                   'def f(llm):\n    """`hf`"""\n    return llm.llm_engine\n')
+    (tmp_path / "b.py").write_text('"""hf, `hf`, --engine hf: prose only."""\nX = "hfx"\n')
+    assert modules_naming(tmp_path, "hf", "engine") == [f"{tmp_path.name}/a.py"]
+    assert string_literals(tmp_path / "a.py") == ["hf", "use --engine hf"]

@@ -39,7 +39,7 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
     names = ["α"] if results.scalar else [f"α {name.replace('_', ' ')}" for name in coordinates]
     header = [*names, "score", "95% interval", *(["rows"] if results.race else []),
               *(["guard", "guard 95% interval"] if guarded else []), ""]
-    engine = ENGINES.get(settings.get("engine") or ENGINES.names()[0]).words
+    engine = ENGINES.get(settings.get("engine") or ENGINES.default.name).words
     dtype = settings.get("dtype") or "the checkpoints' own"
     facts = [f"scorer: {scorer_words(settings['scorer'], settings, settings.get('scorer_settings'))}",
              *_data_facts(results), f"engine: {engine}, dtype: {dtype}"]

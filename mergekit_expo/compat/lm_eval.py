@@ -32,6 +32,17 @@ def _git_commit_hash():
         return None
 
 
+def dataset_of(manager, name: str) -> str:
+    """`` path (subset)`` of the dataset task ``name`` loads, from lm-eval's task index; "" if none."""
+    entry = manager.task_index.get(name)
+    config = getattr(entry, "cfg", None) or {}
+    path = config.get("dataset_path")
+    if not path:
+        return ""
+    subset = config.get("dataset_name")
+    return f" {path}" + (f" ({subset})" if subset else "")
+
+
 def filter_names(task) -> List[str]:
     """A task's filters (private to it), whose results lm-eval reports as 'metric,filter'."""
     return [getattr(f, "name", "none") for f in getattr(task, "_filters", [])] or ["none"]

@@ -1,6 +1,7 @@
 """mergekit's internals (mergekit as in :data:`mergekit_expo.hosts.SUPPORTED`): the planner run
 without merging needs the merged model's config, which ``run_merge`` builds with a private
-function; re-creating mergekit's card offline needs its Hub look-up answered."""
+function; re-creating mergekit's card offline needs its Hub look-up answered; mergekit 0.1.4
+and mergekitty 0.3 have no call that registers a method, only their registry's dict."""
 
 import contextlib
 
@@ -10,6 +11,16 @@ def model_out_config(merge_config, arch_info, *, trust_remote_code: bool = False
     from mergekit.merge import _model_out_config
 
     return _model_out_config(merge_config, arch_info, trust_remote_code=trust_remote_code)
+
+
+def register_method(registry, name: str, method) -> None:
+    """Add ``method`` under ``name`` to a 0.1.4-style host's ``REGISTERED_MERGE_METHODS`` unless there."""
+    registry.REGISTERED_MERGE_METHODS.setdefault(name, method)
+
+
+def registered_methods(registry) -> dict:
+    """name -> method of a 0.1.4-style host's registry."""
+    return registry.REGISTERED_MERGE_METHODS
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import sys
 from importlib import metadata
 from typing import Dict, List, Optional
 
+from mergekit_expo.compat.mergekit import registered_methods
 from mergekit_expo.contract import NAME
 from mergekit_expo.errors import ExpoConfigError, first_line
 
@@ -118,7 +119,7 @@ def merge_method_names(host: str = "mergekit") -> List[str]:
     registry = registry_of(host)
     if hasattr(registry, "registered_methods"):
         return sorted(m.spec.name for m in registry.registered_methods() if hasattr(m, "spec"))
-    return sorted(registry.REGISTERED_MERGE_METHODS)
+    return sorted(registered_methods(registry))
 
 
 def expo_parameter_names(host: str = "mergekit") -> List[str]:
@@ -127,7 +128,7 @@ def expo_parameter_names(host: str = "mergekit") -> List[str]:
     if hasattr(registry, "registered_methods"):
         spec = registry.get(NAME).spec
         return [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
-    method = registry.REGISTERED_MERGE_METHODS[NAME]
+    method = registered_methods(registry)[NAME]
     return [p.name for p in (*method.parameters(), *method.tensor_parameters())]
 
 

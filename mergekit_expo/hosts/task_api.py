@@ -11,6 +11,7 @@ mergekit 0.1.5's method uses: :func:`~mergekit_expo.numerics.extrapolate_tensor`
 from typing import Any, Dict, Hashable, Optional
 
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
+from mergekit_expo.compat.mergekit import register_method
 from mergekit_expo.contract import NAME, PRETTY_NAME, REFERENCE_URL, check_inputs, label
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.numerics import extrapolate_tensor
@@ -85,5 +86,5 @@ class ExpoMethodBody:
 
 
 def register(registry, method) -> None:
-    """Add ``method`` to the host's ``REGISTERED_MERGE_METHODS`` unless it is there."""
-    registry.REGISTERED_MERGE_METHODS.setdefault(NAME, method)
+    """Add ``method`` to the host's registry unless it is there."""
+    register_method(registry, NAME, method)

@@ -12,20 +12,19 @@ from mergekit_expo.checkpoint import shard_of
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.compat.lm_eval import import_lm_eval
 from mergekit_expo.compat.optuna import check_optuna
-from mergekit_expo.compat.transformers import check_transformers_loader
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
 from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
 from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
+from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.results import RESULTS, check_plotting
 from mergekit_expo.search.runner import search
 from mergekit_expo.search.scoring import make_scorer
 from mergekit_expo.search.settings import GroupedHelp, search_options
 from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
 from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
-from mergekit_expo.search.vllm_engine import import_vllm
 
 LOG = logging.getLogger("mergekit_expo")
 
@@ -64,8 +63,7 @@ def check_installed(s) -> None:
     """What the options need installed, before anything is read; one line naming the extra."""
     if s.write_best:  # before the search: its merge needs mergekit, not just any host
         require_mergekit("--write-best")
-    if s.engine == "hf":
-        check_transformers_loader()
+    ENGINES.get(s.engine).load().check_installed()  # its library: one line naming the extra
     require_mergekit("mergekit-expo search")  # candidates resolve through mergekit's planner
     if s.uses_lm_eval:
         import_lm_eval()
@@ -77,10 +75,7 @@ def open_tools(s) -> str:
     check_optuna(s.sampler)
     if s.storage:  # an unopenable storage is one line before any model is read
         open_storage(storage_url(s.storage, s.out), s.heartbeat)
-    device = resolve_device(s.device)
-    if s.engine == "vllm":
-        import_vllm()  # before anything is read or written: name the extra to install
-    return device
+    return resolve_device(s.device)
 
 
 def read_models(s, sft, aligned):
@@ -164,7 +159,7 @@ def search_command(sft, aligned, settings):
     """Pick α the way the paper does: score the ExPO model of each candidate on a dev
     set, in one process per worker, without writing a checkpoint per candidate.
 
-    A candidate is one α (--space scalar) or one per module group and/or depth; any
+    A candidate is one α or one per module group and/or depth (--space); any
     number of processes running this command on one --out (or --storage) share the work.
     """
     s = settings

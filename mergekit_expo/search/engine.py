@@ -2,8 +2,8 @@
 
 An engine loads the aligned model once, sets its weights in place to the ExPO model
 of any α, generates answers and scores log-likelihoods in batches. Scorers talk to
-this interface only, so a new engine needs no change to them. :data:`ENGINES` finds
-one by name and imports only that one.
+this interface only, so a new engine needs no change to them. :func:`make_engine` makes
+the one :data:`~.registry.ENGINES` names, importing only that one.
 """
 
 from abc import ABC, abstractmethod
@@ -47,6 +47,10 @@ class Engine(ABC):
     def transformers_model(self):
         """The transformers model whose weights it sets in place (lm-eval wraps it), else None."""
         return None
+
+    @classmethod  # noqa: B027 - optional: an engine of the base install keeps it
+    def check_installed(cls) -> None:
+        """Before anything is read: the engine's library can run here, or one line naming the fix."""
 
     def close(self) -> None:  # noqa: B027 - optional: engines without resources keep it
         """Free the engine's resources (processes, GPU memory)."""

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import transformers
 
-from mergekit_expo.compat.transformers import checkpoint_loader, is_tied
+from mergekit_expo.compat.transformers import check_transformers_loader, checkpoint_loader, is_tied
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.preflight import check_pair
 from mergekit_expo.search.batching import Batcher, padded
@@ -40,6 +40,10 @@ class HFEngine(Engine):
         self._attach(model, tokenizer, device, batch_size)
         held = {name: (tuple(t.shape), t.dtype) for name, t in model.state_dict().items()}
         self.probe = WeightProbe(self.weights, held, engine="hf")
+
+    @classmethod
+    def check_installed(cls) -> None:
+        check_transformers_loader()
 
     @classmethod
     def for_model(cls, model, tokenizer, *, device: str = "cpu", batch_size: Optional[int] = None):

@@ -11,7 +11,7 @@ import math
 import os
 from typing import Callable, Dict, List, Optional
 
-from mergekit_expo.compat.lm_eval import filter_names, import_lm_eval, quiet_lm_eval
+from mergekit_expo.compat.lm_eval import dataset_of, filter_names, import_lm_eval, quiet_lm_eval
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
 from mergekit_expo.search.scoring import Score, Scorer
 from mergekit_expo.search.stats import wilson_interval, z_of
@@ -55,7 +55,7 @@ class LmEvalScorer(Scorer):
         try:
             loaded = self.task_manager.load([name])
         except (ConnectionError, OSError) as error:
-            dataset = _dataset_of(self.task_manager, name)
+            dataset = dataset_of(self.task_manager, name)
             raise ExpoInputError(
                 f"task {name} cannot load its dataset{dataset}: {first_line(error)}; "
                 "download it once with the Hub reachable, or point the task at local files"
@@ -241,13 +241,3 @@ def _higher_is_better(task, key: str) -> bool:
     if hasattr(task, "aggregate_metric_list"):
         return _higher_is_better(task.get_all_tasks()[0], key)
     return bool(task.higher_is_better().get(key.split(",")[0], True))
-
-
-def _dataset_of(manager, name: str) -> str:
-    entry = manager.task_index.get(name)
-    config = getattr(entry, "cfg", None) or {}
-    path = config.get("dataset_path")
-    if not path:
-        return ""
-    subset = config.get("dataset_name")
-    return f" {path}" + (f" ({subset})" if subset else "")

@@ -3,8 +3,8 @@
 Each entry describes itself (its name, its help, what it can do, the options only it takes);
 its implementation is imported only when it is used, as lm-eval registers its models, so the
 command line, ``--help``, the settings' validation and the model card read names from here
-without importing torch, lm-eval or vLLM. A built-in one is a module plus one entry below;
-:meth:`Registry.register` adds one from outside.
+without importing torch, lm-eval or vLLM. A built-in one is a module plus one entry below (the
+first of each registry is its default); :meth:`Registry.register` adds one from outside.
 """
 
 import difflib
@@ -24,6 +24,7 @@ class Entry:
     options: Tuple[str, ...] = ()  # settings only it takes: given without it, they are refused
     words: str = ""  # how reports and the card name it
     form: str = ""  # how a user writes it, when that is more than its name
+    tested: Tuple[str, ...] = ()  # an engine's library and the first and last minor versions tested
 
     @property
     def written(self) -> str:
@@ -45,8 +46,13 @@ class Registry:
         self.option, self.noun, self.entries = option, noun, list(entries)
 
     def register(self, entry: Entry) -> None:
-        """Add ``entry`` (a plugin's or a test's); it wins over a built-in one of its name."""
-        self.entries.insert(0, entry)
+        """Add ``entry`` (a plugin's, under a name of its own)."""
+        self.entries.append(entry)
+
+    @property
+    def default(self) -> Entry:
+        """The one used when none is named: the first built-in one."""
+        return self.entries[0]
 
     def names(self) -> List[str]:
         return list(dict.fromkeys(entry.name for entry in self.entries))
@@ -96,23 +102,24 @@ SCORERS = Registry("--scorer", "scorer", [
 # traits: transformers (the model it runs is a transformers model, set in place: lm-eval wraps it)
 ENGINES = Registry("--engine", "engine", [
     Entry("hf", _here("hf_engine", "HFEngine"), "transformers, batched", frozenset({"transformers"}),
-          options=("device", "batch_size"), words="transformers (`--engine hf`)"),
+          options=("device", "batch_size"), words="transformers (`--engine hf`)",
+          tested=("transformers", "5.19", "5.25")),
     Entry("vllm", _here("vllm_engine", "VLLMEngine"), "vLLM with in-place weight reload",
           options=("tensor_parallel_size", "gpu_memory_utilization", "max_model_len"),
-          words="vLLM (`--engine vllm`)"),
+          words="vLLM (`--engine vllm`)", tested=("vllm", "0.32", "0.32")),
 ])
 
 # traits: grid (one α, an --alphas grid) or sampled (coordinates drawn from --alpha-range);
-# module (one α per module group), depth (α at the first and last layer)
+# by_module (one α per module group), by_depth (α at the first and last layer)
 SPACES = Registry("--space", "space", [
     Entry("scalar", "", "one α", frozenset({"grid"}), options=("alphas", "refine")),
-    Entry("module", "", "attention, MLP, other", frozenset({"sampled", "module"}),
+    Entry("module", "", "attention, MLP, other", frozenset({"sampled", "by_module"}),
           words="one α each for attention (`self_attn`), MLP (`mlp`, experts and routers included) and "
                 "everything else (embeddings, norms, `lm_head`)"),
-    Entry("depth", "", "first and last layer, interpolated", frozenset({"sampled", "depth"}),
+    Entry("depth", "", "first and last layer, interpolated", frozenset({"sampled", "by_depth"}),
           words="α at the first and at the last layer, interpolated over the layers as mergekit "
                 "interpolates a gradient list"),
-    Entry("module+depth", "", "both", frozenset({"sampled", "module", "depth"}),
+    Entry("module+depth", "", "both", frozenset({"sampled", "by_module", "by_depth"}),
           words="for each of attention, MLP and everything else, α at the first and at the last layer, "
                 "interpolated over the layers"),
 ])

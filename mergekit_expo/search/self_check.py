@@ -26,11 +26,12 @@ from packaging.version import Version
 
 from mergekit_expo.errors import ExpoEngineError
 from mergekit_expo.numerics import extrapolate_tensor
+from mergekit_expo.search.registry import ENGINES
 
 LOG = logging.getLogger("mergekit_expo")
 
 #: The library versions each engine was tested with (first and last minor version, inclusive).
-TESTED = {"hf": ("transformers", "5.19", "5.25"), "vllm": ("vllm", "0.32", "0.32")}
+TESTED = {entry.name: entry.tested for entry in ENGINES.entries if entry.tested}
 _TENSORS = 4  # tensors compared per α
 _ELEMENTS = 16  # values compared per tensor
 _ROWS = 4  # rows read per matrix when choosing the values

