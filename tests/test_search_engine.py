@@ -265,7 +265,8 @@ def test_batcher_halves_on_out_of_memory_and_keeps_order():
     assert batcher.run(items, squares) == [n * n for n in (3, 1, 4, 1, 5, 9, 2, 6)]
     assert seen[:3] == [8, 4, 2] and batcher.size == 2  # half of what failed, remembered
     with pytest.raises(ExpoInputError, match="out of memory with batch size 1"):
-        Batcher(1, "cpu").run(["aaaa"], lambda batch: (_ for _ in ()).throw(RuntimeError("out of memory")))
+        oom = RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        Batcher(1, "cpu").run(["aaaa"], lambda batch: (_ for _ in ()).throw(oom))
     with pytest.raises(ValueError):  # other errors are not retried
         Batcher(4, "cpu").run(["a"], lambda batch: (_ for _ in ()).throw(ValueError("bad")))
 

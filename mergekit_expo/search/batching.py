@@ -8,6 +8,7 @@ import gc
 from typing import Callable, List, Optional, Sequence, TypeVar
 
 import torch
+from accelerate.utils.memory import should_reduce_batch_size  # accelerate: mergekit's own dependency
 
 from mergekit_expo.errors import ExpoInputError
 
@@ -36,7 +37,7 @@ class Batcher:
             try:
                 outputs = fn([items[i] for i in chunk])
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
-                if not _out_of_memory(error):
+                if not should_reduce_batch_size(error):
                     raise
                 self._shrink(error, len(chunk))
                 continue
@@ -72,9 +73,3 @@ def padded(sequences: Sequence[List[int]], pad: int, *, left: bool = False):
         ids[row, span] = torch.tensor(sequence)
         mask[row, span] = 1
     return ids, mask
-
-
-def _out_of_memory(error: Exception) -> bool:
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

@@ -1,6 +1,6 @@
 """Scoring one unit of work: the candidate's weights set in the engine once, then its dev rows
 scored (the whole dev set at once, or block by block while the strategy goes on), the guard
-with them, and the answers written; the result is the unit's :class:`~.rows.Scored`.
+with them, and the answers written; the result is the unit's :class:`~.rows.AlphaResult`.
 """
 
 import json
@@ -13,7 +13,7 @@ from tqdm import tqdm
 from mergekit_expo.errors import ExpoConfigError, ExpoError, first_line
 from mergekit_expo.filesystem import make_parents, write_file_atomically
 from mergekit_expo.search.race import MIN_BLOCK
-from mergekit_expo.search.rows import Scored, merged_extras
+from mergekit_expo.search.rows import AlphaResult, merged_extras
 from mergekit_expo.search.stats import bootstrap_interval, fmean
 from mergekit_expo.search.strategies.base import ALL, Unit
 
@@ -44,7 +44,7 @@ class Evaluator:
         guard = self.guard and rows_of(self.guard, engine, "--guard")
         return rows_of(self.scorer, engine, "--scorer"), guard
 
-    def score(self, unit: Unit, trial, go_on: Callable[[Scored], Optional[str]]) -> Scored:
+    def score(self, unit: Unit, trial, go_on: Callable[[AlphaResult], Optional[str]]) -> AlphaResult:
         """``unit`` scored in ``trial``; ``go_on(so far)`` is asked between its blocks."""
         candidate = unit.candidate
         name = self.space.name_of(candidate, trial.number)
@@ -58,13 +58,13 @@ class Evaluator:
             score = self.scored("--scorer", self.scorer, name, description)
             checked = None if self.guard is None else self.scored("--guard", self.guard, name, description)
             self.write_answers(name, score, checked)
-            return Scored(score=score.value, low=score.low, high=score.high, n=score.n,
-                          seconds=time.perf_counter() - start, extra=self.merged_extra(score, checked),
-                          guard=checked and checked.value, guard_low=checked and checked.low,
-                          guard_high=checked and checked.high, **common)
+            return AlphaResult(score=score.value, low=score.low, high=score.high, n=score.n,
+                               seconds=time.perf_counter() - start, extra=self.merged_extra(score, checked),
+                               guard=checked and checked.value, guard_low=checked and checked.low,
+                               guard_high=checked and checked.high, **common)
         return self._blocks(unit, trial, go_on, name, start, common)
 
-    def _blocks(self, unit: Unit, trial, go_on, name: str, start: float, common: dict) -> Scored:
+    def _blocks(self, unit: Unit, trial, go_on, name: str, start: float, common: dict) -> AlphaResult:
         blocks, guard_blocks = self.dev.blocks()
         rows, guard_rows = self.dev.counts()
         last = len(blocks) if unit.blocks == ALL else unit.block + unit.blocks
@@ -84,19 +84,20 @@ class Evaluator:
                     break
         return so_far
 
-    def _so_far(self, parts, block: int, rows: int, guard_rows, seconds: float, common: dict) -> Scored:
+    def _so_far(self, parts, block: int, rows: int, guard_rows, seconds: float, common: dict) -> AlphaResult:
         values = [value for _, score, _, _ in parts for value in score.values]
         guards = [value for _, _, _, checked in parts if checked is not None for value in checked.values]
         one = len(parts) == 1  # a unit of one block: its interval comes from the units of its candidate
         low, high = (None, None) if one else bootstrap_interval(values)
         guard_low, guard_high = (None, None) if one or not guards else bootstrap_interval(guards)
-        return Scored(score=fmean(values), low=low, high=high, n=len(values), seconds=seconds, block=block,
-                      extra=merged_extras([(self.merged_extra(score, checked), len(score.values))
-                                           for _, score, _, checked in parts]),
-                      guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,
-                      rows=[row for part, *_ in parts for row in part], values=values,
-                      guard_rows=[row for _, _, part, _ in parts for row in part or []] or None,
-                      guard_values=guards or None, race_rows=rows, guard_race_rows=guard_rows, **common)
+        return AlphaResult(score=fmean(values), low=low, high=high, n=len(values), seconds=seconds,
+                           extra=merged_extras([(self.merged_extra(score, checked), len(score.values))
+                                                for _, score, _, checked in parts]), block=block,
+                           guard=fmean(guards) if guards else None, guard_low=guard_low,
+                           guard_high=guard_high,
+                           rows=[row for part, *_ in parts for row in part], values=values,
+                           guard_rows=[row for _, _, part, _ in parts for row in part or []] or None,
+                           guard_values=guards or None, race_rows=rows, guard_race_rows=guard_rows, **common)
 
     def scored(self, option: str, scorer, name: str, description: str, rows: Optional[List[int]] = None):
         """The scorer's score (on ``rows`` only, when given); a failure of its code (a user's

@@ -10,7 +10,6 @@ temporary file renamed over the old one: a hard-linked backup of the folder
 import csv
 import io
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -58,7 +57,7 @@ class SearchResults:
                                   "`mergekit-expo search`")
         saved = read_json(path / RESULTS)
         try:
-            rows = [AlphaResult(**row) for row in saved["results"]]
+            rows = [AlphaResult.stored(row) for row in saved["results"]]
             settings, about = saved["settings"], saved.get("about") or {}
         except (KeyError, TypeError):
             raise ExpoConfigError(f"{path / RESULTS} is not a search's results: pass the --out folder "
@@ -72,7 +71,7 @@ class SearchResults:
     def save(self) -> None:
         about = dict(self.about, max_drop=self.max_drop)
         saved = {"settings": self.settings, "storage": self.storage, "about": about,
-                 "results": [asdict(r) for r in self.rows]}
+                 "results": [r.record() for r in self.rows]}
         if self.race is not None:
             saved["race"] = self.race
         write_file_atomically(self.folder / RESULTS, json.dumps(saved, indent=2))

@@ -1,12 +1,10 @@
-"""The search's two typed rows, each built in one place.
+"""The search's one typed row, :class:`AlphaResult`, and the rules read from rows.
 
-- :class:`Scored`: one scored unit of work (a candidate on the whole dev set, or on some
-  blocks of its rows), as the study stores it; built by :mod:`.evaluation`.
-- :class:`AlphaResult`: one candidate as every report shows it (results.json/csv, the plot,
-  the summary, the model card); built by :func:`candidate_row` from the candidate's units.
-
-The pick is the best-scoring candidate among those the strategy kept and the guard allows
-(:func:`best`): the same rule for every strategy.
+A row is one scored unit of work (a candidate on the whole dev set, or on blocks of its rows)
+as the study stores it, built by :mod:`.evaluation`; or one candidate as every report shows it
+(results.json/csv, the plot, the summary, the model card), built by :func:`candidate_row` from
+its units. The pick is the best-scoring candidate among those the strategy kept and the guard
+allows (:func:`best`): one rule for every strategy.
 """
 
 from dataclasses import asdict, dataclass, fields
@@ -14,65 +12,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mergekit_expo.search.stats import bootstrap_interval, fmean
 
-
-@dataclass
-class Scored:
-    """One scored unit (the study trial's ``row``)."""
-
-    alpha: Optional[float]  # the candidate's α when it is one number
-    score: float  # mean over ``rows``, or the scorer's score of the whole dev set
-    low: Optional[float]
-    high: Optional[float]
-    n: int
-    seconds: float  # weight update plus scoring
-    alphas: Dict[str, float]  # the candidate's coordinates
-    candidate: str  # its name: answers/<candidate>.jsonl
-    extra: Optional[dict] = None
-    update_seconds: Optional[float] = None
-    guard: Optional[float] = None
-    guard_low: Optional[float] = None
-    guard_high: Optional[float] = None
-    block: Optional[int] = None  # its first block of dev rows; None: the whole dev set at once
-    rows: Optional[List[int]] = None  # the dev rows scored, in the order scored (per-row units)
-    values: Optional[List[float]] = None  # one score per row
-    guard_rows: Optional[List[int]] = None
-    guard_values: Optional[List[float]] = None
-    race_rows: Optional[int] = None  # dev rows in all (per-row units), for replays without an engine
-    guard_race_rows: Optional[int] = None
-    stopped: Optional[str] = None  # why the strategy stopped it before its last block
-    trial: Optional[int] = None
-
-    @classmethod
-    def stored(cls, row: dict, trial: Optional[int] = None) -> "Scored":
-        """From the study: this version's rows, and earlier ones (a sampled race's ``dropped_why``)."""
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in row.items() if key in known}
-        values.setdefault("stopped", row.get("dropped_why"))
-        return cls(**dict(values, trial=trial))
-
-    def record(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "trial"}
-
-    @property
-    def by_row(self) -> Dict[int, float]:
-        return dict(zip(self.rows or [], self.values or []))
-
-    @property
-    def guard_by_row(self) -> Dict[int, float]:
-        return dict(zip(self.guard_rows or [], self.guard_values or []))
+#: a unit's own fields: its rows and their scores, which a candidate's row does not repeat
+UNIT_FIELDS = ("block", "rows", "values", "guard_rows", "guard_values", "race_rows", "guard_race_rows",
+               "stopped")
 
 
 @dataclass
 class AlphaResult:
-    alpha: float
-    score: float
-    low: Optional[float]
+    alpha: Optional[float]  # the candidate's α when it is one number
+    score: float  # mean over ``rows``, or the scorer's score of the whole dev set
+    low: Optional[float]  # 95% interval
     high: Optional[float]
-    n: int
+    n: int  # rows scored
     seconds: float  # weight update plus scoring
     extra: Optional[dict] = None
     update_seconds: Optional[float] = None  # setting the weights in place alone
-    guard: Optional[float] = None  # the --guard scorer's score at this α
+    guard: Optional[float] = None  # the --guard scorer's score
     guard_low: Optional[float] = None
     guard_high: Optional[float] = None
     alphas: Optional[Dict[str, float]] = None  # the candidate's coordinates ({"alpha": α} for scalar)
@@ -81,6 +36,36 @@ class AlphaResult:
     dropped_in: Optional[int] = None  # the round (a sampled race: the block) it was dropped in
     retired_in: Optional[int] = None  # the round it was last shown within the tolerance
     pick_score: Optional[float] = None  # a race's leader's mean on this candidate's rows
+    # -- a unit's own ------------------------------------------------------------------------
+    block: Optional[int] = None  # its first block of dev rows; None: the whole dev set at once
+    rows: Optional[List[int]] = None  # the dev rows scored, in the order scored
+    values: Optional[List[float]] = None  # one score per row
+    guard_rows: Optional[List[int]] = None
+    guard_values: Optional[List[float]] = None
+    race_rows: Optional[int] = None  # dev rows in all, for replays without an engine
+    guard_race_rows: Optional[int] = None
+    stopped: Optional[str] = None  # why the strategy stopped it before its last block
+
+    @classmethod
+    def stored(cls, row: dict, trial: Optional[int] = None) -> "AlphaResult":
+        """From the study or results.json, also an earlier version's (a sampled race's ``dropped_why``)."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in row.items() if key in known}
+        values.setdefault("stopped", row.get("dropped_why"))
+        return cls(**values) if trial is None else cls(**dict(values, trial=trial))
+
+    def record(self) -> dict:
+        """As stored: a unit's fields only where it has them."""
+        return {key: value for key, value in asdict(self).items()
+                if key not in UNIT_FIELDS or value is not None}
+
+    @property
+    def by_row(self) -> Dict[int, float]:
+        return dict(zip(self.rows or [], self.values or []))
+
+    @property
+    def guard_by_row(self) -> Dict[int, float]:
+        return dict(zip(self.guard_rows or [], self.guard_values or []))
 
     @property
     def coordinates(self) -> Dict[str, float]:
@@ -108,7 +93,7 @@ class AlphaResult:
         return self.dropped_in is None and self.retired_in is None
 
 
-def candidate_row(units: Sequence[Scored], *, dropped_in: Optional[int] = None,
+def candidate_row(units: Sequence[AlphaResult], *, dropped_in: Optional[int] = None,
                   retired_in: Optional[int] = None, pick_score: Optional[float] = None) -> AlphaResult:
     """A candidate's row from its scored units: the scorer's own score of the whole dev set, or
     the mean of its per-row scores over every block it was scored on (bootstrap interval)."""

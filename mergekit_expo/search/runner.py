@@ -48,7 +48,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     url = storage_url(plan.storage, out)
     evaluator = Evaluator(scorer, guard, space=plan.space, resolve=plan.resolve, open_engine=open_engine,
                           folder=folder)
-    strategy = make_strategy(plan, guard is not None, max_drop, evaluator)
+    strategy = make_strategy(plan, max_drop, evaluator)
     study = None
     try:
         where = f"--storage {shown(plan.storage)}" if plan.storage else out
@@ -83,13 +83,13 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     return results, reports, log, strategy
 
 
-def make_strategy(plan: Plan, guarded: bool, max_drop: Optional[float], evaluator: Evaluator):
+def make_strategy(plan: Plan, max_drop: Optional[float], evaluator: Evaluator):
     """The plan's strategy, with the dev rows it cuts into blocks (counted through the engine
     when no stored unit has counted them)."""
     dev = DevRows(plan.seed, evaluator.row_counts)
     evaluator.dev = dev
-    setup = Setup(space=plan.space, grid=plan.grid, trials=plan.trials, refine=plan.refine, seed=plan.seed,
-                  options=dict(plan.options), guarded=guarded, max_drop=max_drop, dev=dev)
+    setup = Setup(space=plan.space, grid=plan.grid, trials=plan.trials, refine=plan.refine,
+                  options=dict(plan.options), max_drop=max_drop, dev=dev)
     return STRATEGIES.get(plan.strategy).load()(setup)
 
 

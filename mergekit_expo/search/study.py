@@ -31,7 +31,7 @@ from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, f
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
 from mergekit_expo.search.results import difference
-from mergekit_expo.search.rows import Scored
+from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.space import Candidate, Space
 from mergekit_expo.search.strategies.base import Unit
 from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
@@ -300,13 +300,13 @@ class SearchStudy:
                                                for name in self.space.coordinates)
 
     def completed(self) -> List:
-        """Scored trials: complete, or stopped by the strategy after some blocks."""
+        """AlphaResult trials: complete, or stopped by the strategy after some blocks."""
         states = self.optuna.trial.TrialState
         return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
 
-    def scored(self) -> List[Scored]:
+    def scored(self) -> List[AlphaResult]:
         """Every scored unit, in trial order."""
-        return [Scored.stored(t.user_attrs[ROW], t.number) for t in self.completed()]
+        return [AlphaResult.stored(t.user_attrs[ROW], t.number) for t in self.completed()]
 
     def _sampled_count(self, below: Optional[int] = None) -> int:
         return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
@@ -317,7 +317,7 @@ class SearchStudy:
         states = self.optuna.trial.TrialState
         return any(t.state == states.RUNNING for t in self.trials())
 
-    def work(self, score: Callable[[Unit, object], Scored], propose: Callable[[], List[Unit]], *,
+    def work(self, score: Callable[[Unit, object], AlphaResult], propose: Callable[[], List[Unit]], *,
              after: Callable[[], None] = None, poll: float = 0.5) -> WorkerLog:
         """Score units until none is left: ``propose()`` says what to score next (units to
         enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after()`` runs
@@ -412,7 +412,7 @@ class SearchStudy:
         self._record(trial, scored)
 
     @storage_failures
-    def _record(self, trial, scored: Scored) -> None:
+    def _record(self, trial, scored: AlphaResult) -> None:
         trial.set_user_attr(ROW, scored.record())
         if scored.stopped:  # its blocks' running means are reported: optuna ranks it by them
             self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)

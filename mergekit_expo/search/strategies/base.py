@@ -3,7 +3,7 @@ stored, and what the scores mean once they are in.
 
 A unit is a candidate on the whole dev set, or on a run of blocks of its rows (a seeded order
 of the rows, cut into blocks). The study's loop leases units to workers, scores them, stores
-each as a :class:`~mergekit_expo.search.rows.Scored` and asks the strategy again; it knows no
+each as a :class:`~mergekit_expo.search.rows.AlphaResult` and asks the strategy again; it knows no
 strategy. Every method is a function of what the study stored, so any worker can replay the
 strategy and reach the same answer (optuna's shape: the loop never names its pruner).
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 from mergekit_expo.search.race import row_blocks
-from mergekit_expo.search.rows import AlphaResult, Scored
+from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.trial_roles import GRID, REFERENCE, TrialRole
 
 BLOCK, BLOCKS = "block", "blocks"  # a unit's first block, and how many (stored with its candidate)
@@ -51,14 +51,14 @@ class DevRows:
     def __init__(self, seed: int, count: Callable[[], Tuple[int, Optional[int]]]):
         self.seed, self._count, self._counts = seed, count, None
 
-    def counts(self, scored: List[Scored] = ()) -> Tuple[int, Optional[int]]:
+    def counts(self, scored: List[AlphaResult] = ()) -> Tuple[int, Optional[int]]:
         """(score rows, guard rows or None)."""
         if self._counts is None:
             unit = next((unit for unit in scored if unit.race_rows), None)
             self._counts = (unit.race_rows, unit.guard_race_rows) if unit else self._count()
         return self._counts
 
-    def blocks(self, scored: List[Scored] = ()) -> Tuple[List[List[int]], Optional[List[List[int]]]]:
+    def blocks(self, scored: List[AlphaResult] = ()) -> Tuple[List[List[int]], Optional[List[List[int]]]]:
         rows, guard_rows = self.counts(scored)
         blocks = row_blocks(rows, self.seed)
         return blocks, row_blocks(guard_rows, self.seed, count=len(blocks)) if guard_rows else None
@@ -72,9 +72,7 @@ class Setup:
     grid: Optional[List[float]] = None  # the --alphas grid; None: candidates are drawn
     trials: Optional[int] = None  # candidates to draw
     refine: bool = False
-    seed: int = 0
     options: Dict[str, object] = field(default_factory=dict)  # the strategy's own (a race's tolerance)
-    guarded: bool = False
     max_drop: Optional[float] = None
     dev: Optional[DevRows] = None
 
@@ -109,47 +107,46 @@ class Strategy(ABC):
     def start(self) -> List[Unit]:
         """What a worker enqueues on arrival (the study keeps one live trial per unit)."""
 
-    def next(self, scored: List[Scored]) -> List[Unit]:
+    def next(self, scored: List[AlphaResult]) -> List[Unit]:
         """Further units, asked whenever nothing is waiting; [] when there are none (the search
         ends once nothing runs either)."""
         return []
 
-    def go_on(self, unit: Scored, scored: List[Scored]) -> Optional[str]:
+    def go_on(self, unit: AlphaResult, scored: List[AlphaResult]) -> Optional[str]:
         """Asked between the blocks of a unit scored so far: None to go on, else why it stops."""
         return None
 
     @abstractmethod
-    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+    def report(self, scored: List[AlphaResult]) -> Tuple[List[AlphaResult], Optional[dict]]:
         """One row per candidate scored so far, and the strategy's own record for results.json
         (None for a full search)."""
 
-    def resumed(self, scored: List[Scored]) -> Optional[str]:
+    def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         """What a worker says when it finds scores in the study already."""
         return f"resuming: {len(scored)} candidates already scored" if scored else None
 
+    # What reports say of it, read back from its results.json record (defaults: a full search's).
     @classmethod
     def verdict(cls, row: AlphaResult, best: AlphaResult, record: dict) -> str:
-        """A candidate's fate, in a few words, for the summary table."""
+        """A candidate's fate in the summary table."""
         return "pick" if row.key == best.key else ""
 
     @classmethod
     def why_picked(cls, record: dict) -> str:
-        """Why the pick is the pick, when the candidates' means are over different rows."""
         return "the best score"
 
     @classmethod
     def card_rows_note(cls, row: AlphaResult) -> str:
-        """What the card's rows column adds to a candidate's row count (why it got fewer)."""
+        """Why the card's rows column shows fewer rows for a candidate."""
         return ""
 
     @classmethod
     def card_sentence(cls, record: dict) -> str:
-        """The model card's sentence on how the strategy chose (from its results.json record)."""
         return ""
 
     @classmethod
     def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
-        """The line a finished search prints about the strategy (None: none)."""
+        """The line a finished search prints about it."""
         return None
 
     def sorted_rows(self, rows: List[AlphaResult]) -> List[AlphaResult]:

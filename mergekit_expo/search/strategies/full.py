@@ -3,7 +3,7 @@ candidates the sampler draws, each scored at once by the scorer."""
 
 from typing import List, Optional, Tuple
 
-from mergekit_expo.search.rows import AlphaResult, Scored, best, candidate_row
+from mergekit_expo.search.rows import AlphaResult, best, candidate_row
 from mergekit_expo.search.strategies.base import Strategy, Unit
 from mergekit_expo.search.trial_roles import SAMPLED
 
@@ -15,14 +15,14 @@ class FullSearch(Strategy):
         grid = self.setup.grid or []
         return [self.reference(), *(Unit({"alpha": alpha}) for alpha in grid)]
 
-    def next(self, scored: List[Scored]) -> List[Unit]:
+    def next(self, scored: List[AlphaResult]) -> List[Unit]:
         if self.setup.grid is None:
             return [Unit(None, role=SAMPLED)]  # the loop stops drawing at --trials
         if not self.setup.refine:
             return []
         return [Unit({"alpha": alpha}) for alpha in self.refinements(scored)]
 
-    def refinements(self, scored: List[Scored]) -> List[float]:
+    def refinements(self, scored: List[AlphaResult]) -> List[float]:
         """--refine: the midpoints on either side of the grid's best α, once the grid is scored."""
         grid = sorted({0.0, *self.setup.grid})
         rows = [candidate_row([unit]) for unit in scored if unit.alpha in grid]
@@ -34,10 +34,10 @@ class FullSearch(Strategy):
         neighbours = ordered[max(index - 1, 0):index] + ordered[index + 1:index + 2]
         return [round((neighbour + ordered[index]) / 2, 6) for neighbour in neighbours]
 
-    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+    def report(self, scored: List[AlphaResult]) -> Tuple[List[AlphaResult], Optional[dict]]:
         return self.sorted_rows([candidate_row([unit]) for unit in scored]), None
 
-    def resumed(self, scored: List[Scored]) -> Optional[str]:
+    def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         if self.setup.grid is None:
             return super().resumed(scored)
         every = {0.0, *self.setup.grid}

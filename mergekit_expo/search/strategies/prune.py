@@ -16,7 +16,7 @@ the guard's reference.
 from typing import List, Optional, Tuple
 
 from mergekit_expo.search.race import RaceRule
-from mergekit_expo.search.rows import AlphaResult, Scored, candidate_row
+from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, clearly_below
 from mergekit_expo.search.strategies.base import ALL, Strategy, Unit
 from mergekit_expo.search.strategies.race import rows_line
@@ -33,16 +33,16 @@ class SampledPruning(Strategy):
     def start(self) -> List[Unit]:
         return [self.reference(block=0, blocks=ALL)]
 
-    def next(self, scored: List[Scored]) -> List[Unit]:
+    def next(self, scored: List[AlphaResult]) -> List[Unit]:
         return [Unit(None, block=0, blocks=ALL, role=SAMPLED)]  # the loop stops drawing at --trials
 
-    def rule(self, scored: List[Scored]) -> RaceRule:
+    def rule(self, scored: List[AlphaResult]) -> RaceRule:
         blocks, guard_blocks = self.setup.dev.blocks(scored)
         return RaceRule(candidates=self.setup.trials + 1, rounds=len(blocks), rows=sum(map(len, blocks)),
                         max_drop=self.setup.max_drop if guard_blocks else None,
                         guard_rows=guard_blocks and sum(map(len, guard_blocks)))
 
-    def go_on(self, unit: Scored, scored: List[Scored]) -> Optional[str]:
+    def go_on(self, unit: AlphaResult, scored: List[AlphaResult]) -> Optional[str]:
         """Why the candidate is clearly worse than the incumbent (or its guard than α = 0's)."""
         if not any(unit.alphas.values()):
             return None  # α = 0: the first incumbent
@@ -64,7 +64,7 @@ class SampledPruning(Strategy):
         why = clearly_below([by_row[row] for row in unit.rows], unit.values, rule.rows, rule.z)
         return why and f"below {incumbent.candidate} (the best so far then) by {why}"
 
-    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+    def report(self, scored: List[AlphaResult]) -> Tuple[List[AlphaResult], Optional[dict]]:
         if not scored:
             return [], None
         blocks, _ = self.setup.dev.blocks(scored)

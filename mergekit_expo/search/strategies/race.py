@@ -10,7 +10,7 @@ round's units: every worker reaches the same verdicts, so a rerun resumes mid-ra
 from typing import Dict, List, Optional, Tuple
 
 from mergekit_expo.search.race import RaceRule, replay
-from mergekit_expo.search.rows import AlphaResult, Scored, candidate_row
+from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, fmean
 from mergekit_expo.search.strategies.base import Strategy, Unit
 
@@ -34,11 +34,11 @@ class GridRace(Strategy):
     def start(self) -> List[Unit]:
         return [Unit(candidate, block=0) for candidate in self.candidates.values()]
 
-    def next(self, scored: List[Scored]) -> List[Unit]:
+    def next(self, scored: List[AlphaResult]) -> List[Unit]:
         race = self.replay(scored)
         return [Unit(self.candidates[name], block=block) for name, block in race.next_units]
 
-    def replay(self, scored: List[Scored]):
+    def replay(self, scored: List[AlphaResult]):
         blocks, guard_blocks = self.setup.dev.blocks(scored)
         scores = {name: {} for name in self.candidates}
         guard = {name: {} for name in self.candidates} if guard_blocks else None
@@ -53,11 +53,11 @@ class GridRace(Strategy):
         return replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks,
                       reference=self.reference_name)
 
-    def _raced(self, scored: List[Scored]) -> List[Scored]:
+    def _raced(self, scored: List[AlphaResult]) -> List[AlphaResult]:
         """The units of this race (not of a candidate a rerun's --alphas no longer has)."""
         return [unit for unit in scored if unit.block is not None and unit.candidate in self.candidates]
 
-    def report(self, scored: List[Scored]) -> Tuple[List[AlphaResult], Optional[dict]]:
+    def report(self, scored: List[AlphaResult]) -> Tuple[List[AlphaResult], Optional[dict]]:
         units = self._raced(scored)
         if not units:
             return [], None
@@ -81,7 +81,7 @@ class GridRace(Strategy):
         return sorted(rows, key=lambda row: row.alpha), record
 
     @staticmethod
-    def _row(name: str, units: List[Scored], race, leader_scores: Dict[int, float],
+    def _row(name: str, units: List[AlphaResult], race, leader_scores: Dict[int, float],
              leader: Optional[str]) -> AlphaResult:
         own = [row for unit in units for row in unit.rows]
         there = None  # the comparison the race made: the leader on this candidate's rows
@@ -90,7 +90,7 @@ class GridRace(Strategy):
         return candidate_row(units, dropped_in=race.dropped_in.get(name),
                              retired_in=race.retired_in.get(name), pick_score=there)
 
-    def resumed(self, scored: List[Scored]) -> Optional[str]:
+    def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         done = len(self._raced(scored))
         return f"resuming the race: {done} candidate blocks already scored" if done else None
 
