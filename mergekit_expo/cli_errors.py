@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from mergekit_expo.compat.tqdm import bar_in_progress
 from mergekit_expo.errors import ExpoError
 from mergekit_expo.interruption import Interrupted, complete_outputs, on_signal, published, received
 
@@ -129,5 +130,7 @@ def _fail(message: str, code: int):
 
 
 def _say(message: str) -> None:
+    if bar_in_progress():  # its line is not ended: the error starts a line of its own
+        click.echo("", err=True)
     click.echo(f"Error: {message}", err=True)
     outcome.reported = True
