@@ -13,6 +13,7 @@ import sys
 import click
 
 from mergekit_expo.compat.tqdm import bar_in_progress
+from mergekit_expo.compat.transformers import deprecation_notes_hidden
 from mergekit_expo.errors import ExpoError
 from mergekit_expo.interruption import Interrupted, complete_outputs, on_signal, published, received
 
@@ -49,7 +50,8 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         outcome.finished = outcome.reported = False
         previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
-            result = command(*args, **kwargs)
+            with deprecation_notes_hidden(not verbose):
+                result = command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except (Interrupted, KeyboardInterrupt) as error:

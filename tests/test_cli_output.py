@@ -9,7 +9,7 @@ import sys
 import click
 from click.testing import CliRunner
 
-from conftest import BIN, cli_env, expo_config, poison, write_yaml
+from conftest import BIN, cli_env, expo_config, poison, run_cli, write_yaml
 
 
 def test_off_a_terminal_no_bars_are_drawn_and_the_error_starts_a_line(tmp_path, llama_pair):
@@ -47,3 +47,14 @@ def test_an_error_starts_its_own_line_after_an_unfinished_bar():
     assert result.exit_code == 1
     assert "Executing graph" in result.stderr
     assert "\nError: model.layers.1.weight holds a NaN: repair that checkpoint\n" in result.stderr, result.stderr
+
+
+def test_other_libraries_deprecation_notes_are_shown_only_with_verbose(tmp_path, llama_pair):
+    """transformers tells mergekit (`torch_dtype` is deprecated) through our commands' output."""
+    config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair, dtype="bfloat16"))  # sets torch_dtype
+    run_cli("mergekit-yaml", config, tmp_path / "out")
+    for args, shown in [(["demo", "--out", tmp_path / "demo"], False),
+                        (["card", tmp_path / "out", "--overwrite"], False),
+                        (["card", tmp_path / "out", "-v"], True)]:
+        stderr = run_cli("mergekit-expo", *args, process=True).stderr
+        assert ("`torch_dtype` is deprecated" in stderr) == shown, (args, stderr)
