@@ -23,8 +23,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Outcome:
-    """How the last command ended, for a signal that arrives after it (see ``console``)."""
+    """How far the last command got, for a signal its wrapper cannot report (see ``console``)."""
 
+    started = False
+    interrupted = NOTHING_LEFT  # its words for what an interruption leaves
     finished = False  # it returned
     reported = False  # its Error: line is out
 
@@ -47,6 +49,7 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
         received.clear()
         published.clear()
+        outcome.started, outcome.interrupted = True, interrupted
         outcome.finished = outcome.reported = False
         previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
@@ -73,7 +76,6 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
             received.clear()  # a later command in this process starts uninterrupted
 
     return wrapper
-
 
 
 def interrupted_line(signum: int, left: str) -> str:

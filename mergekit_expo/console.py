@@ -20,6 +20,7 @@ from mergekit_expo.interruption import Interrupted, on_signal, received
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NOTHING_WRITTEN = "the command had not started: nothing was written"
 _status = 0  # what the process exits with
+_saying = False  # an interruption is being (or was) reported: a further signal ends the process
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def _run() -> int:
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except (Interrupted, KeyboardInterrupt) as error:  # outside a command: before it, or after it
+    except (Interrupted, KeyboardInterrupt) as error:  # outside a command, or a second one in its report
         return _interrupted(getattr(error, "signum", signal.SIGINT))
     except Exception:
         if received:  # turned into another exception, by an import a signal cut short
@@ -56,18 +57,25 @@ def _run() -> int:
 
 
 def _interrupted(signum: int) -> int:
+    global _saying
+    _saying = True
+    for number in SIGNALS:  # the line is being written: a second Ctrl-C only ends the process
+        signal.signal(number, _after_the_end)
     from mergekit_expo.cli_errors import FINISHED, outcome, report_interrupted
 
     if outcome.reported:  # the command's own error line is out: the signal only cut its exit short
         return 128 + signum
-    return report_interrupted(signum, FINISHED if outcome.finished else NOTHING_WRITTEN)
+    if outcome.finished:
+        return report_interrupted(signum, FINISHED)
+    return report_interrupted(signum, outcome.interrupted if outcome.started else NOTHING_WRITTEN)
 
 
 def _after_the_end(signum, frame):
-    """A signal once the command is done: said once if it succeeded, then the exit goes on."""
+    """A signal once the command is done (or its interruption is being said): said once if
+    it succeeded, then the exit goes on; any other ends the process at once."""
     global _status
-    if _status != 0:
-        os._exit(_status)  # its line is out; a second signal means: stop now
+    if _status != 0 or _saying:
+        os._exit(_status or 128 + signum)
     _status = _interrupted(signum)
 
 
