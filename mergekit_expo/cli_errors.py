@@ -15,7 +15,14 @@ import click
 from mergekit_expo.compat.tqdm import bar_in_progress
 from mergekit_expo.compat.transformers import deprecation_notes_hidden
 from mergekit_expo.errors import ExpoError
-from mergekit_expo.interruption import Interrupted, complete_outputs, on_signal, published, received
+from mergekit_expo.interruption import (
+    Interrupted,
+    complete_outputs,
+    on_signal,
+    published,
+    raise_if_interrupted,
+    received,
+)
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
 FINISHED = "the command had finished: what it wrote is complete"
@@ -47,12 +54,14 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     def wrapper(*args, **kwargs):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
-        received.clear()
         published.clear()
         outcome.started, outcome.interrupted = True, interrupted
         outcome.finished = outcome.reported = False
         previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
+            # A signal an import swallowed before the command began (it left that import
+            # half done): the command does not start.
+            raise_if_interrupted()
             with deprecation_notes_hidden(not verbose):
                 result = command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):

@@ -45,8 +45,10 @@ def _run() -> int:
 
         commands(prog_name="mergekit-expo")  # click's standalone mode always ends in SystemExit
     except SystemExit as done:
-        code = done.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if code == 0 and received:  # swallowed by an import, and no command ran to say so (--help)
+            return _interrupted(received[0])
+        return code
     except (Interrupted, KeyboardInterrupt) as error:  # outside a command, or a second one in its report
         return _interrupted(getattr(error, "signum", signal.SIGINT))
     except Exception:
