@@ -20,11 +20,11 @@ from mergekit_expo.interruption import (
     complete_outputs,
     on_signal,
     published,
-    raise_if_interrupted,
     received,
 )
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
+NOT_STARTED = "the command had not started: nothing was written"
 FINISHED = "the command had finished: what it wrote is complete"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -55,13 +55,14 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
         published.clear()
-        outcome.started, outcome.interrupted = True, interrupted
         outcome.finished = outcome.reported = False
+        if received:  # a signal an import swallowed (leaving it half done): the command does not start
+            signum = received[0]
+            received.clear()
+            fail_interrupted(signum, NOT_STARTED)
+        outcome.started, outcome.interrupted = True, interrupted
         previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
-            # A signal an import swallowed before the command began (it left that import
-            # half done): the command does not start.
-            raise_if_interrupted()
             with deprecation_notes_hidden(not verbose):
                 result = command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):

@@ -18,7 +18,6 @@ import sys
 from mergekit_expo.interruption import Interrupted, on_signal, received
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-NOTHING_WRITTEN = "the command had not started: nothing was written"
 _status = 0  # what the process exits with
 _saying = False  # an interruption is being (or was) reported: a further signal ends the process
 
@@ -63,13 +62,13 @@ def _interrupted(signum: int) -> int:
     _saying = True
     for number in SIGNALS:  # the line is being written: a second Ctrl-C only ends the process
         signal.signal(number, _after_the_end)
-    from mergekit_expo.cli_errors import FINISHED, outcome, report_interrupted
+    from mergekit_expo.cli_errors import FINISHED, NOT_STARTED, outcome, report_interrupted
 
     if outcome.reported:  # the command's own error line is out: the signal only cut its exit short
         return 128 + signum
     if outcome.finished:
         return report_interrupted(signum, FINISHED)
-    return report_interrupted(signum, outcome.interrupted if outcome.started else NOTHING_WRITTEN)
+    return report_interrupted(signum, outcome.interrupted if outcome.started else NOT_STARTED)
 
 
 def _after_the_end(signum, frame):
