@@ -450,11 +450,17 @@ def test_multi_card_checks_every_stage_against_what_was_merged(models_dir, monke
                         "a model: rerun it with --no-lazy, or pass the pipeline that wrote it)")
         assert snapshot(out) == before
 
-    # A stage whose config (or whole folder) is gone is named as unchecked, its α as configured.
+    # A stage merged again since (now as wrong.yml says), or whose config or whole folder is gone,
+    # is named as unchecked, its α as configured.
     stages = models_dir / "stages" / "expo-stage"
-    for gone, why in [(stages / "mergekit_config.yml", "./stages/expo-stage/mergekit_config.yml is not there"),
+    for gone, why in [(None, "./stages/expo-stage was merged again after ./out, so it no longer shows what "
+                             "went into ./out"),
+                      (stages / "mergekit_config.yml", "./stages/expo-stage/mergekit_config.yml is not there"),
                       (stages, "./stages/expo-stage is not there")]:
-        if gone.is_dir():
+        if gone is None:
+            run_cli("mergekit-multi", "wrong.yml", "--intermediate-dir", "./stages", "--out-path", "./out2",
+                    "--no-lazy", cwd=models_dir)
+        elif gone.is_dir():
             shutil.rmtree(gone)
         else:
             gone.unlink()

@@ -56,8 +56,10 @@ def check_pipeline(lineage: Lineage, source: str, *, out: str, pipeline: str) ->
                               f"{_words(difference, pipeline, f'{out}/{CONFIG}')}: pass the pipeline "
                               "that wrote it")
     unchecked = {}
+    made = os.path.getmtime(os.path.join(out, CONFIG))
     for stage in lineage.stages[:-1]:
-        why = _check_stage(stage, expected[stage.name], os.path.join(folder, stage.name), gone, pipeline)
+        why = _check_stage(stage, expected[stage.name], os.path.join(folder, stage.name), gone, pipeline,
+                           after=(out, made))
         if why:
             unchecked[stage.name] = why
     return unchecked
@@ -79,12 +81,21 @@ def _stages_folder(final: Stage, written: Stage, wrong: str) -> str:
     return folders.pop() if folders else ""
 
 
-def _check_stage(stage: Stage, expected, folder: str, gone: Dict[str, str], pipeline: str) -> Optional[str]:
-    """None if the stage's folder holds what it configures; why not checked; or refuse."""
+def _check_stage(stage: Stage, expected, folder: str, gone: Dict[str, str], pipeline: str, *,
+                 after: Tuple[str, float]) -> Optional[str]:
+    """None if the stage's folder holds what it configures; why not checked; or refuse.
+
+    ``after``: the output and when its config was written; a stage folder written later
+    (mergekit-multi run again, with --no-lazy or after deleting it) no longer shows what
+    went into that output.
+    """
     config = os.path.join(folder, CONFIG)
     if not os.path.isfile(config):
         return (f"{folder if not os.path.isdir(folder) else config} is not there (deleted, or card is run "
                 "from another folder than mergekit-multi was)")
+    out, made = after
+    if os.path.getmtime(config) > made:
+        return f"{folder} was merged again after {out}, so it no longer shows what went into {out}"
     try:
         merged = lineage_of_config(Path(config).read_text(encoding="utf-8"), where=config).final
         difference = _difference(expected, merged.config, gone)
