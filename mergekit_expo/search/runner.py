@@ -192,7 +192,7 @@ class _Run:
     def scored(self, option: str, scorer, name: str, description: str, rows: Optional[List[int]] = None):
         """The scorer's score (on ``rows`` only, when given); a failure of its code (a user's
         scorer) names it and the candidate."""
-        progress = lambda total: tqdm(total=total, desc=description, leave=False, disable=None)  # noqa: E731
+        progress = lambda total: tqdm(total=total, desc=description, leave=False)  # noqa: E731
         try:
             return scorer(self.engine, progress=progress, rows=rows)
         except ExpoError:
