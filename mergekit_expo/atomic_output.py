@@ -36,7 +36,7 @@ from mergekit_expo.filesystem import (
     start_time,
     write_file_atomically,
 )
-from mergekit_expo.interruption import raise_if_interrupted
+from mergekit_expo.interruption import deferred, raise_if_interrupted, record_published
 
 LOG = logging.getLogger("mergekit_expo")
 # Inside a staging folder (fixed names: no output name can collide with them):
@@ -135,7 +135,9 @@ def staged_output(target):
     (an :class:`~mergekit_expo.output_guard.Output`); on success it becomes ``target.path``.
 
     On any failure or interruption, the staging folder and any parent folder made for
-    it are removed: the output path is then untouched, or holds a complete output.
+    it are removed: the output path is then untouched, or holds a complete output. A
+    signal during the publish itself is raised once it is done (the output is then
+    complete, and recorded as such for the message).
     """
     out = target.path
     clean_stale(out)
@@ -155,12 +157,17 @@ def staged_output(target):
         yield staging
         manifest.write(staging, kind=target.kind, command=target.command)
         raise_if_interrupted()  # a signal dropped inside a callback still stops the publish
-        _publish(staging, target, root / PREVIOUS)
-        published = True
+        # Once begun, the publish finishes (a signal is raised after it): an output half moved
+        # in, or a previous output moved aside and not back, would be neither old nor new.
+        with deferred():
+            _publish(staging, target, root / PREVIOUS)
+            published = True
+            record_published(out, target.given)
     finally:
-        _discard(root, out)
-        if not published:
-            remove_if_empty(created)
+        with deferred():
+            _discard(root, out)
+            if not published:
+                remove_if_empty(created)
 
 
 def _publish(staging: Path, target, aside: Path) -> None:

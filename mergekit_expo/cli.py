@@ -8,12 +8,14 @@ import click
 from mergekit_expo import hosts
 from mergekit_expo.environment import start_failure
 from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.interruption import raise_if_interrupted
 
 try:
     from mergekit_expo.card.command import card_command
     from mergekit_expo.lora import lora_command
     from mergekit_expo.search.command import search_command
 except Exception as error:  # transformers or peft could not even be imported
+    raise_if_interrupted()  # or an import a signal cut short
     explained = start_failure(error)
     if explained is None or {"-v", "--verbose"} & set(sys.argv[1:]):
         raise
@@ -44,6 +46,7 @@ class _Commands(click.Group):
         except ExpoConfigError as error:
             return _refusing(name, str(error))
         except ImportError as error:  # a broken environment, or a mergekit whose API moved
+            raise_if_interrupted()  # or an import a signal cut short ("initialization failed")
             explained = start_failure(error) or hosts.unsupported(
                 "mergekit", f"{what}: {hosts.without_path(first_line(error))}")
             return _refusing(name, explained)

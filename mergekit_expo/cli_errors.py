@@ -12,16 +12,40 @@ import sys
 
 import click
 
+from mergekit_expo.compat.tqdm import bar_in_progress
+from mergekit_expo.compat.transformers import deprecation_notes_hidden
 from mergekit_expo.errors import ExpoError
-from mergekit_expo.interruption import Interrupted, on_signal, received
+from mergekit_expo.interruption import (
+    Interrupted,
+    complete_outputs,
+    on_signal,
+    published,
+    received,
+)
 
 NOTHING_LEFT = "nothing was left that looks like a finished output"
+NOT_STARTED = "the command had not started: nothing was written"
+FINISHED = "the command had finished: what it wrote is complete"
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Outcome:
+    """How far the last command got, for a signal its wrapper cannot report (see ``console``)."""
+
+    started = False
+    interrupted = NOTHING_LEFT  # its words for what an interruption leaves
+    finished = False  # it returned
+    reported = False  # its Error: line is out
+
+
+outcome = Outcome()
 
 
 def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     """Wrap a click callback; needs a ``verbose`` flag or mergekit's merge_options.
 
-    ``interrupted`` says what an interruption leaves behind, in the command's terms.
+    ``interrupted`` says what an interruption leaves behind, in the command's terms,
+    before any output of it is complete (then the line says that it is).
     """
     if command is None:
         return functools.partial(reports_errors, interrupted=interrupted)
@@ -30,20 +54,32 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     def wrapper(*args, **kwargs):
         options = kwargs.get("merge_options")
         verbose = kwargs.get("verbose") or getattr(options, "verbosity", 0)
-        received.clear()
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        published.clear()
+        outcome.finished = outcome.reported = False
+        if received:  # a signal an import swallowed (leaving it half done): the command does not start
+            signum = received[0]
+            received.clear()
+            fail_interrupted(signum, NOT_STARTED)
+        outcome.started, outcome.interrupted = True, interrupted
+        previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
-            return command(*args, **kwargs)
+            with deprecation_notes_hidden(not verbose):
+                result = command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):
             raise
         except (Interrupted, KeyboardInterrupt) as error:
-            _interrupted(getattr(error, "signum", signal.SIGINT), interrupted)
+            fail_interrupted(getattr(error, "signum", signal.SIGINT), interrupted)
         except Exception as error:
             if received:
-                _interrupted(received[0], interrupted)
+                fail_interrupted(received[0], interrupted)
             if verbose:
                 raise
             _fail(describe(error), 1)
+        else:
+            if received:  # swallowed where it arrived, and the command went on to the end
+                fail_interrupted(received[0], FINISHED)
+            outcome.finished = True
+            return result
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
@@ -52,9 +88,25 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
     return wrapper
 
 
-def _interrupted(signum: int, left: str):
+def interrupted_line(signum: int, left: str) -> str:
+    """``interrupted (Ctrl-C); <left>``, or, once an output of the command is complete,
+    which one: an interruption must never leave the user guessing whether it is."""
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    _fail(f"interrupted ({name}); {left}", 128 + signum)
+    complete = complete_outputs()
+    if complete:
+        return (f"interrupted ({name}) after {', '.join(complete)} {'was' if len(complete) == 1 else 'were'} "
+                "complete: written in full before the interruption")
+    return f"interrupted ({name}); {left}"
+
+
+def fail_interrupted(signum: int, left: str):
+    sys.exit(report_interrupted(signum, left))
+
+
+def report_interrupted(signum: int, left: str) -> int:
+    """Print the line; return the exit status."""
+    _say(interrupted_line(signum, left))
+    return 128 + signum
 
 
 def describe(error: Exception) -> str:
@@ -87,5 +139,12 @@ def _os_error_code(error: Exception):
 
 
 def _fail(message: str, code: int):
-    click.echo(f"Error: {message}", err=True)
+    _say(message)
     sys.exit(code)
+
+
+def _say(message: str) -> None:
+    if bar_in_progress():  # its line is not ended: the error starts a line of its own
+        click.echo("", err=True)
+    click.echo(f"Error: {message}", err=True)
+    outcome.reported = True

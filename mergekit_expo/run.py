@@ -2,6 +2,7 @@
 
 import logging
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -34,7 +35,16 @@ def run_command(merge_options: MergeOptions, config_file: str, out_path: str, ov
     """Merge like `mergekit-yaml CONFIG_FILE OUT_PATH`, but OUT_PATH only ever holds a
     finished model: the merge is written beside it and moved into place on success."""
     merge_options.apply_global_options()
-    run_config_file(config_file, out_path, merge_options, overwrite=overwrite)
+    run_config_file(config_file, out_path, bars_on_terminal_only(merge_options), overwrite=overwrite)
+
+
+def bars_on_terminal_only(options):
+    """mergekit's progress bars redraw their line (a carriage return) many times a second:
+    in a log file or a pipe that is thousands of lines, so they are drawn on a terminal only
+    (as tqdm's own ``disable=None`` does)."""
+    if options.quiet or sys.stderr.isatty():
+        return options
+    return options.model_copy(update={"quiet": True})
 
 
 def run_config_file(config_file, out_path, options, *, overwrite=False, search=None,

@@ -3,8 +3,25 @@
 # allows (no locks), run the default test tier there and name what breaks, so a new
 # upstream release is met in a lock refresh (scripts/lock.sh) before users meet it.
 #   bash scripts/check-latest.sh [pytest arguments]
-# Exit status: pytest's. Prints each package whose newest version differs from locks/main.txt.
+# Exit status: pytest's. Prints each package whose newest version differs from locks/main.txt,
+# and ends with one line saying what ran (the default tier, or what the arguments chose).
 set -uo pipefail
+
+# verdict STATUS [pytest arguments]: the last line, from pytest's exit status. It speaks of
+# the default tier only when no arguments narrowed what ran.
+verdict() {
+  local status=$1 what note=""
+  shift
+  if [ $# -eq 0 ]; then what="the default tier"
+  elif [ "$*" = "--full" ]; then what="the full tier"
+  else what="pytest $*"; note=" (only what these arguments select, not the whole default tier)"; fi
+  case $status in
+    0) echo "check-latest: $what passes with the newest versions$note" ;;
+    5) echo "check-latest: $what collected no tests: nothing was checked" ;;
+    *) echo "check-latest: $what fails with the newest versions$note: fix the failures above, then bash scripts/lock.sh" ;;
+  esac
+}
+
 cd "$(dirname "$0")/.."
 rm -rf .venv-latest
 LOCKED=0 VENV=.venv-latest bash scripts/setup.sh || { echo "check-latest: the unlocked set-up failed (above)"; exit 1; }
@@ -22,6 +39,5 @@ print("\n".join(changed) or "  none")
 PY
 HF_HUB_OFFLINE=1 .venv-latest/bin/python -m pytest -q -rf "$@"
 status=$?
-[ $status -eq 0 ] && echo "check-latest: the default tier passes with the newest versions" \
-  || echo "check-latest: the default tier fails with the newest versions (failures above): fix, then bash scripts/lock.sh"
+verdict $status "$@"
 exit $status

@@ -63,7 +63,8 @@ def cli_env():
 
 
 # Console scripts a test may run in this process: the same click command the script
-# calls, without ~4 s of imports per call. Process-level behaviour (the .pth start-up
+# calls (mergekit-expo's script, mergekit_expo.console, runs this group inside its handling
+# of signals), without ~4 s of imports per call. Process-level behaviour (the .pth start-up
 # hook, signals, a console script's exit status) is tested with process=True.
 IN_PROCESS = {
     "mergekit-expo": "mergekit_expo.cli:main",

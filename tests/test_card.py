@@ -408,11 +408,13 @@ def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch)
               "models": [{"model": "./models/aligned", "parameters": {"weight": 0.5}},
                          {"model": "./models/other", "parameters": {"weight": 0.5}}]}
     run_cli("mergekit-yaml", write_yaml(models_dir / "linear.yml", linear), "./lin", cwd=models_dir)
-    for folder, pipeline, why in [("./out", "heavier.yml", "its config differs from that stage's"),
-                                  ("./lin", "multi.yml", "its config uses no output of stage `expo-stage`")]:
+    for folder, pipeline, why in [
+            ("./out", "heavier.yml", ": weight of ./stages/expo-stage is 0.6 in heavier.yml, 0.7 in "
+                                     "./out/mergekit_config.yml: pass the pipeline that wrote it"),
+            ("./lin", "multi.yml", " (its config uses no output of stage `expo-stage`)")]:
         before = snapshot(models_dir / folder)
         line = refused("card", folder, "--multi-config", pipeline, "--overwrite")
-        assert f"was not written by the final stage of {pipeline} ({why}" in line
+        assert f"was not written by the final stage of {pipeline}{why}" in line
         assert snapshot(models_dir / folder) == before
     ok("card", "./out", "--multi-config", "multi.yml", "--overwrite")
     text = ModelCard.load(out / "README.md").text
@@ -428,6 +430,47 @@ def test_multi_output_card_names_the_expo_stage_lineage(models_dir, monkeypatch)
     assert metadata["base_model"] == ["org/sft", "org/aligned", "org/other"]
     assert metadata["base_model_relation"] == "merge"
 
+
+
+def test_multi_card_checks_every_stage_against_what_was_merged(models_dir, monkeypatch):
+    """The expo stage is an earlier one: its α is read from its own folder under
+    --intermediate-dir, never taken from the pipeline on trust."""
+    monkeypatch.chdir(models_dir)
+    shutil.copy(CONFIGS / "expo-then-linear.multi.yml", models_dir / "multi.yml")
+    run_cli("mergekit-multi", "multi.yml", "--intermediate-dir", "./stages", "--out-path", "./out", cwd=models_dir)
+    (models_dir / "wrong.yml").write_text((models_dir / "multi.yml").read_text().replace("alpha: 0.3", "alpha: 0.5"))
+    out = models_dir / "out"
+    ok("card", "./out", "--multi-config", "multi.yml", "--overwrite")  # the card is now the command's own
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        line = refused("card", "./out", "--multi-config", "wrong.yml", *extra)
+        assert line == ("Error: stage `expo-stage` of wrong.yml is not what was merged into ./stages/expo-stage: "
+                        "alpha of ./models/aligned is 0.5 in wrong.yml, 0.3 in "
+                        "./stages/expo-stage/mergekit_config.yml (mergekit-multi keeps a stage folder that holds "
+                        "a model: rerun it with --no-lazy, or pass the pipeline that wrote it)")
+        assert snapshot(out) == before
+
+    # A stage merged again since (now as wrong.yml says), or whose config or whole folder is gone,
+    # is named as unchecked, its α as configured.
+    stages = models_dir / "stages" / "expo-stage"
+    for gone, why in [(None, "./stages/expo-stage was merged again after ./out, so it no longer shows what "
+                             "went into ./out"),
+                      (stages / "mergekit_config.yml", "./stages/expo-stage/mergekit_config.yml is not there"),
+                      (stages, "./stages/expo-stage is not there")]:
+        if gone is None:
+            run_cli("mergekit-multi", "wrong.yml", "--intermediate-dir", "./stages", "--out-path", "./out2",
+                    "--no-lazy", cwd=models_dir)
+        elif gone.is_dir():
+            shutil.rmtree(gone)
+        else:
+            gone.unlink()
+        result = run_cli("mergekit-expo", "card", "./out", "--multi-config", "wrong.yml", cwd=models_dir)
+        assert f"stage `expo-stage` could not be checked against what was merged: {why}" in result.stderr
+        text = ModelCard.load(out / "README.md").text
+        assert f"This stage was **not checked** against what was merged: {why}" in text
+        assert "- **α** (as configured, not checked): 0.5" in text and "- **α**: " not in text
+        assert "stage `expo-stage`: ExPO (as configured: **not checked** against what was merged)" in text
+        assert "one of whose stages is ExPO as its pipeline configures it (not checked" in text
 
 
 def test_card_without_mergekit_names_what_to_install(plain_output, tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ from pathlib import Path
 import click
 
 from mergekit_expo.card.files import README, check_card_targets, publish
-from mergekit_expo.card.lineage import check_written_by, lineage_of_config, lineage_of_pipeline
+from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
+from mergekit_expo.card.pipeline_check import check_pipeline
 from mergekit_expo.card.writer import card_files
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
@@ -36,12 +37,13 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
     require_mergekit("mergekit-expo card")  # configs, cards and α are read through mergekit
     out = Path(out_path)
     source = read_merge_output(out, out_path)
+    unchecked = {}
     if multi_config:
-        pipeline, lineage = read_pipeline(multi_config, out, source)
+        pipeline, lineage, unchecked = read_pipeline(multi_config, out_path, source)
     else:
         pipeline, lineage = None, check_expo_output(out_path, source)
     warn_unverified_hub_ids(lineage)
-    files = card_files(out, source, search=search_dir, pipeline=pipeline)
+    files = card_files(out, source, search=search_dir, pipeline=pipeline, unchecked=unchecked)
     check_card_targets(out, source, files, overwrite=overwrite)
     publish(out, files)
     written = ", ".join(str(out / name) for name in sorted(files, key=lambda n: n != README))
@@ -80,18 +82,23 @@ def check_expo_output(out_path: str, source: str):
     return lineage
 
 
-def read_pipeline(multi_config: str, out: Path, source: str):
-    """The mergekit-multi config and its lineage, if its final stage is what wrote OUT."""
+def read_pipeline(multi_config: str, out_path: str, source: str):
+    """The mergekit-multi config, its lineage and the stages that could not be checked
+    (by name, with why), if every stage that could be checked is what was merged."""
     path = Path(multi_config)
     if not path.is_file():
         raise ExpoConfigError(f"--multi-config {multi_config} does not exist: pass the file given to "
                               "mergekit-multi")
     text = path.read_text(encoding="utf-8")
-    lineage = lineage_of_pipeline(text, out.name, where=f"--multi-config {multi_config}")
+    lineage = lineage_of_pipeline(text, Path(out_path).name, where=f"--multi-config {multi_config}")
     if not lineage.expo_stages:
-        raise ExpoConfigError(f"{multi_config} has no expo stage leading to {out}: `card` writes ExPO cards")
-    check_written_by(lineage, source, out=str(out), pipeline=multi_config)
-    return text, lineage
+        raise ExpoConfigError(f"{multi_config} has no expo stage leading to {out_path}: `card` writes ExPO "
+                              "cards")
+    unchecked = check_pipeline(lineage, source, out=out_path, pipeline=multi_config)
+    for name, why in unchecked.items():
+        LOG.warning("stage `%s` could not be checked against what was merged: %s; the card says so",
+                    name, why)
+    return text, lineage, unchecked
 
 
 def warn_unverified_hub_ids(lineage) -> None:

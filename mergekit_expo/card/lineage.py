@@ -4,14 +4,13 @@ Read from the YAML the merge was run with, never from resolved paths: a Hub id s
 ``org/name`` (not the cache folder it was read from) and a local folder stays as written.
 """
 
-import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Set, Tuple
 
 import yaml
 from pydantic import ValidationError
 
-from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoInputError, first_line
+from mergekit_expo.errors import ExpoConfigError, first_line
 from mergekit_expo.hub import cached_snapshot, is_hub_id
 
 HUB = "https://huggingface.co"
@@ -133,48 +132,6 @@ def lineage_of_pipeline(text: str, output_name: str, *, where: str) -> Lineage:
             needed.add(id(stage))
             pending.extend(by_name[name] for name in stage.stages_used)
     return Lineage([s for s in stages if id(s) in needed], text, pipeline=True)
-
-
-def check_written_by(lineage: Lineage, source: str, *, out: str, pipeline: str) -> None:
-    """Refuse unless ``source`` (the config in folder ``out``) is what mergekit-multi ran for
-    the pipeline's final stage: the same config once earlier stages' names become their
-    folders, as mergekit plans both (mergekit-multi saves a stage's config as planned)."""
-    from mergekit.scripts.multimerge import load_config
-
-    final, written = lineage.final, lineage_of_config(source, where=f"{out}/mergekit_config.yml").final
-    wrong = f"{out} was not written by the final stage of {pipeline}"
-    folders = set()
-    for name in final.stages_used:
-        paths = [path for model in written.inputs for path, _, _ in model.parts[:1]
-                 if os.path.basename(path.rstrip("/")) == name]
-        if not paths:
-            raise ExpoConfigError(f"{wrong} (its config uses no output of stage `{name}`): pass the "
-                                  "pipeline that wrote it")
-        folders.add(os.path.dirname(paths[0].rstrip("/")))
-    if len(folders) > 1:
-        raise ExpoConfigError(f"{wrong} (its stage outputs lie in different folders): pass the pipeline "
-                              "that wrote it")
-    try:
-        stage = load_config(lineage.source, folders.pop() if folders else "")[0][final.name]
-        same = _planned_yaml(stage) == _planned_yaml(written.config)
-    except ExpoError:
-        raise
-    except Exception as error:  # noqa: BLE001 - e.g. an input mergekit cannot read from here
-        raise ExpoInputError(f"cannot check that {out} was written by {pipeline}: mergekit could not plan "
-                             f"its final stage here ({first_line(error)}): run card from the folder "
-                             "mergekit-multi ran in") from None
-    if not same:
-        raise ExpoConfigError(f"{wrong} (its config differs from that stage's: models or parameters): "
-                              "pass the pipeline that wrote it")
-
-
-def _planned_yaml(config) -> str:
-    from mergekit_expo.merge_config import cached_references
-    from mergekit_expo.search.space import merge_planner
-
-    planner = merge_planner(cached_references(yaml.safe_load(config.to_yaml())))
-    planner.normalize_config()
-    return planner.config.to_yaml()
 
 
 def _stage(name, data: dict, is_hub: Callable[[str], bool], stage_names: Set[str], where: str) -> Stage:

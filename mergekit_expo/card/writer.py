@@ -46,8 +46,13 @@ def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = Non
 
 
 def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
-               search=None, pipeline: Optional[str] = None) -> Dict[str, bytes]:
-    """The files of the card, by name, without writing anything."""
+               search=None, pipeline: Optional[str] = None,
+               unchecked: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
+    """The files of the card, by name, without writing anything.
+
+    ``unchecked``: the pipeline's stages that could not be compared with what was merged
+    (name -> why): the card says so, and gives their settings as configured.
+    """
     if pipeline is not None:
         lineage = lineage_of_pipeline(pipeline, folder.name, where="the mergekit-multi config")
     else:
@@ -66,20 +71,23 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
             files[PLOT] = plot.read_bytes()
         section = search_section(results, _searched_stage(results, lineage),
                                  plot=PLOT if PLOT in files else None)
-    files[README] = marked(str(_card(folder, lineage, section, kept))).encode("utf-8")
+    card = _card(folder, lineage, section, kept, unchecked or {})
+    files[README] = marked(str(card)).encode("utf-8")
     return files
 
 
-def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optional[str]):
+def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optional[str],
+          unchecked: Mapping[str, str]):
     from huggingface_hub import ModelCard
 
     stages = [{"name": stage.name, "sft": stage.sft.markdown,
                "aligned": " and ".join(model.markdown for model in stage.aligned),
-               "alpha": alpha_in_words(stage.data)} for stage in lineage.expo_stages]
+               "alpha": alpha_in_words(stage.data), "unchecked": unchecked.get(stage.name)}
+              for stage in lineage.expo_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
         summary=_summary(lineage, stages[0]), paper=PAPER, expo_stages=stages,
-        pipeline=_pipeline_lines(lineage) if lineage.pipeline else None, search=section,
+        pipeline=_pipeline_lines(lineage, unchecked) if lineage.pipeline else None, search=section,
         kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
 
 
@@ -111,23 +119,27 @@ def _existing_metadata(folder: Path) -> dict:
 def _summary(lineage: Lineage, stage: dict) -> str:
     expo = (f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}")
     if lineage.pipeline:
+        said = (" as its pipeline configures it (not checked against what was merged)"
+                if stage["unchecked"] else "")
         return (f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`, one of whose stages is "
-                f"ExPO: {expo}.")
+                f"ExPO{said}: {expo}.")
     return f"An ExPO model: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
 
 
-def _pipeline_lines(lineage: Lineage):
+def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
     lines = []
     for stage in lineage.stages:
         label = f"stage `{stage.name}`" if stage.name else "the final stage"
+        note = " (as configured: **not checked** against what was merged)" if stage.name in unchecked else ""
         if stage.is_expo:
-            lines.append(f"{label}: ExPO (below)")
+            lines.append(f"{label}: ExPO{note} (below)")
             continue
         base = stage.config.base_model
         inputs = [f"{model.markdown} (base)" if base is not None and model.text == str(base)
                   else model.markdown
                   for model in stage.inputs]
-        lines.append(f"{label}: {method_markdown(stage.config.merge_method)} of {', '.join(inputs)}")
+        lines.append(f"{label}: {method_markdown(stage.config.merge_method)} of {', '.join(inputs)}{note}"
+                     + (f": {unchecked[stage.name]}" if note else ""))
     return lines
 
 

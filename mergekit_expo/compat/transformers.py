@@ -1,9 +1,12 @@
 """transformers' checkpoint conversion, as the search loads ExPO tensors through it: the
 one ``from_pretrained`` uses (it renames and fuses Mixtral's and Qwen-MoE's experts, for
 one), kept in internal modules; :func:`check_transformers_loader` checks it (5.16 on).
+And its notes to other libraries' authors, kept out of our commands' output.
 """
 
+import contextlib
 import inspect
+import logging
 from typing import Callable, Dict, List, Set, Tuple
 
 from mergekit_expo.errors import ExpoConfigError
@@ -78,3 +81,32 @@ def checkpoint_renamer(model_type) -> Callable[[str], str]:
         return name
 
     return rename
+
+
+class _DeprecationNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def deprecation_notes_hidden(hidden: bool = True):
+    """transformers' notes that code calling it uses a deprecated name ("`torch_dtype` is
+    deprecated! Use `dtype` instead!", which mergekit's merge and planner set) are for that
+    code's authors, not for whoever runs a command: dropped inside the block, unless
+    ``hidden`` is False (-v shows everything). transformers prints them through the
+    handler of its library logger (and the root logger's, where it propagates)."""
+    if not hidden:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.get_logger("transformers")  # its handler exists from here on
+    handlers = [*logging.getLogger("transformers").handlers, *logging.getLogger().handlers]
+    notes = _DeprecationNotes()
+    for handler in handlers:
+        handler.addFilter(notes)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(notes)
