@@ -7,7 +7,7 @@ what a short DPO run looks like from the weights' point of view.
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -138,3 +138,50 @@ def write_tokenizer(path: str, base_vocab: Sequence[str], added: Sequence[str]):
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
     tokenizer.save_pretrained(path)
+
+
+def write_run(root: str, spec: PairSpec = PairSpec(), steps: Sequence[int] = (100, 200, 300, 400, 500),
+              *, noise: float = 0.3, trainer_state: bool = True) -> Tuple[str, List[str]]:
+    """Write a pair (``root/sft``, ``root/aligned``) and the run between them as a trainer saves
+    it: ``root/run/checkpoint-N`` for each step, the update growing linearly with the step
+    plus noise (``noise`` times each tensor's update spread), the last checkpoint the aligned
+    model itself. Return the SFT folder and the checkpoint folders in training order."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    sft_dir, aligned_dir = write_pair(root, spec)
+    sft, aligned = _tensors(sft_dir), _tensors(aligned_dir)
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    folders = []
+    for step in steps:
+        folder = os.path.join(os.path.abspath(root), "run", f"checkpoint-{step}")
+        shutil.copytree(aligned_dir, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
+        tensors = aligned if step == steps[-1] else {
+            name: _on_the_way(sft[name], tensor, step / steps[-1], noise, generator)
+            for name, tensor in aligned.items()}
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        if trainer_state:
+            with open(os.path.join(folder, "trainer_state.json"), "w") as handle:
+                json.dump({"global_step": step, "log_history": []}, handle)
+        folders.append(folder)
+    return sft_dir, folders
+
+
+def _on_the_way(sft: torch.Tensor, aligned: torch.Tensor, fraction: float, noise: float,
+                generator: torch.Generator) -> torch.Tensor:
+    update = aligned.float() - sft.float()
+    spread = float(update.std()) if update.numel() > 1 else 0.0
+    jitter = torch.randn(update.shape, generator=generator) * (noise * fraction * spread)
+    return (sft.float() + fraction * update + jitter).to(aligned.dtype)
+
+
+def _tensors(folder: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(folder, name)))
+    return tensors

@@ -1,0 +1,128 @@
+"""The arithmetic of trajectory ExPO for one tensor, in fp64, rounded once.
+
+θ(α) = θ_last + (A + α·B)/m with A = Σ P_i·(θ_last − θ_i), B = Σ Q_i·(θ_last − θ_i)
+(:class:`~mergekit_expo.trajectory.fit.Arithmetic`): each step one IEEE fp64 operation
+(no fused multiply-add), streamed through a small scratch buffer, and the fp64 value
+rounded once to the last checkpoint's dtype as expo rounds
+(:func:`~mergekit_expo.numerics.narrowable`). With two points (the SFT model and one
+checkpoint) these are expo's own operations, B = θ_1 − θ_0 then θ_1 + α·B, and the
+tensor goes to expo's arithmetic itself (its fused bf16 kernel gives the same bits).
+
+For a caller that sets many α on one model (the α search): :func:`affine_parts` once per
+tensor, then :func:`evaluate` per α, gives the merge's bits.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from mergekit_expo.errors import ExpoNumericsError
+from mergekit_expo.numerics import extrapolate_tensor, narrowable
+from mergekit_expo.trajectory.fit import Arithmetic, TrajectoryFit
+
+# Elements per step: six fp64 buffers of this size stay in a CPU's cache (see numerics.py).
+_CPU_CHUNK = 1 << 18
+_ACCELERATOR_CHUNK = 1 << 22
+
+
+@dataclass
+class AffineParts:
+    """One tensor's θ(α) = last + (a + α·b)/m in fp64, and the dtype results round to."""
+
+    last: torch.Tensor
+    a: Optional[torch.Tensor]  # None: no such term (two points)
+    b: torch.Tensor
+    denominator: float
+    dtype: torch.dtype
+
+
+def fit_tensor(points: Sequence[torch.Tensor], fit: TrajectoryFit, alpha: float, *,
+               name: Optional[str] = None, labels: Optional[Sequence[str]] = None) -> torch.Tensor:
+    """The fit at s_last·(1 + α) of ``points`` (one tensor per step of ``fit``, the SFT
+    model's first), in the last point's dtype, rounded once."""
+    labels = labels or [f"the model at step {s}" for s in fit.steps]
+    if fit.is_expo:
+        return extrapolate_tensor(points[0], points[1], alpha, name=name, labels=(labels[0], labels[1]))
+    out = torch.empty_like(points[-1], memory_format=torch.contiguous_format)
+    flat_points, flat_out = [p.reshape(-1) for p in points], out.view(-1)
+    total = flat_out.numel()
+    chunk = min(total, _CPU_CHUNK if out.device.type == "cpu" else _ACCELERATOR_CHUNK)
+    if chunk:
+        arithmetic = fit.arithmetic
+        scratch = torch.empty((6, chunk), dtype=torch.float64, device=out.device)
+        for start in range(0, total, chunk):
+            last, a, b, value, spare, difference = scratch[:, : min(total, start + chunk) - start]
+            parts = fill_parts(flat_points, arithmetic, slice(start, start + chunk), last=last, a=a, b=b,
+                               scratch=(spare, difference))
+            evaluate_into(parts, alpha, out=value)
+            flat_out[start:start + chunk].copy_(narrowable(value, out.dtype, scratch=spare))
+    check_finite(out, points, fit, alpha, name, labels)
+    return out
+
+
+def fill_parts(flat_points, arithmetic: Arithmetic, span: slice, *, last, a, b, scratch) -> AffineParts:
+    """The fp64 parts of elements ``span`` of the flattened points, into the given buffers."""
+    spare, difference = scratch
+    last.copy_(flat_points[arithmetic.last][span])
+    started = set()
+    for index, *weights in arithmetic.terms:
+        torch.sub(last, difference.copy_(flat_points[index][span]), out=difference)
+        for weight, total in zip(weights, (a, b)):
+            if not weight:
+                continue
+            if id(total) in started:  # the first term is stored as it is: signs of zero kept
+                total.add_(torch.mul(difference, weight, out=spare))
+            else:
+                torch.mul(difference, weight, out=total)
+                started.add(id(total))
+    return AffineParts(last, a if arithmetic.has_a else None, b, arithmetic.denominator, last.dtype)
+
+
+def evaluate_into(parts: AffineParts, alpha: float, *, out: torch.Tensor) -> torch.Tensor:
+    """out = last + (a + α·b)/m in fp64, one rounding per operation, in this order."""
+    if alpha == 0 and parts.a is None:
+        return out.copy_(parts.last)  # as expo: α = 0 gives the last point, −0.0 included
+    torch.mul(parts.b, alpha, out=out)
+    if parts.a is not None:
+        out.add_(parts.a)
+    if parts.denominator != 1:
+        out.div_(parts.denominator)
+    return out.add_(parts.last)
+
+
+def affine_parts(points: Sequence[torch.Tensor], fit: TrajectoryFit) -> AffineParts:
+    """The α-independent parts of one tensor's fit, whole (fp64, 24 bytes per element)."""
+    flat_points = [p.reshape(-1) for p in points]
+    total, shape = flat_points[-1].numel(), points[-1].shape
+    buffers = torch.empty((5, total), dtype=torch.float64, device=points[-1].device)
+    parts = fill_parts(flat_points, fit.arithmetic, slice(0, total), last=buffers[0], a=buffers[1],
+                       b=buffers[2], scratch=(buffers[3], buffers[4]))
+    return AffineParts(parts.last.view(shape), None if parts.a is None else parts.a.view(shape),
+                       parts.b.view(shape), parts.denominator, points[-1].dtype)
+
+
+def evaluate(parts: AffineParts, alpha: float) -> torch.Tensor:
+    """The fit at ``alpha`` from :func:`affine_parts`: :func:`fit_tensor`'s bits."""
+    value = evaluate_into(parts, alpha, out=torch.empty_like(parts.last))
+    return narrowable(value, parts.dtype, scratch=torch.empty_like(value)).to(parts.dtype)
+
+
+def check_finite(out: torch.Tensor, points, fit: TrajectoryFit, alpha: float, name, labels) -> None:
+    """Raise ExpoNumericsError naming the tensor and the input if ``out`` holds NaN or inf."""
+    if out.numel() == 0:
+        return
+    low, high = torch.aminmax(out)
+    if math.isfinite(low.item()) and math.isfinite(high.item()):
+        return
+    tensor = name or "a tensor"
+    for label, step, source in zip(labels, fit.steps, points):
+        if not bool(torch.isfinite(source).all()):
+            bad = int((~torch.isfinite(source)).sum())
+            raise ExpoNumericsError(f"{tensor} in {label} (step {step}) already holds {bad} NaN/inf "
+                                    "value(s): repair or re-export that checkpoint before extrapolating")
+    largest = max(float(p.abs().max()) for p in points)
+    raise ExpoNumericsError(
+        f"{tensor} overflows {str(out.dtype).removeprefix('torch.')} at alpha={alpha:g} (inputs reach "
+        f"|{largest:.4g}|): merge with dtype: bfloat16 or float32, or use a smaller alpha")
