@@ -126,15 +126,17 @@ def exact_trajectory(values, steps, alpha: Fraction) -> Fraction:
     return mean_y + slope * (steps[-1] * (1 + alpha) - mean_s)
 
 
-def near_midpoint(values: torch.Tensor, dtype: torch.dtype, tolerance: float = 2.0 ** -30) -> torch.Tensor:
-    """Where an fp64 value lies so near a rounding midpoint of ``dtype`` that a few fp64
-    roundings in how it was computed could move it across (``tolerance``: in the dtype's ulps)."""
+def near_midpoint(values: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor,
+                  tolerance: float = 2.0 ** -36) -> torch.Tensor:
+    """Where an fp64 value lies within ``tolerance``·``scale`` of a rounding midpoint of
+    ``dtype``: near enough that the fp64 roundings of how it was computed (relative to the
+    inputs' magnitude ``scale``) could put it on either side."""
     x = values.double()
     bits, min_exponent, _ = FORMATS[dtype]
     _, exponent = torch.frexp(x)
     step = torch.pow(2.0, ((exponent - 1).clamp_min(min_exponent) - (bits - 1)).double())
     scaled = x / step
-    return ((scaled - torch.floor(scaled)) - 0.5).abs() < tolerance
+    return ((scaled - torch.floor(scaled)) - 0.5).abs() * step <= tolerance * scale.double()
 
 
 def trajectory_reference(points, steps, alpha, dtype, window=None):
@@ -145,8 +147,9 @@ def trajectory_reference(points, steps, alpha, dtype, window=None):
     window = window or len(steps)
     fitted = trajectory_fp64(points, steps, alpha, window)
     rounded = round_once(fitted, dtype).reshape(-1)
-    undecided = near_midpoint(fitted, dtype).reshape(-1).nonzero().reshape(-1).tolist()
     flat = [p.reshape(-1) for p in points[-window:]]
+    scale = torch.stack([p.double().abs() for p in flat]).amax(0)
+    undecided = near_midpoint(fitted.reshape(-1), dtype, scale).nonzero().reshape(-1).tolist()
     exact_alpha = Fraction(repr(alpha))
     for i in undecided:
         value = exact_trajectory([float(p[i]) for p in flat], list(steps[-window:]), exact_alpha)

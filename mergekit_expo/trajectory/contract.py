@@ -8,10 +8,12 @@ one), before any tensor is written; it is cached, so every later tensor costs a 
 """
 
 import functools
+from pathlib import Path
 from typing import Hashable, List, Optional, Sequence, Tuple
 
 from mergekit_expo.contract import same_files
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.preflight import check_same_network, load_config
 from mergekit_expo.trajectory.fit import TrajectoryFit, fit_coefficients
 from mergekit_expo.trajectory.steps import NAME, check_schedule, resolve_step
 
@@ -37,7 +39,21 @@ def check_inputs(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> 
             raise ExpoConfigError(
                 f"{checkpoint} holds the same weights as base_model {base_id} (the SFT model, step 0): "
                 "list the run's checkpoints under models:, not the SFT model")
+        same_network(_local_path(base_id), _local_path(checkpoint))
     return checkpoints
+
+
+@functools.lru_cache(maxsize=None)
+def same_network(sft: Optional[str], checkpoint: Optional[str]) -> None:
+    """Where both are local folders: their config.json describe the same network (another
+    architecture or size is refused here, before a tensor is read; vocabularies are
+    mergekit's to align or refuse, with ``tokenizer:``)."""
+    if sft is None or checkpoint is None:
+        return
+    if not (Path(sft) / "config.json").is_file() or not (Path(checkpoint) / "config.json").is_file():
+        return  # mergekit says what is missing
+    check_same_network(sft, checkpoint, load_config(Path(sft)), load_config(Path(checkpoint)),
+                       tokenizer_aligned=True, role="checkpoint")
 
 
 @functools.lru_cache(maxsize=64)

@@ -77,7 +77,10 @@ class TrajectoryMergeMethod(FunctionalGroupMergeMethod):
         if base_id is None or base_id not in input_ids:
             raise ExpoConfigError(MISSING_BASE)
         check_inputs(input_ids, base_id)
-        super().validate_inputs(input_ids, base_id, group_name=group_name)
+        try:
+            super().validate_inputs(input_ids, base_id, group_name=group_name)
+        except ValueError as error:  # what is left of mergekit's contract: an input listed twice
+            raise ExpoConfigError(f"{NAME}: {error}: list each checkpoint once under models:") from error
 
 
 _spec_only = merge_method(
