@@ -104,3 +104,61 @@ def test_another_vocabulary_is_mergekits_one_line(tmp_path, run_factory, pair_fa
     assert "(65, 64)" in last and "tokenizer: {source: base}" in last, last
     assert not list((tmp_path / "out").glob("*.safetensors"))
     assert load_folder(wider)  # the checkpoint itself is untouched and readable
+
+
+# Under `mergekit-expo run` the same inputs, plus what only its strict reading and its checks
+# before any tensor is read can catch.
+RUN_ONLY = {
+    "another vocabulary": (
+        lambda tmp, sft, ckpts, unnamed: trajectory_config(sft, [ckpts[0], _edited(copied(tmp, ckpts[1]),
+                                                                                   vocab_size=65)]),
+        "vocab_size differs (64 in SFT, 65 in checkpoint"),
+    "a missing checkpoint folder": (
+        lambda tmp, sft, ckpts, unnamed: trajectory_config(sft, [ckpts[0], tmp / "checkpoint-900"]),
+        "checkpoint model folder"),
+    "alpha under a checkpoint": (
+        lambda tmp, sft, ckpts, unnamed: {**trajectory_config(sft, ckpts), "parameters": {},
+                                          "models": [{"model": str(c), "parameters": {"alpha": 0.5}}
+                                                     for c in ckpts]},
+        "alpha (in models[0].parameters) is one value for the whole fit"),
+    "a misspelt step": (
+        lambda tmp, sft, ckpts, unnamed: {**trajectory_config(sft, unnamed[:2]),
+                                          "models": [{"model": str(c), "parameters": {"stpe": s}}
+                                                     for c, s in zip(unnamed[:2], (100, 200))]},
+        "does not take parameter 'stpe' (in models[0].parameters) (did you mean 'step'?)"),
+    "a step for base_model": (
+        lambda tmp, sft, ckpts, unnamed: {**trajectory_config(sft, ckpts), "models": [
+            {"model": str(sft), "parameters": {"step": 0}}, *({"model": str(c)} for c in ckpts)]},
+        "is given for base_model"),
+    "a step as a list": (
+        lambda tmp, sft, ckpts, unnamed: trajectory_config(sft, unnamed[:2], steps=[[100, 150], 200]),
+        "step (in models[0].parameters) must be one number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted({**BAD, **RUN_ONLY}))
+def test_run_refuses_in_one_line_before_reading_a_tensor(tmp_path, run_factory, case):
+    from conftest import invoke, snapshot
+
+    build, expected = {**BAD, **RUN_ONLY}[case]
+    sft, checkpoints = run_factory()
+    _, plain = run_factory(steps=(100, 200), trainer_state=False)
+    (tmp_path / "unnamed").mkdir()
+    config = write_yaml(tmp_path / "c.yml", build(tmp_path, sft, checkpoints,
+                                                  renamed(tmp_path / "unnamed", plain)))
+    before = snapshot(tmp_path)
+    result = invoke("run", config, tmp_path / "out", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and snapshot(tmp_path) == before
+
+
+def test_run_merges_what_mergekit_yaml_merges(models_dir):
+    from conftest import CONFIGS, invoke
+
+    config = CONFIGS / "expo-trajectory.yml"
+    assert invoke("run", config, "./run-out", cwd=models_dir).returncode == 0
+    run_cli("mergekit-yaml", config, "./yaml-out", cwd=models_dir)
+    ran, merged = load_folder(models_dir / "run-out"), load_folder(models_dir / "yaml-out")
+    assert set(ran) == set(merged) and all(ran[k].equal(merged[k]) for k in merged)

@@ -123,13 +123,14 @@ def merge_method_names(host: str = "mergekit") -> List[str]:
     return sorted(registry.REGISTERED_MERGE_METHODS)
 
 
-def expo_parameter_names(host: str = "mergekit") -> List[str]:
-    """The parameters ``expo`` declares in ``host`` (``alpha``)."""
+def expo_parameter_names(host: str = "mergekit", method_name: str = NAME) -> List[str]:
+    """The parameters ``expo`` (or another of our methods, ``method_name``) declares in ``host``
+    (expo: ``alpha``)."""
     registry = registry_of(host)
     if hasattr(registry, "registered_methods"):
-        spec = registry.get(NAME).spec
+        spec = registry.get(method_name).spec
         return [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
-    method = registry.REGISTERED_MERGE_METHODS[NAME]
+    method = registry.REGISTERED_MERGE_METHODS[method_name]
     return [p.name for p in (*method.parameters(), *method.tensor_parameters())]
 
 
