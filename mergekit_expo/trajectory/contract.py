@@ -13,6 +13,7 @@ from typing import Hashable, List, Optional, Sequence, Tuple
 
 from mergekit_expo.contract import same_files
 from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hub import cached_snapshot, is_hub_id
 from mergekit_expo.preflight import check_same_network, load_config
 from mergekit_expo.trajectory.fit import TrajectoryFit, fit_coefficients
 from mergekit_expo.trajectory.steps import NAME, check_schedule, resolve_step
@@ -71,4 +72,7 @@ def _local_path(input_id: Hashable) -> Optional[str]:
     model = getattr(input_id, "model", None)
     if model is None or getattr(input_id, "lora", None) is not None:
         return input_id if isinstance(input_id, str) else None
-    return getattr(model, "path", None)
+    path, revision = getattr(model, "path", None), getattr(model, "revision", None)
+    if path and not Path(path).is_dir() and is_hub_id(path):  # what mergekit read: the cached snapshot
+        return cached_snapshot(f"{path}@{revision}" if revision else path)
+    return path
