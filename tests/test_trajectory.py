@@ -141,3 +141,16 @@ def test_the_host_free_coefficients_give_the_merge(run_factory, tmp_path):
     parts = affine_parts(tensors, fit)
     assert torch.equal(evaluate(parts, 0.3).view(torch.int16), out[name].view(torch.int16))
     assert not os.environ.get("PYTHONPATH")  # the installed package is what ran
+
+
+@pytest.mark.slow
+def test_large_bf16_tensors_take_the_fused_pass_with_the_references_bits(tmp_path, run_factory):
+    from mergekit_expo.numerics import _FUSED_MIN_ELEMENTS
+
+    steps = (37, 150, 410)  # irregular: fewer exact ties for the slow exact reference to decide
+    sft, checkpoints = run_factory(steps=steps, hidden_size=256, intermediate_size=16384, num_layers=1)
+    config = trajectory_config(sft, checkpoints, 0.5)
+    run_cli("mergekit-yaml", write_yaml(tmp_path / "c.yml", config), tmp_path / "out")
+    out = load_folder(tmp_path / "out")
+    assert max(t.numel() for t in out.values()) >= _FUSED_MIN_ELEMENTS
+    assert_fit_of(out, run_points(sft, checkpoints), steps, lambda name: 0.5)

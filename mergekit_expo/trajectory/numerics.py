@@ -7,11 +7,15 @@ rounded once to the last checkpoint's dtype as expo rounds
 (:func:`~mergekit_expo.numerics.narrowable`). With two points (the SFT model and one
 checkpoint) these are expo's own operations, B = θ_1 − θ_0 then θ_1 + α·B, and the
 tensor goes to expo's arithmetic itself (its fused bf16 kernel gives the same bits).
+Large CPU bf16 tensors take one fused numba pass with the same steps in the same order
+(``trajectory_bf16`` in :mod:`mergekit_expo._bf16_numba`), as expo's do.
 
 For a caller that sets many α on one model (the α search): :func:`affine_parts` once per
 tensor, then :func:`evaluate` per α, gives the merge's bits.
 """
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -19,8 +23,11 @@ from typing import Optional, Sequence
 import torch
 
 from mergekit_expo.errors import ExpoNumericsError
-from mergekit_expo.numerics import extrapolate_tensor, narrowable
-from mergekit_expo.trajectory.fit import Arithmetic, TrajectoryFit
+from mergekit_expo.fused_kernel import bf16_bits, in_spans
+from mergekit_expo.numerics import FUSED_MIN_ELEMENTS, extrapolate_tensor, narrowable
+from mergekit_expo.trajectory.fit import Arithmetic, TrajectoryFit, fit_coefficients
+
+LOG = logging.getLogger("mergekit_expo")
 
 # Elements per step: six fp64 buffers of this size stay in a CPU's cache (see numerics.py).
 _CPU_CHUNK = 1 << 18
@@ -45,12 +52,28 @@ def fit_tensor(points: Sequence[torch.Tensor], fit: TrajectoryFit, alpha: float,
     labels = labels or [f"the model at step {s}" for s in fit.steps]
     if fit.is_expo:
         return extrapolate_tensor(points[0], points[1], alpha, name=name, labels=(labels[0], labels[1]))
+    out = fit_bf16(points, fit.arithmetic, alpha) if fusable(points) else None
+    if out is None:
+        out = stream(points, fit.arithmetic, alpha)
+    check_finite(out, points, fit, alpha, name, labels)
+    return out
+
+
+def fusable(points: Sequence[torch.Tensor]) -> bool:
+    """Large contiguous CPU bf16 tensors of one shape: the fused pass is worth loading numba."""
+    first = points[-1]
+    return (first.numel() >= FUSED_MIN_ELEMENTS
+            and all(p.dtype == torch.bfloat16 and p.device.type == "cpu" and p.is_contiguous()
+                    and p.shape == first.shape for p in points))
+
+
+def stream(points: Sequence[torch.Tensor], arithmetic: Arithmetic, alpha: float) -> torch.Tensor:
+    """The fp64 steps through a cache-sized scratch buffer: any dtype, any device."""
     out = torch.empty_like(points[-1], memory_format=torch.contiguous_format)
     flat_points, flat_out = [p.reshape(-1) for p in points], out.view(-1)
     total = flat_out.numel()
     chunk = min(total, _CPU_CHUNK if out.device.type == "cpu" else _ACCELERATOR_CHUNK)
     if chunk:
-        arithmetic = fit.arithmetic
         scratch = torch.empty((6, chunk), dtype=torch.float64, device=out.device)
         for start in range(0, total, chunk):
             last, a, b, value, spare, difference = scratch[:, : min(total, start + chunk) - start]
@@ -58,8 +81,53 @@ def fit_tensor(points: Sequence[torch.Tensor], fit: TrajectoryFit, alpha: float,
                                scratch=(spare, difference))
             evaluate_into(parts, alpha, out=value)
             flat_out[start:start + chunk].copy_(narrowable(value, out.dtype, scratch=spare))
-    check_finite(out, points, fit, alpha, name, labels)
     return out
+
+
+def fit_bf16(points, arithmetic: Arithmetic, alpha: float) -> Optional[torch.Tensor]:
+    """The fused pass over contiguous CPU bf16 points of one shape, or None if numba is unavailable."""
+    kernel = _compiled()
+    if kernel is None:
+        return None
+    out = torch.empty_like(points[-1], memory_format=torch.contiguous_format)
+    inputs, out_bits = tuple(bf16_bits(p) for p in points), bf16_bits(out)
+    weights = kernel_weights(arithmetic)
+    in_spans(lambda s: kernel(tuple(x[s] for x in inputs), *weights, float(alpha), out_bits[s]),
+             out_bits.size)
+    return out
+
+
+def kernel_weights(arithmetic: Arithmetic) -> tuple:
+    """The fused kernel's arguments before α: last, indices, P, Q, has_a, denominator."""
+    import numpy as np
+
+    indices = np.array([i for i, _, _ in arithmetic.terms], dtype=np.int64)
+    p_weights, q_weights = (np.array([t[k] for t in arithmetic.terms], dtype=np.float64) for k in (1, 2))
+    return arithmetic.last, indices, p_weights, q_weights, arithmetic.has_a, arithmetic.denominator
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    try:
+        from mergekit_expo._bf16_numba import trajectory_bf16
+    except ImportError:
+        return None
+    try:  # compiles now, and refuses a build whose bits differ from the stream's (ties included)
+        generator = torch.Generator().manual_seed(0)
+        base = torch.randn(4096, generator=generator, dtype=torch.float64)
+        points = [(base + 0.02 * k + 0.005 * torch.randn(4096, generator=generator, dtype=torch.float64))
+                  .to(torch.bfloat16) for k in range(4)]
+        arithmetic = fit_coefficients([0, 100, 200, 300]).arithmetic
+        for alpha in (0.5, 0.3, 0.0):
+            out = torch.empty_like(points[-1])
+            inputs = tuple(bf16_bits(p) for p in points)
+            trajectory_bf16(inputs, *kernel_weights(arithmetic), alpha, bf16_bits(out))
+            if not torch.equal(out.view(torch.int16), stream(points, arithmetic, alpha).view(torch.int16)):
+                raise RuntimeError(f"self-check at alpha={alpha!r} differs from the fp64 stream")
+    except Exception as error:  # a numba/LLVM that cannot build or run this loop
+        LOG.warning("the fused bf16 trajectory kernel is unavailable (%s): using the fp64 stream", error)
+        return None
+    return trajectory_bf16
 
 
 def fill_parts(flat_points, arithmetic: Arithmetic, span: slice, *, last, a, b, scratch) -> AffineParts:
