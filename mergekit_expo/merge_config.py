@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import expo_parameter_names, merge_method_names
-from mergekit_expo.trajectory.placement import NAME as TRAJECTORY
 from mergekit_expo.trajectory.placement import misplaced_parameter
+from mergekit_expo.trajectory.steps import NAME as TRAJECTORY
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_from_name reads
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path

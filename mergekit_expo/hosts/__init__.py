@@ -1,7 +1,10 @@
 """The merge programs ``expo`` plugs into, and which of their method APIs each speaks.
 
+Each gets ``expo`` and ``expo_trajectory`` (:mod:`mergekit_expo.trajectory`):
+
 - mergekit 0.1.5 (and later 0.1.x keeping its API): method specs, ``registry.register()``,
-  ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method`.
+  ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method` and
+  :mod:`mergekit_expo.trajectory.method`.
 - mergekit 0.1.4: ``MergeMethod``/``Task`` classes and a ``REGISTERED_MERGE_METHODS``
   dict; declared in :mod:`.mergekit_014`.
 - mergekitty 0.3 (allura-org's fork of mergekit 0.1.4), the same API under

@@ -16,7 +16,7 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hub import cached_snapshot, is_hub_id
 from mergekit_expo.preflight import check_same_network, load_config
 from mergekit_expo.trajectory.fit import TrajectoryFit, fit_coefficients
-from mergekit_expo.trajectory.steps import NAME, check_schedule, resolve_step
+from mergekit_expo.trajectory.steps import NAME, NO_CHECKPOINT, check_schedule, resolve_step
 
 __all__ = ["NAME", "PRETTY_NAME", "REFERENCE_URL", "check_inputs", "planned_fit"]
 
@@ -34,7 +34,7 @@ def check_inputs(input_ids: Sequence[Hashable], base_id: Optional[Hashable]) -> 
         raise ExpoConfigError(MISSING_BASE)
     checkpoints = [i for i in input_ids if i != base_id]
     if not checkpoints:
-        check_schedule([], [], None)  # raises: fewer than two points
+        raise ExpoConfigError(NO_CHECKPOINT)
     for checkpoint in checkpoints:
         if same_files(base_id, checkpoint):
             raise ExpoConfigError(

@@ -28,7 +28,6 @@ from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.contract import label
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.trajectory.contract import (
-    MISSING_BASE,
     NAME,
     PRETTY_NAME,
     REFERENCE_URL,
@@ -74,8 +73,6 @@ class TrajectoryMergeMethod(FunctionalGroupMergeMethod):
         *,
         group_name: Optional[str] = None,
     ) -> None:
-        if base_id is None or base_id not in input_ids:
-            raise ExpoConfigError(MISSING_BASE)
         check_inputs(input_ids, base_id)
         try:
             super().validate_inputs(input_ids, base_id, group_name=group_name)

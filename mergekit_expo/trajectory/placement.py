@@ -8,8 +8,6 @@ a slice's or a module's ``parameters:``, and silently ignores them under a check
 
 from typing import Iterator, Optional, Tuple
 
-from mergekit_expo.trajectory.steps import NAME
-
 SHARED = ("alpha", "window")
 PER_CHECKPOINT = ("step",)
 
@@ -52,5 +50,3 @@ def _blocks(node, where: str) -> Iterator[Tuple[str, dict, Optional[str]]]:
         for index, value in enumerate(node):
             yield from _blocks(value, f"{where}[{index}]")
 
-
-__all__ = ["NAME", "misplaced_parameter"]

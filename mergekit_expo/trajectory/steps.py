@@ -18,6 +18,8 @@ from mergekit_expo.errors import ExpoConfigError
 CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
 TRAINER_STATE = "trainer_state.json"
 NAME = "expo_trajectory"
+NO_CHECKPOINT = (f"{NAME} needs at least one checkpoint under models: besides base_model (the SFT model, "
+                 "step 0): list the run's checkpoints in training order")
 
 
 def checked_step(value) -> Optional[int]:
@@ -89,8 +91,7 @@ def resolve_step(label: str, path: Optional[str], written: Optional[int]) -> int
 def check_schedule(labels: Sequence[str], steps: Sequence[int], window: Optional[int]) -> None:
     """The checkpoints' steps (in ``models:`` order) increase, and ``window`` fits the points."""
     if not labels:
-        raise ExpoConfigError(f"{NAME} needs at least one checkpoint under models: besides base_model (the "
-                              "SFT model, step 0): list the run's checkpoints in training order")
+        raise ExpoConfigError(NO_CHECKPOINT)
     seen = {}
     for label, step in zip(labels, steps):
         if step in seen:
