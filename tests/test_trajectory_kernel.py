@@ -51,3 +51,20 @@ def test_awkward_values():
     fit = fit_coefficients([0, 100, 300])
     for alpha in (0.3, 0.0, -0.5, 1.0):
         assert same(fit_bf16(points, fit.arithmetic, alpha), stream(points, fit.arithmetic, alpha)), alpha
+
+
+def test_affine_parts_evaluated_per_alpha_give_the_merges_bits():
+    # What a caller setting many α uses: two points are expo's reference (signed zeros too),
+    # more points the fused pass's bits.
+    from fp64_reference import expo_fp64, round_once
+    from mergekit_expo.trajectory.numerics import affine_parts, evaluate
+
+    sft, aligned = run(n=1 << 12, seed=4)[::5]
+    sft[:8], aligned[:4], aligned[4:8] = 0.0, -0.0, 0.0
+    two = affine_parts([sft, aligned], fit_coefficients([0, 700]))
+    points, fit = run(seed=5), fit_coefficients(STEPS[1], window=4)
+    six = affine_parts(points, fit)
+    for alpha in (0.3, 0.0, -0.4, 1.7):
+        want = alpha and round_once(expo_fp64(sft, aligned, alpha), torch.bfloat16)
+        assert same(evaluate(two, alpha), aligned if alpha == 0 else want), alpha
+        assert same(evaluate(six, alpha), fit_bf16(points, fit.arithmetic, alpha)), alpha

@@ -164,9 +164,9 @@ def affine_parts(points: Sequence[torch.Tensor], fit: TrajectoryFit) -> AffinePa
     """The α-independent parts of one tensor's fit, whole (fp64, 24 bytes per element)."""
     flat_points = [p.reshape(-1) for p in points]
     total, shape = flat_points[-1].numel(), points[-1].shape
-    buffers = torch.empty((5, total), dtype=torch.float64, device=points[-1].device)
-    parts = fill_parts(flat_points, fit.arithmetic, slice(0, total), last=buffers[0], a=buffers[1],
-                       b=buffers[2], scratch=(buffers[3], buffers[4]))
+    device = points[-1].device
+    last, a, b, *scratch = (torch.empty(total, dtype=torch.float64, device=device) for _ in range(5))
+    parts = fill_parts(flat_points, fit.arithmetic, slice(0, total), last=last, a=a, b=b, scratch=scratch)
     return AffineParts(parts.last.view(shape), None if parts.a is None else parts.a.view(shape),
                        parts.b.view(shape), parts.denominator, points[-1].dtype)
 
