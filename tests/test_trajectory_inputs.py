@@ -42,6 +42,10 @@ BAD = {
     "steps out of order": (
         lambda tmp, sft, ckpts, unnamed: trajectory_config(sft, [ckpts[0], ckpts[2], ckpts[1]]),
         "steps must increase down models:"),
+    "no base_model": (
+        lambda tmp, sft, ckpts, unnamed: {k: v for k, v in trajectory_config(sft, ckpts).items()
+                                          if k != "base_model"},
+        "expo_trajectory needs base_model: set it to the SFT checkpoint"),
     "no checkpoint": (
         lambda tmp, sft, ckpts, unnamed: {"merge_method": "expo_trajectory", "base_model": str(sft),
                                           "models": [{"model": str(sft)}]},

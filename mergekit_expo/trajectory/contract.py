@@ -18,7 +18,7 @@ from mergekit_expo.preflight import check_same_network, load_config
 from mergekit_expo.trajectory.fit import TrajectoryFit, fit_coefficients
 from mergekit_expo.trajectory.steps import NAME, NO_CHECKPOINT, check_schedule, resolve_step
 
-__all__ = ["NAME", "PRETTY_NAME", "REFERENCE_URL", "check_inputs", "planned_fit"]
+__all__ = ["NAME", "PRETTY_NAME", "REFERENCE_URL", "MISSING_BASE", "check_inputs", "planned_fit"]
 
 # mergekit's own card reads these: "merged using the [<pretty name>](<url>) merge method".
 PRETTY_NAME = "Trajectory ExPO (least-squares line through the alignment checkpoints, extrapolated)"
