@@ -32,17 +32,21 @@ def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float)
     """``kernel(sft_bits, aligned_bits, out_bits, alpha)`` over spans, one per torch thread."""
     out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
     sft_bits, aligned_bits, out_bits = _bits(sft), _bits(aligned), _bits(out)
-    threads = max(1, torch.get_num_threads())
-    span = -(-out_bits.size // threads // _SPAN_ALIGNMENT) * _SPAN_ALIGNMENT or _SPAN_ALIGNMENT
-    spans = [slice(start, start + span) for start in range(0, out_bits.size, span)]
-    if len(spans) <= 1:
-        kernel(sft_bits, aligned_bits, out_bits, float(alpha))
-        return out
-    pool = _pool(threads)
-    work = [pool.submit(kernel, sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)) for s in spans]
-    for future in work:
-        future.result()
+    in_spans(lambda s: kernel(sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)), out_bits.size)
     return out
+
+
+def in_spans(work, size: int) -> None:
+    """``work(span)`` for spans (slices) covering ``size`` elements, one span per torch thread."""
+    threads = max(1, torch.get_num_threads())
+    span = -(-size // threads // _SPAN_ALIGNMENT) * _SPAN_ALIGNMENT or _SPAN_ALIGNMENT
+    spans = [slice(start, start + span) for start in range(0, size, span)]
+    if len(spans) <= 1:
+        work(slice(0, size))
+        return
+    pool = _pool(threads)
+    for future in [pool.submit(work, s) for s in spans]:
+        future.result()
 
 
 @functools.lru_cache(maxsize=4)
@@ -51,10 +55,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="expo-bf16")
 
 
-def _bits(tensor: torch.Tensor):
+def bf16_bits(tensor: torch.Tensor):
+    """A bf16 tensor's bit patterns, as a flat uint16 numpy view (no copy when contiguous)."""
     import numpy as np
 
     return tensor.detach().reshape(-1).view(torch.int16).numpy().view(np.uint16)
+
+
+_bits = bf16_bits
 
 
 @functools.lru_cache(maxsize=None)

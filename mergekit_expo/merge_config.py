@@ -17,9 +17,12 @@ from pydantic import BaseModel, ValidationError
 from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import expo_parameter_names, merge_method_names
+from mergekit_expo.trajectory.placement import misplaced_parameter
+from mergekit_expo.trajectory.steps import NAME as TRAJECTORY
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_from_name reads
 MODEL_KEYS = ("base_model", "model", "tokenizer_source", "source")  # keys whose value may be a path
+OUR_METHODS = ("expo", TRAJECTORY)
 
 
 def load_merge_config(config_file: str, hub_ids: dict):
@@ -90,17 +93,23 @@ def check_merge_method(config_file: str, name) -> None:
 
 
 def check_parameter_names(config_file: str, data: dict) -> None:
-    """Every key of every ``parameters:`` mapping is one the merge method declares."""
-    if data.get("merge_method") != "expo":
-        return  # other methods: mergekit's business; only expo's names are ours to enforce
-    valid = expo_parameter_names("mergekit")
+    """Every key of every ``parameters:`` mapping is one the merge method declares (and,
+    for expo_trajectory, one mergekit reads where it is written)."""
+    method = data.get("merge_method")
+    if method not in OUR_METHODS:
+        return  # other methods: mergekit's business; only our methods' names are ours to enforce
+    valid = expo_parameter_names("mergekit", method)
     for where, parameters in _parameter_blocks(data, ""):
         for key in parameters:
             if key not in valid:
                 raise ExpoConfigError(
-                    f"{config_file}: expo does not take parameter {key!r} (in {where})"
-                    f"{_closest(key, valid)}: expo's parameters are {', '.join(valid)}"
+                    f"{config_file}: {method} does not take parameter {key!r} (in {where})"
+                    f"{_closest(key, valid)}: {method}'s parameters are {', '.join(valid)}"
                 )
+    if method == TRAJECTORY:
+        problem = misplaced_parameter(data)
+        if problem:
+            raise ExpoConfigError(f"{config_file}: {problem}")
 
 
 def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:

@@ -20,6 +20,7 @@ _ACCELERATOR_CHUNK = 1 << 24
 # wins back only over ~0.5B elements: tensors this large appear from ~0.5B models up
 # (the embeddings), so merges of small models never load it.
 _FUSED_MIN_ELEMENTS = 1 << 22
+FUSED_MIN_ELEMENTS = _FUSED_MIN_ELEMENTS  # the trajectory's fused pass starts at the same size
 # fp64 significand bits (52 stored) to cut off when rounding to odd before narrowing:
 # keep the target's stored bits plus two (bf16: 7 + 2, fp16: 10 + 2).
 _ODD_ROUNDING_DROP = {torch.bfloat16: 52 - 9, torch.float16: 52 - 12}

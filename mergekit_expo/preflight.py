@@ -142,14 +142,27 @@ def load_config(folder: Path) -> dict:
         raise ExpoInputError(f"{folder / 'config.json'} is not valid JSON: {error}") from None
 
 
-def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False) -> None:
+def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False, role: str = "aligned") -> None:
     """SFT and aligned folders are usable and describe the same network.
 
     ``tokenizer_aligned``: the merge aligns vocabularies (mergekit ``tokenizer:``),
-    so differing vocab sizes are fine.
+    so differing vocab sizes are fine. ``role``: what the second model is to the user.
     """
     sft_config = load_config(check_model_folder(sft, "SFT (base_model)"))
-    aligned_config = load_config(check_model_folder(aligned, "aligned"))
+    aligned_config = load_config(check_model_folder(aligned, role))
+    check_same_network(sft, aligned, sft_config, aligned_config, tokenizer_aligned=tokenizer_aligned,
+                       role=role)
+
+
+# What to do when a model is not of the SFT model's network, by the model's role.
+TRAINED_FROM = {"aligned": "use the SFT checkpoint the aligned model was trained from",
+                "checkpoint": "list checkpoints of the run that started from base_model (the SFT model)"}
+
+
+def check_same_network(sft: str, aligned: str, sft_config: dict, aligned_config: dict, *,
+                       tokenizer_aligned: bool = False, role: str = "aligned") -> None:
+    """The two config.json contents describe the same network (tensor by tensor)."""
+    fix = TRAINED_FROM.get(role, TRAINED_FROM["aligned"])
     sft_arch, aligned_arch = sft_config.get("architectures"), aligned_config.get("architectures")
     for path, arch in ((sft, sft_arch), (aligned, aligned_arch)):
         if not arch:
@@ -159,23 +172,21 @@ def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False) -> No
             )
     if sft_arch != aligned_arch:
         raise ExpoInputError(
-            f"architectures differ: SFT {sft} is {sft_arch[0]}, aligned {aligned} is "
-            f"{aligned_arch[0]}: use the SFT checkpoint the aligned model was trained from"
+            f"architectures differ: SFT {sft} is {sft_arch[0]}, {role} {aligned} is "
+            f"{aligned_arch[0]}: {fix}"
         )
     sft_text, aligned_text = _text_config(sft_config), _text_config(aligned_config)
     for key in SHAPE_KEYS:
         first, second = sft_text.get(key), aligned_text.get(key)
         if first is not None and second is not None and first != second:
-            raise ExpoInputError(
-                f"{key} differs: {first} in SFT {sft}, {second} in aligned {aligned}: "
-                "use the SFT checkpoint the aligned model was trained from"
-            )
+            raise ExpoInputError(f"{key} differs: {first} in SFT {sft}, {second} in {role} {aligned}: {fix}")
     first, second = sft_text.get("vocab_size"), aligned_text.get("vocab_size")
     if first != second and not tokenizer_aligned:
         raise ExpoInputError(
-            f"vocab_size differs ({first} in SFT, {second} in aligned), so "
+            f"vocab_size differs ({first} in SFT, {second} in {role}"
+            f"{'' if role == 'aligned' else ' ' + str(aligned)}), so "
             "embed_tokens/lm_head shapes differ: add 'tokenizer: {source: union}' to the "
-            "config (rows only the aligned model has keep its values)"
+            f"config (rows only the {role} model has keep its values)"
         )
 
 

@@ -18,6 +18,8 @@ from mergekit_expo.hub import is_hub_id
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
 from mergekit_expo.output_guard import Output, check_no_overlap, check_output
 from mergekit_expo.preflight import check_model_folder, check_pair, has_tokenizer
+from mergekit_expo.trajectory.preflight import check_trajectory_inputs
+from mergekit_expo.trajectory.steps import NAME as TRAJECTORY
 
 LOG = logging.getLogger("mergekit_expo")
 # mergekit's cache entries: f"{basename}_{crc32}_{basename}_{crc32}" (ModelPath._unique_id)
@@ -72,6 +74,8 @@ def run_config_file(config_file, out_path, options, *, overwrite=False, search=N
     check_device(options)
     if config.merge_method == "expo":
         check_expo_inputs(config)
+    elif config.merge_method == TRAJECTORY:
+        check_trajectory_inputs(config)
     check_card_inputs(source, hub_ids=hub_ids, search=search)
     options = tokenizer_options(options, config)
     with staged_output(target) as staging:

@@ -2,12 +2,13 @@
 
 No hub is needed: configs are built locally and weights drawn from a seeded RNG.
 The "aligned" model is the SFT model plus a small per-tensor perturbation, which is
-what a short DPO run looks like from the weights' point of view.
+what a short DPO run looks like from the weights' point of view; :func:`write_run` adds
+the checkpoints such a run saves on the way (``checkpoint-N``), for ``expo_trajectory``.
 """
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -138,3 +139,59 @@ def write_tokenizer(path: str, base_vocab: Sequence[str], added: Sequence[str]):
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
     tokenizer.save_pretrained(path)
+
+
+def write_run(root: str, spec: PairSpec = PairSpec(), steps: Sequence[int] = (100, 200, 300, 400, 500),
+              *, noise: float = 0.3, trainer_state: bool = True) -> Tuple[str, List[str]]:
+    """Write a pair (``root/sft``, ``root/aligned``) and the run between them as a trainer
+    saves it (:func:`write_checkpoints` into ``root/run``); return the SFT folder and the
+    checkpoint folders in training order."""
+    sft_dir, aligned_dir = write_pair(root, spec)
+    run = os.path.join(os.path.abspath(root), "run")
+    return sft_dir, write_checkpoints(sft_dir, aligned_dir, run, steps, noise=noise,
+                                      trainer_state=trainer_state, seed=spec.seed)
+
+
+def write_checkpoints(sft_dir: str, aligned_dir: str, root: str, steps: Sequence[int], *,
+                      noise: float = 0.3, trainer_state: bool = True, seed: int = 0) -> List[str]:
+    """``root/checkpoint-N`` for each step, as transformers' Trainer saves them: the update
+    grows linearly with the step, plus noise (``noise`` times each tensor's update spread);
+    the last checkpoint is the aligned model itself. With ``trainer_state``, each folder has a
+    ``trainer_state.json`` with its ``global_step``. Return the folders in training order."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    sft, aligned = _tensors(sft_dir), _tensors(aligned_dir)
+    generator = torch.Generator().manual_seed(seed + 1)
+    folders = []
+    for step in steps:
+        folder = os.path.join(os.path.abspath(root), f"checkpoint-{step}")
+        shutil.copytree(aligned_dir, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
+        tensors = aligned if step == steps[-1] else {
+            name: _on_the_way(sft[name], tensor, step / steps[-1], noise, generator)
+            for name, tensor in aligned.items()}
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        if trainer_state:
+            with open(os.path.join(folder, "trainer_state.json"), "w") as handle:
+                json.dump({"global_step": step, "log_history": []}, handle)
+        folders.append(folder)
+    return folders
+
+def _on_the_way(sft: torch.Tensor, aligned: torch.Tensor, fraction: float, noise: float,
+                generator: torch.Generator) -> torch.Tensor:
+    update = aligned.float() - sft.float()
+    spread = float(update.std()) if update.numel() > 1 else 0.0
+    jitter = torch.randn(update.shape, generator=generator) * (noise * fraction * spread)
+    return (sft.float() + fraction * update + jitter).to(aligned.dtype)
+
+
+def _tensors(folder: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(folder, name)))
+    return tensors

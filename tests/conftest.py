@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mergekit_expo.synthetic import PairSpec, write_pair
+from mergekit_expo.synthetic import PairSpec, write_checkpoints, write_pair
 
 # tests/with_vllm runs in .venv-vllm (vLLM caps transformers): see test_vllm_venv.py.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["with_vllm"]
@@ -159,6 +159,10 @@ def forget_warnings():
     alpha._warned_large.clear()
     contract.warn_same_checkpoint.cache_clear()
     contract.same_files.cache_clear()
+    trajectory = sys.modules.get("mergekit_expo.trajectory.contract")
+    if trajectory is not None:  # keyed by model paths, relative ones included
+        trajectory.planned_fit.cache_clear()
+        trajectory.same_network.cache_clear()
     self_check = sys.modules.get("mergekit_expo.search.self_check")
     if self_check is not None:
         self_check.warn_if_untested.cache_clear()
@@ -290,6 +294,41 @@ def pair_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def run_factory(pair_factory, tmp_path_factory):
+    """make(steps=..., trainer_state=True, **PairSpec fields) -> (sft_dir, [checkpoint dirs]):
+    the pair of ``pair_factory`` and a run from its SFT to its aligned model (the last
+    checkpoint), saved as ``checkpoint-N`` folders; cached per arguments."""
+    cache = {}
+
+    def make(steps=(100, 200, 300, 400, 500), trainer_state=True, **fields):
+        key = (tuple(steps), trainer_state, PairSpec(**fields))
+        if key not in cache:
+            sft, aligned = pair_factory(**fields)
+            root = tmp_path_factory.mktemp("run")
+            cache[key] = sft, [Path(p) for p in write_checkpoints(
+                str(sft), str(aligned), str(root), steps, trainer_state=trainer_state, seed=key[2].seed)]
+        return cache[key]
+
+    return make
+
+
+def trajectory_config(sft, checkpoints, alpha=0.3, *, steps=None, window=None, **extra):
+    """An expo_trajectory config: ``steps`` written as each checkpoint's step: when given."""
+    models = [{"model": str(c)} if steps is None else {"model": str(c), "parameters": {"step": s}}
+              for c, s in zip(checkpoints, steps or checkpoints)]
+    parameters = {"alpha": alpha} if window is None else {"alpha": alpha, "window": window}
+    config = {"merge_method": "expo_trajectory", "base_model": str(sft), "models": models,
+              "parameters": parameters}
+    config.update(extra)
+    return config
+
+
+def run_points(sft, checkpoints) -> list:
+    """Every tensor of the SFT model and of each checkpoint, in step order: [{name: tensor}]."""
+    return [load_folder(sft), *(load_folder(c) for c in checkpoints)]
+
+
+@pytest.fixture(scope="session")
 def llama_pair(pair_factory):
     return pair_factory()
 
@@ -311,12 +350,15 @@ def postgres():
 
 
 @pytest.fixture
-def models_dir(tmp_path, pair_factory):
-    """A working folder holding ./models/{sft,aligned,other}, as configs/ expect."""
+def models_dir(tmp_path, pair_factory, run_factory):
+    """A working folder holding ./models/{sft,aligned,other} and the run from sft to aligned,
+    ./models/run/checkpoint-{100,...,500}, as configs/ expect."""
     sft, aligned = pair_factory()
     _, other = pair_factory(seed=7)
+    _, checkpoints = run_factory()
     models = tmp_path / "models"
     models.mkdir()
-    for name, source in (("sft", sft), ("aligned", aligned), ("other", other)):
+    run = checkpoints[0].parent
+    for name, source in (("sft", sft), ("aligned", aligned), ("other", other), ("run", run)):
         (models / name).symlink_to(source, target_is_directory=True)
     return tmp_path

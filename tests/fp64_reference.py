@@ -102,3 +102,56 @@ def fidelity(out, sft, aligned, alpha):
     )
     ulps = (out.double() - exact).abs() / ulp_at(scale, out.dtype)
     return equal, ulps.max().item()
+
+
+def trajectory_fp64(points, steps, alpha, window=None):
+    """numpy's least-squares line per element through (steps, points) (the last ``window``),
+    evaluated at s* = steps[-1]·(1 + α): fp64, as ``numpy.polyfit`` computes it."""
+    import numpy as np
+
+    window = window or len(steps)
+    x = np.asarray(steps[-window:], dtype=np.float64)
+    y = np.stack([p.double().reshape(-1).numpy() for p in points[-window:]])
+    slope, intercept = np.polyfit(x, y, 1)
+    return torch.from_numpy(intercept + slope * (steps[-1] * (1 + alpha))).reshape(points[-1].shape)
+
+
+def exact_trajectory(values, steps, alpha: Fraction) -> Fraction:
+    """The least-squares line through (steps, values) at steps[-1]·(1 + α), in exact rationals."""
+    n = len(steps)
+    ys = [Fraction(v) for v in values]
+    mean_s, mean_y = Fraction(sum(steps), n), sum(ys) / n
+    slope = (sum((s - mean_s) * (y - mean_y) for s, y in zip(steps, ys))
+             / sum((s - mean_s) ** 2 for s in steps))
+    return mean_y + slope * (steps[-1] * (1 + alpha) - mean_s)
+
+
+def near_midpoint(values: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor,
+                  tolerance: float = 2.0 ** -36) -> torch.Tensor:
+    """Where an fp64 value lies within ``tolerance``·``scale`` of a rounding midpoint of
+    ``dtype``: near enough that the fp64 roundings of how it was computed (relative to the
+    inputs' magnitude ``scale``) could put it on either side."""
+    x = values.double()
+    bits, min_exponent, _ = FORMATS[dtype]
+    _, exponent = torch.frexp(x)
+    step = torch.pow(2.0, ((exponent - 1).clamp_min(min_exponent) - (bits - 1)).double())
+    scaled = x / step
+    return ((scaled - torch.floor(scaled)) - 0.5).abs() * step <= tolerance * scale.double()
+
+
+def trajectory_reference(points, steps, alpha, dtype, window=None):
+    """Each element's least-squares fit rounded once to ``dtype``: numpy's fp64 fit decides,
+    except where it lies within a few fp64 roundings of a midpoint (exact ties of the fit,
+    which numpy's fp64 misses by an ulp either way): there exact rationals decide, with α
+    as written in decimal (0.3 is 3/10), as expo's fp64 steps land on its ties."""
+    window = window or len(steps)
+    fitted = trajectory_fp64(points, steps, alpha, window)
+    rounded = round_once(fitted, dtype).reshape(-1)
+    flat = [p.reshape(-1) for p in points[-window:]]
+    scale = torch.stack([p.double().abs() for p in flat]).amax(0)
+    undecided = near_midpoint(fitted.reshape(-1), dtype, scale).nonzero().reshape(-1).tolist()
+    exact_alpha = Fraction(repr(alpha))
+    for i in undecided:
+        value = exact_trajectory([float(p[i]) for p in flat], list(steps[-window:]), exact_alpha)
+        rounded[i] = round_fraction(value, dtype)
+    return rounded.reshape(points[-1].shape), len(undecided)

@@ -59,6 +59,13 @@ def test_search_lora_and_profile_benchmarks_smoke(tmp_path):
     assert "expo/passthrough" in out and "probe/passthrough" in out and "500M --async-write" in out
 
 
+@pytest.mark.slow
+def test_trajectory_benchmark_smoke(tmp_path):
+    out = run_script(REPO / "bench/trajectory.py", "--size", "0.01B", "--checkpoints", "3", "--repeats", "1",
+                     "--cache", tmp_path / "cache", "--work", tmp_path / "trajectory")
+    assert "trajectory/expo peak anon" in out and "trajectory/expo peak RSS" in out
+
+
 def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
     import pytest
     import torch

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, load_folder, run_cli
-from fp64_reference import fidelity
+from fp64_reference import fidelity, trajectory_reference
 
 LAYER = re.compile(r"layers\.(\d+)\.")
 
@@ -41,10 +41,15 @@ EXPECTED_ALPHA = {
 }
 MULTI = "expo-then-linear.multi.yml"
 ADDED_TOKENS = "expo-added-tokens.yml"
+RUN_STEPS = (0, 100, 200, 300, 400, 500)  # ./models/sft, then ./models/run/checkpoint-N
+TRAJECTORY = {  # config -> (tensor name -> α, window)
+    "expo-trajectory.yml": (lambda name: 0.3, None),
+    "expo-trajectory-window.yml": (gradient_alpha, 3),
+}
 
 
 def test_every_config_has_a_test():
-    assert {p.name for p in CONFIGS.glob("*.yml")} == {*EXPECTED_ALPHA, MULTI, ADDED_TOKENS}
+    assert {p.name for p in CONFIGS.glob("*.yml")} == {*EXPECTED_ALPHA, *TRAJECTORY, MULTI, ADDED_TOKENS}
 
 
 def assert_extrapolated(out, sft, aligned, alpha_for):
@@ -66,6 +71,19 @@ def test_config(models_dir, config):
     out = load_folder(models_dir / "out")
     sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
     assert_extrapolated(out, sft, aligned, EXPECTED_ALPHA[config])
+
+
+@pytest.mark.parametrize("config", sorted(TRAJECTORY))
+def test_trajectory_config(models_dir, config):
+    run_cli("mergekit-yaml", CONFIGS / config, "./out", cwd=models_dir)
+    out = load_folder(models_dir / "out")
+    points = [load_folder(models_dir / "models/sft"),
+              *(load_folder(models_dir / f"models/run/checkpoint-{s}") for s in RUN_STEPS[1:])]
+    alpha_for, window = TRAJECTORY[config]
+    assert set(out) == set(points[-1])
+    for name, tensor in out.items():
+        want, _ = trajectory_reference([p[name] for p in points], RUN_STEPS, alpha_for(name), tensor.dtype, window)
+        assert torch.equal(tensor.view(torch.int16), want.view(torch.int16)), name
 
 
 def test_multi_stage_config(models_dir):

@@ -34,10 +34,11 @@ def alpha_in_words(data: dict) -> List[str]:
     return describe(planned)
 
 
-def describe(planned: Dict[str, Optional[float]]) -> List[str]:
-    """``planned``: tensor name -> α (None: copied from the SFT model), in plan order."""
+def describe(planned: Dict[str, Optional[float]], *, zero: str = "the aligned model's values") -> List[str]:
+    """``planned``: tensor name -> α (None: copied from the SFT model), in plan order; ``zero``:
+    what α = 0 gives."""
     if len(set(planned.values())) == 1:
-        return [_value(next(iter(planned.values())))]
+        return [_value(next(iter(planned.values())), zero)]
     words = {}  # label -> its α in words; a layer part is labelled once for every layer
     by_part = defaultdict(dict)
     for name, alpha in planned.items():
@@ -45,9 +46,9 @@ def describe(planned: Dict[str, Optional[float]]) -> List[str]:
         if match:
             by_part[match["stack"], match["part"]][int(match["index"])] = alpha
         else:
-            words[(None, name)] = _value(alpha)
+            words[(None, name)] = _value(alpha, zero)
     for key, by_layer in by_part.items():
-        words[key] = _over_layers(by_layer)
+        words[key] = _over_layers(by_layer, zero)
     groups = defaultdict(list)
     for key, text in words.items():
         groups[text].append(key)
@@ -73,12 +74,12 @@ def _labels(keys, by_part, stacks, *, other: bool = False) -> str:
     return ", ".join([*(f"`{_short(name)}`" for name in named), *layered])
 
 
-def _over_layers(by_layer: Dict[int, Optional[float]]) -> str:
+def _over_layers(by_layer: Dict[int, Optional[float]], zero: str) -> str:
     """One value, or runs of layers: constant, or linear in depth over three layers or more."""
     layers = sorted(by_layer)
     values = [by_layer[i] for i in layers]
     if len(set(values)) == 1:
-        return _value(values[0])
+        return _value(values[0], zero)
     runs, start = [], 0
     while start < len(layers):
         end = start
@@ -86,7 +87,7 @@ def _over_layers(by_layer: Dict[int, Optional[float]]) -> str:
             end += 1
         if end == start:
             end = _linear_end(layers, values, start)
-        runs.append(_run(layers, values, start, end))
+        runs.append(_run(layers, values, start, end, zero))
         start = end + 1
     return "; ".join(runs)
 
@@ -105,18 +106,18 @@ def _linear_end(layers, values, start) -> int:
     return end if end - start >= 2 else start
 
 
-def _run(layers, values, start, end) -> str:
+def _run(layers, values, start, end, zero: str) -> str:
     if values[start] == values[end]:
         span = f"layer {layers[start]}" if end == start else f"layers {layers[start]}–{layers[end]}"
-        return f"{_value(values[start])} at {span}"
+        return f"{_value(values[start], zero)} at {span}"
     return (f"from {_number(values[start])} at layer {layers[start]} to {_number(values[end])} at layer "
             f"{layers[end]}, linear in depth")
 
 
-def _value(alpha: Optional[float]) -> str:
+def _value(alpha: Optional[float], zero: str) -> str:
     if alpha is None:
         return "none: the SFT model's values (no aligned model is an input there)"
-    return f"{_number(alpha)} (the aligned model's values)" if alpha == 0 else _number(alpha)
+    return f"{_number(alpha)} ({zero})" if alpha == 0 else _number(alpha)
 
 
 def _number(alpha: float) -> str:

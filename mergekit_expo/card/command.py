@@ -69,10 +69,10 @@ def read_merge_output(out: Path, out_path: str) -> str:
 
 
 def check_expo_output(out_path: str, source: str):
-    """The lineage of OUT's own config, if it is an expo merge."""
+    """The lineage of OUT's own config, if it is an expo (or expo_trajectory) merge."""
     lineage = lineage_of_config(source, where=f"{out_path}/{CONFIG}")
     stage = lineage.final
-    if not stage.is_expo:
+    if not (stage.is_expo or stage.is_trajectory):
         raise ExpoConfigError(
             f"{out_path} is a {stage.config.merge_method} merge, not an expo one: `card` writes ExPO "
             "cards (for a mergekit-multi output with an expo stage, pass --multi-config PIPELINE.yml)")

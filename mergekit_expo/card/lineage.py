@@ -53,6 +53,10 @@ class Stage:
         return self.config.merge_method == "expo"
 
     @property
+    def is_trajectory(self) -> bool:
+        return self.config.merge_method == "expo_trajectory"
+
+    @property
     def sft(self) -> Input:
         return self.inputs[0]
 
@@ -70,6 +74,10 @@ class Lineage:
     @property
     def expo_stages(self) -> List[Stage]:
         return [stage for stage in self.stages if stage.is_expo]
+
+    @property
+    def trajectory_stages(self) -> List[Stage]:
+        return [stage for stage in self.stages if stage.is_trajectory]
 
     @property
     def final(self) -> Stage:
@@ -141,9 +149,9 @@ def _stage(name, data: dict, is_hub: Callable[[str], bool], stage_names: Set[str
         config = MergeConfiguration.model_validate(data)
     except (ValidationError, RuntimeError) as error:
         raise ExpoConfigError(f"{where} is not a valid mergekit config ({first_line(error)})") from None
-    if config.merge_method == "expo" and config.base_model is None:
-        raise ExpoConfigError(f"{where} has an expo merge without base_model (the SFT model): it is not "
-                              "what an expo merge ran with")
+    if config.merge_method in ("expo", "expo_trajectory") and config.base_model is None:
+        raise ExpoConfigError(f"{where} has an {config.merge_method} merge without base_model (the SFT "
+                              "model): it is not what such a merge ran with")
     inputs = [Input(str(model), (), stage=model.model.path)
               if model.model.path in stage_names and model.lora is None else _input(model, is_hub)
               for model in _in_order(config)]

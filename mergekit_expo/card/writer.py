@@ -6,12 +6,13 @@ text is ``template.md`` filled from the config, the α setting and the α search
 """
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
 from mergekit_expo.card.search_section import check_same_models, search_section
+from mergekit_expo.card.trajectory_words import trajectory_stage
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.results import PLOT, SearchResults  # PLOT: copied beside the card as it is
 
@@ -58,10 +59,12 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     else:
         ids = None if hub_ids is None else set(hub_ids.values())
         lineage = lineage_of_config(source, hub_ids=ids, where=f"{folder}/mergekit_config.yml")
-    if not lineage.expo_stages:
+    if not lineage.expo_stages and not lineage.trajectory_stages:
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
     section, kept = None, None
+    if not lineage.expo_stages:
+        search = None  # the α search scores expo stages only
     if search is None:
         kept = kept_search_section(folder)  # a card of ours rewritten without --search keeps its search
     else:
@@ -84,9 +87,11 @@ def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optiona
                "aligned": " and ".join(model.markdown for model in stage.aligned),
                "alpha": alpha_in_words(stage.data), "unchecked": unchecked.get(stage.name)}
               for stage in lineage.expo_stages]
+    trajectories = [trajectory_stage(stage) for stage in lineage.trajectory_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
-        summary=_summary(lineage, stages[0]), paper=PAPER, expo_stages=stages,
+        summary=_summary(lineage, stages[0] if stages else None, trajectories), paper=PAPER,
+        expo_stages=stages, trajectory_stages=trajectories,
         pipeline=_pipeline_lines(lineage, unchecked) if lineage.pipeline else None, search=section,
         kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
 
@@ -116,14 +121,21 @@ def _existing_metadata(folder: Path) -> dict:
         return {}
 
 
-def _summary(lineage: Lineage, stage: dict) -> str:
-    expo = (f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}")
+def _summary(lineage: Lineage, stage: Optional[dict], trajectories: List[dict]) -> str:
+    if stage is None:
+        first = trajectories[0]
+        expo = (f"the least-squares line through {first['points'] - 1} checkpoint(s) of one run from the "
+                f"SFT model {first['sft']}, extrapolated past the last one")
+        kind, method = "A trajectory-ExPO model", "trajectory ExPO"
+    else:
+        expo = f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}"
+        kind, method = "An ExPO model", "ExPO"
     if lineage.pipeline:
         said = (" as its pipeline configures it (not checked against what was merged)"
-                if stage["unchecked"] else "")
+                if stage is not None and stage["unchecked"] else "")
         return (f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`, one of whose stages is "
-                f"ExPO{said}: {expo}.")
-    return f"An ExPO model: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+                f"{method}{said}: {expo}.")
+    return f"{kind}: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
 
 
 def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
@@ -131,8 +143,8 @@ def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
     for stage in lineage.stages:
         label = f"stage `{stage.name}`" if stage.name else "the final stage"
         note = " (as configured: **not checked** against what was merged)" if stage.name in unchecked else ""
-        if stage.is_expo:
-            lines.append(f"{label}: ExPO{note} (below)")
+        if stage.is_expo or stage.is_trajectory:
+            lines.append(f"{label}: {'ExPO' if stage.is_expo else 'trajectory ExPO'}{note} (below)")
             continue
         base = stage.config.base_model
         inputs = [f"{model.markdown} (base)" if base is not None and model.text == str(base)

@@ -1,7 +1,10 @@
 """The merge programs ``expo`` plugs into, and which of their method APIs each speaks.
 
+Each gets ``expo`` and ``expo_trajectory`` (:mod:`mergekit_expo.trajectory`):
+
 - mergekit 0.1.5 (and later 0.1.x keeping its API): method specs, ``registry.register()``,
-  ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method`.
+  ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method` and
+  :mod:`mergekit_expo.trajectory.method`.
 - mergekit 0.1.4: ``MergeMethod``/``Task`` classes and a ``REGISTERED_MERGE_METHODS``
   dict; declared in :mod:`.mergekit_014`.
 - mergekitty 0.3 (allura-org's fork of mergekit 0.1.4), the same API under
@@ -35,35 +38,37 @@ problems: Dict[str, str] = {}
 _report_as_warning = True
 
 
-def adapter_module(host: str, registry) -> Optional[str]:
-    """Our module that declares expo in the API ``registry`` speaks (None: unknown API)."""
+def adapter_modules(host: str, registry) -> Optional[List[str]]:
+    """Our modules that declare expo's methods in the API ``registry`` speaks (None: unknown API)."""
     if host == "mergekit" and hasattr(registry, "register") and hasattr(registry, "registered_methods"):
-        return "mergekit_expo.method"
+        return ["mergekit_expo.method", "mergekit_expo.trajectory.method"]
     if hasattr(registry, "REGISTERED_MERGE_METHODS"):
-        return f"mergekit_expo.hosts.{'mergekitty' if host == 'mergekitty' else 'mergekit_014'}"
+        return [f"mergekit_expo.hosts.{'mergekitty' if host == 'mergekitty' else 'mergekit_014'}"]
     return None
 
 
 def is_ready(registry) -> bool:
-    """True once the registry module has defined what ``adapter_module`` looks for."""
+    """True once the registry module has defined what ``adapter_modules`` looks for."""
     return hasattr(registry, "registered_methods") or hasattr(registry, "REGISTERED_MERGE_METHODS")
 
 
 def register(host: str, registry) -> None:
-    """Declare expo in ``registry``, a host's method registry; on failure, record why."""
-    name = adapter_module(host, registry)
-    if name is None:
+    """Declare expo's methods in ``registry``, a host's method registry; on failure, record why."""
+    names = adapter_modules(host, registry)
+    if names is None:
         report(host, f"{registry.__name__} has neither register() (mergekit 0.1.5's API) nor "
                      "REGISTERED_MERGE_METHODS (mergekit 0.1.4's)")
         return
-    module = sys.modules.get(name)
-    if module is not None and not hasattr(module, "register"):
-        return  # mid-import: it imported the host first, and registers at its own end
-    try:
-        module = importlib.import_module(name)
-        module.register(registry)
-    except Exception as error:  # any API change: say which piece is missing, once
-        report(host, without_path(first_line(error)))
+    for name in names:
+        module = sys.modules.get(name)
+        if module is not None and not hasattr(module, "register"):
+            continue  # mid-import: it imported the host first, and registers at its own end
+        try:
+            module = importlib.import_module(name)
+            module.register(registry)
+        except Exception as error:  # any API change: say which piece is missing, once
+            report(host, without_path(first_line(error)))
+            return
 
 
 def report(host: str, detail: str) -> None:
@@ -122,13 +127,14 @@ def merge_method_names(host: str = "mergekit") -> List[str]:
     return sorted(registered_methods(registry))
 
 
-def expo_parameter_names(host: str = "mergekit") -> List[str]:
-    """The parameters ``expo`` declares in ``host`` (``alpha``)."""
+def expo_parameter_names(host: str = "mergekit", method_name: str = NAME) -> List[str]:
+    """The parameters ``expo`` (or another of our methods, ``method_name``) declares in ``host``
+    (expo: ``alpha``)."""
     registry = registry_of(host)
     if hasattr(registry, "registered_methods"):
-        spec = registry.get(NAME).spec
+        spec = registry.get(method_name).spec
         return [p.name for p in (*spec.shared_parameters, *spec.input_parameters)]
-    method = registered_methods(registry)[NAME]
+    method = registered_methods(registry)[method_name]
     return [p.name for p in (*method.parameters(), *method.tensor_parameters())]
 
 

@@ -1,7 +1,7 @@
-"""``expo`` declared for mergekit 0.1.4 (see :mod:`.task_api`)."""
+"""``expo`` and ``expo_trajectory`` declared for mergekit 0.1.4 (see :mod:`.task_api`)."""
 
 import functools
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from mergekit.architecture import WeightInfo
@@ -26,7 +26,23 @@ class ExpoMerge(task_api.ExpoMethodBody, MergeMethod):
     parameter_class = ConfigParameterDef
 
 
-register = functools.partial(task_api.register, method=ExpoMerge())  # hosts.register calls it
+class TrajectoryTask(task_api.TrajectoryTaskBody, Task[torch.Tensor]):
+    gather_tensors: MergeTensorInput
+    base_model: ModelReference
+    checkpoints: Tuple[ModelReference, ...]
+    steps: Tuple[int, ...]
+    window: int
+    alpha: float
+    weight_info: WeightInfo
+
+
+class TrajectoryMerge(task_api.TrajectoryMethodBody, MergeMethod):
+    task_class = TrajectoryTask
+    parameter_class = ConfigParameterDef
+
+
+# hosts.register calls it
+register = functools.partial(task_api.register, methods=(ExpoMerge(), TrajectoryMerge()))
 
 
 # Covers the case where importing this module is what first loaded mergekit.

@@ -1,6 +1,7 @@
 """Every YAML in configs/ through each host's own CLI, bit for bit against the fp64
 reference; held-out architectures and dtypes with an α gradient; bad inputs; start-up
-registration in a fresh interpreter. Runs in each host venv (see tests/test_hosts.py)."""
+registration in a fresh interpreter; expo_trajectory's recipes and bad inputs. Runs in each
+host venv (see tests/test_hosts.py)."""
 
 import subprocess
 import sys
@@ -9,8 +10,8 @@ import pytest
 import torch
 from host_table import PRESENT, error_lines, gradient_alpha, layer_of, run_host
 
-from conftest import CONFIGS, cli_env, load_folder, write_yaml
-from fp64_reference import fidelity
+from conftest import CONFIGS, cli_env, load_folder, run_points, trajectory_config, write_yaml
+from fp64_reference import fidelity, trajectory_reference
 
 assert PRESENT, "no merge host in this venv: build it with bash scripts/setup.sh --hosts"
 
@@ -51,10 +52,24 @@ EXPECTED_ALPHA = {  # config -> (host, tensor name) -> α; the tiny models have 
 }
 MULTI = "expo-then-linear.multi.yml"
 ADDED_TOKENS = "expo-added-tokens.yml"
+STEPS = (100, 200, 300, 400, 500)  # ./models/run/checkpoint-N
+TRAJECTORY = {  # config -> ((host, tensor name) -> α, window)
+    "expo-trajectory.yml": (lambda host, name: 0.3, None),
+    "expo-trajectory-window.yml": (lambda host, name: gradient_alpha([0.1, 0.5], name, 2, host), 3),
+}
 
 
 def test_every_config_has_a_test():
-    assert {p.name for p in CONFIGS.glob("*.yml")} == {*EXPECTED_ALPHA, MULTI, ADDED_TOKENS}
+    assert {p.name for p in CONFIGS.glob("*.yml")} == {*EXPECTED_ALPHA, *TRAJECTORY, MULTI, ADDED_TOKENS}
+
+
+def assert_fit_of(out, points, alpha_for, window=None, steps=STEPS):
+    """Every element equals the least-squares fit (numpy's, exact at its ties) rounded once."""
+    assert set(out) == set(points[-1])
+    for name, tensor in out.items():
+        want, _ = trajectory_reference([p[name] for p in points], (0, *steps), alpha_for(name),
+                                       tensor.dtype, window)
+        assert torch.equal(tensor.view(-1).view(torch.int8), want.view(-1).view(torch.int8)), name
 
 
 @pytest.mark.parametrize("config", sorted(EXPECTED_ALPHA))
@@ -64,6 +79,95 @@ def test_config(host, models_dir, config):
     sft, aligned = load_folder(models_dir / "models/sft"), load_folder(models_dir / "models/aligned")
     assert_bit_exact(load_folder(models_dir / "out"), sft, aligned,
                      lambda name: EXPECTED_ALPHA[config](host, name))
+
+
+@pytest.mark.parametrize("config", sorted(TRAJECTORY))
+def test_trajectory_config(host, models_dir, config):
+    run_host(host.yaml_cli, CONFIGS / config, models_dir / "out", cwd=models_dir)
+    points = run_points(models_dir / "models/sft", [models_dir / f"models/run/checkpoint-{s}" for s in STEPS])
+    alpha_for, window = TRAJECTORY[config]
+    assert_fit_of(load_folder(models_dir / "out"), points, lambda name: alpha_for(host, name), window)
+
+
+def test_trajectory_slices_and_filter(host, tmp_path, run_factory):
+    # Slices give each block of layers its α; a filter gives embed_tokens its own.
+    sft, checkpoints = run_factory()
+    alpha = [{"filter": "embed_tokens", "value": 0.0}, {"value": 0.4}]
+    slices = [{"sources": [{"model": str(c), "layer_range": [i, i + 1]} for c in [sft, *checkpoints]],
+               **({"parameters": {"alpha": 0.6}} if i else {})} for i in range(2)]
+    config = {"merge_method": "expo_trajectory", "base_model": str(sft), "slices": slices,
+              "parameters": {"alpha": alpha}}
+    run_host(host.yaml_cli, write_yaml(tmp_path / "c.yml", config), tmp_path / "out")
+
+    def alpha_for(name):  # the second slice's own α wins there; embeddings follow the first slice,
+        if "embed_tokens" in name:  # norm and lm_head the last
+            return 0.0
+        return 0.4 if ".layers.0." in name else 0.6
+
+    assert_fit_of(load_folder(tmp_path / "out"), run_points(sft, checkpoints), alpha_for)
+
+
+def test_trajectory_multi_stage(host, tmp_path, run_factory, pair_factory):
+    sft, checkpoints = run_factory()
+    _, other = pair_factory(seed=7)
+    stage = dict(trajectory_config(sft, checkpoints, 0.4, window=4), name="trajectory-stage")
+    final = {"merge_method": "linear", "dtype": "bfloat16",
+             "models": [{"model": "trajectory-stage", "parameters": {"weight": 0.7}},
+                        {"model": str(other), "parameters": {"weight": 0.3}}]}
+    config = write_yaml(tmp_path / "multi.yml", [stage, final])
+    out = tmp_path / "out"
+    if host.multi_cli == "mergekit-multi":
+        run_host(host.multi_cli, config, "--intermediate-dir", out, "--out-path", out / "final", cwd=tmp_path)
+    else:
+        run_host(host.multi_cli, config, out, cwd=tmp_path)
+    fitted = load_folder(out / "trajectory-stage")
+    assert_fit_of(fitted, run_points(sft, checkpoints), lambda name: 0.4, window=4)
+
+
+def test_trajectory_two_points_are_expo_bit_for_bit(host, tmp_path, run_factory):
+    sft, (checkpoint,) = run_factory(steps=(700,))
+    expo = {"merge_method": "expo", "base_model": str(sft),
+            "models": [{"model": str(checkpoint), "parameters": {"alpha": 0.37}}]}
+    run_host(host.yaml_cli, write_yaml(tmp_path / "e.yml", expo), tmp_path / "expo")
+    run_host(host.yaml_cli, write_yaml(tmp_path / "t.yml", trajectory_config(sft, [checkpoint], 0.37)),
+             tmp_path / "trajectory")
+    expected, got = load_folder(tmp_path / "expo"), load_folder(tmp_path / "trajectory")
+    assert set(expected) == set(got)
+    assert all(torch.equal(got[k].view(torch.int16), expected[k].view(torch.int16)) for k in expected)
+
+
+def sft_copy(tmp, sft):
+    import shutil
+
+    return shutil.copytree(sft, tmp / "sft-copy")
+
+
+TRAJECTORY_BAD = {  # build(tmp, sft, checkpoints) -> config; the message's part
+    "steps out of order": (lambda tmp, sft, ckpts: trajectory_config(sft, [ckpts[1], ckpts[0]]),
+                           "steps must increase down models:"),
+    "step 0": (lambda tmp, sft, ckpts: trajectory_config(sft, ckpts[:2], steps=[0, 200]),
+               "step must be at least 1"),
+    "window larger than the points": (lambda tmp, sft, ckpts: trajectory_config(sft, ckpts[:2], window=4),
+                                      "window is 4, but there are only 3 points"),
+    "no checkpoint": (lambda tmp, sft, ckpts: trajectory_config(sft, [sft]), "needs at least one checkpoint"),
+    "a checkpoint is the SFT model": (
+        lambda tmp, sft, ckpts: trajectory_config(sft, [sft_copy(tmp, sft), ckpts[1]], steps=[50, 200]),
+        "holds the same weights as base_model"),
+    "alpha is NaN": (lambda tmp, sft, ckpts: trajectory_config(sft, ckpts, float("nan")),
+                     "alpha must be finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAJECTORY_BAD))
+def test_trajectory_bad_input_is_our_one_line(host, tmp_path, run_factory, case):
+    build, expected = TRAJECTORY_BAD[case]
+    sft, checkpoints = run_factory()
+    config = write_yaml(tmp_path / "c.yml", build(tmp_path, sft, checkpoints))
+    result = run_host(host.yaml_cli, config, tmp_path / "out", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mergekit_expo.errors.ExpoConfigError") and expected in last, last
+    assert not list((tmp_path / "out").glob("*.safetensors"))
 
 
 def test_multi_stage_config(host, models_dir):

@@ -24,8 +24,10 @@ def test_both_hosts_know_expo_in_one_process(first, second):
         "import mergekit_expo  # explicitly too: registering twice must change nothing\n"
         "from mergekit.merge_methods import registered_methods\n"
         "from mergekitty.merge_methods import REGISTERED_MERGE_METHODS\n"
-        "assert [m.spec.name for m in registered_methods()].count('expo') == 1\n"
+        "names = [m.spec.name for m in registered_methods()]\n"
+        "assert names.count('expo') == 1 and names.count('expo_trajectory') == 1\n"
         "assert REGISTERED_MERGE_METHODS['expo'].name() == 'expo'\n"
+        "assert REGISTERED_MERGE_METHODS['expo_trajectory'].name() == 'expo_trajectory'\n"
     )
     env = dict(cli_env(), PYTHONPATH=os.environ["PYTHONPATH"])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

@@ -1,0 +1,52 @@
+"""``mergekit-expo run``'s checks of an expo_trajectory config, before any tensor is read:
+every folder usable and of the SFT model's network, no checkpoint that is the SFT model,
+each step known and the schedule and window sound."""
+
+from typing import List, Optional, Tuple
+
+from mergekit_expo.errors import ExpoConfigError
+from mergekit_expo.hub import is_hub_id
+from mergekit_expo.preflight import check_model_folder, check_pair
+from mergekit_expo.trajectory.contract import MISSING_BASE, check_inputs, planned_fit
+from mergekit_expo.trajectory.steps import checked_step, checked_window
+
+
+def check_trajectory_inputs(config) -> None:
+    """Refuse ``config`` (mergekit's MergeConfiguration) in one line if the merge would."""
+    if config.base_model is None:
+        raise ExpoConfigError(MISSING_BASE)
+    sft = config.base_model
+    entries = written_steps(config)
+    sft_local = not is_hub_id(sft.model.path)
+    if sft_local:
+        check_model_folder(sft.model.path, "SFT (base_model)")
+    tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
+    for model, _ in entries:
+        path = model.model.path
+        if is_hub_id(path):
+            continue
+        if model.lora is not None or not sft_local:
+            check_model_folder(path, "checkpoint" if model.lora is None else "checkpoint (base of the LoRA)")
+        else:
+            check_pair(sft.model.path, path, tokenizer_aligned=tokenizer_aligned, role="checkpoint")
+    check_inputs([sft, *(model for model, _ in entries)], sft)
+    planned_fit(tuple(entries), _window(config))
+
+
+def written_steps(config) -> List[Tuple[object, Optional[int]]]:
+    """(model, its written step or None) for each checkpoint, in the config's order."""
+    holders = config.models or (config.slices[0].sources if config.slices else [])
+    entries = []
+    for holder in holders:
+        if holder.model == config.base_model:
+            continue
+        value = (holder.parameters or {}).get("step")
+        try:
+            entries.append((holder.model, checked_step(value)))
+        except ExpoConfigError as error:
+            raise ExpoConfigError(f"{holder.model}: {error}") from None
+    return entries
+
+
+def _window(config) -> Optional[int]:
+    return checked_window((config.parameters or {}).get("window"))
