@@ -68,7 +68,7 @@ def test_limits_of_one_value_are_pydantic_constraints(name, value):
 def test_defaults_and_what_they_give():
     default = SearchSettings()
     assert default.scorer == "preference" and default.engine == "hf" and default.space == "scalar"
-    assert default.grid == list(DEFAULT_ALPHAS) and default.strategy_name == "full" and not default.races
+    assert default.grid == list(DEFAULT_ALPHAS) and default.strategy_name == "full" and not default.per_row
     plan = default.plan(space=None, resolve=None)
     assert (plan.strategy, plan.trials, plan.sampler, plan.options) == ("full", None, "grid", {})
     sampled = settings(space="module+depth", alpha_range="0,2")
@@ -79,7 +79,7 @@ def test_defaults_and_what_they_give():
 
 def test_race_picks_the_spaces_racing_strategy_and_its_own_options():
     grid = settings(race=True, race_tolerance=2.0)
-    assert grid.strategy_name == "race" and grid.races
+    assert grid.strategy_name == "race" and grid.per_row
     assert grid.plan(space=None, resolve=None).options == {"tolerance": 2.0}
     assert grid.study_settings("/m/sft", "/m/aligned")["race"] == {"seed": 0}
     sampled = settings(race=True, space="depth")

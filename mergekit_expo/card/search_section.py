@@ -36,6 +36,11 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])
+    for left in results.unscored:  # the grid's α the strategy never scored
+        cells = [f"{left['alpha']:.3g}", "–", "–", "0", *(["–", "–"] if guarded else [])]
+        rows.append([*cells, "not scored"])
+    if results.scalar:
+        rows.sort(key=lambda cells: float(cells[0]))
     names = ["α"] if results.scalar else [f"α {name.replace('_', ' ')}" for name in coordinates]
     header = [*names, "score", "95% interval", *(["rows"] if results.race else []),
               *(["guard", "guard 95% interval"] if guarded else []), ""]

@@ -133,6 +133,10 @@ STRATEGIES = Registry("--strategy", "strategy", [
           "the --alphas grid scored block by block of dev rows, clear losers dropped, candidates within "
           "--race-tolerance of the leader retired", frozenset({"grid", "races", "rows"}),
           options=("race_tolerance",)),
+    Entry("curve", "mergekit_expo.search.strategies.curve:CurveSearch",
+          "the --alphas grid raced on a lattice that refines itself around the peak, runs of α beyond "
+          "points clearly below the leader never scored (the curve taken to be unimodal)",
+          frozenset({"grid", "rows"}), options=("race_tolerance",)),
     Entry("prune", "mergekit_expo.search.strategies.prune:SampledPruning",
           "each sampled candidate scored block by block, pruned once clearly worse than the best so far",
           frozenset({"sampled", "races", "rows"})),

@@ -101,6 +101,10 @@ class SearchResults:
         """The strategy class that wrote ``race`` (None for a full search)."""
         return strategy_of(self.race) if self.race else None
 
+    @property
+    def unscored(self) -> List[dict]:
+        return self.strategy.unscored(self.race) if self.race else []
+
     def write_tables(self) -> dict:
         """results.json and results.csv, one row per candidate with its α vector."""
         self.save()  # this run's --max-drop, even when every candidate was scored before
@@ -121,6 +125,9 @@ class SearchResults:
                 writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
                                  round(r.seconds, 3), *guarded, *went,
                                  *[(r.extra or {}).get(k) for k in extra_keys], r.key])
+            for left in self.unscored:  # the grid's α the strategy never scored: no score, 0 rows
+                writer.writerow([left["alpha"], "", "", "", 0, 0, *[""] * (len(guard) + len(raced)),
+                                 *[""] * len(extra_keys), left["candidate"]])
             write_file_atomically(csv_path, handle.getvalue())
         return {"csv": csv_path, "json": self.folder / RESULTS}
 
@@ -170,6 +177,11 @@ class SearchResults:
         if raced:  # the comparison the race made: the pick on each other α's own rows
             score_axis.scatter([r.alpha for r in raced], [r.pick_score for r in raced], marker="_", s=120,
                                color="red", zorder=3, label="the pick on that α's rows")
+        if self.unscored:  # where the grid was never scored: ticks on the axis
+            bottom = min(r.score if r.low is None else r.low for r in self.rows)
+            score_axis.plot([left["alpha"] for left in self.unscored], [bottom] * len(self.unscored),
+                            marker="|", markersize=12, linestyle="none", color="gray",
+                            label="not scored (covered by the curve)")
         score_axis.set_title("ExPO: score vs extrapolation strength" + (
             "\nraced: hollow = fewer rows, not comparable with the pick's mean" if self.race else ""))
         score_axis.legend()
@@ -255,13 +267,22 @@ class SearchResults:
         lines = [f"{first:>{width}} {'score':>10} {'95% interval':>22} {rows:>5} {'seconds':>8}"
                  f"{guard}{raced}"]
         best = self.best()
+        table = []
         for r in self.rows:
             interval = f"[{r.low:.4g}, {r.high:.4g}]" if r.low is not None else "-"
             guard = f" {r.guard:10.4g}" if self.guarded and r.guard is not None else ""
             raced = f" {_number(r.pick_score):>10}  {self.strategy.verdict(r, best, self.race)}" \
                 if self.race else ""
-            lines.append(f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} "
-                         f"{r.seconds:8.2f}{guard}{raced}")
+            table.append((r.alpha, f"{r.label:>{width}} {r.score:10.4g} {interval:>22} {r.n:5d} "
+                                   f"{r.seconds:8.2f}{guard}{raced}"))
+        guard = f" {'-':>10}" if self.guarded else ""
+        table += [(left["alpha"], f"{left['alpha']:>{width}g} {'-':>10} {'-':>22} {0:5d} {'-':>8}{guard} "
+                                  f"{'-':>10}  not scored") for left in self.unscored]  # the grid's others
+        lines += [line for _, line in (sorted(table, key=lambda item: item[0]) if self.scalar else table)]
+        if self.unscored:
+            reasons = "; ".join(sorted({left["why"] for left in self.unscored}))
+            alphas = ", ".join(f"{left['alpha']:g}" for left in self.unscored)
+            lines.append(f"not scored: alpha {alphas} ({reasons})")
         lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g}"
                      + (f" on {best.n} rows): {self.strategy.why_picked(self.race)}" if self.race else ")"))
         baseline = self.baseline()

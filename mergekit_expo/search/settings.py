@@ -309,10 +309,11 @@ class SearchSettings(BaseModel):
                     "candidate is pruned on its own once clearly worse than the best so far, and the "
                     f"search ends after --trials: drop {option}")
             raise ExpoConfigError(f"{option} applies to a race: add --race, or drop {option}")
-        if self.refine and "races" in entry.traits:
-            raise ExpoConfigError("--race cannot --refine: the midpoints are placed around the best full "
-                                  "score, which a race does not compute for dropped α: add the midpoints "
-                                  "to --alphas")
+        if self.refine and "rows" in entry.traits:
+            how = "--race" if self.race else f"--strategy {entry.name}"
+            raise ExpoConfigError(f"{how} cannot --refine: the midpoints are placed around the best full "
+                                  "score, which it does not compute for every α: add the midpoints to "
+                                  "--alphas")
         return self
 
     @staticmethod
@@ -323,10 +324,11 @@ class SearchSettings(BaseModel):
         """What only the loaded scorers can tell: whether a strategy of dev rows can use them."""
         if "rows" not in STRATEGIES.get(self.strategy_name).traits:
             return
+        how = "--race" if self.race else f"--strategy {self.strategy_name}"
         for option, used in (("--scorer", scorer), ("--guard", guard)):
             why = used is not None and used.race_refusal()
             if why:
-                raise ExpoConfigError(f"--race cannot use {option} {why}")
+                raise ExpoConfigError(f"{how} cannot use {option} {why}")
 
     # -- What follows from the settings --------------------------------------------------------
     @property
@@ -343,8 +345,9 @@ class SearchSettings(BaseModel):
         return next(entry.name for entry in STRATEGIES.having("races") if kind in entry.traits)
 
     @property
-    def races(self) -> bool:
-        return "races" in STRATEGIES.get(self.strategy_name).traits
+    def per_row(self) -> bool:
+        """Whether the strategy scores dev rows by index (in the --seed order)."""
+        return "rows" in STRATEGIES.get(self.strategy_name).traits
 
     @property
     def uses_lm_eval(self) -> bool:
@@ -382,7 +385,7 @@ class SearchSettings(BaseModel):
             settings["guard"] = self.guard
         if self.grid is None:
             settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
-        if self.races:  # the seeded row order
+        if self.per_row:  # the seeded row order
             settings["race"] = {"seed": self.seed}
         if self.strategy_name not in (STRATEGIES.default.name, *(e.name for e in STRATEGIES.having("races"))):
             settings["strategy"] = self.strategy_name  # earlier versions knew only full searches and races

@@ -136,6 +136,11 @@ class Strategy(ABC):
         return "the best score"
 
     @classmethod
+    def unscored(cls, record: Optional[dict]) -> List[dict]:
+        """The candidates of the search it never scored: {"alpha", "candidate", "why"} each."""
+        return (record or {}).get("unscored") or []
+
+    @classmethod
     def card_rows_note(cls, row: AlphaResult) -> str:
         """Why the card's rows column shows fewer rows for a candidate."""
         return ""

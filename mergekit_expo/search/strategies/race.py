@@ -38,16 +38,19 @@ class GridRace(Strategy):
         race = self.replay(scored)
         return [Unit(self.candidates[name], block=block) for name, block in race.next_units]
 
-    def replay(self, scored: List[AlphaResult]):
+    def replay(self, scored: List[AlphaResult], names: Optional[List[str]] = None):
+        """The race among ``names`` (default: every candidate), its confidence corrected for
+        comparisons among every candidate."""
         blocks, guard_blocks = self.setup.dev.blocks(scored)
-        scores = {name: {} for name in self.candidates}
-        guard = {name: {} for name in self.candidates} if guard_blocks else None
+        scores = {name: {} for name in names or self.candidates}
+        guard = {name: {} for name in scores} if guard_blocks else None
         for unit in self._raced(scored):
-            scores[unit.candidate].update(unit.by_row)
-            if guard is not None:
-                guard[unit.candidate].update(unit.guard_by_row)
+            if unit.candidate in scores:
+                scores[unit.candidate].update(unit.by_row)
+                if guard is not None:
+                    guard[unit.candidate].update(unit.guard_by_row)
         rows, guard_rows = self.setup.dev.counts(scored)
-        rule = RaceRule(candidates=len(scores), rounds=len(blocks), rows=rows, guard_rows=guard_rows,
+        rule = RaceRule(candidates=len(self.candidates), rounds=len(blocks), rows=rows, guard_rows=guard_rows,
                         tolerance=self.setup.options.get("tolerance", DEFAULT_TOLERANCE),
                         max_drop=self.setup.max_drop if guard is not None else None)
         return replay(scores, blocks, rule, guard=guard, guard_blocks=guard_blocks,

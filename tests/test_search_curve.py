@@ -1,0 +1,95 @@
+"""`search --strategy curve` through the command: the loop asks the strategy what to score, and
+reaches the units and the pick that the strategy reaches offline on the same per-row scores;
+unscored α are shown as such in every report; workers share it, each unit scored once."""
+
+import csv
+import random
+
+import pytest
+
+from conftest import invoke
+from mergekit_expo.search.strategies.curve import CurveSearch
+from mergekit_expo.search.strategies.offline import run_offline
+from test_search_race import by_alpha, f32_pair, saved, write_probe  # noqa: F401 (a fixture)
+from test_search_space import start_worker, study_trials
+
+ALPHAS = [round(0.05 * i, 2) for i in range(1, 21)]  # with α = 0: 21 candidates
+
+
+def probe_table(rows: int, noise: float) -> dict:
+    """The probe scorer's per-row scores (test_search_race.PROBE), computed as it computes them."""
+    return {alpha: [-4 * (alpha - 0.3) ** 2 + random.Random(row * 1000 + round(alpha * 100)).gauss(0, noise)
+                    for row in range(rows)] for alpha in [0.0, *ALPHAS]}
+
+
+def test_the_command_scores_what_the_strategy_asks_and_shows_what_it_did_not(f32_pair, tmp_path):  # noqa: F811
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3)
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--strategy", "curve",
+                    "--alphas", ",".join(map(str, ALPHAS)), "--out", "./s", "--write-best", "./best",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = by_alpha(tmp_path / "s")
+    offline, record, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
+    assert {alpha: row["n"] for alpha, row in rows.items()} == {row.alpha: row.n for row in offline}
+    race = saved(tmp_path / "s")["race"]
+    assert race["strategy"] == "curve" and race["rows_full"] == 64 * 21
+    unscored = {left["alpha"] for left in race["unscored"]}
+    assert unscored == set(ALPHAS) - set(rows) and len(unscored) >= 10
+    best = max((a for a, r in rows.items() if r["dropped_in"] is None and r["retired_in"] is None),
+               key=lambda a: rows[a]["score"])
+    assert f"alpha: {best}" in (tmp_path / "s" / "best.yml").read_text()
+    # the reports: every α of the grid, the unscored ones as such
+    lines = result.stdout.splitlines()
+    assert sum(line.endswith("not scored") for line in lines) == len(unscored)
+    assert any(line.startswith("not scored: alpha ") and "beyond alpha=" in line for line in lines)
+    with open(tmp_path / "s" / "results.csv", newline="") as handle:
+        table = {float(r["alpha"]): r for r in csv.DictReader(handle)}
+    assert set(table) == {0.0, *ALPHAS} and all(table[a]["n"] == "0" and table[a]["score"] == "" for a in unscored)
+    assert next(line for line in result.stderr.splitlines() if line.startswith("curve: ")).startswith(
+        f"curve: {len(unscored)} α not scored; scored {race['rows_scored']} of {64 * 21} candidate rows")
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "chosen by the curve search (`--strategy curve`)" in card and card.count("| not scored |") == len(unscored)
+    # another strategy on the same --out is another search: refused in one line
+    again = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--race",
+                   "--alphas", ",".join(map(str, ALPHAS)), "--out", "./s", cwd=tmp_path)
+    assert again.returncode == 1 and "holds results of a different search" in again.stderr
+
+
+def unit_spans(out):
+    """(α, block) of every block each completed unit scored: once each when workers share."""
+    spans = []
+    for trial in study_trials(out):
+        if trial.state.name == "COMPLETE":
+            unit = trial.user_attrs["candidate"]
+            spans += [(unit["alpha"], unit["block"] + i) for i in range(unit.get("blocks", 1))]
+    return spans
+
+
+def test_two_workers_share_the_curve_search(f32_pair, tmp_path):  # noqa: F811
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3, pause=0.2)
+    grid = ",".join(map(str, ALPHAS))
+    workers = [start_worker(tmp_path, f32_pair, "--alphas", grid, "--strategy", "curve") for _ in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr
+    spans = unit_spans(tmp_path / "s")
+    assert len(spans) == len(set(spans))  # each block of each α scored once
+    offline, _, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
+    assert {a: r["n"] for a, r in by_alpha(tmp_path / "s").items()} == {r.alpha: r.n for r in offline}
+
+
+@pytest.mark.slow
+def test_a_curve_search_killed_mid_unit_resumes(f32_pair, tmp_path):  # noqa: F811
+    from test_search_space import kill_mid_candidate
+
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3, pause=1.0)
+    grid = ",".join(map(str, ALPHAS))
+    kill_mid_candidate(start_worker(tmp_path, f32_pair, "--alphas", grid, "--strategy", "curve",
+                                    "--heartbeat", 1), tmp_path / "s")
+    second = start_worker(tmp_path, f32_pair, "--alphas", grid, "--strategy", "curve", "--heartbeat", 1)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0 and "resuming the curve search" in stderr, stderr
+    spans = unit_spans(tmp_path / "s")
+    assert len(spans) == len(set(spans))
+    offline, _, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
+    assert {a: r["n"] for a, r in by_alpha(tmp_path / "s").items()} == {r.alpha: r.n for r in offline}
