@@ -121,3 +121,21 @@ def test_race_alpha_quick(tmp_path):
     assert sorted(map(float, trained["checkpoints"])) == [0.25, 1.0] and Path(trained["sft"]).is_dir()
     assert verdict["verdict"].split(" (")[0] in ("goal met", "stretch goal met", "not met")
     assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_race_alpha_quick_with_the_curve_search(tmp_path):
+    run_example("race_alpha.py", "--quick", "--seeds", "0", "--arms", "a,r,s", "--out", tmp_path)
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["arms"] == ["a", "r", "s"]
+    for point in summary["seeds"][0]["points"].values():
+        curve = point["searches"]["s"]
+        assert curve["race"]["strategy"] == "curve"
+        assert len(curve["results"]) + len(curve["race"]["unscored"]) == summary["grid"]
+        assert point["arms"]["s"]["alpha"] in [r["alphas"]["alpha"] for r in curve["results"]]
+        assert len(point["arms"]["s"]["test_per_prompt"]) == summary["settings"]["test_prompts"]
+    found = json.loads((tmp_path / "verdict.json").read_text())
+    assert found["arm"] == "s" and set(found["by_arm"]) == {"r", "s"}
+    assert found["verdict"]["all"]["verdict"].split(" (")[0] in ("goal met", "moonshot met", "not met")
+    text = (tmp_path / "results.md").read_text()
+    assert "## (s) curve search (`--strategy curve`) against (a)" in text and "## (r) raced grid" in text

@@ -1,14 +1,16 @@
-"""Protocol v4: can racing choose α with a fraction of the dev generations?
+"""Protocols v4 to v7: can racing, or the curve search, choose α with a fraction of the dev
+generations?
 
 For each seed: SFT and DPO exactly as protocols v2 and v3 (progress_map.py's code),
 checkpoints at 5, 10, 20, 50 and 100% of the DPO steps. For each checkpoint, two scalar
 searches by `mergekit-expo search` over the same grid 0, 0.05, …, 2: (a) every candidate on
 every dev prompt (v3's arm (a), `task:dev_reward_sampled`) and (r) the same grid with
 `--race` (`task:dev_rewards_sampled_rows`, blocks of dev prompts in an order seeded by the
-pipeline seed). Then the test reward of both picks. The protocol, its hypothesis and its
-decision rule are in README.md ("Protocol v4"), committed before this script first ran.
+pipeline seed). Protocol v7 adds (s), the same grid with `--strategy curve`. Then the test
+reward of every pick. Each protocol, its hypothesis and its decision rule are in README.md,
+committed before its first run.
 
-Usage: python examples/toy_alignment/race_alpha.py [--seeds 0,1,2] [--out DIR]
+Usage: python examples/toy_alignment/race_alpha.py [--seeds 0,1,2] [--arms a,r,s] [--out DIR]
        python examples/toy_alignment/race_alpha.py --quick   (smoke test)
 """
 
@@ -34,7 +36,9 @@ PROGRESS = (0.05, 0.10, 0.20, 0.50, 1.00)
 GRID = 41  # 0, 0.05, …, 2.00
 QUICK_PROGRESS, QUICK_GRID = (0.25, 1.0), 5
 ALPHA_MAX = 2.0
-SCORERS = {"a": "task:dev_reward_sampled", "r": "task:dev_rewards_sampled_rows"}
+SCORERS = {"a": "task:dev_reward_sampled", "r": "task:dev_rewards_sampled_rows",
+           "s": "task:dev_rewards_sampled_rows"}
+STRATEGIES = {"r": ["--race"], "s": ["--strategy", "curve"]}  # each with --seed S: the rows' order
 
 
 def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, grid: int,
@@ -44,18 +48,19 @@ def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, g
     command = [BIN / "mergekit-expo", "search", sft, checkpoint, "--scorer", SCORERS[arm],
                "--dtype", "float32", "--out", folder,
                "--alphas", ",".join(f"{i * step:.4g}" for i in range(1, grid))]
-    if arm == "r":
-        command += ["--race", "--seed", str(seed)]
-        command += ["--race-tolerance", str(tolerance)] if tolerance is not None else []
+    if arm in STRATEGIES:
+        command += [*STRATEGIES[arm], "--seed", str(seed)]
+        command += ["--race-tolerance", str(tolerance)] if tolerance is not None and arm == "r" else []
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     result = subprocess.run([str(c) for c in command], cwd=HERE, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"search for arm ({arm}) failed:\n{result.stderr[-3000:]}")
     found = json.loads((folder / "results.json").read_text())
-    if len(found["results"]) != grid:
+    unscored = len((found.get("race") or {}).get("unscored") or [])  # the curve search's
+    if len(found["results"]) + unscored != grid:
         raise SystemExit(f"arm ({arm}) has {len(found['results'])} candidates, not {grid}: see {folder}")
-    summary = [line for line in result.stderr.splitlines() if line.startswith("race:")]
+    summary = [line for line in result.stderr.splitlines() if line.startswith(("race:", "curve:"))]
     return {"results": found["results"], "race": found.get("race"),
             "race_line": summary[-1] if summary else None, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -97,7 +102,7 @@ def trained_before(out: Path):
     return Path(saved["sft"]), checkpoints, saved["steps"], saved["seconds"]
 
 
-def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None) -> dict:
+def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None, arms=("a", "r")) -> dict:
     started = time.perf_counter()
     sft, checkpoints, steps, trained = trained_before(out) or train_checkpoints(out, seed, settings, progress)
     (out / "training.json").write_text(json.dumps({"sft": str(sft), "steps": steps, "seconds": trained,
@@ -107,15 +112,16 @@ def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):
         searches = {arm: run_search(out / "search" / f"{fraction:.2f}-{arm}", sft, checkpoint, arm, seed,
-                                    grid, tolerance) for arm in SCORERS}
+                                    grid, tolerance) for arm in arms}
         picks = {arm: chosen(search["results"])["alphas"]["alpha"] for arm, search in searches.items()}
         arms = score_picks(sft, checkpoint, picks, test_prompts, settings["seeds"])
         arms["a"]["search_dev"] = chosen(searches["a"]["results"])["score"]
         points[fraction] = {"searches": searches, "arms": arms}
         tests = " ".join(f"{arm}: α={v['alpha']:g} test {sum(v['test_per_prompt']) / len(test_prompts):.3f}"
                          for arm, v in arms.items())
-        print(f"seed {seed}, {100 * fraction:.0f}%: {tests}; {searches['r']['race_line']}  "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        lines = "; ".join(searches[arm]["race_line"] or "" for arm in arms if arm != "a")
+        print(f"seed {seed}, {100 * fraction:.0f}%: {tests}; {lines}  ({time.perf_counter() - started:.0f} s)",
+              flush=True)
     return {"seed": seed, "dpo_steps": steps, "train_seconds": round(trained),
             "seconds": round(time.perf_counter() - started), "points": points}
 
@@ -127,6 +133,7 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--race-tolerance", type=float, help="arm (r)'s --race-tolerance (default: the command's)")
+    parser.add_argument("--arms", default="a,r", help="a: full grid, r: --race, s: --strategy curve")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     progress = QUICK_PROGRESS if args.quick else PROGRESS
@@ -137,13 +144,14 @@ def main():
     started = time.perf_counter()
     seeds = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid, args.race_tolerance))
+        seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid, args.race_tolerance,
+                              tuple(args.arms.split(","))))
         # a run cut short keeps every finished seed
         (out / "seeds-done.json").write_text(json.dumps(seeds, indent=1))
     summary = {"settings": settings, "dpo_lr": DPO_LR, "progress": list(progress), "grid": grid,
                "alpha_max": ALPHA_MAX, "dev_prompts": task.DEV_PROMPTS,
                "dev_sampling_seeds": list(task.DEV_SAMPLING_SEEDS), "torch": torch.__version__,
-               "quick": args.quick, "race_tolerance": args.race_tolerance,
+               "quick": args.quick, "race_tolerance": args.race_tolerance, "arms": args.arms.split(","),
                "seconds": round(time.perf_counter() - started), "seeds": seeds}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     report(out, summary)
