@@ -98,7 +98,9 @@ def test_search_race_benchmark_smoke(tmp_path):
                      "--new-tokens", "2", "--big-rows", "16", "--big-grid", "3", "--hidden", "64", "--layers", "2",
                      "--orders", "3", "--work", tmp_path / "race")
     assert "rows full" in out and "flat peak, preference" in out and "tiny, reward-model" in out
-    assert "raced pick's full-data score" in out
+    assert "held-out, short peak, long tail" in out and "the pick's full-data score" in out
     replays = out.split("replayed on each full search's per-row scores")[1].splitlines()
-    # the replay is the command's own race where a row's score does not depend on its batch
-    assert [line for line in replays if line.startswith("tiny, preference")][0].endswith("yes")
+    # the replay is the command's own run where a row's score does not depend on its batch
+    for strategy in ("race", "curve"):
+        assert [line for line in replays if line.startswith("tiny, preference")
+                and line.split()[2] == strategy][0].endswith("yes")
