@@ -93,3 +93,16 @@ def test_a_curve_search_killed_mid_unit_resumes(f32_pair, tmp_path):  # noqa: F8
     assert len(spans) == len(set(spans))
     offline, _, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
     assert {a: r["n"] for a, r in by_alpha(tmp_path / "s").items()} == {r.alpha: r.n for r in offline}
+
+
+def test_a_guarded_curve_search_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair, tmp_path):  # noqa: F811
+    write_probe(tmp_path, f32_pair, rows=48, noise=0.3)
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--guard", "slow_scorer:guard",
+                    "--max-drop", "0.2", "--strategy", "curve", "--alphas", ",".join(map(str, ALPHAS)),
+                    "--out", "./s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    race, rows = saved(tmp_path / "s")["race"], by_alpha(tmp_path / "s")
+    assert rows[0.0]["n"] == 16 * race["rounds"]  # α = 0: on every block the search read
+    kept = [a for a, r in rows.items() if r["dropped_in"] is None and r["retired_in"] is None]
+    assert kept and all(rows[0.0]["guard"] - rows[a]["guard"] <= 0.2 for a in kept)
+    assert any("guard" in why for why in race["dropped"].values())  # α past 0.2 fail the guard (it falls by α)
