@@ -6,9 +6,8 @@ Each gets ``expo`` and ``expo_trajectory`` (:mod:`mergekit_expo.trajectory`):
   ``TensorGroup`` kernels; declared in :mod:`mergekit_expo.method` and
   :mod:`mergekit_expo.trajectory.method`.
 - mergekit 0.1.4: ``MergeMethod``/``Task`` classes and a ``REGISTERED_MERGE_METHODS``
-  dict; declared in :mod:`.mergekit_014`.
-- mergekitty 0.3 (allura-org's fork of mergekit 0.1.4), the same API under
-  ``mergekitty.*``; declared in :mod:`.mergekitty`.
+  dict; and mergekitty 0.3 (allura-org's fork of mergekit 0.1.4), the same API under
+  ``mergekitty.*``: both declared in :mod:`.task_host`.
 
 The API is recognised from the registry module itself, not from version numbers, so a
 release that keeps an API keeps working. Importing this package imports no host.
@@ -43,7 +42,7 @@ def adapter_modules(host: str, registry) -> Optional[List[str]]:
     if host == "mergekit" and hasattr(registry, "register") and hasattr(registry, "registered_methods"):
         return ["mergekit_expo.method", "mergekit_expo.trajectory.method"]
     if hasattr(registry, "REGISTERED_MERGE_METHODS"):
-        return [f"mergekit_expo.hosts.{'mergekitty' if host == 'mergekitty' else 'mergekit_014'}"]
+        return ["mergekit_expo.hosts.task_host"]
     return None
 
 

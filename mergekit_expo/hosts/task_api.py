@@ -1,9 +1,8 @@
 """``expo`` and ``expo_trajectory`` in the method API of mergekit 0.1.4, which mergekitty 0.3 keeps.
 
 There a method is a ``MergeMethod`` whose ``make_task`` returns one ``Task`` per output
-tensor, and a registry dict maps names to methods. Each host module
-(:mod:`.mergekit_014`, :mod:`.mergekitty`) subclasses its host's own classes with the
-mixins below. The arithmetic, the input checks and the parameters' validation are the
+tensor, and a registry dict maps names to methods. :mod:`.task_host` subclasses each host's
+own classes with the mixins below. The arithmetic, the input checks and the parameters' validation are the
 ones mergekit 0.1.5's methods use: :func:`~mergekit_expo.numerics.extrapolate_tensor`,
 :mod:`mergekit_expo.contract`, :func:`~mergekit_expo.alpha.checked_alpha`, and for the
 trajectory :mod:`mergekit_expo.trajectory` (here every check runs while the host plans).
