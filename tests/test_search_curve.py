@@ -106,3 +106,27 @@ def test_a_guarded_curve_search_keeps_alpha_0_and_never_picks_an_unguarded_alpha
     kept = [a for a, r in rows.items() if r["dropped_in"] is None and r["retired_in"] is None]
     assert kept and all(rows[0.0]["guard"] - rows[a]["guard"] <= 0.2 for a in kept)
     assert any("guard" in why for why in race["dropped"].values())  # α past 0.2 fail the guard (it falls by α)
+
+
+def test_a_curve_search_stopped_mid_way_resumes_where_it_stopped(f32_pair, tmp_path):  # noqa: F811
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3)
+    # the probe's function fails once 8 units are scored, as a crash mid-search would stop it
+    (tmp_path / "stop_scorer.py").write_text(
+        "import os\nfrom slow_scorer import norm as probe\n\n\n"
+        "def norm(model, tokenizer, rows):\n"
+        "    if os.path.exists('stop') and os.path.exists('calls.jsonl') and \\\n"
+        "            sum(1 for _ in open('calls.jsonl')) >= 8:\n"
+        "        raise RuntimeError('stopped on purpose')\n"
+        "    return probe(model, tokenizer, rows)\n\n\nnorm.rows = probe.rows\n")
+    (tmp_path / "stop").write_text("")
+    common = ("search", *f32_pair, "--scorer", "stop_scorer:norm", "--strategy", "curve",
+              "--alphas", ",".join(map(str, ALPHAS)), "--out", "./s")
+    stopped = invoke(*common, cwd=tmp_path)
+    assert stopped.returncode == 1 and "stopped on purpose" in stopped.stderr
+    (tmp_path / "stop").unlink()
+    resumed = invoke(*common, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming the curve search: 8 candidate blocks already scored" in resumed.stderr
+    assert len(unit_spans(tmp_path / "s")) == len(set(unit_spans(tmp_path / "s")))
+    offline, _, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
+    assert {a: r["n"] for a, r in by_alpha(tmp_path / "s").items()} == {r.alpha: r.n for r in offline}
