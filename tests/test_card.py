@@ -525,6 +525,7 @@ def test_search_section_names_each_scorer_kind(tmp_path):
             "up to 128 new tokens) under `my-reward-model`") in facts
     assert "data: `dev.jsonl`, 42 rows (2 skipped: longer than the model's context)" in facts
     assert "engine: vLLM (`--engine vllm`), dtype: bfloat16" in facts
+    assert "every candidate scored on every dev row (`--strategy full`)" in facts  # which strategy ran
     assert section["choice"][0] == "α = 0.5 has the highest score (1.5) of the 2 α values searched."
     assert len(section["choice"]) == 1  # intervals apart, α as configured: nothing to add
 

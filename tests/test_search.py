@@ -124,10 +124,10 @@ def test_preference_scores_match_merged_checkpoints(tmp_path, pair, preference_f
 def test_resume_skips_done_alphas_and_refine_adds_midpoints(tmp_path, pair, preference_file):
     out = tmp_path / "search"
     run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
-            "--alphas", "0,0.4")
+            "--alphas", "0,0.4", "--strategy", "full")
     first = results_of(out)
     run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
-            "--alphas", "0,0.4,0.8", "--refine")
+            "--alphas", "0,0.4,0.8", "--refine", "--strategy", "full")
     second = results_of(out)
     assert first[0.0] == second[0.0] and first[0.4] == second[0.4]  # not recomputed
     # the best of the grid (score, then mean margin), and exactly the midpoints on either side of it
@@ -153,7 +153,8 @@ def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, prefer
     # --heartbeat 2: a candidate taken by the killed process before it named itself is given
     # back after 3 heartbeats, not 3 minutes
     command = [str(BIN / "mergekit-expo"), "search", str(pair[0]), str(pair[1]),
-               "--data", str(preference_file), "--out", str(out), "--alphas", alphas, "--heartbeat", "2"]
+               "--data", str(preference_file), "--out", str(out), "--alphas", alphas, "--heartbeat", "2",
+               "--strategy", "full"]
     process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "results.json").exists() or len(results_of(out)) < 2:
@@ -164,7 +165,7 @@ def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, prefer
     before = results_of(out)  # valid JSON: written atomically
     assert 2 <= len(before) < 12
     run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
-            "--alphas", alphas, "--heartbeat", "2")
+            "--alphas", alphas, "--heartbeat", "2", "--strategy", "full")
     after = results_of(out)
     assert len(after) == 12 and all(after[a] == before[a] for a in before)
 

@@ -91,7 +91,7 @@ def preferences(llama_pair, tmp_path_factory):
     rows = [{"prompt": words(5), "chosen": words(4), "rejected": words(4)} for _ in range(64)]
     (folder / "raw.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = invoke("search", *llama_pair, "--data", "raw.jsonl", "--alphas", "0", "--out", "./full0",
-                    cwd=folder)
+                    "--strategy", "full", cwd=folder)
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in (folder / "full0/answers/alpha=0.jsonl").read_text().splitlines()]
     flipped = [dict(row, chosen=row["rejected"], rejected=row["chosen"])

@@ -41,11 +41,11 @@ REFUSED = [
     (dict(tasks_path="/no/such/folder"), "--tasks-path /no/such/folder is not a folder"),
     (dict(temperature=0.0), "--temperature must be > 0"),
     (dict(max_new_tokens=0), "--max-new-tokens must be at least 1, got 0"),
-    (dict(race_tolerance=1.0), "--race-tolerance applies to a race: add --race"),
+    (dict(race_tolerance=1.0, strategy="full"), "--race-tolerance applies to a race: add --race"),
     (dict(race=True, race_tolerance=float("inf")), "--race-tolerance must be a finite number"),
     (dict(race=True, refine=True), "--race cannot --refine"),
     (dict(race=True, space="depth", race_tolerance=1.0), "--race-tolerance ends the race of the --alphas grid"),
-    (dict(strategy="prune"), "--strategy prune does not search --space scalar: use --strategy full or race"),
+    (dict(strategy="prune"), "--strategy prune does not search --space scalar: use --strategy curve or full or race"),
     (dict(strategy="race", space="module"), "--strategy race does not search --space module"),
     (dict(strategy="full", race=True), "--race picks --strategy race for --space scalar, not full"),
 ]
@@ -68,13 +68,25 @@ def test_limits_of_one_value_are_pydantic_constraints(name, value):
 def test_defaults_and_what_they_give():
     default = SearchSettings()
     assert default.scorer == "preference" and default.engine == "hf" and default.space == "scalar"
-    assert default.grid == list(DEFAULT_ALPHAS) and default.strategy_name == "full" and not default.per_row
+    assert default.grid == list(DEFAULT_ALPHAS)
+    # the curve search where it fits: the grid, and a scorer the registry says scores rows by index
+    assert default.strategy_name == "curve" and default.per_row
     plan = default.plan(space=None, resolve=None)
-    assert (plan.strategy, plan.trials, plan.sampler, plan.options) == ("full", None, "grid", {})
+    assert (plan.strategy, plan.trials, plan.sampler, plan.options) == ("curve", None, "grid", {"tolerance": 3.0})
+    assert default.study_settings("/m/sft", "/m/aligned")["strategy"] == "curve"
     sampled = settings(space="module+depth", alpha_range="0,2")
-    assert sampled.grid is None and sampled.bounds == (0.0, 2.0)
+    assert sampled.grid is None and sampled.bounds == (0.0, 2.0) and sampled.strategy_name == "full"
     assert sampled.plan(space=None, resolve=None).trials == DEFAULT_TRIALS
     assert sampled.study_settings("/m/sft", "/m/aligned")["sampler"] == "tpe"
+    assert "strategy" not in sampled.study_settings("/m/sft", "/m/aligned")  # as earlier versions recorded it
+
+
+def test_the_full_search_where_the_curve_does_not_fit():
+    # a function or lm-eval: whether they score rows is known once loaded; --refine needs every α
+    for values in (dict(scorer="my_module:score"), dict(scorer="lm-eval:arc_easy"), dict(refine=True),
+                   dict(guard="lm-eval:arc_easy", max_drop=0.1), dict(strategy="full")):
+        assert settings(**values).strategy_name == "full", values
+    assert settings(scorer="my_module:score", strategy="curve").strategy_name == "curve"
 
 
 def test_race_picks_the_spaces_racing_strategy_and_its_own_options():

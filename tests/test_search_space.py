@@ -350,7 +350,7 @@ def test_an_out_belongs_to_one_study(llama_pair, tmp_path):
     on an --out is refused before any work, naming what differs; the same study resumes."""
     write_prefs(tmp_path / "prefs.jsonl", 3)
     write_prefs(tmp_path / "prefs2.jsonl", 2)
-    search = ("search", *llama_pair, "--alphas", "0,0.5")
+    search = ("search", *llama_pair, "--alphas", "0,0.5", "--strategy", "full")
     assert invoke(*search, "--data", "prefs.jsonl", "--out", "./s", cwd=tmp_path).returncode == 0
     assert invoke(*search, "--data", "prefs.jsonl", "--out", "./j", "--storage", "./one.journal",
                   cwd=tmp_path).returncode == 0

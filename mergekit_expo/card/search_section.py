@@ -7,7 +7,7 @@ import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES
+from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
 
 HEADING = "## How α was chosen"
 
@@ -58,6 +58,9 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         facts.append(guard)
     if results.race:
         facts.append(results.strategy.card_sentence(results.race))
+    else:  # the full search, which records nothing of its own
+        full = next(entry.name for entry in STRATEGIES.having("implicit") if "rows" not in entry.traits)
+        facts.append(f"every candidate scored on every dev row (`--strategy {full}`)")
     return {"facts": facts, "header": header, "rows": rows, "choice": choice_words(results, stage),
             "plot": plot}
 

@@ -125,21 +125,23 @@ SPACES = Registry("--space", "space", [
 ])
 
 # traits: the kinds of space it searches (grid, sampled); races (what --race picks); rows (it
-# needs a scorer of dev rows by index)
+# needs a scorer of dev rows by index); default (used, in this order, where it fits and no strategy
+# is named); implicit (earlier versions recorded a search with it without naming it)
 STRATEGIES = Registry("--strategy", "strategy", [
+    Entry("curve", "mergekit_expo.search.strategies.curve:CurveSearch",
+          "the --alphas grid raced on a lattice that refines itself at the leader, the α beyond "
+          "candidates dropped or retired against it never scored (the score taken to be unimodal and "
+          "smooth in α)",
+          frozenset({"grid", "rows", "default"}), options=("race_tolerance",)),
     Entry("full", "mergekit_expo.search.strategies.full:FullSearch",
-          "every candidate on every dev row", frozenset({"grid", "sampled"})),
+          "every candidate on every dev row", frozenset({"grid", "sampled", "default", "implicit"})),
     Entry("race", "mergekit_expo.search.strategies.race:GridRace",
           "the --alphas grid scored block by block of dev rows, clear losers dropped, candidates within "
-          "--race-tolerance of the leader retired", frozenset({"grid", "races", "rows"}),
+          "--race-tolerance of the leader retired", frozenset({"grid", "races", "rows", "implicit"}),
           options=("race_tolerance",)),
-    Entry("curve", "mergekit_expo.search.strategies.curve:CurveSearch",
-          "the --alphas grid raced on a lattice that refines itself around the peak, runs of α beyond "
-          "points clearly below the leader never scored (the curve taken to be unimodal)",
-          frozenset({"grid", "rows"}), options=("race_tolerance",)),
     Entry("prune", "mergekit_expo.search.strategies.prune:SampledPruning",
           "each sampled candidate scored block by block, pruned once clearly worse than the best so far",
-          frozenset({"sampled", "races", "rows"})),
+          frozenset({"sampled", "races", "rows", "implicit"})),
 ])
 
 

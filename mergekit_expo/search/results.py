@@ -322,6 +322,7 @@ OPTION_NAMES = {
     "num_fewshot": "--num-fewshot", "metrics": "--metric", "tasks": "--scorer/--guard lm-eval tasks",
     "tasks_path": "--tasks-path", "space": "--space", "alpha_range": "--alpha-range", "sampler": "--sampler",
     "trials": "--trials", "alphas": "--alphas", "refine": "--refine", "race": "--race",
+    "strategy": "--strategy",
     "tolerance": "--race-tolerance", "max_drop": "--max-drop",
 }
 
@@ -333,7 +334,12 @@ def difference(saved: dict, wanted: dict) -> str:
 
 def differences(saved: dict, wanted: dict) -> List[str]:
     found = []
+    # a strategy of dev rows records their order (under "race", as earlier versions did): named
+    # with the strategy that differs, not again as a race
+    strategy_differs = saved.get("strategy") != wanted.get("strategy")
     for key in sorted(set(saved) | set(wanted)):
+        if key == "race" and strategy_differs:
+            continue
         old, new = saved.get(key), wanted.get(key)
         if old == new:
             continue

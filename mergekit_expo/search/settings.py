@@ -33,6 +33,7 @@ DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
 AT_LEAST_ONE = dict(ge=1)
 GRID_SPACE = SPACES.having("grid")[0].name
+DEFAULTS = ", else ".join(entry.name for entry in STRATEGIES.having("default"))  # the first that fits
 
 
 def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), limits: Optional[dict] = None,
@@ -136,8 +137,8 @@ class SearchSettings(BaseModel):
                                   "3 is scored again by another (database storages)")
     # -- Strategy -----------------------------------------------------------------------------
     strategy: Optional[str] = _option("Strategy", **_one_of(STRATEGIES.names()),
-                                      help=f"What to score next: {_described(STRATEGIES)}  "
-                                           f"[default: {STRATEGIES.default.name}]")
+                                      help=f"What to score next: {_described(STRATEGIES)}  [default: "
+                                           f"{DEFAULTS} (docs/search.md)]")
     race: bool = _option("Strategy", False, is_flag=True,
                          help="The space's racing strategy: score candidates on blocks of dev rows (in a "
                               "--seed order), dropping each clearly worse than the leader (the --alphas "
@@ -338,11 +339,18 @@ class SearchSettings(BaseModel):
 
     @property
     def strategy_name(self) -> str:
-        """--strategy, or what --race picks for the space (its racing strategy)."""
-        if not self.race:
-            return self.strategy or STRATEGIES.default.name
+        """--strategy; what --race picks for the space (its racing strategy); else the first default
+        strategy that fits: the space, and, for one of dev rows, scorers that score rows by index
+        (known from their registry entries, before they are loaded) and no --refine."""
         kind = "grid" if "grid" in SPACES.get(self.space).traits else "sampled"
-        return next(entry.name for entry in STRATEGIES.having("races") if kind in entry.traits)
+        if self.race:
+            return next(entry.name for entry in STRATEGIES.having("races") if kind in entry.traits)
+        if self.strategy:
+            return self.strategy
+        per_row = not self.refine and all("rows" in SCORERS.get(spec).traits
+                                          for spec in (self.scorer, self.guard) if spec)
+        return next(entry.name for entry in STRATEGIES.having("default")
+                    if kind in entry.traits and (per_row or "rows" not in entry.traits))
 
     @property
     def per_row(self) -> bool:
@@ -387,7 +395,7 @@ class SearchSettings(BaseModel):
             settings.update(alpha_range=list(self.bounds), sampler=self.sampler or "tpe")
         if self.per_row:  # the seeded row order
             settings["race"] = {"seed": self.seed}
-        if self.strategy_name not in (STRATEGIES.default.name, *(e.name for e in STRATEGIES.having("races"))):
+        if "implicit" not in STRATEGIES.get(self.strategy_name).traits:
             settings["strategy"] = self.strategy_name  # earlier versions knew only full searches and races
         return settings
 
