@@ -74,14 +74,14 @@ def test_defaults_and_what_they_give():
     sampled = settings(space="module+depth", alpha_range="0,2")
     assert sampled.grid is None and sampled.bounds == (0.0, 2.0)
     assert sampled.plan(space=None, resolve=None).trials == DEFAULT_TRIALS
-    assert sampled.study_settings("/m/sft", "/m/aligned")["sampler"] == "tpe"
+    assert sampled.study_settings({"sft": "/m/sft", "aligned": "/m/aligned"})["sampler"] == "tpe"
 
 
 def test_race_picks_the_spaces_racing_strategy_and_its_own_options():
     grid = settings(race=True, race_tolerance=2.0)
     assert grid.strategy_name == "race" and grid.per_row
     assert grid.plan(space=None, resolve=None).options == {"tolerance": 2.0}
-    assert grid.study_settings("/m/sft", "/m/aligned")["race"] == {"seed": 0}
+    assert grid.study_settings({"sft": "/m/sft", "aligned": "/m/aligned"})["race"] == {"seed": 0}
     sampled = settings(race=True, space="depth")
     assert sampled.strategy_name == "prune" and sampled.plan(space=None, resolve=None).options == {}
     assert settings(strategy="race").strategy_name == "race"  # --race is --strategy race, on the grid
