@@ -1,7 +1,6 @@
 """``mergekit-expo search``: score candidate α values per worker process, no checkpoint per candidate."""
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from mergekit_expo.search.searched_models import SearchedModels, read_models
 from mergekit_expo.search.settings import GroupedHelp, search_options
 from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
 from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
-
-LOG = logging.getLogger("mergekit_expo")
 
 
 def resolve_device(device: str) -> str:
