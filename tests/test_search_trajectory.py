@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import invoke, load_folder, run_cli, run_points, snapshot, write_yaml
+from conftest import hub_cache, invoke, load_folder, run_cli, run_points, snapshot, write_yaml
 from fp64_reference import trajectory_reference
 
 STEPS = (100, 200, 300, 400, 500)
@@ -135,6 +135,22 @@ def test_raced_search_writes_the_merge_of_its_pick(run, prefs, tmp_path):
     engine = HFEngine(str(sft), *map(str, checkpoints))
     engine.set_alpha(pick)
     assert_engine_holds(engine, tmp_path / "best")
+
+
+def test_hub_checkpoints_are_named_by_their_ids(run, prefs, tmp_path, monkeypatch):
+    # Offline, from a hand-made cache; each step from the trainer_state.json of its snapshot.
+    from huggingface_hub import constants
+
+    sft, checkpoints = run
+    models = {"org/sft": sft, **{f"org/run-step-{s}": c for s, c in zip(STEPS, checkpoints[:3])}}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", models)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = invoke("search", *models, "--data", prefs, "--alphas", "0.3", "--out", "./s", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "s" / "results.json").read_text())["settings"]
+    assert saved["sft"] == "org/sft" and saved["checkpoints"] == list(models)[1:] and saved["steps"] == [100, 200, 300]
+    best = yaml.safe_load((tmp_path / "s" / "best.yml").read_text())
+    assert best["models"] == [{"model": f"org/run-step-{s}", "parameters": {"step": s}} for s in STEPS[:3]]
 
 
 @pytest.mark.parametrize("space_name", ["depth", pytest.param("module", marks=pytest.mark.slow)])
