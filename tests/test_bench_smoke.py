@@ -104,3 +104,10 @@ def test_search_race_benchmark_smoke(tmp_path):
     for strategy in ("race", "curve"):
         assert [line for line in replays if line.startswith("tiny, preference")
                 and line.split()[2] == strategy][0].endswith("yes")
+
+
+@pytest.mark.slow
+def test_search_trajectory_benchmark_smoke():
+    out = run_script(REPO / "bench/search_trajectory.py", "--hidden", "64", "--layers", "2", "--checkpoints", "3",
+                     "--repeats", "1")
+    assert "trajectory/expo per update" in out and "a run of 3 checkpoints" in out

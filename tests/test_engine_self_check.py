@@ -104,3 +104,17 @@ def test_an_untested_version_warns_once(caplog, monkeypatch):
     assert caplog.messages == [f"transformers {transformers.__version__} is outside the versions --engine hf "
                                "was tested with (transformers 4.40 to 4.41): each α's weights are checked "
                                "after loading"]
+
+
+def test_a_run_is_checked_with_the_trajectorys_own_arithmetic(run_factory):
+    # The real loader passes only if the check computes the fit (affine_parts/evaluate), not
+    # expo of the SFT model and the last checkpoint; one that loads nothing is caught even at
+    # α = 0, the fit at the last step, which is not the last checkpoint.
+    sft, checkpoints = str(run_factory()[0]), [str(c) for c in run_factory()[1][:3]]
+    engine = HFEngine(sft, *checkpoints)
+    assert len(engine.probe.covered) == 4
+    for alpha in (0.5, 0.0):
+        engine.set_alpha(alpha)
+    faulty = LoadsNothing(sft, *checkpoints)
+    with pytest.raises(ExpoEngineError, match="does not hold the weights of alpha=0: "):
+        faulty.set_alpha(0.0)

@@ -73,12 +73,13 @@ def test_defaults_and_what_they_give():
     assert default.strategy_name == "curve" and default.per_row
     plan = default.plan(space=None, resolve=None)
     assert (plan.strategy, plan.trials, plan.sampler, plan.options) == ("curve", None, "grid", {"tolerance": 3.0})
-    assert default.study_settings("/m/sft", "/m/aligned")["strategy"] == "curve"
+    assert default.study_settings({"sft": "/m/sft", "aligned": "/m/aligned"})["strategy"] == "curve"
     sampled = settings(space="module+depth", alpha_range="0,2")
     assert sampled.grid is None and sampled.bounds == (0.0, 2.0) and sampled.strategy_name == "full"
     assert sampled.plan(space=None, resolve=None).trials == DEFAULT_TRIALS
-    assert sampled.study_settings("/m/sft", "/m/aligned")["sampler"] == "tpe"
-    assert "strategy" not in sampled.study_settings("/m/sft", "/m/aligned")  # as earlier versions recorded it
+    assert sampled.study_settings({"sft": "/m/sft", "aligned": "/m/aligned"})["sampler"] == "tpe"
+    models = {"sft": "/m/sft", "aligned": "/m/aligned"}
+    assert "strategy" not in sampled.study_settings(models)  # as earlier versions recorded it
 
 
 def test_the_full_search_where_the_curve_does_not_fit():
@@ -93,7 +94,7 @@ def test_race_picks_the_spaces_racing_strategy_and_its_own_options():
     grid = settings(race=True, race_tolerance=2.0)
     assert grid.strategy_name == "race" and grid.per_row
     assert grid.plan(space=None, resolve=None).options == {"tolerance": 2.0}
-    assert grid.study_settings("/m/sft", "/m/aligned")["race"] == {"seed": 0}
+    assert grid.study_settings({"sft": "/m/sft", "aligned": "/m/aligned"})["race"] == {"seed": 0}
     sampled = settings(race=True, space="depth")
     assert sampled.strategy_name == "prune" and sampled.plan(space=None, resolve=None).options == {}
     assert settings(strategy="race").strategy_name == "race"  # --race is --strategy race, on the grid

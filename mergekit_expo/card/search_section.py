@@ -6,6 +6,7 @@ from typing import List, Optional
 import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
+from mergekit_expo.card.trajectory_words import checkpoint_holders, checkpoint_step
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
 
@@ -24,7 +25,7 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
     for row in results.rows:
         note = []
         if row.is_reference:
-            note.append("the aligned model")
+            note.append(results.reference_words)
         if row.key == best.key:
             note.append("**chosen**")
         if row.key in excluded_keys:
@@ -113,10 +114,10 @@ def choice_words(results, stage) -> List[str]:
         words.append(f"It ties with {'α = ' if results.scalar else ''}{', '.join(r.label for r in ties)} "
                      f"on the score; {rule}.")
     if best.is_reference:
-        words.append("No α > 0 scored above the aligned model itself on this data.")
+        words.append(f"No α > 0 scored above {results.reference_words} itself on this data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
-        words.append("Its 95% interval overlaps that of α = 0 (the aligned model): on this data the gain "
-                     "is within the noise.")
+        words.append(f"Its 95% interval overlaps that of α = 0 ({results.reference_words}): on this data the "
+                     "gain is within the noise.")
     if excluded:
         words.append(
             f"Excluded: {'α = ' if results.scalar else ''}"
@@ -136,12 +137,16 @@ def merged_with_choice(results, best, stage) -> bool:
         configured = scalar_alpha(stage)
         return configured is not None and abs(configured - best.alpha) <= 1e-9
     try:
-        chosen = yaml.safe_load((results.folder / "best.yml").read_text())["models"][0]["parameters"]["alpha"]
+        best_yml = yaml.safe_load((results.folder / "best.yml").read_text())
+        chosen = (best_yml if best_yml["merge_method"] == "expo_trajectory" else best_yml["models"][0])[
+            "parameters"]["alpha"]
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
         return False
     config = stage.config
     if config.slices or config.modules:
         return False
+    if stage.is_trajectory:  # one α for the fit
+        return _plain((config.parameters or {}).get("alpha")) == _plain(chosen)
     aligned = [m for m in config.models or [] if m.model != config.base_model]
     setting = (aligned[0].parameters or {}).get("alpha") if aligned else None
     return _plain(setting) == _plain(chosen)
@@ -173,16 +178,50 @@ def scalar_alpha(stage) -> Optional[float]:
 
 
 def check_same_models(results, stage) -> None:
-    """A search is evidence for a model only if it scored that model's SFT and aligned inputs."""
+    """A search is evidence for a model only if it scored that model's inputs: its SFT and
+    aligned models (expo), or its SFT model and the same checkpoints at the same steps, fitted
+    over the same window (expo_trajectory)."""
     settings = results.settings
-    pairs = [("SFT", settings.get("sft"), stage.sft), ("aligned", settings.get("aligned"), stage.aligned[0])]
+    searched_run = "checkpoints" in settings
+    if searched_run != stage.is_trajectory:
+        scored = "the checkpoints of a run" if searched_run else "an SFT and aligned model pair"
+        merged = "checkpoints of a run (expo_trajectory)" if stage.is_trajectory else "a pair (expo)"
+        raise ExpoConfigError(f"the search in {results.folder} scored {scored}, but this output merges "
+                              f"{merged}: pass the search of this output's models")
+    pairs = [("SFT model", settings.get("sft"), stage.sft)]
+    if searched_run:
+        searched = settings["checkpoints"]
+        if len(searched) != len(stage.aligned):
+            raise ExpoConfigError(f"the search in {results.folder} scored {len(searched)} checkpoints, but "
+                                  f"this output's merge fits {len(stage.aligned)}: pass the search of these "
+                                  "checkpoints")
+        pairs += [(f"checkpoint {i + 1}", name, model)
+                  for i, (name, model) in enumerate(zip(searched, stage.aligned))]
+    else:
+        pairs.append(("aligned model", settings.get("aligned"), stage.aligned[0]))
     for role, searched, configured in pairs:
         if _same_model(searched, configured):
             continue
         raise ExpoConfigError(
-            f"the search in {results.folder} scored the {role} model {searched}, but this output's "
-            f"{role} model is {configured.text}: pass the search of these models (relative paths in "
+            f"the search in {results.folder} scored the {role} {searched}, but this output's "
+            f"{role} is {configured.text}: pass the search of these models (relative paths in "
             "mergekit_config.yml count from the folder the merge ran in: run this from there)")
+    if searched_run:
+        check_same_fit(results, stage)
+
+
+def check_same_fit(results, stage) -> None:
+    """The merge fits the searched checkpoints at the steps and over the window the search did."""
+    settings = results.settings
+    steps = [checkpoint_step(holder) for holder in checkpoint_holders(stage.config)]
+    window = (stage.config.parameters or {}).get("window")
+    window = None if window is None or window == len(steps) + 1 else window
+    for what, searched, merged in (("steps", settings.get("steps"), steps),
+                                   ("window", settings.get("window"), window)):
+        if searched != merged:
+            raise ExpoConfigError(f"the search in {results.folder} fitted the checkpoints with {what} "
+                                  f"{_shown(searched)}, but this output's merge with {what} "
+                                  f"{_shown(merged)}: pass the search of this fit")
 
 
 def _same_model(searched: Optional[str], configured) -> bool:
@@ -195,6 +234,12 @@ def _same_model(searched: Optional[str], configured) -> bool:
     if not os.path.isabs(searched):
         return False
     return os.path.realpath(searched) == os.path.realpath(os.path.expanduser(path))
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return "all points" if value is None else str(value)
 
 
 def _number(value) -> str:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 from mergekit_expo.card.alpha_words import AS_CONFIGURED, describe
 from mergekit_expo.hub import cached_snapshot, is_hub_id
-from mergekit_expo.trajectory.steps import stated_steps
+from mergekit_expo.trajectory.steps import checked_step, stated_steps
 
 LOG = logging.getLogger("mergekit_expo")
 AT_THE_LAST_STEP = "the fit at the last checkpoint's step"  # what α = 0 gives
@@ -17,24 +17,36 @@ def trajectory_stage(stage) -> dict:
     """The template's fields for ``stage`` (a lineage Stage of an expo_trajectory merge)."""
     config = stage.config
     markdown = {model.text: model.markdown for model in stage.inputs}
-    holders = config.models or (config.slices[0].sources if config.slices else [])
     checkpoints = [{"model": markdown.get(str(holder.model), f"`{holder.model}`"), "step": _step(holder)}
-                   for holder in holders if holder.model != config.base_model]
+                   for holder in checkpoint_holders(config)]
     window = (config.parameters or {}).get("window")
     return {"name": stage.name, "sft": stage.sft.markdown, "checkpoints": checkpoints,
             "points": len(checkpoints) + 1, "window": window, "alpha": fit_alpha_in_words(stage.data)}
 
 
 def _step(holder) -> str:
-    written = (holder.parameters or {}).get("step")
+    step = checkpoint_step(holder)
+    return "not stated where this card was written" if step is None else str(step)
+
+
+def checkpoint_step(holder) -> Optional[int]:
+    """A checkpoint's step as the merge read it: its written ``step:``, else what its folder
+    states (None where neither is readable here)."""
+    written = checked_step((holder.parameters or {}).get("step"))
     if written is not None:
-        return str(written)
+        return written
     path, revision = holder.model.model.path, holder.model.model.revision
     folder: Optional[str] = path if Path(path).is_dir() else None
     if folder is None and is_hub_id(path):
         folder = cached_snapshot(f"{path}@{revision}" if revision else path)
     stated = stated_steps(folder)
-    return str(stated[0][1]) if stated else "not stated where this card was written"
+    return stated[0][1] if stated else None
+
+
+def checkpoint_holders(config) -> list:
+    """The entries of a trajectory config's checkpoints (``models:`` or a slice's sources), in order."""
+    holders = config.models or (config.slices[0].sources if config.slices else [])
+    return [holder for holder in holders if holder.model != config.base_model]
 
 
 def fit_alpha_in_words(data: dict) -> List[str]:

@@ -42,7 +42,7 @@ def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = Non
         return
     ids = None if hub_ids is None else set(hub_ids.values())
     lineage = lineage_of_config(source, hub_ids=ids)
-    if lineage.expo_stages:
+    if lineage.expo_stages or lineage.trajectory_stages:
         _searched_stage(SearchResults.load(search), lineage)
 
 
@@ -63,8 +63,6 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
     section, kept = None, None
-    if not lineage.expo_stages:
-        search = None  # the α search scores expo stages only
     if search is None:
         kept = kept_search_section(folder)  # a card of ours rewritten without --search keeps its search
     else:
@@ -156,14 +154,16 @@ def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
 
 
 def _searched_stage(results, lineage: Lineage):
-    """The expo stage whose SFT and aligned models the search scored."""
-    for stage in lineage.expo_stages:
+    """The expo stage whose SFT and aligned models the search scored, or the expo_trajectory
+    stage whose checkpoints it scored."""
+    stages = [*lineage.expo_stages, *lineage.trajectory_stages]
+    for stage in stages:
         try:
             check_same_models(results, stage)
             return stage
         except ExpoConfigError:
             continue
-    check_same_models(results, lineage.expo_stages[0])  # raises, naming the first stage's models
+    check_same_models(results, stages[0])  # raises, naming the first stage's models
 
 
 def _hub_ids_named(folder: Path, lineage: Lineage, hub_ids: Mapping[str, str]) -> Dict[str, bytes]:

@@ -1,7 +1,6 @@
 """``mergekit-expo search``: score candidate α values per worker process, no checkpoint per candidate."""
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -15,18 +14,16 @@ from mergekit_expo.compat.optuna import check_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
-from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
 from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
 from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.results import RESULTS, check_plotting
 from mergekit_expo.search.runner import search
 from mergekit_expo.search.scoring import make_scorer
+from mergekit_expo.search.searched_models import SearchedModels, read_models
 from mergekit_expo.search.settings import GroupedHelp, search_options
 from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
 from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
-
-LOG = logging.getLogger("mergekit_expo")
 
 
 def resolve_device(device: str) -> str:
@@ -39,11 +36,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_search_outputs(s, sft, aligned, settings):
-    """Both outputs, before anything is read: never over an input, someone's files or another
+def check_search_outputs(s, models, settings):
+    """Both outputs, before any model is loaded: never over an input, someone's files or another
     study's reports. Returns the checked --write-best output (None without it)."""
-    inputs = [("the SFT model", sft), ("the aligned model", aligned), ("the data file", s.data),
-              ("the reward model", s.reward_model), ("the lm-eval tasks folder", s.tasks_path)]
+    inputs = [*models.roles(), ("the data file", s.data), ("the reward model", s.reward_model),
+              ("the lm-eval tasks folder", s.tasks_path)]
     out = Path(os.path.abspath(s.out))
     check_no_overlap(out, s.out, inputs)
     if out.exists() and not out.is_dir():
@@ -78,37 +75,23 @@ def open_tools(s) -> str:
     return resolve_device(s.device)
 
 
-def read_models(s, sft, aligned):
-    """The local folders of the SFT, aligned and reward models; the pair checked before the
-    search folder is created."""
-    sft_folder, aligned_folder = hub.resolve(sft, "SFT model"), hub.resolve(aligned, "aligned model")
-    reward_folder = hub.resolve(s.reward_model, "reward model")
-    if os.path.realpath(sft_folder) == os.path.realpath(aligned_folder):
-        # mergekit plans one folder given twice as one model: there is no update to extrapolate
-        raise ExpoConfigError(f"the SFT and aligned models are the same folder ({sft}): give the SFT "
-                              "checkpoint the aligned model was trained from as the first argument")
-    check_pair(sft_folder, aligned_folder)
-    check_tokenizer(aligned_folder, "aligned")
-    if same_weights(sft_folder, aligned_folder):
-        LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
-                    "weights): there is no alignment update, every α scores the aligned model",
-                    sft, aligned)
-    return sft_folder, aligned_folder, reward_folder
-
-
 def model_space(settings, sft_folder, aligned_folder, sft, aligned):
+    """The space and the resolver of its candidates for an SFT and aligned pair (see :func:`space_for`)."""
+    named = (hub.model_reference(sft), hub.model_reference(aligned))
+    return space_for(settings, SearchedModels.pair(sft_folder, aligned_folder, named))
+
+
+def space_for(settings, models):
     """The space for these models and the resolver of its candidates (through mergekit)."""
-    names = sorted(shard_of(Path(aligned_folder)))
-    model_type = json.loads((Path(aligned_folder) / "config.json").read_text()).get("model_type")
+    names = sorted(shard_of(Path(models.aligned)))
+    model_type = json.loads((Path(models.aligned) / "config.json").read_text()).get("model_type")
     space = make_space(settings.space, names)
     if space.by_module:  # module spaces group what mergekit's planner gives α, not the checkpoint's names
-        one = Space(settings.space).config(sft_folder, aligned_folder, {"alpha": 0.0})
+        one = Space(settings.space).config(models, {"alpha": 0.0}, folders=True)
         planned = planned_alphas(one, trust_remote_code=settings.trust_remote_code)
         space = make_space(settings.space, sorted(planned))
-    resolver = CandidateResolver(space, sft_folder, aligned_folder, checkpoint_names=names,
-                                 model_type=model_type, dtype=settings.dtype,
-                                 trust_remote_code=settings.trust_remote_code,
-                                 named=(hub.model_reference(sft), hub.model_reference(aligned)))
+    resolver = CandidateResolver(space, models, checkpoint_names=names, model_type=model_type,
+                                 dtype=settings.dtype, trust_remote_code=settings.trust_remote_code)
     return space, resolver
 
 
@@ -151,30 +134,34 @@ def report(s, results, reports, log, strategy, device, checked) -> None:
 
 @click.command("search", cls=GroupedHelp)
 @click.argument("sft")
-@click.argument("aligned")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
 @reports_errors(interrupted="the candidates scored so far are kept in the study and results.json: "
                             "rerun the same command to resume")
 @search_options
-def search_command(sft, aligned, settings):
+def search_command(sft, checkpoints, settings):
     """Pick α the way the paper does: score the ExPO model of each candidate on a dev
     set, in one process per worker, without writing a checkpoint per candidate.
 
-    A candidate is one α or one per module group and/or depth (--space); any
-    number of processes running this command on one --out (or --storage) share the work.
+    SFT is the SFT model; CHECKPOINT the aligned model trained from it (expo), or several
+    checkpoints of one run in training order (expo_trajectory: --steps, --window). A
+    candidate is one α or one per module group and/or depth (--space); any number of
+    processes running this command on one --out (or --storage) share the work.
     """
     s = settings
     check_installed(s)
     if s.guard and s.grid is not None and 0.0 not in s.grid:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
-    identity = s.study_settings(sft, aligned)
-    best_output = check_search_outputs(s, sft, aligned, identity)
+    models = read_models(sft, checkpoints, steps=s.step_list, window=s.window)
+    identity = s.study_settings(models.settings())
+    best_output = check_search_outputs(s, models, identity)
     device = open_tools(s)
-    sft_folder, aligned_folder, reward_folder = read_models(s, sft, aligned)
-    plan = s.plan(*model_space(s, sft_folder, aligned_folder, sft, aligned))
+    reward_folder = hub.resolve(s.reward_model, "reward model")
+    plan = s.plan(*space_for(s, models))
     scoring, guarding = make_scorers(s, identity, reward_folder, device)
     s.check_scorers(scoring, guarding)
+    engine_options = dict(s.engine_options(device), **models.engine_options())
     results, reports, log, strategy = search(
         s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
         about={"data_file": s.data and os.path.abspath(s.data)},
-        open_engine=lambda: make_engine(s.engine, sft_folder, aligned_folder, **s.engine_options(device)))
+        open_engine=lambda: make_engine(s.engine, models.sft, *models.checkpoints, **engine_options))
     report(s, results, reports, log, strategy, device, best_output)

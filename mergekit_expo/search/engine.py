@@ -1,9 +1,9 @@
 """What an engine of the α search must do, whatever runs the model.
 
-An engine loads the aligned model once, sets its weights in place to the ExPO model
-of any α, generates answers and scores log-likelihoods in batches. Scorers talk to
-this interface only, so a new engine needs no change to them. :func:`make_engine` makes
-the one :data:`~.registry.ENGINES` names, importing only that one.
+An engine loads the aligned model (a run's last checkpoint) once, sets its weights in
+place to the ExPO model of any α, generates answers and scores log-likelihoods in
+batches. Scorers talk to this interface only, so a new engine needs no change to them.
+:func:`make_engine` makes the one :data:`~.registry.ENGINES` names, importing only that one.
 """
 
 from abc import ABC, abstractmethod
@@ -23,8 +23,9 @@ class Engine(ABC):
 
     @abstractmethod
     def set_alphas(self, alphas: Union[float, Mapping[str, float]]) -> None:
-        """Make the loaded weights θ_aligned + α·(θ_aligned − θ_sft), exactly, with one α for
-        every tensor or each checkpoint tensor's own (name -> α, as the search resolves it)."""
+        """Make the loaded weights the ExPO model, exactly: θ_aligned + α·(θ_aligned − θ_sft), or
+        a trajectory's fit at s_last·(1 + α), with one α for every tensor or each checkpoint
+        tensor's own (name -> α, as the search resolves it)."""
 
     def set_alpha(self, alpha: float) -> None:
         """One α everywhere."""
@@ -56,6 +57,19 @@ class Engine(ABC):
         """Free the engine's resources (processes, GPU memory)."""
 
 
-def make_engine(name: str, sft: str, aligned: str, **options) -> Engine:
-    """The engine ``name`` (:data:`~.registry.ENGINES`) on the pair."""
-    return ENGINES.get(name).load()(sft, aligned, **options)
+def make_engine(name: str, sft: str, *checkpoints: str, **options) -> Engine:
+    """The engine ``name`` (:data:`~.registry.ENGINES`) on the SFT model and the aligned model,
+    or a run's checkpoints (``steps`` and ``window`` among the options)."""
+    return ENGINES.get(name).load()(sft, *checkpoints, **options)
+
+
+def checked_models(sft: str, checkpoints: Sequence[str]) -> str:
+    """Each checkpoint is of the SFT model's network; returns the one the engine runs: the
+    aligned model, or a run's last checkpoint (its config and tokenizer)."""
+    from mergekit_expo.preflight import check_pair
+
+    if not checkpoints:
+        raise TypeError("an engine needs the aligned model, or a run's checkpoints")
+    for checkpoint in checkpoints:
+        check_pair(sft, checkpoint, role="aligned" if len(checkpoints) == 1 else "checkpoint")
+    return checkpoints[-1]

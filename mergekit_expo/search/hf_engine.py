@@ -15,23 +15,25 @@ import transformers
 
 from mergekit_expo.compat.transformers import check_transformers_loader, checkpoint_loader, is_tied
 from mergekit_expo.errors import ExpoInputError
-from mergekit_expo.preflight import check_pair
 from mergekit_expo.search.batching import Batcher, padded
-from mergekit_expo.search.engine import Engine
-from mergekit_expo.search.expo_weights import ExpoCheckpoint
+from mergekit_expo.search.engine import Engine, checked_models
+from mergekit_expo.search.expo_weights import open_weights
 from mergekit_expo.search.prompts import pad_id
 from mergekit_expo.search.sampling import Sampling
 from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
 
 
 class HFEngine(Engine):
-    def __init__(self, sft: str, aligned: str, *, device: str = "cpu", dtype: Optional[str] = None,
+    def __init__(self, sft: str, *checkpoints: str, steps: Optional[Sequence[int]] = None,
+                 window: Optional[int] = None, device: str = "cpu", dtype: Optional[str] = None,
                  batch_size: Optional[int] = None, trust_remote_code: bool = False):
-        check_pair(sft, aligned)
+        """``checkpoints``: the aligned model, or a run's checkpoints in training order (with
+        their ``steps``, default what their folders state, and the fit's ``window``)."""
+        aligned = checked_models(sft, checkpoints)
         warn_if_untested("hf")
         transformers.utils.logging.disable_progress_bar()  # our bars, not one per layer load
         torch_dtype = getattr(torch, dtype) if dtype else None
-        self.weights = ExpoCheckpoint(sft, aligned, torch_dtype)
+        self.weights = open_weights(sft, checkpoints, steps=steps, window=window, dtype=torch_dtype)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             aligned, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
         ).to(device).eval()

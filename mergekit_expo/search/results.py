@@ -85,6 +85,13 @@ class SearchResults:
         """One α per candidate (the --alphas grid), rather than a vector of them."""
         return "grid" in SPACES.get(self.space).traits
 
+    @property
+    def reference_words(self) -> str:
+        """What α = 0 is: the aligned model, or a run's fit at its last checkpoint's step."""
+        if "checkpoints" in self.settings:
+            return "the fit at the last checkpoint's step"
+        return "the aligned model"
+
     def baseline(self) -> Optional[AlphaResult]:
         return next((r for r in self.rows if r.is_reference), None)
 
@@ -212,7 +219,7 @@ class SearchResults:
         baseline = self.baseline()
         if baseline is not None and getattr(baseline, field) is not None:
             axis.axhline(getattr(baseline, field), linestyle="--", color="gray",
-                         label="α = 0 (aligned model)")
+                         label=f"α = 0 ({self.reference_words.removeprefix('the ')})")
         if excluded:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
@@ -287,7 +294,7 @@ class SearchResults:
                      + (f" on {best.n} rows): {self.strategy.why_picked(self.race)}" if self.race else ")"))
         baseline = self.baseline()
         if baseline is not None:
-            lines.append(f"alpha = 0 (the aligned model) scores {baseline.score:.4g}")
+            lines.append(f"alpha = 0 ({self.reference_words}) scores {baseline.score:.4g}")
         excluded = self.excluded()
         if excluded:
             lines.append(
@@ -314,7 +321,9 @@ def read_json(path: Path) -> dict:
 
 # settings key -> how the user sets it
 OPTION_NAMES = {
-    "sft": "the SFT model", "aligned": "the aligned model", "scorer": "--scorer", "guard": "--guard",
+    "sft": "the SFT model", "aligned": "the aligned model", "checkpoints": "the checkpoints",
+    "steps": "--steps (the checkpoints' steps)", "window": "--window", "scorer": "--scorer",
+    "guard": "--guard",
     "data": "--data (its contents)", "reward_model": "--reward-model", "engine": "--engine",
     "dtype": "--dtype", "max_new_tokens": "--max-new-tokens", "sample": "--sample/--greedy",
     "temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k", "seed": "--seed",

@@ -1,5 +1,7 @@
 """Engines check themselves: after every α, sampled weights read back from the running
-model must equal the ExPO values computed from the two checkpoints, apart from the engine.
+model must equal the ExPO values computed from the checkpoints, apart from the engine (for a
+trajectory, with :func:`~mergekit_expo.trajectory.numerics.affine_parts` and ``evaluate``
+where the engine runs the merge's streamed kernel).
 
 Both engines hand their tensors to a library's own loader (transformers' checkpoint
 conversion, vLLM's ``reload_weights``), through interfaces that can change between
@@ -25,7 +27,6 @@ import torch
 from packaging.version import Version
 
 from mergekit_expo.errors import ExpoEngineError
-from mergekit_expo.numerics import extrapolate_tensor
 from mergekit_expo.search.registry import ENGINES
 
 LOG = logging.getLogger("mergekit_expo")
@@ -60,8 +61,7 @@ def _tested_text(engine: str) -> str:
 class _Sample:
     name: str
     positions: List[int]  # flat element positions in the tensor
-    sft: torch.Tensor  # the checkpoints' values there, in the dtype the ExPO arithmetic runs in
-    aligned: torch.Tensor
+    points: Tuple[torch.Tensor, ...]  # each checkpoint's values there, in the dtype the arithmetic runs in
     dtype: torch.dtype  # the running model's dtype for this tensor
 
 
@@ -70,11 +70,11 @@ class WeightProbe:
 
     def __init__(self, checkpoint, readable: Mapping[str, Tuple[tuple, torch.dtype]], engine: str):
         """``readable``: name -> (shape, dtype) of what the running model holds."""
-        self.engine = engine
+        self.engine, self.checkpoint = engine, checkpoint
         self.samples = _choose(checkpoint, readable)
         if not self.samples:
             LOG.warning("--engine %s: no weight the running model holds under its checkpoint name "
-                        "differs between the two checkpoints, so α updates cannot be checked", engine)
+                        "differs between the checkpoints, so α updates cannot be checked", engine)
 
     @property
     def covered(self) -> List[str]:
@@ -89,7 +89,7 @@ class WeightProbe:
         one α for every tensor, or each checkpoint tensor's own (name -> α)."""
         for sample in self.samples:
             alpha = alphas[sample.name] if isinstance(alphas, Mapping) else alphas
-            expected = extrapolate_tensor(sample.sft, sample.aligned, alpha).to(sample.dtype)
+            expected = self.checkpoint.expected(sample.points, alpha).to(sample.dtype)
             got = found[sample.name].to(sample.dtype).reshape(-1)
             differ = (_bits(got) != _bits(expected)).nonzero().view(-1)
             if len(differ):
@@ -110,7 +110,7 @@ def _bits(values: torch.Tensor) -> torch.Tensor:
 
 
 def _choose(checkpoint, readable) -> List[_Sample]:
-    """Up to _TENSORS readable tensors spread over the model, each with values that differ."""
+    """Up to _TENSORS readable tensors spread over the model, each with values α moves."""
     names = [n for group in checkpoint.groups for n in group  # embeddings, layer 0, 1, ...
              if n in readable and tuple(readable[n][0]) == checkpoint.shape(n)
              and readable[n][1].is_floating_point]
@@ -133,12 +133,12 @@ def _sample(checkpoint, name: str, dtype: torch.dtype) -> Optional[_Sample]:
     if len(shape) == 0:
         return None
     rows = [0] if len(shape) == 1 else sorted({r * (shape[0] - 1) // (_ROWS - 1) for r in range(_ROWS)})
-    sft, aligned = checkpoint.rows(name, rows, whole=len(shape) == 1)
-    delta = (aligned.double() - sft.double()).abs().reshape(len(rows), -1)
+    points = checkpoint.rows(name, rows, whole=len(shape) == 1)
+    delta = checkpoint.moves(points).reshape(len(rows), -1)
     row_size = delta.shape[1] if len(shape) > 1 else 0
     order = delta.reshape(-1).argsort(descending=True)[:_ELEMENTS]
     order = order[delta.reshape(-1)[order] > 0]
     if not len(order):
         return None  # no update to see here
     positions = [rows[int(i) // delta.shape[1]] * row_size + int(i) % delta.shape[1] for i in order]
-    return _Sample(name, positions, sft.reshape(-1)[order], aligned.reshape(-1)[order], dtype)
+    return _Sample(name, positions, tuple(point.reshape(-1)[order] for point in points), dtype)

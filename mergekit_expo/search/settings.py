@@ -26,7 +26,8 @@ from mergekit_expo.search.runner import Plan
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
 from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
-GROUPS = ("Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Strategy", "Output")
+GROUPS = ("Trajectory", "Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Strategy",
+          "Output")
 DTYPES = ("bfloat16", "float16", "float32")
 SAMPLERS = ("grid", "tpe", "cmaes", "random")
 DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
@@ -58,6 +59,13 @@ class SearchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
+    # -- Trajectory (several checkpoints of one run) ---------------------------------------
+    steps: Optional[str] = _option("Trajectory", metavar="N,N,...",
+                                   help="Each checkpoint's training step, in order  [default: what each "
+                                        "folder states: trainer_state.json's global_step, or checkpoint-N]")
+    window: Optional[int] = _option("Trajectory", type=int, metavar="K",
+                                    help="Fit the last K points only (the SFT model is step 0)  "
+                                         "[default: all]")
     # -- Scorer ---------------------------------------------------------------------------
     scorer: str = _option("Scorer", SCORERS.default.name, show_default=True,
                           help=f"{SCORERS.listed()} returning a float")
@@ -375,20 +383,24 @@ class SearchSettings(BaseModel):
         return parse_range(self.alpha_range)
 
     @property
+    def step_list(self) -> Optional[List[int]]:
+        """--steps as whole numbers (the trajectory's checks take them from here)."""
+        return None if self.steps is None else parse_steps(self.steps)
+
+    @property
     def sampling(self) -> Sampling:
         return build_sampling(self.preset, seed=self.seed, max_new_tokens=self.max_new_tokens,
                               sample=self.sample, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k)
 
-    def study_settings(self, sft: str, aligned: str) -> dict:
+    def study_settings(self, models: dict) -> dict:
         """What makes two runs the same search (results.json's settings): another value is refused,
-        by the --out before any work and by the study itself."""
-        reference = hub.model_reference
+        by the --out before any work and by the study itself. ``models``: the searched models'
+        own (:meth:`~.searched_models.SearchedModels.settings`)."""
         settings = {"data": fingerprint(self.data),
-                    "reward_model": self.reward_model and reference(self.reward_model),
-                    "sampling": self.sampling.settings(), "engine": self.engine, "sft": reference(sft),
-                    "aligned": reference(aligned), "dtype": self.dtype, "scorer": self.scorer,
-                    "space": self.space}
+                    "reward_model": self.reward_model and hub.model_reference(self.reward_model),
+                    "sampling": self.sampling.settings(), "engine": self.engine, **models,
+                    "dtype": self.dtype, "scorer": self.scorer, "space": self.space}
         if self.guard:
             settings["guard"] = self.guard
         if self.grid is None:
@@ -426,6 +438,16 @@ def parse_alphas(text: Optional[str]) -> List[float]:
         raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
                               "--alphas for the default grid 0,0.1,...,0.6")
     return sorted(set(values))
+
+
+def parse_steps(text: str) -> List[int]:
+    """--steps N,N,...: whole numbers (the trajectory's checks judge them as steps)."""
+    parts = [part.strip() for part in text.split(",")]
+    for part in parts:
+        if not part.isdigit():
+            raise ExpoConfigError(f"--steps: {part!r} is not a whole number: give each checkpoint's training "
+                                  "step, in order, e.g. --steps 100,200,300")
+    return [int(part) for part in parts]
 
 
 def parse_range(text: Optional[str]) -> Tuple[float, float]:

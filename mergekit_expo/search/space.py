@@ -2,9 +2,10 @@
 
 A candidate is a dict of coordinates (``{"attention": 0.2, "mlp": 0.5, "other": 0.1}``).
 It becomes a mergekit ``parameters.alpha`` value (filters and gradient lists, plain
-YAML), and the α of every tensor is what mergekit's own planner makes of that value
-for the searched models: the engine's weights and the merge of ``best.yml`` come from
-the same resolution, so they cannot drift apart.
+YAML: the aligned model's under ``expo``, the fit's under ``expo_trajectory``), and the α
+of every tensor is what mergekit's own planner makes of that value for the searched
+models: the engine's weights and the merge of ``best.yml`` come from the same
+resolution, so they cannot drift apart.
 
 Groups, by substring of the tensor name (mergekit's filters, first match wins):
 
@@ -52,7 +53,7 @@ class Space:
         return self.coordinates == ["alpha"]
 
     def reference(self) -> Candidate:
-        """α = 0 everywhere: the aligned model as it is."""
+        """α = 0 everywhere: the aligned model as it is (for a run: the fit at its last step)."""
         return {name: 0.0 for name in self.coordinates}
 
     def alpha_setting(self, candidate: Mapping[str, float]):
@@ -73,14 +74,11 @@ class Space:
                    for group, substrings in self.filters for substring in substrings]
         return setting + [{"value": of("other")}]
 
-    def config(self, sft: str, aligned: str, candidate: Mapping[str, float],
-               dtype: Optional[str] = None) -> dict:
-        """The mergekit config of a candidate: what ``best.yml`` holds."""
-        config = {"merge_method": "expo", "base_model": sft,
-                  "models": [{"model": aligned, "parameters": {"alpha": self.alpha_setting(candidate)}}]}
-        if dtype:
-            config["dtype"] = dtype
-        return config
+    def config(self, models, candidate: Mapping[str, float], dtype: Optional[str] = None, *,
+               folders: bool = False) -> dict:
+        """The mergekit config of a candidate for ``models`` (a
+        :class:`~.searched_models.SearchedModels`): what ``best.yml`` holds."""
+        return models.config(self.alpha_setting(candidate), dtype, folders=folders)
 
     def describe(self, candidate: Mapping[str, float]) -> str:
         """``alpha=0.3`` for one α, ``attention=0.2 mlp=0.5 other=0.1`` otherwise."""
@@ -139,8 +137,8 @@ def merge_planner(config, *, trust_remote_code: bool = False):
 
 def planned_tensor_alphas(config, *, trust_remote_code: bool = False) -> Dict[str, Optional[float]]:
     """The α mergekit's planner gives each output tensor under ``config``, by the tensor
-    names mergekit plans (transformers' model layout); None where no aligned model is an
-    input (a slice of the SFT model alone: its values are copied).
+    names mergekit plans (transformers' model layout); None where no aligned model or
+    checkpoint is an input (a slice of the SFT model alone: its values are copied).
 
     The config is planned as ``mergekit-yaml`` plans it (architecture, layer count,
     gradients over layers, filters, slices, precedence) and never executed; the α is read
@@ -157,7 +155,10 @@ def planned_tensor_alphas(config, *, trust_remote_code: bool = False) -> Dict[st
 
 
 def _alpha_of(merge) -> Optional[float]:
-    parameters = getattr(merge, "input_parameters", None)
+    shared = getattr(merge, "parameters", None)
+    if shared is not None and "alpha" in shared:  # expo_trajectory: one α for the fit, a shared parameter
+        return float(shared["alpha"])
+    parameters = getattr(merge, "input_parameters", None)  # expo: α per aligned model
     if parameters is None:  # mergekit 0.1.4: expo's own task (hosts.task_api)
         return float(merge.alpha) if getattr(merge, "aligned_model", None) is not None else None
     values = [p["alpha"] for model, p in parameters.items() if model != merge.base_model and "alpha" in p]
@@ -184,22 +185,21 @@ def model_layout_names(model_type: Optional[str], checkpoint_names: Sequence[str
 
 
 class CandidateResolver:
-    """Candidate -> α of every checkpoint tensor of the aligned model, through mergekit."""
+    """Candidate -> α of every checkpoint tensor of the aligned model (a run's last
+    checkpoint), through mergekit."""
 
-    def __init__(self, space: "Space", sft: str, aligned: str, *, checkpoint_names: Sequence[str],
-                 model_type: Optional[str], dtype: Optional[str] = None, trust_remote_code: bool = False,
-                 named: Optional[Tuple[str, str]] = None):
-        """``sft``/``aligned``: the folders planned against; ``named``: how configs name the
-        models (Hub ids as given, or absolute paths), default the folders."""
-        self.space, self.sft, self.aligned, self.dtype = space, sft, aligned, dtype
-        self.named = named or (sft, aligned)
+    def __init__(self, space: "Space", models, *, checkpoint_names: Sequence[str],
+                 model_type: Optional[str], dtype: Optional[str] = None, trust_remote_code: bool = False):
+        """``models``: the :class:`~.searched_models.SearchedModels`, planned against by their
+        folders; configs name them as ``models.named`` does."""
+        self.space, self.models, self.dtype = space, models, dtype
         self.trust_remote_code = trust_remote_code
         self.layout = model_layout_names(model_type, checkpoint_names)
         self._resolved: Dict[tuple, Dict[str, float]] = {}  # a raced α is set once per block
 
     def config(self, candidate: Mapping[str, float]) -> dict:
         """The mergekit config of a candidate, as best.yml holds it."""
-        return self.space.config(*self.named, candidate, self.dtype)
+        return self.space.config(self.models, candidate, self.dtype)
 
     def __call__(self, candidate: Mapping[str, float]) -> Dict[str, float]:
         key = tuple(sorted(candidate.items()))
@@ -208,7 +208,7 @@ class CandidateResolver:
         return dict(self._resolved[key])
 
     def _resolve(self, candidate: Mapping[str, float]) -> Dict[str, float]:
-        planned = planned_alphas(self.space.config(self.sft, self.aligned, candidate, self.dtype),
+        planned = planned_alphas(self.space.config(self.models, candidate, self.dtype, folders=True),
                                  trust_remote_code=self.trust_remote_code)
         alphas = {}
         for name, target in self.layout.items():

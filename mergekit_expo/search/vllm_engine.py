@@ -1,4 +1,5 @@
-"""The vLLM engine: one ``vllm.LLM`` of the aligned model, weights replaced in place per α.
+"""The vLLM engine: one ``vllm.LLM`` of the aligned model (a run's last checkpoint), weights
+replaced in place per α.
 
 vLLM is what takes a model past one GPU (``--tensor-parallel-size``) and, on its Ray
 backend, past one node; we build on it and add only the ExPO tensors
@@ -19,9 +20,8 @@ from mergekit_expo import environment
 from mergekit_expo.compat.extras import import_extra
 from mergekit_expo.compat.vllm import context_length, shut_down
 from mergekit_expo.errors import ExpoConfigError, ExpoInputError, first_line
-from mergekit_expo.preflight import check_pair
-from mergekit_expo.search.engine import Engine
-from mergekit_expo.search.expo_weights import ExpoCheckpoint
+from mergekit_expo.search.engine import Engine, checked_models
+from mergekit_expo.search.expo_weights import open_weights
 from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.sampling import Sampling
 from mergekit_expo.search.self_check import WeightProbe, warn_if_untested
@@ -45,15 +45,23 @@ class VLLMEngine(Engine):
     def check_installed(cls) -> None:
         import_vllm()  # before anything is read or written: name the extra to install
 
-    def __init__(self, sft: str, aligned: str, *, dtype: Optional[str] = None,
+    def __init__(self, sft: str, *checkpoints: str, steps: Optional[Sequence[int]] = None,
+                 window: Optional[int] = None, dtype: Optional[str] = None,
                  tensor_parallel_size: Optional[int] = None, gpu_memory_utilization: Optional[float] = None,
                  max_model_len: Optional[int] = None, trust_remote_code: bool = False, seed: int = 0):
+        """``checkpoints``: the aligned model, or a run's checkpoints in training order (with
+        their ``steps``, default what their folders state, and the fit's ``window``)."""
         import transformers
 
         vllm = import_vllm()
-        check_pair(sft, aligned)
+        aligned = checked_models(sft, checkpoints)
         warn_if_untested("vllm")
-        self.sft, self.aligned, self.dtype = sft, aligned, dtype
+        self.dtype = dtype
+        # Plain data for the workers, which open the checkpoints themselves.
+        self.source = {"sft": sft, "checkpoints": list(checkpoints),
+                       "steps": None if steps is None else list(steps), "window": window}
+        # Here too, for the self-check: its files and steps are checked before vLLM starts.
+        self.weights = open_weights(**self.source, dtype=getattr(torch, dtype) if dtype else None)
         size = tensor_parallel_size or torch.cuda.device_count() or 1  # all visible GPUs; 1 on CPU
         check_parallel_size(size, aligned)
         options = dict(model=aligned, tokenizer=aligned, tensor_parallel_size=size, seed=seed,
@@ -82,14 +90,12 @@ class VLLMEngine(Engine):
                       for held in self.llm.collective_rpc("expo_held")]
         held = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in per_worker[0].items()
                 if all(worker.get(name) == (shape, dtype) for worker in per_worker)}
-        dtype = getattr(torch, self.dtype) if self.dtype else None
-        checkpoint = ExpoCheckpoint(self.sft, self.aligned, dtype)
-        return WeightProbe(checkpoint, held, engine="vllm")
+        return WeightProbe(self.weights, held, engine="vllm")
 
     def set_alphas(self, alphas) -> None:
         # A dict of a few thousand names and floats: each worker computes its tensors itself.
         alphas = dict(alphas) if not isinstance(alphas, (int, float)) else float(alphas)
-        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.sft, self.aligned, alphas, self.dtype))
+        seconds = self.llm.collective_rpc("expo_set_alpha", args=(self.source, alphas, self.dtype))
         self.update_seconds = max(seconds)
         for found in self.llm.collective_rpc("expo_read", args=(self.probe.requests(),)):
             self.probe.check(alphas, {name: torch.tensor(values, dtype=torch.float64)

@@ -3,27 +3,31 @@
 vLLM's supported way to change a running engine's weights is to hand its own loader
 checkpoint-named tensors (``reload_weights``): the loader renames, fuses, shards
 (tensor parallelism) and repacks them as on first load. Each worker computes the
-ExPO tensors itself from the two memory-mapped checkpoints, so no weights travel
-between processes. Kept free of vLLM imports: vLLM imports it in its workers.
+ExPO tensors itself from the memory-mapped checkpoints (the SFT and aligned models, or a
+run's checkpoints), so no weights travel between processes. Kept free of vLLM imports:
+vLLM imports it in its workers.
 """
 
+import json
 import time
 
 import torch
 
 from mergekit_expo.compat.vllm import reload_weights, worker_parameters
-from mergekit_expo.search.expo_weights import ExpoCheckpoint
+from mergekit_expo.search.expo_weights import open_weights
 
 
 class ExpoWorkerExtension:
     """Mixed into vLLM's worker class through ``LLM(worker_extension_cls=...)``."""
 
-    def expo_set_alpha(self, sft: str, aligned: str, alpha, dtype=None) -> float:
-        """``alpha``: one α for every tensor, or a dict of checkpoint name -> α."""
+    def expo_set_alpha(self, source: dict, alpha, dtype=None) -> float:
+        """``source``: the SFT model and the aligned model, or a run's checkpoints with their
+        steps and window (:func:`~mergekit_expo.search.expo_weights.open_weights`'s arguments);
+        ``alpha``: one α for every tensor, or a dict of checkpoint name -> α."""
         start = time.perf_counter()
-        key = (sft, aligned, dtype)
+        key = (json.dumps(source, sort_keys=True), dtype)
         if getattr(self, "_expo_key", None) != key:  # open the files once per engine
-            self._expo_checkpoint = ExpoCheckpoint(sft, aligned, getattr(torch, dtype) if dtype else None)
+            self._expo_checkpoint = open_weights(**source, dtype=getattr(torch, dtype) if dtype else None)
             self._expo_key = key
         checkpoint = self._expo_checkpoint
 

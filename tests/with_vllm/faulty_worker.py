@@ -10,11 +10,11 @@ class FaultyWorkerExtension(ExpoWorkerExtension):
     def expo_fault(self, fault):
         self._expo_fault = fault
 
-    def expo_set_alpha(self, sft, aligned, alpha, dtype=None):
+    def expo_set_alpha(self, source, alpha, dtype=None):
         fault = getattr(self, "_expo_fault", None)
         if fault == "does nothing":
             return 0.0
         if fault == "reloads from disk":
             self.reload_weights()  # vLLM reads the aligned checkpoint again
             return 0.0
-        return super().expo_set_alpha(sft, aligned, alpha, dtype)
+        return super().expo_set_alpha(source, alpha, dtype)

@@ -6,9 +6,11 @@ from the `mergekit-yaml` output gives: the same greedy answers, the same log-pro
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import load_folder, merges_of, run_cli
 
@@ -162,3 +164,48 @@ def test_per_tensor_alpha_equals_an_engine_loaded_from_mergekit_yaml(pair, engin
     engine.set_alphas(resolve(candidate))
     found = (engine.generate(prompts, Sampling(max_new_tokens=8)), engine.answer_logprobs(prompts, ANSWERS))
     assert found == plain_vllm(tmp_path / "out", engine.tokenizer, 1)
+
+
+@pytest.fixture(scope="module")
+def run(pair, tmp_path_factory):
+    """A run from the pair's SFT model to its aligned model: checkpoint-100, -200, -300."""
+    from mergekit_expo.synthetic import write_checkpoints
+
+    root = tmp_path_factory.mktemp("run")
+    return pair[0], [Path(p) for p in write_checkpoints(str(pair[0]), str(pair[1]), str(root), (100, 200, 300))]
+
+
+def test_raced_trajectory_search_merges_the_weights_vllm_held(run, tmp_path):
+    """A raced search of a run's checkpoints: the pick's --write-best merge is, bit for bit, every
+    weight vLLM holds under its checkpoint name after the in-place update, and a vLLM loaded from
+    it answers and scores as the updated one does (fused and repacked weights included)."""
+    from mergekit_expo.search.sampling import Sampling
+    from mergekit_expo.search.vllm_engine import VLLMEngine
+
+    sft, checkpoints = run
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{p} w{i}", "chosen": "w3 w4", "rejected": f"w{50 + i}"}) + "\n"
+                            for i in range(8) for p in PROMPTS))
+    run_cli("mergekit-expo", "search", sft, *checkpoints, "--engine", "vllm", "--data", data, "--race",
+            "--alphas", "0,0.5,8", "--out", tmp_path / "s", "--write-best", tmp_path / "best")
+    results = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert results["race"]["rows"] == 32 and results["settings"]["steps"] == [100, 200, 300]
+    pick = yaml.safe_load((tmp_path / "s" / "best.yml").read_text())["parameters"]["alpha"]
+    merged = load_folder(tmp_path / "best")
+
+    engine = VLLMEngine(str(sft), *map(str, checkpoints))  # steps read from the folders
+    try:
+        engine.set_alpha(0.5 if pick != 0.5 else 8.0)
+        engine.set_alpha(pick)  # after another α: nothing may accumulate
+        held = engine.llm.collective_rpc("expo_held")[0]
+        readable = {name: list(range(merged[name].numel())) for name, (shape, _) in held.items()
+                    if name in merged and tuple(shape) == tuple(merged[name].shape)}
+        assert "lm_head.weight" in readable and any("norm" in name for name in readable)
+        for name, values in engine.llm.collective_rpc("expo_read", args=(readable,))[0].items():
+            got = torch.tensor(values, dtype=torch.float64).to(merged[name].dtype)  # exact: read as doubles
+            assert torch.equal(got.view(torch.int16), merged[name].reshape(-1).view(torch.int16)), name
+        prompts = [engine.tokenizer(p)["input_ids"] for p in PROMPTS]
+        found = (engine.generate(prompts, Sampling(max_new_tokens=8)), engine.answer_logprobs(prompts, ANSWERS))
+    finally:
+        engine.close()
+    assert found == plain_vllm(tmp_path / "best", engine.tokenizer, 1)
