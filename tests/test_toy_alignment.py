@@ -139,3 +139,17 @@ def test_race_alpha_quick_with_the_curve_search(tmp_path):
     assert found["verdict"]["all"]["verdict"].split(" (")[0] in ("goal met", "moonshot met", "not met")
     text = (tmp_path / "results.md").read_text()
     assert "## (s) curve search (`--strategy curve`) against (a)" in text and "## (r) raced grid" in text
+
+
+@pytest.mark.slow
+def test_trajectory_alpha_quick(tmp_path):
+    run_example("trajectory_alpha.py", "--quick", "--seeds", "0", "--out", tmp_path)
+    summary = json.loads((tmp_path / "results.json").read_text())
+    for point in summary["seeds"][0]["points"].values():
+        assert len(point["e"]["fractions"]) == 1 and len(point["t"]["fractions"]) >= 2
+        for arm in ("e", "t"):
+            assert len(point[arm]["results"]) == summary["grid"]  # every α scored in both: one budget
+            assert len(point[arm]["test_per_prompt"]) == summary["settings"]["test_prompts"]
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["verdict"] in ("trajectory better", "trajectory worse", "no difference shown")
+    assert "Verdict by the pre-stated rule" in (tmp_path / "results.md").read_text()
