@@ -103,3 +103,11 @@ def test_new_points_catch_up_in_one_unit_and_blocks_are_batched():
         assert row.n == sum(len(block) for block in blocks[:row.n // len(blocks[0])]) or row.n == 256
     assert [(u.block, u.blocks) for u in batched({"a": {"alpha": 1}}, [("a", 2), ("a", 0), ("a", 1), ("a", 5)])] \
         == [(0, 3), (5, 1)]
+
+
+def test_on_one_block_of_rows_every_alpha_is_scored():
+    # nothing can be decided before every row is read: no run is left unscored without a reason
+    scores = table(lambda a: 0.8 - 0.02 * (a - 2.6) ** 2, rows=12)
+    rows, record, units, scored = curve_search(scores)
+    assert scored == set(GRID) and record["unscored"] == []
+    assert best(rows, None).alpha == max(GRID, key=lambda a: fmean(scores[a]))

@@ -334,7 +334,7 @@ def test_overwrite_replaces_previous_outputs_and_only_them(workspace):
 
 
 def test_search_write_best_overwrites_and_says_it_resumes(workspace):
-    search = (*SEARCH, "--out", "./s", "--alphas", "0,0.5", "--write-best", "./best")
+    search = (*SEARCH, "--strategy", "full", "--out", "./s", "--alphas", "0,0.5", "--write-best", "./best")
     run_cli("mergekit-expo", *search, cwd=workspace)
     result = run_cli("mergekit-expo", *search, cwd=workspace, check=False)
     assert result.returncode == 1 and "pass --overwrite" in result.stderr

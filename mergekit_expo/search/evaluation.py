@@ -13,6 +13,7 @@ from tqdm import tqdm
 from mergekit_expo.errors import ExpoConfigError, ExpoError, first_line
 from mergekit_expo.filesystem import make_parents, write_file_atomically
 from mergekit_expo.search.race import MIN_BLOCK
+from mergekit_expo.search.registry import STRATEGIES
 from mergekit_expo.search.rows import AlphaResult, merged_extras
 from mergekit_expo.search.stats import bootstrap_interval, fmean
 from mergekit_expo.search.strategies.base import ALL, Unit
@@ -23,8 +24,10 @@ LOG = logging.getLogger("mergekit_expo")
 class Evaluator:
     """One worker's engine, scorers and answers folder."""
 
-    def __init__(self, scorer, guard, *, space, resolve: Callable, open_engine: Callable, folder):
+    def __init__(self, scorer, guard, *, space, resolve: Callable, open_engine: Callable, folder,
+                 strategy: str = ""):
         self.scorer, self.guard, self.space, self.resolve = scorer, guard, space, resolve
+        self.strategy = strategy  # as messages name it
         self.open_engine, self.engine, self.folder = open_engine, None, folder
         self.dev = None  # the DevRows the strategy cuts into blocks
 
@@ -41,8 +44,8 @@ class Evaluator:
     def row_counts(self):
         """(score rows, guard rows or None) the scorers score by index, asked once the engine is open."""
         engine = self.opened()
-        guard = self.guard and rows_of(self.guard, engine, "--guard")
-        return rows_of(self.scorer, engine, "--scorer"), guard
+        guard = self.guard and rows_of(self.guard, engine, "--guard", self.strategy)
+        return rows_of(self.scorer, engine, "--scorer", self.strategy), guard
 
     def score(self, unit: Unit, trial, go_on: Callable[[AlphaResult], Optional[str]]) -> AlphaResult:
         """``unit`` scored in ``trial``; ``go_on(so far)`` is asked between its blocks."""
@@ -148,13 +151,14 @@ class Evaluator:
         return extra or None
 
 
-def rows_of(scorer, engine, option: str) -> int:
-    """How many dev rows ``scorer`` scores by index; a race of one block says it is a full search."""
+def rows_of(scorer, engine, option: str, strategy: str = "") -> int:
+    """How many dev rows ``scorer`` scores by index; a strategy of one block says it is a full search."""
+    how = "--race" if not strategy or "races" in STRATEGIES.get(strategy).traits else f"--strategy {strategy}"
     rows = scorer.race_rows(engine)
     if rows is None or rows < 1:
-        raise ExpoConfigError(f"--race: {option} {scorer.name} has no dev rows to race: check its data")
+        raise ExpoConfigError(f"{how}: {option} {scorer.name} has no dev rows to race: check its data")
     if rows <= MIN_BLOCK and option == "--scorer":
-        LOG.warning("--race: %s %s scores %d dev row%s, one block (a block has at least %d rows): "
+        LOG.warning("%s: %s %s scores %d dev row%s, one block (a block has at least %d rows): "
                     "nothing can be dropped before every row is scored, so this is a full search",
-                    option, scorer.name, rows, "" if rows == 1 else "s", MIN_BLOCK)
+                    how, option, scorer.name, rows, "" if rows == 1 else "s", MIN_BLOCK)
     return rows

@@ -47,7 +47,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
     url = storage_url(plan.storage, out)
     evaluator = Evaluator(scorer, guard, space=plan.space, resolve=plan.resolve, open_engine=open_engine,
-                          folder=folder)
+                          folder=folder, strategy=plan.strategy)
     strategy = make_strategy(plan, max_drop, evaluator)
     study = None
     try:

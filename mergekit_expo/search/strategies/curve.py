@@ -10,7 +10,8 @@ grid points between two scored ones (or one and an end of the grid) is
   run is never scored;
 - **opened** when it touches the leader: its middle point joins the race, scored at once on
   every block read so far (one unit: the weights are set once), then judged with the others;
-- left as it is otherwise, until the candidates around it are decided.
+- left as it is otherwise, until the candidates around it are decided (scored, once every row is
+  read with nothing left to decide them).
 
 The search ends when the race has ended and no run touches the leader: the leader's grid
 neighbours are scored, and every other run is covered. The scored α cluster at the peak, a
@@ -59,6 +60,8 @@ class CurveSearch(GridRace):
     def next(self, scored: List[AlphaResult]) -> List[Unit]:
         race, runs = self.state(scored)
         opened = [self.order[(first + last) // 2] for first, last, why in runs if why == OPEN]
+        if not opened and race.over:  # every row read and nothing left to decide them: score them
+            opened = [self.order[(first + last) // 2] for first, last, why in runs if why == WAITS]
         if opened:  # each joins the race on every block read so far, in one unit
             read = max(race.blocks_read.values(), default=0)
             return [Unit(self.candidates[name], block=0, blocks=max(read, 1)) for name in opened]
