@@ -111,7 +111,8 @@ def reward_inputs(work: Path, prompts: int):
     return path
 
 
-STRATEGIES = {"full": [], "race": ["--race", "--seed", "0"], "curve": ["--strategy", "curve", "--seed", "0"]}
+STRATEGIES = {"full": ["--strategy", "full"], "race": ["--race", "--seed", "0"],
+              "curve": ["--strategy", "curve", "--seed", "0"]}
 
 
 def search(work: Path, name: str, sft, aligned, alphas, options, strategy: str) -> dict:
