@@ -62,13 +62,19 @@ def load_merge_config(config_file: str, hub_ids: dict):
         raise ExpoConfigError(f"{config_file}: {where}: {first['msg']}") from None
     except RuntimeError as error:  # mergekit's own structural validators
         raise ExpoConfigError(f"{config_file}: {error}") from None
-    for where, key, valid in unknown_keys(data, config):
-        raise ExpoConfigError(
-            f"{config_file}: unknown key {key!r} in {where}{_closest(key, valid)}: fix it "
-            "(mergekit would ignore it and merge something else)"
-        )
-    check_parameter_names(config_file, data)
+    for mistake in key_mistakes(config_file, data, config):
+        raise ExpoConfigError(f"{mistake}: fix it (mergekit would ignore it and merge something else)")
     return source, config
+
+
+def key_mistakes(config_file: str, data: dict, config) -> Iterator[str]:
+    """Keys mergekit would ignore: unknown ones, and parameters our methods do not take."""
+    for where, key, valid in unknown_keys(data, config):
+        yield f"{config_file}: unknown key {key!r} in {where}{_closest(key, valid)}"
+    try:
+        check_parameter_names(config_file, data)
+    except ExpoConfigError as error:
+        yield str(error)
 
 
 def check_dtype(what: str, value: Optional[str]) -> None:

@@ -412,6 +412,8 @@ SEARCH_CASES = {
     "an aligned model without tokenizer files": (
         without_tokenizer, "aligned model folder ./aligned has no tokenizer files"),
     "an empty --alphas": (lambda r: ("--data", "prefs.jsonl", "--alphas", ""), "--alphas '' names no α"),
+    "a folder that is not a saved dataset as --data": (
+        lambda r: ("--data", "./sft"), "data file ./sft is a folder, but not a dataset saved by datasets'"),
     "postgres:// for --storage": (
         lambda r: ("--data", "prefs.jsonl", "--storage", "postgres://expo:s3cret@localhost/expo"),
         "names this scheme postgresql://: write --storage postgresql://expo:***@localhost/expo"),

@@ -304,5 +304,5 @@ def test_sigterm_says_the_results_are_kept(tmp_path, pair, preference_file):
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == 143, stderr
-    assert "interrupted (SIGTERM); the candidates scored so far are kept in the study and results.json" in stderr
+    assert "interrupted (SIGTERM); whatever was scored is kept in the study and results.json" in stderr
     assert 1 <= len(results_of(out)) < 30

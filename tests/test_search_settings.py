@@ -16,6 +16,7 @@ def settings(**values):
 
 REFUSED = [
     (dict(alphas=""), "--alphas '' names no α"),
+    (dict(alphas="0,,0.5"), "--alphas '0,,0.5' has an empty value between its commas"),
     (dict(alphas="0,x"), "--alphas: 'x' is not a number"),
     (dict(space="depth", alpha_range=""), "--alpha-range '' must be two numbers LO,HI"),
     (dict(space="depth", alphas="0,1"), "--alphas applies to --space scalar"),
@@ -41,7 +42,8 @@ REFUSED = [
     (dict(tasks_path="/no/such/folder"), "--tasks-path /no/such/folder is not a folder"),
     (dict(temperature=0.0), "--temperature must be > 0"),
     (dict(max_new_tokens=0), "--max-new-tokens must be at least 1, got 0"),
-    (dict(race_tolerance=1.0, strategy="full"), "--race-tolerance applies to a race: add --race"),
+    (dict(race_tolerance=1.0, strategy="full"),
+     "--race-tolerance applies to a race: add --race (--strategy curve or --strategy race)"),
     (dict(race=True, race_tolerance=float("inf")), "--race-tolerance must be a finite number"),
     (dict(race=True, refine=True), "--race cannot --refine"),
     (dict(race=True, space="depth", race_tolerance=1.0), "--race-tolerance ends the race of the --alphas grid"),
@@ -88,6 +90,10 @@ def test_the_full_search_where_the_curve_does_not_fit():
                    dict(guard="lm-eval:arc_easy", max_drop=0.1), dict(strategy="full")):
         assert settings(**values).strategy_name == "full", values
     assert settings(scorer="my_module:score", strategy="curve").strategy_name == "curve"
+    # and says so, once, where the grid would have had the curve search
+    assert settings(refine=True).default_note().startswith("--strategy full: every α on every dev row "
+                                                           "(--refine needs every α of the grid")
+    assert SearchSettings().default_note() is None and settings(strategy="full").default_note() is None
 
 
 def test_race_picks_the_spaces_racing_strategy_and_its_own_options():

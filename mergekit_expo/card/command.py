@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import click
+import yaml
 
 from mergekit_expo.card.files import README, check_card_targets, publish
 from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
@@ -12,6 +13,7 @@ from mergekit_expo.card.writer import card_files
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
+from mergekit_expo.merge_config import key_mistakes
 
 CONFIG = "mergekit_config.yml"
 MERGEKITTY_CONFIG = "mergekitty_config.yml"  # what mergekitty writes instead
@@ -42,6 +44,7 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
         pipeline, lineage, unchecked = read_pipeline(multi_config, out_path, source)
     else:
         pipeline, lineage = None, check_expo_output(out_path, source)
+        warn_ignored_keys(out_path, source)
     warn_unverified_hub_ids(lineage)
     files = card_files(out, source, search=search_dir, pipeline=pipeline, unchecked=unchecked)
     check_card_targets(out, source, files, overwrite=overwrite)
@@ -99,6 +102,17 @@ def read_pipeline(multi_config: str, out_path: str, source: str):
         LOG.warning("stage `%s` could not be checked against what was merged: %s; the card says so",
                     name, why)
     return text, lineage, unchecked
+
+
+def warn_ignored_keys(out_path: str, source: str) -> None:
+    """A key mergekit ignored (a typo such as ``alhpa``) merged a default in its place: say so, as
+    the card states what was merged, not what the key says."""
+    from mergekit.config import MergeConfiguration
+
+    data = yaml.safe_load(source)
+    for mistake in key_mistakes(f"{out_path}/{CONFIG}", data, MergeConfiguration.model_validate(data)):
+        LOG.warning("%s: mergekit ignored it when it merged, so the card states what was merged, not "
+                    "what it says", mistake)
 
 
 def warn_unverified_hub_ids(lineage) -> None:

@@ -7,6 +7,8 @@ And its notes to other libraries' authors, kept out of our commands' output.
 import contextlib
 import inspect
 import logging
+import sys
+import warnings
 from typing import Callable, Dict, List, Set, Tuple
 
 from mergekit_expo.errors import ExpoConfigError
@@ -105,8 +107,12 @@ def deprecation_notes_hidden(hidden: bool = True):
     notes = _DeprecationNotes()
     for handler in handlers:
         handler.addFilter(notes)
+    if not sys.stderr.isatty():  # its bars (loading an adapter, say) flood a log
+        transformers_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():  # the same notes given as FutureWarning
+            warnings.filterwarnings("ignore", message=".*deprecated", category=FutureWarning)
+            yield
     finally:
         for handler in handlers:
             handler.removeFilter(notes)

@@ -135,8 +135,8 @@ def report(s, results, reports, log, strategy, device, checked) -> None:
 @click.command("search", cls=GroupedHelp)
 @click.argument("sft")
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
-@reports_errors(interrupted="the candidates scored so far are kept in the study and results.json: "
-                            "rerun the same command to resume")
+@reports_errors(interrupted="whatever was scored is kept in the study and results.json (nothing, if no "
+                            "candidate was scored yet): rerun the same command to resume")
 @search_options
 def search_command(sft, checkpoints, settings):
     """Pick α the way the paper does: score the ExPO model of each candidate on a dev
@@ -148,6 +148,8 @@ def search_command(sft, checkpoints, settings):
     processes running this command on one --out (or --storage) share the work.
     """
     s = settings
+    if s.default_note():
+        click.echo(s.default_note(), err=True)
     check_installed(s)
     if s.guard and s.grid is not None and 0.0 not in s.grid:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)

@@ -43,7 +43,12 @@ def _read(file: Path, path: str) -> List[Tuple[str, object]]:
             raise ExpoInputError(
                 f"{path} is a folder: install `datasets` to read saved datasets, or pass JSONL/CSV"
             ) from None
-        return [(f"row {index}", dict(r)) for index, r in enumerate(datasets.load_from_disk(str(file)))]
+        try:
+            saved = datasets.load_from_disk(str(file))
+        except FileNotFoundError:  # datasets' word for a folder it did not write
+            raise ExpoInputError(f"data file {path} is a folder, but not a dataset saved by datasets' "
+                                 "save_to_disk: give a JSONL, JSON or CSV file, or such a folder") from None
+        return [(f"row {index}", dict(r)) for index, r in enumerate(saved)]
     if file.suffix == ".csv":
         with open(file, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle, restval="")  # a short line: its last fields are empty

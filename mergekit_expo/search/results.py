@@ -20,7 +20,7 @@ from mergekit_expo.compat.optuna import import_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.filesystem import write_file_atomically
 from mergekit_expo.search import rows as candidate_rows
-from mergekit_expo.search.registry import SPACES, strategy_of
+from mergekit_expo.search.registry import SPACES, STRATEGIES, strategy_of
 from mergekit_expo.search.rows import AlphaResult
 
 RESULTS = "results.json"
@@ -350,6 +350,8 @@ def differences(saved: dict, wanted: dict) -> List[str]:
         if key == "race" and strategy_differs:
             continue
         old, new = saved.get(key), wanted.get(key)
+        if key == "strategy":  # one that earlier versions recorded without its name, by name
+            old, new = strategy_named(saved), strategy_named(wanted)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
@@ -362,6 +364,16 @@ def differences(saved: dict, wanted: dict) -> List[str]:
         else:
             found.append(f"{OPTION_NAMES.get(key, key)} was {_shown(old)}, now {_shown(new)}")
     return list(dict.fromkeys(found))  # --preset's two penalties: named once
+
+
+def strategy_named(settings: dict) -> str:
+    """The strategy a study's settings record: by name, or the one recorded without it (a full
+    search, or a race: its row order under "race"; a sampled space has an --alpha-range)."""
+    if settings.get("strategy"):
+        return settings["strategy"]
+    kind, rows = ("sampled" if "alpha_range" in settings else "grid"), "race" in settings
+    return next(entry.name for entry in STRATEGIES.having("implicit")
+                if kind in entry.traits and ("rows" in entry.traits) == rows)
 
 
 def _shown(value) -> str:

@@ -317,7 +317,8 @@ class SearchSettings(BaseModel):
                     f"{option} ends the race of the --alphas grid; with --space {self.space} each sampled "
                     "candidate is pruned on its own once clearly worse than the best so far, and the "
                     f"search ends after --trials: drop {option}")
-            raise ExpoConfigError(f"{option} applies to a race: add --race, or drop {option}")
+            takers = " or ".join(f"--strategy {e.name}" for e in STRATEGIES.entries if name in e.options)
+            raise ExpoConfigError(f"{option} applies to a race: add --race ({takers}), or drop {option}")
         if self.refine and "rows" in entry.traits:
             how = "--race" if self.race else f"--strategy {entry.name}"
             raise ExpoConfigError(f"{how} cannot --refine: the midpoints are placed around the best full "
@@ -359,6 +360,16 @@ class SearchSettings(BaseModel):
                                           for spec in (self.scorer, self.guard) if spec)
         return next(entry.name for entry in STRATEGIES.having("default")
                     if kind in entry.traits and (per_row or "rows" not in entry.traits))
+
+    def default_note(self) -> Optional[str]:
+        """Why the default on the --alphas grid is not the first default (the curve search), if so."""
+        first = STRATEGIES.having("default")[0]
+        if self.strategy or self.race or self.grid is None or self.strategy_name == first.name:
+            return None
+        why = "--refine needs every α of the grid" if self.refine else \
+            "the scorer's rows are known only once it is loaded"
+        return (f"--strategy {self.strategy_name}: every α on every dev row ({why}; --strategy "
+                f"{first.name} to race a lattice of the grid)")
 
     @property
     def per_row(self) -> bool:
@@ -432,8 +443,12 @@ class SearchSettings(BaseModel):
 def parse_alphas(text: Optional[str]) -> List[float]:
     if text is None:  # not given; an empty value is a mistake, never the default grid
         return list(DEFAULT_ALPHAS)
-    values = [checked_alpha(part.strip(), option="--alphas", in_search=True)
-              for part in text.split(",") if part.strip()]
+    parts = text.split(",")
+    if text.strip() and not all(part.strip() for part in parts):
+        raise ExpoConfigError(f"--alphas {text!r} has an empty value between its commas: write e.g. "
+                              "--alphas 0,0.3,0.5")
+    values = [checked_alpha(part.strip(), option="--alphas", in_search=True) for part in parts
+              if part.strip()]
     if not values:
         raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
                               "--alphas for the default grid 0,0.1,...,0.6")

@@ -138,7 +138,8 @@ class CurveSearch(GridRace):
 
     def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         done = len(self._raced(scored))
-        return f"resuming the curve search: {done} candidate blocks already scored" if done else None
+        return f"resuming the curve search: {done} candidate block{'s' if done != 1 else ''} already scored" \
+            if done else None
 
 
 OPEN = "to be scored: it touches the leader"

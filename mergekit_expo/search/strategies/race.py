@@ -95,7 +95,8 @@ class GridRace(Strategy):
 
     def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         done = len(self._raced(scored))
-        return f"resuming the race: {done} candidate blocks already scored" if done else None
+        return f"resuming the race: {done} candidate block{'s' if done != 1 else ''} already scored" \
+            if done else None
 
     @classmethod
     def verdict(cls, row: AlphaResult, best: AlphaResult, record: dict) -> str:
