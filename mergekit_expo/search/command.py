@@ -148,14 +148,14 @@ def search_command(sft, checkpoints, settings):
     processes running this command on one --out (or --storage) share the work.
     """
     s = settings
-    if s.default_note():
-        click.echo(s.default_note(), err=True)
     check_installed(s)
     if s.guard and s.grid is not None and 0.0 not in s.grid:
         click.echo("--guard compares with alpha = 0: scoring it too", err=True)
     models = read_models(sft, checkpoints, steps=s.step_list, window=s.window)
     identity = s.study_settings(models.settings())
     best_output = check_search_outputs(s, models, identity)
+    if s.default_note():  # after the checks, so that a refusal stays one line
+        click.echo(s.default_note(), err=True)
     device = open_tools(s)
     reward_folder = hub.resolve(s.reward_model, "reward model")
     plan = s.plan(*space_for(s, models))

@@ -121,7 +121,7 @@ def test_search_command_resumes_and_writes_the_best_merge(pair, merged_at, tmp_p
     data.write_text("".join(json.dumps({"prompt": p, "chosen": "w3 w4", "rejected": "w50"}) + "\n"
                             for p in PROMPTS))
     arguments = ("search", *pair, "--engine", "vllm", "--data", data, "--alphas", "0,0.5",
-                 "--out", tmp_path / "s", "--write-best", tmp_path / "best")
+                 "--strategy", "full", "--out", tmp_path / "s", "--write-best", tmp_path / "best")
     run_cli("mergekit-expo", *arguments)
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     assert [r["alpha"] for r in results["results"]] == [0.0, 0.5]
