@@ -57,9 +57,10 @@ class Registry:
     def names(self) -> List[str]:
         return list(dict.fromkeys(entry.name for entry in self.entries))
 
-    def listed(self) -> str:
-        """``a, b or c``: the entries as a user writes them."""
-        names = list(dict.fromkeys(entry.written for entry in self.entries))
+    def listed(self, trait: str = None) -> str:
+        """``a, b or c``: the entries (those with ``trait``) as a user writes them."""
+        names = list(dict.fromkeys(entry.written for entry in self.entries
+                                   if trait is None or trait in entry.traits))
         return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
     def find(self, spec: str, trait: str = None):
