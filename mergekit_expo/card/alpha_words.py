@@ -18,9 +18,10 @@ AS_CONFIGURED = ("as configured below (not resolved per tensor: mergekit could n
                  "models where this card was written)")
 
 
-def alpha_in_words(data: dict) -> List[str]:
-    """One line per group of tensors with the same α, for an expo config (the YAML mapping:
-    Hub ids are planned from the local cache); one line when every tensor takes the same α."""
+def alpha_in_words(data: dict, *, zero: str = "the aligned model's values") -> List[str]:
+    """One line per group of tensors with the same α, for an expo or expo_trajectory config (the
+    YAML mapping: Hub ids are planned from the local cache); one line when every tensor takes the
+    same α. ``zero``: what α = 0 gives."""
     from mergekit_expo.errors import first_line
     from mergekit_expo.merge_config import cached_references
     from mergekit_expo.search.space import planned_tensor_alphas
@@ -31,7 +32,7 @@ def alpha_in_words(data: dict) -> List[str]:
         LOG.warning("α is described as configured, not per tensor: mergekit could not plan the merge "
                     "here (%s); run card from the folder the merge ran in", first_line(error))
         return [AS_CONFIGURED]
-    return describe(planned)
+    return describe(planned, zero=zero)
 
 
 def describe(planned: Dict[str, Optional[float]], *, zero: str = "the aligned model's values") -> List[str]:

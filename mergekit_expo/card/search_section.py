@@ -6,9 +6,10 @@ from typing import List, Optional
 import yaml
 
 from mergekit_expo.alpha import DEFAULT_ALPHA
-from mergekit_expo.card.trajectory_words import checkpoint_holders, checkpoint_step
+from mergekit_expo.card.trajectory_words import checkpoint_step
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
+from mergekit_expo.trajectory.steps import checkpoint_holders
 
 HEADING = "## How α was chosen"
 

@@ -57,18 +57,15 @@ class Registry:
     def names(self) -> List[str]:
         return list(dict.fromkeys(entry.name for entry in self.entries))
 
-    def listed(self) -> str:
-        """``a, b or c``: the entries as a user writes them."""
-        names = list(dict.fromkeys(entry.written for entry in self.entries))
+    def listed(self, trait: str = None) -> str:
+        """``a, b or c``: the entries (those with ``trait``) as a user writes them."""
+        names = list(dict.fromkeys(entry.written for entry in self.entries
+                                   if trait is None or trait in entry.traits))
         return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
-    def find(self, spec: str, trait: str = None):
-        return next((entry for entry in self.entries if entry.matches(spec)
-                     and (trait is None or trait in entry.traits)), None)
-
-    def get(self, spec: str, trait: str = None) -> Entry:
+    def get(self, spec: str) -> Entry:
         """The entry ``spec`` names, or one line naming the closest."""
-        entry = self.find(spec, trait)
+        entry = next((entry for entry in self.entries if entry.matches(spec)), None)
         if entry is None:
             match = difflib.get_close_matches(spec, self.names(), n=1, cutoff=0.6)
             hint = f"did you mean {match[0]!r}? " if match else ""

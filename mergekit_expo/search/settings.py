@@ -249,13 +249,13 @@ class SearchSettings(BaseModel):
         if grid:
             for given, name in ((self.trials, "--trials"), (self.alpha_range, "--alpha-range")):
                 if given is not None:
-                    raise ExpoConfigError(f"{name} applies to --space {self.sampled_spaces}; --space "
+                    raise ExpoConfigError(f"{name} applies to --space {SPACES.listed('sampled')}; --space "
                                           f"{self.space} scores the --alphas grid: drop it, or choose "
                                           "another --space")
             if self.sampler not in (None, "grid"):
                 raise ExpoConfigError(f"--sampler {self.sampler} draws from a range; --space {self.space} "
                                       f"scores the --alphas grid: drop --sampler, or choose --space "
-                                      f"{self.sampled_spaces}")
+                                      f"{SPACES.listed('sampled')}")
         elif self.sampler == "grid":
             raise ExpoConfigError(f"--sampler grid is the --alphas grid of --space {GRID_SPACE}; "
                                   f"--space {self.space} needs tpe, cmaes or random")
@@ -310,7 +310,8 @@ class SearchSettings(BaseModel):
             fitting = [e.name for e in STRATEGIES.entries if kind in e.traits]
             raise ExpoConfigError(f"--strategy {entry.name} does not search --space {self.space}: use "
                                   f"--strategy {' or '.join(fitting)}")
-        for name in (name for name in self.given if name in self._strategy_options() - set(entry.options)):
+        others = {name for other in STRATEGIES.entries for name in other.options} - set(entry.options)
+        for name in (name for name in self.given if name in others):
             option = f"--{name.replace('_', '-')}"
             if "races" in entry.traits:
                 raise ExpoConfigError(
@@ -326,13 +327,9 @@ class SearchSettings(BaseModel):
                                   "--alphas")
         return self
 
-    @staticmethod
-    def _strategy_options() -> set:
-        return {name for entry in STRATEGIES.entries for name in entry.options}
-
     def check_scorers(self, scorer, guard) -> None:
         """What only the loaded scorers can tell: whether a strategy of dev rows can use them."""
-        if "rows" not in STRATEGIES.get(self.strategy_name).traits:
+        if not self.per_row:
             return
         how = "--race" if self.race else f"--strategy {self.strategy_name}"
         for option, used in (("--scorer", scorer), ("--guard", guard)):
@@ -341,11 +338,6 @@ class SearchSettings(BaseModel):
                 raise ExpoConfigError(f"{how} cannot use {option} {why}")
 
     # -- What follows from the settings --------------------------------------------------------
-    @property
-    def sampled_spaces(self) -> str:
-        names = [entry.name for entry in SPACES.having("sampled")]
-        return f"{', '.join(names[:-1])} or {names[-1]}"
-
     @property
     def strategy_name(self) -> str:
         """--strategy; what --race picks for the space (its racing strategy); else the first default

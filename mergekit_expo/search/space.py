@@ -159,8 +159,9 @@ def _alpha_of(merge) -> Optional[float]:
     if shared is not None and "alpha" in shared:  # expo_trajectory: one α for the fit, a shared parameter
         return float(shared["alpha"])
     parameters = getattr(merge, "input_parameters", None)  # expo: α per aligned model
-    if parameters is None:  # mergekit 0.1.4: expo's own task (hosts.task_api)
-        return float(merge.alpha) if getattr(merge, "aligned_model", None) is not None else None
+    if parameters is None:  # mergekit 0.1.4: our own tasks (hosts.task_api), expo_trajectory's too
+        alpha = getattr(merge, "alpha", None)  # expo's of the SFT model alone (no aligned model): none
+        return None if alpha is None or getattr(merge, "aligned_model", True) is None else float(alpha)
     values = [p["alpha"] for model, p in parameters.items() if model != merge.base_model and "alpha" in p]
     return float(values[0]) if values else None
 

@@ -8,7 +8,7 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hub import is_hub_id
 from mergekit_expo.preflight import check_model_folder, check_pair
 from mergekit_expo.trajectory.contract import MISSING_BASE, check_inputs, planned_fit
-from mergekit_expo.trajectory.steps import checked_step, checked_window
+from mergekit_expo.trajectory.steps import checked_step, checked_window, checkpoint_holders
 
 
 def check_trajectory_inputs(config) -> None:
@@ -35,11 +35,8 @@ def check_trajectory_inputs(config) -> None:
 
 def written_steps(config) -> List[Tuple[object, Optional[int]]]:
     """(model, its written step or None) for each checkpoint, in the config's order."""
-    holders = config.models or (config.slices[0].sources if config.slices else [])
     entries = []
-    for holder in holders:
-        if holder.model == config.base_model:
-            continue
+    for holder in checkpoint_holders(config):
         value = (holder.parameters or {}).get("step")
         try:
             entries.append((holder.model, checked_step(value)))

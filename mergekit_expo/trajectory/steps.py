@@ -52,6 +52,12 @@ def checked_window(value) -> Optional[int]:
     return value
 
 
+def checkpoint_holders(config) -> list:
+    """The entries of a trajectory config's checkpoints (``models:`` or a slice's sources), in order."""
+    holders = config.models or (config.slices[0].sources if config.slices else [])
+    return [holder for holder in holders if holder.model != config.base_model]
+
+
 def stated_steps(path: Optional[str]) -> List[Tuple[str, int]]:
     """(where, step) for each step a checkpoint folder states about itself."""
     if path is None or not Path(path).is_dir():

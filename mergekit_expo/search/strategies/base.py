@@ -29,9 +29,9 @@ class Unit:
     blocks: int = 1
     role: TrialRole = GRID
 
-    def stored(self, candidate: Optional[Dict[str, float]] = None) -> dict:
+    def stored(self) -> dict:
         """The trial's ``candidate`` attribute: the coordinates, and the blocks of a block unit."""
-        stored = dict(candidate if candidate is not None else self.candidate)
+        stored = dict(self.candidate)
         if self.block is not None:
             stored[BLOCK] = self.block
             if self.blocks != 1:

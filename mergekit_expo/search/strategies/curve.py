@@ -48,6 +48,7 @@ def lattice(count: int) -> List[int]:
 
 class CurveSearch(GridRace):
     name = "curve"
+    words = "the curve search"
 
     def __init__(self, setup):
         super().__init__(setup)
@@ -135,11 +136,6 @@ class CurveSearch(GridRace):
         line = super().summary_line(record, generating)
         unscored = len(cls.unscored(record))
         return line.replace("race: ", f"curve: {unscored} α not scored; ", 1)
-
-    def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
-        done = len(self._raced(scored))
-        return f"resuming the curve search: {done} candidate block{'s' if done != 1 else ''} already scored" \
-            if done else None
 
 
 OPEN = "to be scored: it touches the leader"

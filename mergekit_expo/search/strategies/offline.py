@@ -38,18 +38,17 @@ def run_offline(strategy: type, table: Dict[float, Sequence[float]], *, seed: in
 
 def _scored(unit: Unit, table, guard, dev: DevRows, trial: int, space: Space) -> AlphaResult:
     alpha = unit.candidate["alpha"]
-    name = space.name_of(unit.candidate, trial)
+    common = dict(alpha=alpha, low=None, high=None, seconds=0.0, alphas=dict(unit.candidate),
+                  candidate=space.name_of(unit.candidate, trial), trial=trial)
     if unit.block is None:
         values = list(table[alpha])
-        return AlphaResult(alpha=alpha, score=sum(values) / len(values), low=None, high=None, n=len(values),
-                           seconds=0.0, alphas=dict(unit.candidate), candidate=name, trial=trial)
+        return AlphaResult(score=sum(values) / len(values), n=len(values), **common)
     blocks, guard_blocks = dev.blocks()
     last = len(blocks) if unit.blocks == ALL else unit.block + unit.blocks
     rows = [row for block in blocks[unit.block:last] for row in block]
     values = [table[alpha][row] for row in rows]
     guard_rows = guard_blocks and [row for block in guard_blocks[unit.block:last] for row in block]
-    return AlphaResult(alpha=alpha, score=sum(values) / len(values), low=None, high=None, n=len(values),
-                       seconds=0.0, alphas=dict(unit.candidate), candidate=name, trial=trial,
-                       block=unit.block, rows=rows, values=values, guard_rows=guard_rows,
+    return AlphaResult(score=sum(values) / len(values), n=len(values), block=unit.block, rows=rows,
+                       values=values, guard_rows=guard_rows,
                        guard_values=guard_rows and [guard[alpha][row] for row in guard_rows],
-                       race_rows=len(table[alpha]), guard_race_rows=guard and len(guard[alpha]))
+                       race_rows=len(table[alpha]), guard_race_rows=guard and len(guard[alpha]), **common)

@@ -9,17 +9,16 @@ round's units: every worker reaches the same verdicts, so a rerun resumes mid-ra
 
 from typing import Dict, List, Optional, Tuple
 
-from mergekit_expo.search.race import RaceRule, replay
+from mergekit_expo.search.race import DEFAULT_TOLERANCE, RaceRule, replay
 from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, fmean
 from mergekit_expo.search.strategies.base import Strategy, Unit
-
-DEFAULT_TOLERANCE = 3.0
 
 
 class GridRace(Strategy):
     name = "race"
     unit_word = "candidate block"
+    words = "the race"  # what a resuming worker says it resumes
 
     def __init__(self, setup):
         super().__init__(setup)
@@ -95,7 +94,7 @@ class GridRace(Strategy):
 
     def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         done = len(self._raced(scored))
-        return f"resuming the race: {done} candidate block{'s' if done != 1 else ''} already scored" \
+        return f"resuming {self.words}: {done} candidate block{'s' if done != 1 else ''} already scored" \
             if done else None
 
     @classmethod
