@@ -237,6 +237,9 @@ def main():
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--orders", type=int, default=40, help="row orders each strategy is replayed under")
     parser.add_argument("--work", default=str(HERE / "results" / "search-race"))
+    parser.add_argument("--reward-model-only", action="store_true",
+                        help="only the reward-model case (e.g. with more --rm-prompts, where scoring outweighs "
+                             "the start-up)")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -248,7 +251,7 @@ def main():
              ("held-out, peak inside", 2.4, 0.1, 10, 4.0),
              ("held-out, short peak, long tail", 1.0, 0.1, 11, 10.0)]
     found = []
-    for name, teacher, flip, seed, top in cases:
+    for name, teacher, flip, seed, top in [] if args.reward_model_only else cases:
         data = labelled_preferences(work / "tiny" / f"prefs-{seed}.jsonl", sft, aligned, teacher, args.rows,
                                     flip, seed)
         found += run_case(work / "tiny", name, sft, aligned, grid(args.grid, top), [*preference, str(data)],
@@ -258,6 +261,9 @@ def main():
                           ["--scorer", "reward-model", "--data", str(prompts), "--reward-model",
                            str(work / "tiny" / "rm"), "--max-new-tokens", str(args.new_tokens),
                            "--dtype", "float32"], True, args.orders)
+    if args.reward_model_only:
+        print_table(found)
+        return
     spec = PairSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
                     num_heads=max(1, args.hidden // 64), num_kv_heads=max(1, args.hidden // 64),
                     delta_scale=0.05)
