@@ -102,7 +102,7 @@ def candidates(dtype: torch.dtype, alpha: float):
 
         def as_merges_ran_it(b, t):  # the previous loop, with the finite check a merge adds
             out = run_in_spans(before, b, t, alpha)
-            check_finite(out, b, t, alpha, None, ("sft", "aligned"))
+            check_finite(out, (b, t), ("sft", "aligned"), alpha, None)
             return out
 
         found["expo kernel before (as merges ran it)"] = as_merges_ran_it

@@ -5,7 +5,7 @@ every route gives the same bits.
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -51,7 +51,7 @@ def extrapolate_tensor(
     out = _fused(sft, aligned, alpha)
     if out is None:
         out = stream_fp64(sft, aligned, alpha)
-    check_finite(out, sft, aligned, alpha, name, labels)
+    check_finite(out, (sft, aligned), labels, alpha, name)
     return out
 
 
@@ -112,13 +112,12 @@ def narrowable(values: torch.Tensor, dtype: torch.dtype, *, scratch: torch.Tenso
 
 def check_finite(
     out: torch.Tensor,
-    sft: torch.Tensor,
-    aligned: torch.Tensor,
+    sources: Sequence[torch.Tensor],
+    labels: Sequence[str],
     alpha: float,
     name: Optional[str],
-    labels: Tuple[str, str],
 ) -> None:
-    """Raise ExpoNumericsError naming the tensor if ``out`` holds NaN or inf."""
+    """Raise ExpoNumericsError naming the tensor, and the input at fault, if ``out`` holds NaN or inf."""
     if out.numel() == 0:
         return
     # aminmax is one fast pass and propagates NaN; the slow search below runs
@@ -127,14 +126,14 @@ def check_finite(
     if math.isfinite(low.item()) and math.isfinite(high.item()):
         return
     tensor = name or "a tensor"
-    for label, source in zip(labels, (sft, aligned)):
+    for label, source in zip(labels, sources):
         if not bool(torch.isfinite(source).all()):
             bad = int((~torch.isfinite(source)).sum())
             raise ExpoNumericsError(
                 f"{tensor} in {label} already holds {bad} NaN/inf value(s): "
                 "repair or re-export that checkpoint before extrapolating"
             )
-    largest = max(float(sft.abs().max()), float(aligned.abs().max()))
+    largest = max(float(source.abs().max()) for source in sources)
     raise ExpoNumericsError(
         f"{tensor} overflows {str(out.dtype).removeprefix('torch.')} at alpha={alpha:g} "
         f"(inputs reach |{largest:.4g}|): merge with dtype: bfloat16 or float32, "

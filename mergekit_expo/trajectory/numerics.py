@@ -16,15 +16,13 @@ tensor, then :func:`evaluate` per α, gives the merge's bits.
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
-from mergekit_expo.errors import ExpoNumericsError
 from mergekit_expo.fused_kernel import bf16_bits, in_spans
-from mergekit_expo.numerics import FUSED_MIN_ELEMENTS, extrapolate_tensor, narrowable
+from mergekit_expo.numerics import FUSED_MIN_ELEMENTS, check_finite, extrapolate_tensor, narrowable
 from mergekit_expo.trajectory.fit import Arithmetic, TrajectoryFit, fit_coefficients
 
 LOG = logging.getLogger("mergekit_expo")
@@ -55,7 +53,8 @@ def fit_tensor(points: Sequence[torch.Tensor], fit: TrajectoryFit, alpha: float,
     out = fit_bf16(points, fit.arithmetic, alpha) if fusable(points) else None
     if out is None:
         out = stream(points, fit.arithmetic, alpha)
-    check_finite(out, points, fit, alpha, name, labels)
+    labels = [f"{label} (step {step})" for label, step in zip(labels, fit.steps)]
+    check_finite(out, points, labels, alpha, name)
     return out
 
 
@@ -175,22 +174,3 @@ def evaluate(parts: AffineParts, alpha: float) -> torch.Tensor:
     """The fit at ``alpha`` from :func:`affine_parts`: :func:`fit_tensor`'s bits."""
     value = evaluate_into(parts, alpha, out=torch.empty_like(parts.last))
     return narrowable(value, parts.dtype, scratch=torch.empty_like(value)).to(parts.dtype)
-
-
-def check_finite(out: torch.Tensor, points, fit: TrajectoryFit, alpha: float, name, labels) -> None:
-    """Raise ExpoNumericsError naming the tensor and the input if ``out`` holds NaN or inf."""
-    if out.numel() == 0:
-        return
-    low, high = torch.aminmax(out)
-    if math.isfinite(low.item()) and math.isfinite(high.item()):
-        return
-    tensor = name or "a tensor"
-    for label, step, source in zip(labels, fit.steps, points):
-        if not bool(torch.isfinite(source).all()):
-            bad = int((~torch.isfinite(source)).sum())
-            raise ExpoNumericsError(f"{tensor} in {label} (step {step}) already holds {bad} NaN/inf "
-                                    "value(s): repair or re-export that checkpoint before extrapolating")
-    largest = max(float(p.abs().max()) for p in points)
-    raise ExpoNumericsError(
-        f"{tensor} overflows {str(out.dtype).removeprefix('torch.')} at alpha={alpha:g} (inputs reach "
-        f"|{largest:.4g}|): merge with dtype: bfloat16 or float32, or use a smaller alpha")
