@@ -130,3 +130,32 @@ def test_a_curve_search_stopped_mid_way_resumes_where_it_stopped(f32_pair, tmp_p
     assert len(unit_spans(tmp_path / "s")) == len(set(unit_spans(tmp_path / "s")))
     offline, _, _ = run_offline(CurveSearch, probe_table(64, 0.3), options={"tolerance": 3.0})
     assert {a: r["n"] for a, r in by_alpha(tmp_path / "s").items()} == {r.alpha: r.n for r in offline}
+
+
+def test_the_readme_quick_start_search_runs_as_typed(models_dir):
+    """The README's search line, from a folder holding ./models/{sft,aligned} and its data file:
+    the curve search runs by default and writes ./expo-search."""
+    import json
+    import re
+    import shlex
+
+    from conftest import REPO, run_cli
+
+    line = re.search(r"^\.venv/bin/(mergekit-expo search .*)$", (REPO / "README.md").read_text(), re.M).group(1)
+    args = shlex.split(line)
+    data = args[args.index("--data") + 1]
+    (models_dir / data).write_text("".join(
+        json.dumps({"prompt": f"w{i} w2", "chosen": f"w{i % 7 + 3}", "rejected": "w9"}) + "\n" for i in range(40)))
+    result = run_cli(*args, cwd=models_dir)
+    assert "--strategy" not in line and result.stderr.startswith("curve: "), result.stderr
+    results = json.loads((models_dir / "expo-search" / "results.json").read_text())
+    grid = [0.0, *map(float, args[args.index("--alphas") + 1].split(","))]
+    assert sorted(row["alpha"] for row in results["results"]) == grid
+    assert any(row["alpha"] == float(saved_best(models_dir / "expo-search")) for row in results["results"])
+
+
+def saved_best(out) -> str:
+    import yaml
+
+    config = yaml.safe_load((out / "best.yml").read_text())
+    return str(config["models"][0]["parameters"]["alpha"])
