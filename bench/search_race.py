@@ -19,14 +19,22 @@ Per case and strategy: candidates scored, rows scored, generations, wall time, w
 (units of work: each sets the weights once) and their seconds, the pick, and whether its
 full-data score lies inside the full search's 95% interval of its best.
 
-One row order is one draw: the command runs with ``--seed 0``. Race and curve search are then
-replayed offline (the strategies' own code, :mod:`mergekit_expo.search.strategies.offline`) on
-the full search's per-row scores under ``--orders`` other seeds, giving the share of rows and
-whether the pick is inside the interval over many orders; seed 0's replay is checked against
-the command's run (the same rows per candidate), which holds exactly for scorers whose per-row
+The floor is the wall time of the full search's command run again on its finished --out: it
+starts, opens the study, finds every candidate scored and writes the reports, scoring nothing.
+Every strategy pays it (imports, study, reports), so floor/full is the least wall/full any
+strategy can reach on the case; "beyond floor" is the share of the full search's wall above the
+floor that the strategy took, (wall - floor) / (wall full - floor).
+
+One row order is one draw: the command runs with ``--seed 0`` (``--seed`` in the reward-model
+case). Race and curve search are then replayed offline (the strategies' own code,
+:mod:`mergekit_expo.search.strategies.offline`) on the full search's per-row scores under
+``--orders`` seeds from the command's, giving the share of rows and whether the pick is inside
+the interval over many orders; the replay under the command's seed is checked against the
+command's run (the same rows per candidate), which holds exactly for scorers whose per-row
 score does not depend on the batch (preference).
 
 Usage: python bench/search_race.py [--rows 256] [--rm-prompts 128] [--hidden 768 --layers 12]
+       python bench/search_race.py --reward-model-only --rm-prompts 512 [--seed 1]
 """
 
 import argparse
@@ -93,43 +101,51 @@ def labelled_preferences(path: Path, sft, aligned, teacher: float, rows: int, fl
     return path
 
 
-def reward_inputs(work: Path, prompts: int):
-    """A tiny random reward model and prompts, as bench/search_engines.py makes them."""
+def reward_inputs(work: Path, prompts: int, seed: int = 0):
+    """A tiny random reward model and prompts, as bench/search_engines.py makes them (``seed``
+    draws other ones)."""
     import transformers
 
     from mergekit_expo.synthetic import model_config
 
-    torch.manual_seed(1)
+    torch.manual_seed(1 + seed)
     config = model_config(PairSpec(hidden_size=64, num_layers=2), vocab_size=64)
     config.num_labels = 1
     transformers.LlamaForSequenceClassification(config).save_pretrained(work / "rm")
     transformers.AutoTokenizer.from_pretrained(work / "pair" / "aligned").save_pretrained(work / "rm")
-    rng = random.Random(0)
+    rng = random.Random(seed)
     path = work / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": words(rng, rng.randrange(8, 24))}) + "\n"
                             for _ in range(prompts)))
     return path
 
 
-STRATEGIES = {"full": ["--strategy", "full"], "race": ["--race", "--seed", "0"],
-              "curve": ["--strategy", "curve", "--seed", "0"]}
+STRATEGIES = {"full": ["--strategy", "full"], "race": ["--race"], "curve": ["--strategy", "curve"]}
 
 
-def search(work: Path, name: str, sft, aligned, alphas, options, strategy: str) -> dict:
-    out = work / f"search-{name}-{strategy}"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [str(BIN / "mergekit-expo"), "search", str(sft), str(aligned), "--out", str(out),
-               "--alphas", ",".join(map(str, alphas[1:])), *options, *STRATEGIES[strategy]]
+def timed(command: list, name: str) -> float:
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{name} search failed:\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def search(work: Path, name: str, sft, aligned, alphas, options, strategy: str, seed: int = 0) -> dict:
+    out = work / f"search-{name}-{strategy}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(BIN / "mergekit-expo"), "search", str(sft), str(aligned), "--out", str(out),
+               "--alphas", ",".join(map(str, alphas[1:])), *options, *STRATEGIES[strategy], "--seed", str(seed)]
+    seconds = timed(command, name)
+    # Run again on the finished --out: nothing left to score, so this is what every strategy pays.
+    floor = timed(command, name) if strategy == "full" else None
     found = json.loads((out / "results.json").read_text())
     rows = found["results"]
     alive = [r for r in rows if r.get("dropped_in") is None and r.get("retired_in") is None]
     pick = max(alive, key=lambda r: (r["score"], -r["alphas"]["alpha"]))
-    return {"seconds": seconds, "rows": rows, "race": found.get("race"), "pick": pick["alphas"]["alpha"],
+    return {"seconds": seconds, "floor": floor, "rows": rows, "race": found.get("race"),
+            "pick": pick["alphas"]["alpha"],
             "scored": sum(r["n"] for r in rows), "out": out, "units": units_of(out),
             "update_seconds": sum(r.get("update_seconds") or 0.0 for r in rows)}
 
@@ -152,7 +168,8 @@ def compare(name: str, full: dict, other: dict, strategy: str, generating: bool)
     return {"case": name, "strategy": strategy, "candidates": len(full["rows"]),
             "scored_candidates": len(other["rows"]), "rows_full": full["scored"], "rows": other["scored"],
             "share": other["scored"] / full["scored"], "generating": generating,
-            "seconds_full": full["seconds"], "seconds": other["seconds"], "units_full": full["units"],
+            "seconds_full": full["seconds"], "seconds": other["seconds"], "floor": full["floor"],
+            "units_full": full["units"],
             "units": other["units"], "update_seconds_full": full["update_seconds"],
             "update_seconds": other["update_seconds"], "pick_full": full["pick"], "pick": other["pick"],
             "best": best["score"], "best_ci": (best["low"], best["high"]), "pick_full_score": picked_full,
@@ -169,8 +186,9 @@ def per_row_scores(out: Path) -> dict:
     return dict(sorted(scores.items()))
 
 
-def replayed(full: dict, other: dict, strategy: str, orders: int) -> dict:
-    """The strategy offline on the full search's per-row scores under ``orders`` row orders."""
+def replayed(full: dict, other: dict, strategy: str, orders: int, first: int = 0) -> dict:
+    """The strategy offline on the full search's per-row scores under ``orders`` row orders
+    (seeds from ``first``, the command's)."""
     from mergekit_expo.search.registry import STRATEGIES as REGISTERED
     from mergekit_expo.search.rows import best as pick_of
 
@@ -179,40 +197,47 @@ def replayed(full: dict, other: dict, strategy: str, orders: int) -> dict:
     best = by_alpha[max(table, key=lambda a: (sum(table[a]) / len(table[a]), -a))]
     kind = REGISTERED.get(strategy).load()
     shares, inside, same_as_command = [], 0, None
-    for seed in range(orders):
+    for seed in range(first, first + orders):
         rows, record, _ = run_offline(kind, table, seed=seed)
         shares.append(record["rows_scored"] / record["rows_full"])
         inside += best["low"] <= by_alpha[pick_of(rows, None).alpha]["score"] <= best["high"]
-        if seed == 0:
+        if seed == first:
             same_as_command = {r.alpha: r.n for r in rows} == {r["alphas"]["alpha"]: r["n"] for r in other["rows"]}
     return {"orders": orders, "mean_share": sum(shares) / len(shares), "max_share": max(shares),
             "over_fifth": sum(share > 0.2 for share in shares), "inside_orders": inside,
             "replay_is_command": same_as_command}
 
 
-def run_case(work: Path, name, sft, aligned, alphas, options, generating, orders) -> list:
-    runs = {strategy: search(work, name, sft, aligned, alphas, options, strategy) for strategy in STRATEGIES}
+def run_case(work: Path, name, sft, aligned, alphas, options, generating, orders, seed: int = 0) -> list:
+    runs = {strategy: search(work, name, sft, aligned, alphas, options, strategy, seed) for strategy in STRATEGIES}
     return [dict(compare(name, runs["full"], runs[strategy], strategy, generating),
-                 **replayed(runs["full"], runs[strategy], strategy, orders))
+                 **replayed(runs["full"], runs[strategy], strategy, orders, seed))
             for strategy in ("race", "curve")]
+
+
+def beyond_floor(c: dict) -> float:
+    """The strategy's wall above the floor, as a share of the full search's."""
+    return (c["seconds"] - c["floor"]) / (c["seconds_full"] - c["floor"])
 
 
 def print_table(found: list) -> None:
     print(f"{'case':32} {'strategy':8} {'cands':>5} {'scored':>6} {'rows full':>9} {'rows':>6} {'share':>6} "
-          f"{'gens full':>9} {'gens':>6} {'wall full s':>11} {'wall s':>7} {'wall/full':>9} "
+          f"{'gens full':>9} {'gens':>6} {'wall full s':>11} {'wall s':>7} {'wall/full':>9} {'floor s':>7} "
+          f"{'floor/full':>10} {'beyond floor':>12} "
           f"{'units full':>10} {'units':>5} {'update s full':>13} {'update s':>8} {'α full':>6} {'α':>5} "
           f"{'same':>4} {'inside 95%':>10}  ended")
     for c in found:
         gens = f"{c['rows_full']:9d} {c['rows']:6d}" if c["generating"] else f"{'-':>9} {'-':>6}"
         print(f"{c['case']:32} {c['strategy']:8} {c['candidates']:5d} {c['scored_candidates']:6d} "
               f"{c['rows_full']:9d} {c['rows']:6d} {c['share']:6.1%} {gens} {c['seconds_full']:11.1f} "
-              f"{c['seconds']:7.1f} {c['seconds'] / c['seconds_full']:8.2f}x {c['units_full']:10d} {c['units']:5d} "
+              f"{c['seconds']:7.1f} {c['seconds'] / c['seconds_full']:8.2f}x {c['floor']:7.1f} "
+              f"{c['floor'] / c['seconds_full']:9.2f}x {beyond_floor(c):11.2f}x {c['units_full']:10d} {c['units']:5d} "
               f"{c['update_seconds_full']:13.1f} {c['update_seconds']:8.1f} {c['pick_full']:6g} {c['pick']:5g} "
               f"{'yes' if c['pick_full'] == c['pick'] else 'no':>4} {'yes' if c['inside'] else 'no':>10}  "
               f"{c['ended']}")
     print("\neach strategy replayed on each full search's per-row scores over other row orders (seeds)")
     print(f"{'case':32} {'strategy':8} {'orders':>6} {'mean share':>10} {'max share':>9} {'orders > 20%':>12} "
-          f"{'pick inside 95%':>15} {'seed 0 replay = command':>23}")
+          f"{'pick inside 95%':>15} {'first replay = command':>23}")
     for c in found:
         print(f"{c['case']:32} {c['strategy']:8} {c['orders']:6d} {c['mean_share']:10.1%} {c['max_share']:9.1%} "
               f"{c['over_fifth']:12d} {c['inside_orders']:9d} of {c['orders']:<3d} "
@@ -237,6 +262,8 @@ def main():
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--orders", type=int, default=40, help="row orders each strategy is replayed under")
     parser.add_argument("--work", default=str(HERE / "results" / "search-race"))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the reward-model case's reward model, prompts and row order (--seed of the command)")
     parser.add_argument("--reward-model-only", action="store_true",
                         help="only the reward-model case (e.g. with more --rm-prompts, where scoring outweighs "
                              "the start-up)")
@@ -256,12 +283,15 @@ def main():
                                     flip, seed)
         found += run_case(work / "tiny", name, sft, aligned, grid(args.grid, top), [*preference, str(data)],
                           False, args.orders)
-    prompts = reward_inputs(work / "tiny", args.rm_prompts)
+    prompts = reward_inputs(work / "tiny", args.rm_prompts, args.seed)
     found[2:2] = run_case(work / "tiny", "tiny, reward-model", sft, aligned, grid(args.grid, 4.0),
                           ["--scorer", "reward-model", "--data", str(prompts), "--reward-model",
                            str(work / "tiny" / "rm"), "--max-new-tokens", str(args.new_tokens),
-                           "--dtype", "float32"], True, args.orders)
+                           "--dtype", "float32"], True, args.orders, args.seed)
     if args.reward_model_only:
+        print(f"full vs raced vs curve `mergekit-expo search` (defaults, --seed {args.seed}), {os.cpu_count()} "
+              f"CPU cores, torch {torch.__version__}, one run; {args.rm_prompts} prompts × {args.new_tokens} "
+              "new tokens")
         print_table(found)
         return
     spec = PairSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,

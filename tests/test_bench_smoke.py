@@ -98,6 +98,7 @@ def test_search_race_benchmark_smoke(tmp_path):
                      "--new-tokens", "2", "--big-rows", "16", "--big-grid", "3", "--hidden", "64", "--layers", "2",
                      "--orders", "3", "--work", tmp_path / "race")
     assert "rows full" in out and "flat peak, preference" in out and "tiny, reward-model" in out
+    assert "floor/full" in out and "beyond floor" in out
     assert "held-out, short peak, long tail" in out and "the pick's full-data score" in out
     replays = out.split("replayed on each full search's per-row scores")[1].splitlines()
     # the replay is the command's own run where a row's score does not depend on its batch
