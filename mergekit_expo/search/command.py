@@ -163,7 +163,7 @@ def search_command(sft, checkpoints, settings):
     s.check_scorers(scoring, guarding)
     engine_options = dict(s.engine_options(device), **models.engine_options())
     results, reports, log, strategy = search(
-        s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
+        s.out, scoring, plan, settings=identity, guard=guarding,
         about={"data_file": s.data and os.path.abspath(s.data)},
         open_engine=lambda: make_engine(s.engine, models.sft, *models.checkpoints, **engine_options))
     report(s, results, reports, log, strategy, device, best_output)

@@ -22,8 +22,8 @@ from mergekit_expo import hub
 from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
-from mergekit_expo.search.runner import Plan
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
+from mergekit_expo.search.strategies.base import Plan
 from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
 GROUPS = ("Trajectory", "Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Strategy",
@@ -422,7 +422,7 @@ class SearchSettings(BaseModel):
                     trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
                     sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
                     storage=self.storage, heartbeat=self.heartbeat, strategy=self.strategy_name,
-                    options=options)
+                    options=options, max_drop=self.max_drop)
 
     def engine_options(self, device: str) -> dict:
         """The engine's options: each engine gets its own only (``device``: the resolved --device)."""
