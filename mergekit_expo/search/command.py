@@ -22,7 +22,7 @@ from mergekit_expo.search.runner import search
 from mergekit_expo.search.scoring import make_scorer
 from mergekit_expo.search.searched_models import SearchedModels, read_models
 from mergekit_expo.search.settings import GroupedHelp, search_options
-from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
+from mergekit_expo.search.space import CandidateResolver, make_space, planned_alphas
 from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
 
 
@@ -87,7 +87,7 @@ def space_for(settings, models):
     model_type = json.loads((Path(models.aligned) / "config.json").read_text()).get("model_type")
     space = make_space(settings.space, names)
     if space.by_module:  # module spaces group what mergekit's planner gives α, not the checkpoint's names
-        one = Space(settings.space).config(models, {"alpha": 0.0}, folders=True)
+        one = models.config(0.0, folders=True)  # one α everywhere: the planner's names of every tensor
         planned = planned_alphas(one, trust_remote_code=settings.trust_remote_code)
         space = make_space(settings.space, sorted(planned))
     resolver = CandidateResolver(space, models, checkpoint_names=names, model_type=model_type,

@@ -142,7 +142,7 @@ class SearchResults:
         """results.json/csv, score_vs_alpha.png and best.yml; return their paths.
 
         ``config_of(coordinates)`` is the mergekit config of a candidate: the same function
-        (:meth:`.space.Space.config`) whose α the engine scored.
+        (:meth:`.space.CandidateResolver.config`) whose α the engine scored.
         """
         paths = self.write_tables()
         best = self.best()
