@@ -42,8 +42,8 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         try:
             log = study.work(lambda unit, trial: evaluator.score(unit, trial, lambda so_far: strategy.go_on(
                                  so_far, study.scored())),
-                             lambda: following(strategy, study).next(study.scored()),
-                             after=lambda: record(results, following(strategy, study), study))
+                             lambda: strategy.follow(study.plan).next(study.scored()),
+                             after=lambda: record(results, strategy.follow(study.plan), study))
             log.last_completed = last_completed(study)
         finally:
             evaluator.close()
@@ -51,7 +51,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         if not isinstance(error, ExpoStorageError):  # a study that cannot be read is left as it is
             _clean_up(study, folder, created, url if not plan.storage else None)
         raise
-    results.rows, results.race = following(strategy, study).report(study.scored())
+    results.rows, results.race = strategy.follow(study.plan).report(study.scored())
     if not results.rows:
         raise ExpoConfigError("no candidate was scored: check the other workers' errors, or rerun")
     reports = results.write_reports(plan.resolve.config)
@@ -66,13 +66,6 @@ def make_strategy(plan: Plan, evaluator: Evaluator):
     (counted through the engine when no stored unit has counted them)."""
     evaluator.dev = DevRows(plan.seed, evaluator.row_counts)
     return STRATEGIES.get(plan.strategy).load()(replace(plan, options=dict(plan.options), dev=evaluator.dev))
-
-
-def following(strategy, study):
-    """``strategy`` under the study's plan as it is now: a rerun while no worker scored may have
-    changed it, and the workers still running follow."""
-    strategy.follow(study.plan)
-    return strategy
 
 
 def record(results: SearchResults, strategy, study) -> None:

@@ -103,14 +103,16 @@ class Strategy(ABC):
             return {"trials": self.setup.trials}
         return {"alphas": self.setup.grid, "refine": self.setup.refine}
 
-    def follow(self, plan: dict) -> None:
-        """The study's plan as it is now: a rerun while no worker scored may have changed it."""
+    def follow(self, plan: dict) -> "Strategy":
+        """The study's plan as it is now: a rerun while no worker scored may have changed it, and
+        the workers still running follow. Returns the strategy under it."""
         self.setup.trials = plan.get("trials", self.setup.trials)
         self.setup.refine = plan.get("refine", self.setup.refine)
         race = plan.get("race") or {}
         self.setup.options.update({key: value for key, value in race.items() if key != "max_drop"})
         if "max_drop" in race:
             self.setup.max_drop = race["max_drop"]
+        return self
 
     @abstractmethod
     def start(self) -> List[Unit]:
