@@ -14,7 +14,6 @@ from mergekit_expo.compat.optuna import check_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
-from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
 from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.results import RESULTS, check_plotting
@@ -165,5 +164,5 @@ def search_command(sft, checkpoints, settings):
     results, reports, log, strategy = search(
         s.out, scoring, plan, settings=identity, guard=guarding,
         about={"data_file": s.data and os.path.abspath(s.data)},
-        open_engine=lambda: make_engine(s.engine, models.sft, *models.checkpoints, **engine_options))
+        open_engine=lambda: ENGINES.get(s.engine).load()(models.sft, *models.checkpoints, **engine_options))
     report(s, results, reports, log, strategy, device, best_output)
