@@ -14,7 +14,6 @@ from mergekit_expo.compat.optuna import check_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
-from mergekit_expo.search.engine import make_engine
 from mergekit_expo.search.ownership import check_owner
 from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.results import RESULTS, check_plotting
@@ -22,7 +21,7 @@ from mergekit_expo.search.runner import search
 from mergekit_expo.search.scoring import make_scorer
 from mergekit_expo.search.searched_models import SearchedModels, read_models
 from mergekit_expo.search.settings import GroupedHelp, search_options
-from mergekit_expo.search.space import CandidateResolver, Space, make_space, planned_alphas
+from mergekit_expo.search.space import CandidateResolver, make_space, planned_alphas
 from mergekit_expo.search.study import DEFAULT_STORAGE, open_storage, storage_url
 
 
@@ -87,7 +86,7 @@ def space_for(settings, models):
     model_type = json.loads((Path(models.aligned) / "config.json").read_text()).get("model_type")
     space = make_space(settings.space, names)
     if space.by_module:  # module spaces group what mergekit's planner gives α, not the checkpoint's names
-        one = Space(settings.space).config(models, {"alpha": 0.0}, folders=True)
+        one = models.config(0.0, folders=True)  # one α everywhere: the planner's names of every tensor
         planned = planned_alphas(one, trust_remote_code=settings.trust_remote_code)
         space = make_space(settings.space, sorted(planned))
     resolver = CandidateResolver(space, models, checkpoint_names=names, model_type=model_type,
@@ -163,7 +162,7 @@ def search_command(sft, checkpoints, settings):
     s.check_scorers(scoring, guarding)
     engine_options = dict(s.engine_options(device), **models.engine_options())
     results, reports, log, strategy = search(
-        s.out, scoring, plan, settings=identity, guard=guarding, max_drop=s.max_drop,
+        s.out, scoring, plan, settings=identity, guard=guarding,
         about={"data_file": s.data and os.path.abspath(s.data)},
-        open_engine=lambda: make_engine(s.engine, models.sft, *models.checkpoints, **engine_options))
+        open_engine=lambda: ENGINES.get(s.engine).load()(models.sft, *models.checkpoints, **engine_options))
     report(s, results, reports, log, strategy, device, best_output)

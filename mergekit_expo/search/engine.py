@@ -3,13 +3,12 @@
 An engine loads the aligned model (a run's last checkpoint) once, sets its weights in
 place to the ExPO model of any α, generates answers and scores log-likelihoods in
 batches. Scorers talk to this interface only, so a new engine needs no change to them.
-:func:`make_engine` makes the one :data:`~.registry.ENGINES` names, importing only that one.
+:data:`~.registry.ENGINES` names each, imported only when it is used.
 """
 
 from abc import ABC, abstractmethod
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
-from mergekit_expo.search.registry import ENGINES
 from mergekit_expo.search.sampling import Sampling
 
 
@@ -55,12 +54,6 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: engines without resources keep it
         """Free the engine's resources (processes, GPU memory)."""
-
-
-def make_engine(name: str, sft: str, *checkpoints: str, **options) -> Engine:
-    """The engine ``name`` (:data:`~.registry.ENGINES`) on the SFT model and the aligned model,
-    or a run's checkpoints (``steps`` and ``window`` among the options)."""
-    return ENGINES.get(name).load()(sft, *checkpoints, **options)
 
 
 def checked_models(sft: str, checkpoints: Sequence[str]) -> str:

@@ -24,10 +24,9 @@ LOG = logging.getLogger("mergekit_expo")
 class Evaluator:
     """One worker's engine, scorers and answers folder."""
 
-    def __init__(self, scorer, guard, *, space, resolve: Callable, open_engine: Callable, folder,
-                 strategy: str = ""):
-        self.scorer, self.guard, self.space, self.resolve = scorer, guard, space, resolve
-        self.strategy = strategy  # as messages name it
+    def __init__(self, scorer, guard, plan, *, open_engine: Callable, folder):
+        self.scorer, self.guard, self.space, self.resolve = scorer, guard, plan.space, plan.resolve
+        self.strategy = plan.strategy  # as messages name it
         self.open_engine, self.engine, self.folder = open_engine, None, folder
         self.dev = None  # the DevRows the strategy cuts into blocks
 

@@ -140,9 +140,3 @@ STRATEGIES = Registry("--strategy", "strategy", [
           "each sampled candidate scored block by block, pruned once clearly worse than the best so far",
           frozenset({"sampled", "races", "rows", "implicit"})),
 ])
-
-
-def strategy_of(record: dict):
-    """The strategy class that wrote a results.json record (an earlier version's: by its kind)."""
-    name = record.get("strategy") or ("prune" if record.get("kind") == "sampled" else "race")
-    return STRATEGIES.get(name).load()

@@ -20,7 +20,7 @@ from mergekit_expo.compat.optuna import import_optuna
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.filesystem import write_file_atomically
 from mergekit_expo.search import rows as candidate_rows
-from mergekit_expo.search.registry import SPACES, STRATEGIES, strategy_of
+from mergekit_expo.search.registry import SPACES, STRATEGIES
 from mergekit_expo.search.rows import AlphaResult
 
 RESULTS = "results.json"
@@ -105,8 +105,8 @@ class SearchResults:
 
     @property
     def strategy(self):
-        """The strategy class that wrote ``race`` (None for a full search)."""
-        return strategy_of(self.race) if self.race else None
+        """The strategy class that wrote ``race``, as the settings name it (None for a full search)."""
+        return STRATEGIES.get(strategy_named(self.settings)).load() if self.race else None
 
     @property
     def unscored(self) -> List[dict]:
@@ -142,7 +142,7 @@ class SearchResults:
         """results.json/csv, score_vs_alpha.png and best.yml; return their paths.
 
         ``config_of(coordinates)`` is the mergekit config of a candidate: the same function
-        (:meth:`.space.Space.config`) whose α the engine scored.
+        (:meth:`.space.CandidateResolver.config`) whose α the engine scored.
         """
         paths = self.write_tables()
         best = self.best()

@@ -4,9 +4,9 @@ settings → study → strategy → unit → per-tensor α (mergekit's planner) 
 scores → study → reports. Any number of processes may run this on one study.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional
 
 import click
 
@@ -16,46 +16,24 @@ from mergekit_expo.search.evaluation import Evaluator
 from mergekit_expo.search.ownership import storage_record
 from mergekit_expo.search.registry import STRATEGIES
 from mergekit_expo.search.results import SearchResults
-from mergekit_expo.search.strategies.base import DevRows, Setup
+from mergekit_expo.search.strategies.base import DevRows, Plan
 from mergekit_expo.search.study import SearchStudy, last_completed, shown, storage_url
 
 
-@dataclass
-class Plan:
-    """What to search: the space, its candidates or budget, how they are drawn and which
-    strategy picks what to score."""
-
-    space: object  # space.Space
-    resolve: Callable  # candidate -> {checkpoint tensor: α}
-    grid: Optional[List[float]] = None  # --space scalar
-    refine: bool = False
-    trials: Optional[int] = None  # the other spaces
-    alpha_range: Tuple[float, float] = (0.0, 1.0)
-    sampler: str = "grid"
-    seed: int = 0
-    storage: Optional[str] = None
-    heartbeat: int = 60
-    strategy: str = "full"
-    options: Dict[str, object] = field(default_factory=dict)  # the strategy's own (--race-tolerance)
-
-
-def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dict,
-           guard=None, max_drop: Optional[float] = None, about: Optional[dict] = None):
+def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dict, guard=None,
+           about: Optional[dict] = None):
     """Score units with the other workers of the study until none is left; write the reports.
     Returns (results, report paths, this worker's log, the strategy)."""
     folder = Path(out)
     created = [] if plan.storage else make_parents(folder)  # the default study lives in --out
     url = storage_url(plan.storage, out)
-    evaluator = Evaluator(scorer, guard, space=plan.space, resolve=plan.resolve, open_engine=open_engine,
-                          folder=folder, strategy=plan.strategy)
-    strategy = make_strategy(plan, max_drop, evaluator)
+    evaluator = Evaluator(scorer, guard, plan, open_engine=open_engine, folder=folder)
+    strategy = make_strategy(plan, evaluator)
     study = None
     try:
         where = f"--storage {shown(plan.storage)}" if plan.storage else out
-        study = SearchStudy(plan.space, url=url, where=where, sampler=plan.sampler, seed=plan.seed,
-                            heartbeat=plan.heartbeat, settings=settings, plan=strategy.plan(),
-                            alpha_range=plan.alpha_range)
-        results = SearchResults(folder, settings, [], max_drop=max_drop, about=about,
+        study = SearchStudy(plan, url=url, where=where, settings=settings, agreed=strategy.plan())
+        results = SearchResults(folder, settings, [], max_drop=plan.max_drop, about=about,
                                 storage=storage_record(plan.storage))
         study.enqueue(strategy.start())
         resumed = strategy.resumed(study.scored())
@@ -64,8 +42,8 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         try:
             log = study.work(lambda unit, trial: evaluator.score(unit, trial, lambda so_far: strategy.go_on(
                                  so_far, study.scored())),
-                             lambda: following(strategy, study).next(study.scored()),
-                             after=lambda: record(results, following(strategy, study), study))
+                             lambda: strategy.follow(study.plan).next(study.scored()),
+                             after=lambda: record(results, strategy.follow(study.plan), study))
             log.last_completed = last_completed(study)
         finally:
             evaluator.close()
@@ -73,7 +51,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         if not isinstance(error, ExpoStorageError):  # a study that cannot be read is left as it is
             _clean_up(study, folder, created, url if not plan.storage else None)
         raise
-    results.rows, results.race = following(strategy, study).report(study.scored())
+    results.rows, results.race = strategy.follow(study.plan).report(study.scored())
     if not results.rows:
         raise ExpoConfigError("no candidate was scored: check the other workers' errors, or rerun")
     reports = results.write_reports(plan.resolve.config)
@@ -83,21 +61,11 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
     return results, reports, log, strategy
 
 
-def make_strategy(plan: Plan, max_drop: Optional[float], evaluator: Evaluator):
-    """The plan's strategy, with the dev rows it cuts into blocks (counted through the engine
-    when no stored unit has counted them)."""
-    dev = DevRows(plan.seed, evaluator.row_counts)
-    evaluator.dev = dev
-    setup = Setup(space=plan.space, grid=plan.grid, trials=plan.trials, refine=plan.refine,
-                  options=dict(plan.options), max_drop=max_drop, dev=dev)
-    return STRATEGIES.get(plan.strategy).load()(setup)
-
-
-def following(strategy, study):
-    """``strategy`` under the study's plan as it is now: a rerun while no worker scored may have
-    changed it, and the workers still running follow."""
-    strategy.follow(study.plan)
-    return strategy
+def make_strategy(plan: Plan, evaluator: Evaluator):
+    """The plan's strategy, on its own copy of the plan, with the dev rows it cuts into blocks
+    (counted through the engine when no stored unit has counted them)."""
+    evaluator.dev = DevRows(plan.seed, evaluator.row_counts)
+    return STRATEGIES.get(plan.strategy).load()(replace(plan, options=dict(plan.options), dev=evaluator.dev))
 
 
 def record(results: SearchResults, strategy, study) -> None:

@@ -22,8 +22,8 @@ from mergekit_expo import hub
 from mergekit_expo.alpha import checked_alpha
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
-from mergekit_expo.search.runner import Plan
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
+from mergekit_expo.search.strategies.base import Plan
 from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
 GROUPS = ("Trajectory", "Scorer", "lm-eval", "Engine", "Generation", "Space and workers", "Strategy",
@@ -170,24 +170,20 @@ class SearchSettings(BaseModel):
     given: FrozenSet[str] = frozenset()  # not an option: those given on the command line, not defaults
 
     # -- One option at a time (ExpoError is no ValueError: pydantic passes it on) ---------------
-    @field_validator("scorer", "guard")
+    @field_validator("scorer", "guard", "engine", "space")
     @classmethod
-    def known_scorer(cls, spec: Optional[str], info) -> Optional[str]:
+    def known(cls, spec: Optional[str], info) -> Optional[str]:
+        """A name its registry knows, or one line naming the closest."""
+        registry = {"engine": ENGINES, "space": SPACES}.get(info.field_name, SCORERS)
         if spec is not None:
             head, _, tail = spec.partition(":")
-            close = [entry.name for entry in SCORERS.having("prefix")
+            close = [entry.name for entry in registry.having("prefix")
                      if difflib.get_close_matches(head, [entry.name.rstrip(":")], cutoff=0.5)]
             if close and not any(spec.startswith(name) for name in close):
                 # lm_eval:arc_easy would otherwise be taken for a Python module:function
-                raise ExpoConfigError(f"unknown scorer {spec!r}: did you mean {close[0]}{tail}?")
-            SCORERS.get(spec)
+                raise ExpoConfigError(f"unknown {registry.noun} {spec!r}: did you mean {close[0]}{tail}?")
+            registry.get(spec)
         return spec
-
-    @field_validator("engine", "space")
-    @classmethod
-    def known(cls, name: str, info) -> str:
-        {"engine": ENGINES, "space": SPACES}[info.field_name].get(name)
-        return name
 
     @field_validator("dtype", "preset", "sampler")
     @classmethod
@@ -422,7 +418,7 @@ class SearchSettings(BaseModel):
                     trials=None if grid is not None else (self.trials or DEFAULT_TRIALS),
                     sampler=self.sampler or ("grid" if grid is not None else "tpe"), seed=self.seed,
                     storage=self.storage, heartbeat=self.heartbeat, strategy=self.strategy_name,
-                    options=options)
+                    options=options, max_drop=self.max_drop)
 
     def engine_options(self, device: str) -> dict:
         """The engine's options: each engine gets its own only (``device``: the resolved --device)."""

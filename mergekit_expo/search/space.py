@@ -74,12 +74,6 @@ class Space:
                    for group, substrings in self.filters for substring in substrings]
         return setting + [{"value": of("other")}]
 
-    def config(self, models, candidate: Mapping[str, float], dtype: Optional[str] = None, *,
-               folders: bool = False) -> dict:
-        """The mergekit config of a candidate for ``models`` (a
-        :class:`~.searched_models.SearchedModels`): what ``best.yml`` holds."""
-        return models.config(self.alpha_setting(candidate), dtype, folders=folders)
-
     def describe(self, candidate: Mapping[str, float]) -> str:
         """``alpha=0.3`` for one α, ``attention=0.2 mlp=0.5 other=0.1`` otherwise."""
         if self.scalar:
@@ -198,9 +192,10 @@ class CandidateResolver:
         self.layout = model_layout_names(model_type, checkpoint_names)
         self._resolved: Dict[tuple, Dict[str, float]] = {}  # a raced α is set once per block
 
-    def config(self, candidate: Mapping[str, float]) -> dict:
-        """The mergekit config of a candidate, as best.yml holds it."""
-        return self.space.config(self.models, candidate, self.dtype)
+    def config(self, candidate: Mapping[str, float], *, folders: bool = False) -> dict:
+        """The mergekit config of a candidate, as best.yml holds it (``folders``: naming the
+        models by their local folders, as the planner reads them)."""
+        return self.models.config(self.space.alpha_setting(candidate), self.dtype, folders=folders)
 
     def __call__(self, candidate: Mapping[str, float]) -> Dict[str, float]:
         key = tuple(sorted(candidate.items()))
@@ -209,7 +204,7 @@ class CandidateResolver:
         return dict(self._resolved[key])
 
     def _resolve(self, candidate: Mapping[str, float]) -> Dict[str, float]:
-        planned = planned_alphas(self.space.config(self.models, candidate, self.dtype, folders=True),
+        planned = planned_alphas(self.config(candidate, folders=True),
                                  trust_remote_code=self.trust_remote_code)
         alphas = {}
         for name, target in self.layout.items():

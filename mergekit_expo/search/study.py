@@ -32,8 +32,8 @@ from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
 from mergekit_expo.search.results import difference
 from mergekit_expo.search.rows import AlphaResult
-from mergekit_expo.search.space import Candidate, Space
-from mergekit_expo.search.strategies.base import Unit
+from mergekit_expo.search.space import Candidate
+from mergekit_expo.search.strategies.base import Plan, Unit
 from mergekit_expo.search.trial_roles import DUPLICATE, GRID, SAMPLED, SPARE
 
 LOG = logging.getLogger("mergekit_expo")
@@ -215,18 +215,19 @@ class SearchStudy:
     """One worker's view of the shared study."""
 
     @storage_failures
-    def __init__(self, space: Space, *, url: str, where: str, sampler: str, seed: int, heartbeat: int,
-                 settings: dict, plan: dict, alpha_range=(0.0, 1.0)):
+    def __init__(self, search: Plan, *, url: str, where: str, settings: dict, agreed: dict):
+        """``agreed``: the strategy's plan, which workers scoring together share."""
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
-        self.space, self.alpha_range, self.heartbeat = space, alpha_range, heartbeat
-        self.storage = open_storage(url, heartbeat, out=None if where.startswith("--storage") else where)
+        self.space, self.alpha_range, self.heartbeat = search.space, search.alpha_range, search.heartbeat
+        self.storage = open_storage(url, self.heartbeat, out=None if where.startswith("--storage") else where)
         self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
-                                              sampler=make_sampler(sampler, seed), load_if_exists=True)
+                                              sampler=make_sampler(search.sampler, search.seed),
+                                              load_if_exists=True)
         self._check_settings(settings)
         self.log = WorkerLog()
         self.draw: Optional[Unit] = None  # what the strategy last asked the sampler to draw
-        self._check_plan(plan)
+        self._check_plan(agreed)
 
     # -- settings ---------------------------------------------------------------------------
     @storage_failures

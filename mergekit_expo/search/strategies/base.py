@@ -65,16 +65,25 @@ class DevRows:
 
 
 @dataclass
-class Setup:
-    """What a strategy is started with (the search's settings and the study's plan)."""
+class Plan:
+    """What to search: the space, its candidates or budget, how they are drawn and which
+    strategy picks what to score. A strategy is started with its own copy, into which it
+    follows the study's plan."""
 
     space: object  # space.Space
-    grid: Optional[List[float]] = None  # the --alphas grid; None: candidates are drawn
-    trials: Optional[int] = None  # candidates to draw
+    resolve: Optional[Callable] = None  # candidate -> {checkpoint tensor: α}; None offline
+    grid: Optional[List[float]] = None  # the --alphas grid (--space scalar); None: candidates are drawn
     refine: bool = False
-    options: Dict[str, object] = field(default_factory=dict)  # the strategy's own (a race's tolerance)
+    trials: Optional[int] = None  # candidates to draw (the other spaces)
+    alpha_range: Tuple[float, float] = (0.0, 1.0)
+    sampler: str = "grid"
+    seed: int = 0
+    storage: Optional[str] = None
+    heartbeat: int = 60
+    strategy: str = "full"
+    options: Dict[str, object] = field(default_factory=dict)  # the strategy's own (--race-tolerance)
     max_drop: Optional[float] = None
-    dev: Optional[DevRows] = None
+    dev: Optional[DevRows] = None  # the dev rows in blocks, given to the strategy's copy
 
 
 class Strategy(ABC):
@@ -84,8 +93,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     unit_word: ClassVar[str] = "candidate"
 
-    def __init__(self, setup: Setup):
-        self.setup = setup
+    def __init__(self, setup: Plan):
+        self.setup = setup  # its own copy of the search's plan
 
     def plan(self) -> dict:
         """What workers scoring together must agree on (a rerun may change it once they are done).
@@ -94,14 +103,16 @@ class Strategy(ABC):
             return {"trials": self.setup.trials}
         return {"alphas": self.setup.grid, "refine": self.setup.refine}
 
-    def follow(self, plan: dict) -> None:
-        """The study's plan as it is now: a rerun while no worker scored may have changed it."""
+    def follow(self, plan: dict) -> "Strategy":
+        """The study's plan as it is now: a rerun while no worker scored may have changed it, and
+        the workers still running follow. Returns the strategy under it."""
         self.setup.trials = plan.get("trials", self.setup.trials)
         self.setup.refine = plan.get("refine", self.setup.refine)
         race = plan.get("race") or {}
         self.setup.options.update({key: value for key, value in race.items() if key != "max_drop"})
         if "max_drop" in race:
             self.setup.max_drop = race["max_drop"]
+        return self
 
     @abstractmethod
     def start(self) -> List[Unit]:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.space import Space
-from mergekit_expo.search.strategies.base import ALL, DevRows, Setup, Strategy, Unit
+from mergekit_expo.search.strategies.base import ALL, DevRows, Plan, Strategy, Unit
 
 
 def run_offline(strategy: type, table: Dict[float, Sequence[float]], *, seed: int = 0,
@@ -18,9 +18,9 @@ def run_offline(strategy: type, table: Dict[float, Sequence[float]], *, seed: in
     rows = len(next(iter(table.values())))
     guard_rows = guard and len(next(iter(guard.values())))
     space = Space("alpha")
-    setup = Setup(space=space, grid=sorted(alpha for alpha in table if alpha), options=dict(options or {}),
-                  max_drop=max_drop, dev=DevRows(seed, lambda: (rows, guard_rows)))
-    chosen: Strategy = strategy(setup)
+    plan = Plan(space=space, grid=sorted(alpha for alpha in table if alpha), options=dict(options or {}),
+                seed=seed, max_drop=max_drop, dev=DevRows(seed, lambda: (rows, guard_rows)))
+    chosen: Strategy = strategy(plan)
     scored, asked, seen = [], [], set()
     queue = list(chosen.start())
     while queue:
@@ -29,7 +29,7 @@ def run_offline(strategy: type, table: Dict[float, Sequence[float]], *, seed: in
             if key not in seen:
                 seen.add(key)
                 asked.append(unit)
-                scored.append(_scored(unit, table, guard, setup.dev, len(scored), space))
+                scored.append(_scored(unit, table, guard, plan.dev, len(scored), space))
         queue = [unit for unit in chosen.next(scored)
                  if (unit.candidate and unit.candidate.get("alpha"), unit.block, unit.blocks) not in seen]
     found, record = chosen.report(scored)
