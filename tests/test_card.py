@@ -523,6 +523,32 @@ def test_card_from_another_folder_warns_that_relative_paths_become_hub_ids(model
     assert "base_model" not in front_matter(models_dir / "out" / "README.md")
 
 
+def test_card_names_a_tie_only_among_the_candidates_the_pick_was_chosen_from(tmp_path):
+    """Accuracies tie often. In a full search the mean margin breaks the tie and the card says so;
+    in a race the α retired within the tolerance were not candidates for the pick, so no tie is
+    claimed (the race's leader is the pick whatever its margin)."""
+    from mergekit_expo.card.lineage import lineage_of_config
+    from mergekit_expo.card.search_section import choice_words
+    from mergekit_expo.search.results import AlphaResult, SearchResults
+
+    stage = lineage_of_config(yaml.safe_dump(expo_config("org/sft", "org/aligned", 0.0))).final
+    settings = {"sft": "org/sft", "aligned": "org/aligned", "scorer": "preference", "dtype": "float32"}
+    margins = {0.0: -0.003, 1.0: 0.002, 2.0: 0.014}
+
+    def rows(retired):
+        return [AlphaResult(alpha=a, score=0.4375, low=0.2, high=0.6, n=24, seconds=1.0,
+                            extra={"mean_margin": m}, retired_in=1 if a in retired else None)
+                for a, m in margins.items()]
+
+    full = SearchResults(tmp_path, settings, rows(retired=()))
+    assert full.best().alpha == 2.0
+    assert ("It ties with α = 0, 1 on the score; the larger mean log-likelihood margin (chosen over "
+            "rejected) breaks the tie.") in choice_words(full, stage)
+    raced = SearchResults(tmp_path, settings, rows(retired=(1.0, 2.0)))
+    assert raced.best().alpha == 0.0
+    assert not any("ties with" in words or "breaks the tie" in words for words in choice_words(raced, stage))
+
+
 def test_search_section_names_each_scorer_kind(tmp_path):
     """Reward-model and lm-eval searches: the metric, the sampling, the examples and skipped rows."""
     from mergekit_expo.card.lineage import lineage_of_config

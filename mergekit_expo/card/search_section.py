@@ -107,7 +107,8 @@ def choice_words(results, stage) -> List[str]:
     chosen = f"α = {best.label}" if results.scalar else f"The candidate {best.label}"
     words = [f"{chosen} has the highest score ({_number(best.score)}) of the "
              f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched") + "."]
-    ties = [r for r in allowed if r.score == best.score and r is not best]
+    # Only candidates the pick was chosen from tie with it: a race's retired ones were not.
+    ties = [r for r in results.eligible() if r.score == best.score and r is not best]
     if ties:
         rule = ("the larger mean log-likelihood margin (chosen over rejected) breaks the tie"
                 if "mean_margin" in (best.extra or {}) else

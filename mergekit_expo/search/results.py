@@ -103,6 +103,10 @@ class SearchResults:
         """The pick (:func:`.rows.best`)."""
         return candidate_rows.best(self.rows, self.max_drop)
 
+    def eligible(self) -> List[AlphaResult]:
+        """The candidates the pick is chosen from (:func:`.rows.eligible`)."""
+        return candidate_rows.eligible(self.rows, self.max_drop)
+
     @property
     def strategy(self):
         """The strategy class that wrote ``race``, as the settings name it (None for a full search)."""

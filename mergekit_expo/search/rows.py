@@ -148,11 +148,16 @@ def excluded(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> List[Alp
     return [row for row in rows if row.guard is not None and row.guard < floor]
 
 
-def best(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> AlphaResult:
-    """Highest score among the candidates the strategy kept and the guard allows; ties (common
-    for accuracies) go to the larger mean margin. α = 0 is never excluded, so some candidate is
-    always allowed. Kept candidates were each scored (and guarded) on every row the strategy read."""
+def eligible(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> List[AlphaResult]:
+    """The candidates the pick is chosen from: those the strategy kept (each scored, and guarded,
+    on every row it read) and the guard allows. α = 0 is never excluded, so one is always left."""
     out = {row.key for row in excluded(rows, max_drop)}
     allowed = [row for row in rows if row.key not in out]
-    allowed = [row for row in allowed if row.kept] or allowed
-    return max(allowed, key=lambda row: (row.score, (row.extra or {}).get("mean_margin", float("-inf"))))
+    return [row for row in allowed if row.kept] or allowed
+
+
+def best(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> AlphaResult:
+    """Highest score among the :func:`eligible` candidates; ties (common for accuracies) go to
+    the larger mean margin."""
+    return max(eligible(rows, max_drop),
+               key=lambda row: (row.score, (row.extra or {}).get("mean_margin", float("-inf"))))
