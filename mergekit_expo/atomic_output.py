@@ -34,6 +34,7 @@ from mergekit_expo.filesystem import (
     remove_if_empty,
     rename_no_replace,
     start_time,
+    usual_permissions,
     write_file_atomically,
 )
 from mergekit_expo.interruption import deferred, raise_if_interrupted, record_published
@@ -155,6 +156,7 @@ def staged_output(target):
         staging = root / NEW / out.name
         staging.parent.mkdir()
         yield staging
+        usual_permissions(staging)
         manifest.write(staging, kind=target.kind, command=target.command)
         raise_if_interrupted()  # a signal dropped inside a callback still stops the publish
         # Once begun, the publish finishes (a signal is raised after it): an output half moved

@@ -36,6 +36,29 @@ def write_file_atomically(path: Path, data: Union[str, bytes]) -> None:
         raise
 
 
+def process_umask() -> int:
+    """The umask, read without changing it where the system says it (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restored at once
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a new file of this process gets, 0666 minus
+    the umask (execute bits kept): safetensors 0.8 writes weights through a private temporary
+    file, owner-only (0600), which other users of a shared machine could not read."""
+    mask = process_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = (0o666 & ~mask) | (path.stat().st_mode & 0o111 & ~mask)
+            if path.stat().st_mode & 0o777 != mode:
+                os.chmod(path, mode)
+
+
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 try:  # renameat2(2) with RENAME_NOREPLACE (Linux); elsewhere, the portable equivalent below

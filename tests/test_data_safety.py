@@ -333,6 +333,18 @@ def test_overwrite_replaces_previous_outputs_and_only_them(workspace):
     assert not [p for p in workspace.iterdir() if p.name.startswith(".")]
 
 
+def test_outputs_get_the_usual_file_permissions(template):
+    # Weights written by safetensors 0.8 are owner-only (0600) as written; the published outputs
+    # of run, lora and demo get 0666 minus the umask, as every other file the commands write.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for output in ("previous", "expo_adapter", "demo"):
+        modes = {str(p.relative_to(template)): oct(p.stat().st_mode & 0o777)
+                 for p in (template / output).rglob("*") if p.is_file()}
+        assert any(name.endswith(".safetensors") for name in modes)
+        assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+
+
 def test_search_write_best_overwrites_and_says_it_resumes(workspace):
     search = (*SEARCH, "--strategy", "full", "--out", "./s", "--alphas", "0,0.5", "--write-best", "./best")
     run_cli("mergekit-expo", *search, cwd=workspace)
