@@ -136,6 +136,10 @@ def test_resume_skips_done_alphas_and_refine_adds_midpoints(tmp_path, pair, pref
     index = coarse.index(best)
     midpoints = {round((best + coarse[i]) / 2, 6) for i in (index - 1, index + 1) if 0 <= i < len(coarse)}
     assert set(second) == {*coarse, *midpoints}, (best, sorted(second))
+    # A full search reports every α its study holds, also after a rerun on a smaller grid.
+    third = run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
+                    "--alphas", "0,0.4", "--strategy", "full")
+    assert results_of(out) == second and "not in this run's grid" not in third.stderr
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, pair, preference_file):

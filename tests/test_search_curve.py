@@ -152,6 +152,15 @@ def test_the_readme_quick_start_search_runs_as_typed(models_dir):
     grid = [0.0, *map(float, args[args.index("--alphas") + 1].split(","))]
     assert sorted(row["alpha"] for row in results["results"]) == grid
     assert any(row["alpha"] == float(saved_best(models_dir / "expo-search")) for row in results["results"])
+    # Rerun on a smaller grid: the curve search reports that grid, and names the scored α it leaves out.
+    smaller = [*args[:args.index("--alphas") + 1], ",".join(map(str, grid[1:3])), *args[args.index("--alphas") + 2:]]
+    rerun = run_cli(*smaller, cwd=models_dir)
+    rows = json.loads((models_dir / "expo-search" / "results.json").read_text())["results"]
+    assert sorted(row["alpha"] for row in rows) == grid[:3]
+    left_out = sorted(f"alpha={row['alpha']:g}" for row in results["results"]
+                      if row["n"] and row["alpha"] not in grid[:3])
+    assert left_out and f"\n{', '.join(left_out)}: scored by an earlier run in ./expo-search, not in this run's " \
+        "grid: kept in its study, left out of the reports (add them to --alphas to see them)\n" in rerun.stderr
 
 
 def saved_best(out) -> str:
