@@ -184,6 +184,7 @@ def test_guard_excludes_alphas_that_drop_too_far(tmp_path, pair, tasks_dir):
     again = search(pair, out, "--scorer", "lm-eval:toy_choice", "--guard", "lm-eval:toy_answer",
                    "--max-drop", "1", "--tasks-path", tasks_dir)
     assert f"resuming: {len(ALPHAS)} of {len(ALPHAS)}" in again.stderr
+    assert "--max-drop was 0, now 1: every score is reused and the pick chosen again" in again.stderr
     best = yaml.safe_load((out / "best.yml").read_text())
     assert best["models"][0]["parameters"]["alpha"] == max(rows, key=lambda r: r["score"])["alpha"]
 

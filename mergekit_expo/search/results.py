@@ -316,6 +316,14 @@ def _number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def saved_about(folder: Path) -> Optional[dict]:
+    """What the folder's results.json says of its last run (its --max-drop); None without one."""
+    try:
+        return read_json(Path(folder) / RESULTS).get("about") or {}
+    except (OSError, ExpoConfigError, AttributeError):
+        return None
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

@@ -15,7 +15,7 @@ from mergekit_expo.filesystem import make_parents, remove_if_empty
 from mergekit_expo.search.evaluation import Evaluator
 from mergekit_expo.search.ownership import storage_record
 from mergekit_expo.search.registry import STRATEGIES
-from mergekit_expo.search.results import SearchResults
+from mergekit_expo.search.results import SearchResults, saved_about
 from mergekit_expo.search.strategies.base import DevRows, Plan
 from mergekit_expo.search.study import SearchStudy, last_completed, shown, storage_url
 
@@ -39,6 +39,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         resumed = strategy.resumed(study.scored())
         if resumed:
             click.echo(f"{resumed} in {out}", err=True)
+            _say_max_drop_change(folder, plan.max_drop)
         try:
             log = study.work(lambda unit, trial: evaluator.score(unit, trial, lambda so_far: strategy.go_on(
                                  so_far, study.scored())),
@@ -71,6 +72,17 @@ def make_strategy(plan: Plan, evaluator: Evaluator):
     (counted through the engine when no stored unit has counted them)."""
     evaluator.dev = DevRows(plan.seed, evaluator.row_counts)
     return STRATEGIES.get(plan.strategy).load()(replace(plan, options=dict(plan.options), dev=evaluator.dev))
+
+
+def _say_max_drop_change(folder: Path, max_drop: Optional[float]) -> None:
+    """--max-drop is no search setting (a rerun reuses every score), but a new value may change
+    the pick: said, as a changed search setting would be."""
+    saved = saved_about(folder)
+    if saved is None or saved.get("max_drop") == max_drop:
+        return
+    was, now = (f"{value:g}" if value is not None else "not set"
+                for value in (saved.get("max_drop"), max_drop))
+    click.echo(f"--max-drop was {was}, now {now}: every score is reused and the pick chosen again", err=True)
 
 
 def record(results: SearchResults, strategy, study) -> None:
