@@ -257,9 +257,12 @@ def test_a_failing_user_scorer_is_named_with_the_candidate(tmp_path, pair):
 def test_bad_search_inputs(tmp_path, pair, pair_factory, preference_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    unknown_words = tmp_path / "words.jsonl"  # the tiny tokenizer knows w0..w63 only: all <unk>
+    unknown_words.write_text(json.dumps({"prompt": "Hello", "chosen": "Yes", "rejected": "No"}) + "\n")
     mistral = pair_factory(family="mistral")[1]
     cases = [
         (["--data", empty], "is empty"),
+        (["--data", unknown_words], "in every row, 'chosen' and 'rejected' encode to the same tokens"),
         (["--data", tmp_path / "nope.jsonl"], "does not exist"),
         (["--scorer", "reward-model", "--data", preference_file, "--reward-model", pair[1]],
          "not a sequence classifier"),

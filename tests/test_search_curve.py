@@ -145,7 +145,7 @@ def test_the_readme_quick_start_search_runs_as_typed(models_dir):
     args = shlex.split(line)
     data = args[args.index("--data") + 1]
     (models_dir / data).write_text("".join(
-        json.dumps({"prompt": f"w{i} w2", "chosen": f"w{i % 7 + 3}", "rejected": "w9"}) + "\n" for i in range(40)))
+        json.dumps({"prompt": f"w{i} w2", "chosen": f"w{i % 7 + 3}", "rejected": "w10"}) + "\n" for i in range(40)))
     result = run_cli(*args, cwd=models_dir)
     assert "--strategy" not in line and result.stderr.startswith("curve: "), result.stderr
     results = json.loads((models_dir / "expo-search" / "results.json").read_text())

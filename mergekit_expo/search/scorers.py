@@ -42,6 +42,19 @@ def _fitting(items, lengths, limit: int, what: str):
     return kept, skipped
 
 
+def _check_answers_differ(path, places: List[str], encoded: list) -> None:
+    """A row whose answers are the same tokens scores 0 at every α (a tie is no win). Words the
+    tokenizer does not know all become its unknown token, so every row can look alike."""
+    same = [where for where, (_, chosen, rejected) in zip(places, encoded) if chosen == rejected]
+    if len(same) == len(encoded):
+        raise ExpoInputError(f"data file {path}: in every row, 'chosen' and 'rejected' encode to the same "
+                             "tokens, so no α can score above another: give answers in words the model's "
+                             "tokenizer knows")
+    if same:
+        LOG.warning("data file %s: in %d of %d rows (first: %s) 'chosen' and 'rejected' encode to the "
+                    "same tokens: those rows score 0 at every α", path, len(same), len(encoded), same[0])
+
+
 class _KeptRowsScorer(Scorer):
     """A scorer of data rows, each encoded once; the rows that fit the context can be raced."""
 
@@ -95,6 +108,7 @@ class PreferenceScorer(_KeptRowsScorer):
                 if not ids:
                     raise ExpoInputError(f"data file {self.path} {where}: {field!r} encodes to no "
                                          "tokens: give it text the tokenizer knows")
+        _check_answers_differ(self.path, [where for where, _ in self.located], encoded)
         lengths = [len(c) + max(len(a), len(b)) for c, a, b in encoded]
         kept, self._skipped = _fitting(list(zip(encoded, self.rows)), lengths, engine.context_length,
                                        "preference rows")
