@@ -580,3 +580,10 @@ def test_search_section_names_each_scorer_kind(tmp_path):
     assert ("lm-evaluation-harness, mean of task metric arc_easy (acc_norm,none), first 100 examples per task, "
             "0-shot") in facts
     assert "data: the tasks' own, 40 examples" in facts
+
+
+def test_a_negated_zero_reads_as_zero():
+    # A guard that negates a lower-is-better metric gives -0.0 for a perfect score.
+    from mergekit_expo.card.search_section import _number
+
+    assert _number(-0.0) == "0" and _number(-0.5) == "-0.5" and _number(None) == "–"

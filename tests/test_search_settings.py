@@ -94,6 +94,10 @@ def test_the_full_search_where_the_curve_does_not_fit():
     assert settings(refine=True).default_note().startswith("--strategy full: every α on every dev row "
                                                            "(--refine needs every α of the grid")
     assert SearchSettings().default_note() is None and settings(strategy="full").default_note() is None
+    # the note names the option that is not known to score rows, the guard too
+    assert "(--guard my_module:guard is not known to score dev rows one by one; if it does, --strategy curve " \
+        "races a lattice of the grid)" in settings(guard="my_module:guard", max_drop=0.1).default_note()
+    assert "(--scorer lm-eval:arc_easy is not known" in settings(scorer="lm-eval:arc_easy").default_note()
 
 
 def test_race_picks_the_spaces_racing_strategy_and_its_own_options():

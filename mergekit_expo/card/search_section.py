@@ -245,7 +245,7 @@ def _shown(value) -> str:
 
 
 def _number(value) -> str:
-    return "–" if value is None else f"{value:.4g}"
+    return "–" if value is None else f"{value + 0.0:.4g}"  # + 0.0: -0.0 (a negated zero) as 0
 
 
 def _interval(low, high) -> str:

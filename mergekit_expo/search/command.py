@@ -148,8 +148,6 @@ def search_command(sft, checkpoints, settings):
     """
     s = settings
     check_installed(s)
-    if s.guard and s.grid is not None and 0.0 not in s.grid:
-        click.echo("--guard compares with alpha = 0: scoring it too", err=True)
     models = read_models(sft, checkpoints, steps=s.step_list, window=s.window)
     identity = s.study_settings(models.settings())
     best_output = check_search_outputs(s, models, identity)

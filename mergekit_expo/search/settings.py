@@ -354,10 +354,14 @@ class SearchSettings(BaseModel):
         first = STRATEGIES.having("default")[0]
         if self.strategy or self.race or self.grid is None or self.strategy_name == first.name:
             return None
-        why = "--refine needs every α of the grid" if self.refine else \
-            "the scorer's rows are known only once it is loaded"
-        return (f"--strategy {self.strategy_name}: every α on every dev row ({why}; --strategy "
-                f"{first.name} to race a lattice of the grid)")
+        if self.refine:
+            return (f"--strategy {self.strategy_name}: every α on every dev row (--refine needs every α of "
+                    f"the grid; --strategy {first.name} to race a lattice of the grid)")
+        role, spec = next((role, spec) for role, spec in (("scorer", self.scorer), ("guard", self.guard))
+                          if spec and "rows" not in SCORERS.get(spec).traits)
+        return (f"--strategy {self.strategy_name}: every α on every dev row (--{role} {spec} is not known "
+                f"to score dev rows one by one; if it does, --strategy {first.name} races a lattice of the "
+                "grid)")
 
     @property
     def per_row(self) -> bool:
