@@ -18,7 +18,8 @@ def checked_alpha(value: Any, *, option: Optional[str] = None, in_search: bool =
 
     Numeric strings are accepted because YAML reads ``1e-1`` as a string. ``option``
     names the command-line option the value came from, so the message speaks CLI
-    rather than YAML; ``in_search`` drops the advice to run the search.
+    rather than YAML; ``in_search``: a search's α, warned about with its whole grid
+    (:func:`warn_large_grid`) instead of one by one.
     """
     if isinstance(value, bool) or value is None:
         raise _not_a_number(value, option)
@@ -29,24 +30,32 @@ def checked_alpha(value: Any, *, option: Optional[str] = None, in_search: bool =
     if not math.isfinite(alpha):
         fix = f"write e.g. {_example(option)}" if option else "set alpha to a number such as 0.3"
         raise ExpoConfigError(f"alpha must be finite, got {value!r}: {fix}")
-    if alpha > LARGE_ALPHA:
-        _warn_large(alpha, in_search)
+    if alpha > LARGE_ALPHA and not in_search:
+        _warn_large(alpha)
     return alpha
 
 
-def _warn_large(alpha: float, in_search: bool) -> None:
-    # Merges validate α once per tensor, and a gradient gives every layer its own
-    # value: one warning per process there; a search names each value once.
-    key = alpha if in_search else "merge"
-    if key in _warned_large:
+# The paper finds reward rising with α up to a model-specific point, then collapsing.
+_DEGRADES = "past a model-specific point the extrapolated model degrades sharply"
+
+
+def _warn_large(alpha: float) -> None:
+    # Merges validate α once per tensor, and a gradient gives every layer its own value:
+    # one warning per process.
+    if "merge" in _warned_large:
         return
-    _warned_large.add(key)
-    # The paper finds reward rising with α up to a model-specific point, then collapsing.
-    advice = "" if in_search else "; check it on a dev set (mergekit-expo search)"
-    LOG.warning(
-        "alpha=%g is very large: past a model-specific point the extrapolated model "
-        "degrades sharply%s", alpha, advice,
-    )
+    _warned_large.add("merge")
+    LOG.warning("alpha=%g is very large: %s; check it on a dev set (mergekit-expo search)", alpha, _DEGRADES)
+
+
+def warn_large_grid(alphas) -> None:
+    """One line for the large α of a search's grid, once per process; the merges the search
+    plans for its candidates then say nothing more."""
+    large = sorted({alpha for alpha in alphas if alpha > LARGE_ALPHA})
+    if large and "search" not in _warned_large:
+        LOG.warning("alpha=%s %s very large: %s", ", ".join(f"{alpha:g}" for alpha in large),
+                    "is" if len(large) == 1 else "are", _DEGRADES)
+    _warned_large.update(("search", "merge"))
 
 
 # How each option that takes α is written; others take one number.

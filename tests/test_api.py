@@ -91,3 +91,18 @@ def test_large_alpha_warns(caplog, monkeypatch):
     monkeypatch.setattr(alpha, "_warned_large", set())
     mergekit_expo.extrapolate({"a": torch.zeros(2)}, {"a": torch.ones(2)}, alpha=2.5)
     assert "alpha=2.5 is very large" in caplog.text
+
+
+def test_a_search_grid_warns_once_for_all_its_large_alphas(caplog, monkeypatch):
+    from mergekit_expo import alpha
+    from mergekit_expo.search.settings import SearchSettings
+
+    monkeypatch.setattr(alpha, "_warned_large", set())
+    settings = SearchSettings(alphas="0.5,2.5,3,4", given=frozenset({"alphas"}))
+    assert settings.grid == [0.5, 2.5, 3.0, 4.0] and settings.grid  # asked again: no new line
+    warned = [r.getMessage() for r in caplog.records if "very large" in r.getMessage()]
+    assert warned == ["alpha=2.5, 3, 4 are very large: past a model-specific point the extrapolated model "
+                      "degrades sharply"]
+    # the merges the search then plans at those α say nothing more
+    mergekit_expo.extrapolate({"a": torch.zeros(2)}, {"a": torch.ones(2)}, alpha=3.0)
+    assert len([r for r in caplog.records if "very large" in r.getMessage()]) == 1

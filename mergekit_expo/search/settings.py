@@ -19,7 +19,7 @@ import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergekit_expo import hub
-from mergekit_expo.alpha import checked_alpha
+from mergekit_expo.alpha import checked_alpha, warn_large_grid
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
 from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
@@ -441,6 +441,7 @@ def parse_alphas(text: Optional[str]) -> List[float]:
                               "--alphas 0,0.3,0.5")
     values = [checked_alpha(part.strip(), option="--alphas", in_search=True) for part in parts
               if part.strip()]
+    warn_large_grid(values)
     if not values:
         raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
                               "--alphas for the default grid 0,0.1,...,0.6")
@@ -465,6 +466,7 @@ def parse_range(text: Optional[str]) -> Tuple[float, float]:
     if len(parts) != 2:
         raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
     low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
+    warn_large_grid((high,))
     if not low < high:
         example = f"{min(low, high):g},{max(low, high) if low != high else high + 1:g}"
         raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {example}")
