@@ -34,7 +34,9 @@ DEFAULT_ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's range
 DEFAULT_TRIALS = 30
 AT_LEAST_ONE = dict(ge=1)
 GRID_SPACE = SPACES.having("grid")[0].name
-DEFAULTS = ", else ".join(entry.name for entry in STRATEGIES.having("default"))  # the first that fits
+_FIRST_DEFAULT, *_OTHER_DEFAULTS = (entry.name for entry in STRATEGIES.having("default"))
+DEFAULTS = (f"{_FIRST_DEFAULT} where it fits (an --alphas grid, scorers of dev rows one by one, no "
+            f"--refine), else {', else '.join(_OTHER_DEFAULTS)}")
 
 
 def _option(group: str, default: Any = None, *, flags: Tuple[str, ...] = (), limits: Optional[dict] = None,
