@@ -338,6 +338,10 @@ def test_help_is_grouped():
         assert section + ":" in result.stdout, section
     space_section = result.stdout.split("Space and workers options:")[1].split("Output options:")[0]
     assert all(f"--{o}" in space_section for o in ("space", "alpha-range", "trials", "sampler", "storage"))
+    # the positional arguments come first, each described
+    arguments = result.stdout.split("Arguments:")[1].split("Trajectory options:")[0]
+    assert "SFT            The SFT model" in arguments and "CHECKPOINT...  The aligned model" in arguments
+    assert "SFT" not in result.stdout.split("Other options:")[1]
 
 
 def write_prefs(path, count):

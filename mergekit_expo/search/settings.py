@@ -524,12 +524,21 @@ class GroupedHelp(click.Command):
     """``--help`` in named sections, as mergekit shows its own options."""
 
     def format_options(self, ctx, formatter) -> None:
+        arguments = [(parameter.make_metavar(ctx), ARGUMENTS.get(parameter.name, ""))
+                     for parameter in self.get_params(ctx) if isinstance(parameter, click.Argument)]
         sections: Dict[str, list] = {group: [] for group in (*GROUPS, "Other")}
         for parameter in self.get_params(ctx):
             record, field = parameter.get_help_record(ctx), SearchSettings.model_fields.get(parameter.name)
-            if record is not None:
+            if record is not None and not isinstance(parameter, click.Argument):
                 sections[field.json_schema_extra["group"] if field else "Other"].append(record)
+        with formatter.section("Arguments"):
+            formatter.write_dl(arguments)
         for group, records in sections.items():
             if records:
                 with formatter.section(f"{group} options"):
                     formatter.write_dl(records)
+
+
+ARGUMENTS = {"sft": "The SFT model (a folder, or a Hub id)",
+             "checkpoints": "The aligned model trained from it; or several checkpoints of one run, in "
+                            "training order (expo_trajectory: --steps, --window)"}
