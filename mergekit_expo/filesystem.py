@@ -54,8 +54,9 @@ def usual_permissions(folder: Path) -> None:
     mask = process_umask()
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink():
-            mode = (0o666 & ~mask) | (path.stat().st_mode & 0o111 & ~mask)
-            if path.stat().st_mode & 0o777 != mode:
+            current = path.stat().st_mode & 0o777
+            mode = (0o666 & ~mask) | (current & 0o111 & ~mask)
+            if current != mode:
                 os.chmod(path, mode)
 
 

@@ -304,8 +304,8 @@ class SearchResults:
             lines.append(
                 f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
                 f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below its "
-                f"{baseline.guard + 0.0:.4g} "  # + 0.0: a negated zero (-0.0) is shown as 0
-                f"at alpha = 0 (to {', '.join(f'{r.guard + 0.0:.4g}' for r in excluded)})")
+                f"{_number(baseline.guard)} "
+                f"at alpha = 0 (to {', '.join(_number(r.guard) for r in excluded)})")
         elif self.guarded and self.max_drop is not None:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
                          f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")
@@ -313,7 +313,7 @@ class SearchResults:
 
 
 def _number(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value + 0.0:.4g}"  # + 0.0: -0.0 (a negated zero) as 0
 
 
 def saved_about(folder: Path) -> Optional[dict]:
