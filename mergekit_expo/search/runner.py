@@ -43,8 +43,8 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         try:
             log = study.work(lambda unit, trial: evaluator.score(unit, trial, lambda so_far: strategy.go_on(
                                  so_far, study.scored())),
-                             lambda: strategy.follow(study.plan).next(study.scored()),
-                             after=lambda: record(results, strategy.follow(study.plan), study))
+                             lambda scored: strategy.follow(study.plan).next(scored),
+                             after=lambda scored: record(results, strategy.follow(study.plan), scored))
             log.last_completed = last_completed(study)
         finally:
             evaluator.close()
@@ -85,9 +85,9 @@ def _say_max_drop_change(folder: Path, max_drop: Optional[float]) -> None:
     click.echo(f"--max-drop was {was}, now {now}: every score is reused and the pick chosen again", err=True)
 
 
-def record(results: SearchResults, strategy, study) -> None:
+def record(results: SearchResults, strategy, scored) -> None:
     """After each unit: results.json/csv from every worker's units, atomically."""
-    results.rows, results.race = strategy.report(study.scored())
+    results.rows, results.race = strategy.report(scored)
     make_parents(results.folder)
     results.write_tables()
 

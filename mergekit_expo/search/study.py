@@ -275,14 +275,12 @@ class SearchStudy:
         unit = Unit.of(stored, self.space.coordinates, GRID)
         return (*(round(float(value), 9) for value in unit.candidate.values()), unit.block, unit.blocks)
 
-    def known(self) -> set:
-        return {self._key(t.user_attrs[CANDIDATE]) for t in self.trials()
-                if self._live(t) and CANDIDATE in t.user_attrs}
-
     @storage_failures
-    def enqueue(self, units: Sequence[Unit]) -> int:
-        """Enqueue the units no live trial has; return how many were enqueued."""
-        known = self.known()
+    def enqueue(self, units: Sequence[Unit], trials: Optional[List] = None) -> int:
+        """Enqueue the units no live trial has (of ``trials``, just read; default: the study's);
+        return how many were enqueued."""
+        known = {self._key(t.user_attrs[CANDIDATE]) for t in (self.trials() if trials is None else trials)
+                 if self._live(t) and CANDIDATE in t.user_attrs}
         added = 0
         for unit in units:
             key = self._key(unit.stored())
@@ -300,17 +298,19 @@ class SearchStudy:
         return self.budget is not None and all(low <= float(candidate[name]) <= high
                                                for name in self.space.coordinates)
 
-    def completed(self) -> List:
-        """AlphaResult trials: complete, or stopped by the strategy after some blocks."""
+    def completed(self, trials: Optional[List] = None) -> List:
+        """AlphaResult trials: complete, or stopped by the strategy after some blocks (of
+        ``trials``, just read; default: the study's)."""
         states = self.optuna.trial.TrialState
-        return [t for t in self.trials() if t.state == states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
+        return [t for t in (self.trials() if trials is None else trials)
+                if t.state == states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
 
-    def scored(self) -> List[AlphaResult]:
+    def scored(self, trials: Optional[List] = None) -> List[AlphaResult]:
         """Every scored unit, in trial order."""
-        return [AlphaResult.stored(t.user_attrs[ROW], t.number) for t in self.completed()]
+        return [AlphaResult.stored(t.user_attrs[ROW], t.number) for t in self.completed(trials)]
 
-    def _sampled_count(self, below: Optional[int] = None) -> int:
-        return sum(1 for t in self.trials() if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
+    def _sampled_count(self, trials: List, below: Optional[int] = None) -> int:
+        return sum(1 for t in trials if self._live(t) and t.user_attrs.get(ROLE, SAMPLED) == SAMPLED
                    and (below is None or t.number < below))
 
     # -- the worker loop --------------------------------------------------------------------
@@ -318,36 +318,44 @@ class SearchStudy:
         states = self.optuna.trial.TrialState
         return any(t.state == states.RUNNING for t in self.trials())
 
-    def work(self, score: Callable[[Unit, object], AlphaResult], propose: Callable[[], List[Unit]], *,
-             after: Callable[[], None] = None, poll: float = 0.5) -> WorkerLog:
-        """Score units until none is left: ``propose()`` says what to score next (units to
-        enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after()`` runs
-        after each (reports). Ends when nothing is waiting, running or proposed."""
+    def work(self, score: Callable[[Unit, object], AlphaResult],
+             propose: Callable[[List[AlphaResult]], List[Unit]], *,
+             after: Callable[[List[AlphaResult]], None] = None, poll: float = 0.5) -> WorkerLog:
+        """Score units until none is left: ``propose(scored)`` says what to score next (units to
+        enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after(scored)``
+        runs after each (reports). Ends when nothing is waiting, running or proposed.
+
+        The study is read once per unit for all of these (and once more as a unit is taken, for
+        its duplicates): each read is a round trip to the storage, which a small unit feels."""
         states = self.optuna.trial.TrialState
+        trials = None  # the study as last read, while this worker has not written or waited since
         while True:
             raise_if_interrupted()
             self.plan = self.study.user_attrs.get(PLAN, self.plan)  # a rerun may have changed it
-            self._recover()
-            trials = self.trials()
+            trials = self._recover(trials)
             if not any(t.state == states.WAITING for t in trials):
-                proposed = propose()
-                if self.enqueue([unit for unit in proposed if unit.candidate is not None]):
+                proposed = propose(self.scored(trials))
+                if self.enqueue([unit for unit in proposed if unit.candidate is not None], trials):
+                    trials = None
                     continue
                 self.draw = next((unit for unit in proposed if unit.candidate is None), None)
-                if self.draw is None or self.budget is None or self._sampled_count() >= self.budget:
+                if self.draw is None or self.budget is None or self._sampled_count(trials) >= self.budget:
                     if any(t.state == states.RUNNING for t in trials):  # theirs may fail and come back
                         start = time.perf_counter()
                         time.sleep(poll)
                         self.log.idle_seconds += time.perf_counter() - start
+                        trials = None
                         continue
                     return self.log
             trial = self._take()
+            trials = None
             unit = self._unit_of(trial)
             if unit is None:
                 continue
             self._score(trial, unit, score)
             if after is not None:
-                after()
+                trials = self.trials()
+                after(self.scored(trials))
 
     def _drawn(self, trial, role: str, draw: Unit) -> Unit:
         """A candidate the sampler draws in ``trial``, recorded there at once."""
@@ -365,8 +373,9 @@ class SearchStudy:
         attributes = trial.user_attrs
         role = attributes.get(ROLE)
         draw = self.draw or Unit(None)
+        trials = self.trials()
         if role is None:  # a fresh trial: drawn, if the budget allows
-            if self.budget is None or self._sampled_count(below=trial.number) >= self.budget:
+            if self.budget is None or self._sampled_count(trials, below=trial.number) >= self.budget:
                 trial.set_user_attr(ROLE, SPARE)
                 self.study.tell(trial, state=states.PRUNED)
                 self.log.pruned += 1
@@ -381,7 +390,7 @@ class SearchStudy:
                 for name in self.space.coordinates:
                     trial.suggest_float(name, low, high)
         key = self._key(unit.stored())
-        first = min((t.number for t in self.trials() if self._live(t) and CANDIDATE in t.user_attrs
+        first = min((t.number for t in trials if self._live(t) and CANDIDATE in t.user_attrs
                      and self._key(t.user_attrs[CANDIDATE]) == key), default=trial.number)
         if first < trial.number:  # another trial has it: score it there, once
             trial.set_user_attr(ROLE, DUPLICATE)
@@ -426,8 +435,9 @@ class SearchStudy:
         self.study.enqueue_trial(dict(trial.params), user_attrs=attributes)
 
     @storage_failures
-    def _recover(self) -> None:
-        """Put the candidates of dead workers back in the queue.
+    def _recover(self, trials: Optional[List] = None) -> List:
+        """Put the candidates of dead workers back in the queue; return the study's trials
+        then (``trials``: as this worker last read them, if it has not written or waited since).
 
         A trial is given back when optuna finds its heartbeats stale (database storages),
         when its owner ran on this host and is gone, or when it never named an owner (a
@@ -436,9 +446,12 @@ class SearchStudy:
         """
         from datetime import datetime
 
-        self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
         states = self.optuna.trial.TrialState
-        for trial in self.trials():
+        if trials is None or any(t.state == states.RUNNING for t in trials):  # none running: none stale
+            self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
+            trials = self.trials()
+        given_back = False
+        for trial in trials:
             if trial.state != states.RUNNING:
                 continue
             owner = trial.user_attrs.get(WORKER)
@@ -449,11 +462,12 @@ class SearchStudy:
                 dead = started is not None and (datetime.now() - started).total_seconds() > 3 * self.heartbeat
             if not dead:
                 continue
+            given_back = True
             # Two workers may both do this: the second copy is then a duplicate, pruned unscored.
             with contextlib.suppress(Exception):  # another worker failed it first
                 fail_trial(self.storage, trial)
                 self._requeue(trial)
-
+        return self.trials() if given_back else trials
 
 def _stopped(trial) -> bool:
     """A unit the strategy stopped after some of its blocks: scored, and PRUNED for optuna."""
