@@ -79,7 +79,8 @@ class Evaluator:
             self.write_answers(name, score, checked, keep_other_rows=True)
             parts.append((blocks[number], score, guard_blocks and guard_blocks[number], checked))
             so_far = self._so_far(parts, unit.block, rows, guard_rows, time.perf_counter() - start, common)
-            trial.report(so_far.score, step=len(so_far.rows))
+            if unit.blocks == ALL:  # it may be stopped: optuna (TPE) then ranks it by its running mean
+                trial.report(so_far.score, step=len(so_far.rows))
             if number + 1 < last and unit.blocks == ALL:
                 so_far.stopped = go_on(so_far)
                 if so_far.stopped:
