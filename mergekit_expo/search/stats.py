@@ -10,6 +10,7 @@ bounds the strategies compare candidates with.
   every row is read.
 """
 
+import functools
 import math
 from statistics import NormalDist, fmean
 from typing import Optional, Sequence, Tuple
@@ -37,10 +38,15 @@ def stdev(values: Sequence[float]) -> float:
 
 def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):
     """Percentile bootstrap interval of the mean at :data:`CONFIDENCE` (None, None below 2 values)."""
-    import torch  # only once a score is reported
-
     if len(values) < 2:
         return None, None
+    return _bootstrap(tuple(values), seed, rounds)
+
+
+@functools.lru_cache(maxsize=256)  # reports after each unit ask again for every candidate's (and guard's)
+def _bootstrap(values: Tuple[float, ...], seed: int, rounds: int) -> Tuple[float, float]:
+    import torch  # only once a score is reported
+
     generator = torch.Generator().manual_seed(seed)
     data = torch.tensor(values, dtype=torch.float64)
     picks = torch.randint(len(values), (rounds, len(values)), generator=generator)
