@@ -44,6 +44,11 @@ def load_merge_config(config_file: str, hub_ids: dict):
     try:
         data = yaml.safe_load(source)  # never yaml.load: configs must not run code
     except yaml.YAMLError as error:
+        documents = _documents(source)
+        if documents > 1:
+            raise ExpoConfigError(f"{config_file} holds {documents} YAML documents, a mergekit-multi pipeline: "
+                                  "run it with mergekit-multi (its stages may use merge_method: expo), or give "
+                                  "mergekit-expo run one stage's config") from None
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ExpoConfigError(f"{config_file} is not valid YAML{where}: fix the syntax") from None
@@ -54,6 +59,7 @@ def load_merge_config(config_file: str, hub_ids: dict):
     check_merge_method(config_file, data.get("merge_method"))
     for key in ("dtype", "out_dtype"):
         check_dtype(f"{config_file}: {key}", data.get(key))
+    check_parameter_values(config_file, data)
     try:
         config = MergeConfiguration.model_validate(data)
     except ValidationError as error:
@@ -65,6 +71,14 @@ def load_merge_config(config_file: str, hub_ids: dict):
     for mistake in key_mistakes(config_file, data, config):
         raise ExpoConfigError(f"{mistake}: fix it (mergekit would ignore it and merge something else)")
     return source, config
+
+
+def _documents(source: str) -> int:
+    """How many YAML documents ``source`` holds (0 where it does not parse)."""
+    try:
+        return sum(1 for _ in yaml.safe_load_all(source))
+    except yaml.YAMLError:
+        return 0
 
 
 def key_mistakes(config_file: str, data: dict, config) -> Iterator[str]:
@@ -116,6 +130,37 @@ def check_parameter_names(config_file: str, data: dict) -> None:
         problem = misplaced_parameter(data)
         if problem:
             raise ExpoConfigError(f"{config_file}: {problem}")
+
+
+def check_parameter_values(config_file: str, data: dict) -> None:
+    """Our methods' parameters have a value: mergekit reads ``alpha: []`` as no α at all (the
+    default then merges), and ``alpha: null`` fails in its validator with a line naming its classes."""
+    if data.get("merge_method") not in OUR_METHODS:
+        return
+    for where, parameters in _parameter_blocks(data, ""):
+        for key, value in parameters.items():
+            problem = _missing_value(value)
+            if problem:
+                raise ExpoConfigError(
+                    f"{config_file}: parameter {key!r} (in {where}) {problem}: give a number ({key}: 0.3), "
+                    f"a list of numbers for a per-layer gradient ({key}: [0.1, 0.5]) or a list of "
+                    f"filters each with a value ({key}: [{{filter: self_attn, value: 0.5}}, {{value: 0.3}}])")
+
+
+def _missing_value(value) -> Optional[str]:
+    if value is None:
+        return "has no value"
+    if isinstance(value, (list, dict)) and not value:
+        return f"is empty ({value!r})"
+    if isinstance(value, list):
+        for entry in value:
+            if entry is None or isinstance(entry, (list, dict)) and not entry:
+                return f"has an empty entry ({value!r})"
+            if isinstance(entry, dict) and "value" not in entry:
+                return f"has a filter without a value ({entry!r})"
+    if isinstance(value, dict) and "value" not in value:
+        return f"has no value ({value!r})"
+    return None
 
 
 def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:

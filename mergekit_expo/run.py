@@ -140,9 +140,14 @@ def lora_options(options, config, staging: Path):
 
 
 def check_device(options) -> None:
-    if (options.device or "cpu").startswith("cuda") and not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        return
+    if (options.device or "cpu").startswith("cuda"):
         raise ExpoConfigError("--cuda/--device cuda was given but no CUDA device is visible: drop the "
                               "option or check CUDA_VISIBLE_DEVICES")
+    if getattr(options, "multi_gpu", False):  # mergekit's executor fails on it with an AttributeError
+        raise ExpoConfigError("--multi-gpu was given but no CUDA device is visible: drop the option or "
+                              "check CUDA_VISIBLE_DEVICES")
 
 
 def check_expo_inputs(config) -> None:

@@ -94,6 +94,25 @@ def alpha_gradient_with_word(tmp, sft, aligned):
     return expo_config(sft, aligned, alpha=[0.1, "x", 0.5])
 
 
+def alpha_empty_list(tmp, sft, aligned):
+    return expo_config(sft, aligned, alpha=[])
+
+
+def alpha_null_in_gradient(tmp, sft, aligned):
+    return expo_config(sft, aligned, alpha=[0.1, None])
+
+
+def filter_without_value(tmp, sft, aligned):
+    return expo_config(sft, aligned, alpha=[{"filter": "self_attn"}, {"value": 0.3}])
+
+
+def multi_stage_pipeline(tmp, sft, aligned):
+    path = tmp / "pipeline.yml"
+    path.write_text(f"name: stage\nmerge_method: expo\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n"
+                    "---\nmerge_method: linear\nmodels:\n  - model: stage\n    parameters: {weight: 1.0}\n")
+    return path
+
+
 def two_aligned(tmp, sft, aligned):
     config = expo_config(sft, aligned)
     config["models"].append({"model": str(sft.parent / "other")})
@@ -172,6 +191,12 @@ CASES = {
     "alpha is NaN": (alpha_nan, "alpha must be finite", True),
     "alpha is inf": (alpha_inf, "alpha must be finite", True),
     "alpha gradient with a word": (alpha_gradient_with_word, "got 'x'", True),
+    # mergekit reads an empty list as no alpha, and merges the default: `run` refuses it
+    "alpha is an empty list": (alpha_empty_list, "parameter 'alpha' (in models[0].parameters) is empty", False),
+    "alpha gradient with a null": (alpha_null_in_gradient, "has an empty entry", False),
+    "alpha filter without a value": (filter_without_value, "has a filter without a value", False),
+    "a mergekit-multi pipeline": (multi_stage_pipeline, "holds 2 YAML documents, a mergekit-multi pipeline: "
+                                  "run it with mergekit-multi", False),
     "two aligned models": (two_aligned, "exactly one aligned model", True),
     "no base_model": (no_base, "expo needs base_model", True),
     "fp16 overflow": (fp16_overflow, "model.layers.0.mlp.up_proj.weight overflows float16", True),
@@ -268,6 +293,15 @@ def test_cuda_requested_without_a_gpu(tmp_path, llama_pair):
     config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
     result = run_cli("mergekit-expo", "run", config, tmp_path / "out", "--cuda", check=False)
     assert result.returncode != 0 and "no CUDA device is visible" in result.stderr
+
+
+def test_multi_gpu_requested_without_a_gpu(tmp_path, llama_pair):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
+    result = run_cli("mergekit-expo", "run", config, tmp_path / "out", "--multi-gpu", check=False)
+    assert result.returncode == 1 and "Error: --multi-gpu was given but no CUDA device is visible" in result.stderr
+    assert "AttributeError" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_file_size_limit_during_write(tmp_path, pair_factory):
