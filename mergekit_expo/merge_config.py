@@ -46,9 +46,9 @@ def load_merge_config(config_file: str, hub_ids: dict):
     except yaml.YAMLError as error:
         documents = _documents(source)
         if documents > 1:
-            raise ExpoConfigError(f"{config_file} holds {documents} YAML documents, a mergekit-multi pipeline: "
-                                  "run it with mergekit-multi (its stages may use merge_method: expo), or give "
-                                  "mergekit-expo run one stage's config") from None
+            raise ExpoConfigError(f"{config_file} holds {documents} YAML documents, a mergekit-multi "
+                                  "pipeline: run it with mergekit-multi (its stages may use merge_method: "
+                                  "expo), or give mergekit-expo run one stage's config") from None
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ExpoConfigError(f"{config_file} is not valid YAML{where}: fix the syntax") from None
