@@ -151,6 +151,35 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, pair, preferenc
     assert "holds results of a different search: --dtype was not set, now 'float32'" in result.stderr
 
 
+def test_new_weights_at_the_same_paths_are_another_search(tmp_path, pair_factory, preference_file):
+    import shutil
+
+    import optuna
+
+    sft, aligned = (tmp_path / "sft", tmp_path / "aligned")
+    shutil.copytree(pair_factory(delta_scale=0.3)[0], sft)
+    shutil.copytree(pair_factory(delta_scale=0.3)[1], aligned)
+    out = tmp_path / "search"
+    search = ("mergekit-expo", "search", sft, aligned, "--data", preference_file, "--out", out, "--alphas", "0,1",
+              "--strategy", "full")
+    run_cli(*search)
+    # An --out of a version that did not record the weights: it resumes as before.
+    results = json.loads((out / "results.json").read_text())
+    del results["settings"]["weights"]
+    (out / "results.json").write_text(json.dumps(results))
+    study = optuna.load_study(study_name="expo-search", storage=f"sqlite:///{out / 'study.db'}")
+    settings = dict(study.user_attrs["settings"])
+    del settings["weights"]
+    study.set_user_attr("settings", settings)
+    assert "resuming" in run_cli(*search).stderr
+    # The aligned model trained again into its folder: its old scores are not reused.
+    retrained = pair_factory(delta_scale=0.3, seed=9)[1]
+    shutil.copy(retrained / "model.safetensors", aligned / "model.safetensors")
+    result = run_cli(*search, check=False)
+    assert result.returncode == 1
+    assert "the models' weights differ from the searched ones (other files at the same paths)" in result.stderr
+
+
 def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file):
     out = tmp_path / "search"
     alphas = ",".join(str(a / 10) for a in range(12))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search.results import RESULTS, differences, read_json
+from mergekit_expo.search.results import RESULTS, comparable, differences, read_json
 from mergekit_expo.search.study import DEFAULT_STORAGE
 
 # Known only once the scorers are loaded: the study itself compares them.
@@ -58,8 +58,9 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
     found = [] if recorded == wanted else [
         f"--storage was {recorded or f'not set (the study in {out_dir})'}, now {wanted or 'not set'}"]
     late = set(LATE_SETTINGS)
-    found += differences({k: v for k, v in saved.get("settings", settings).items() if k not in late},
-                         {k: v for k, v in settings.items() if k not in late})
+    recorded_settings = saved.get("settings", settings)
+    found += differences({k: v for k, v in recorded_settings.items() if k not in late},
+                         {k: v for k, v in comparable(recorded_settings, settings).items() if k not in late})
     if found:
         raise ExpoConfigError(f"--out {out_dir} holds results of a different search: {'; '.join(found)}: "
                               "use another --out, or that search's settings to resume it")

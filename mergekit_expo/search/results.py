@@ -353,6 +353,15 @@ def difference(saved: dict, wanted: dict) -> str:
     return "; ".join(differences(saved, wanted)) or "its settings differ"
 
 
+# Settings that earlier versions did not record: a study saved without one is compared without it.
+LATER_SETTINGS = ("weights",)
+
+
+def comparable(saved: dict, wanted: dict) -> dict:
+    """``wanted`` as a study saved as ``saved`` can be compared with."""
+    return {key: value for key, value in wanted.items() if key not in LATER_SETTINGS or key in saved}
+
+
 def differences(saved: dict, wanted: dict) -> List[str]:
     found = []
     # a strategy of dev rows records their order (under "race", as earlier versions did): named
@@ -373,6 +382,8 @@ def differences(saved: dict, wanted: dict) -> List[str]:
                          f"now {'set' if new else 'not set'}")
         elif key == "data":
             found.append("--data: the file's contents (or path) differ from the searched one")
+        elif key == "weights":
+            found.append("the models' weights differ from the searched ones (other files at the same paths)")
         else:
             found.append(f"{OPTION_NAMES.get(key, key)} was {_shown(old)}, now {_shown(new)}")
     return list(dict.fromkeys(found))  # --preset's two penalties: named once

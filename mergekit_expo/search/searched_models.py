@@ -8,14 +8,17 @@ trajectory's own checks). A candidate's mergekit config, ``best.yml``, is writte
 here, so the search and the merge name the same models, steps and window.
 """
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError, ExpoError
-from mergekit_expo.preflight import check_pair, check_tokenizer, same_weights
+from mergekit_expo.preflight import WEIGHT_PATTERNS, check_pair, check_tokenizer, same_weights
 
 LOG = logging.getLogger("mergekit_expo")
 
@@ -75,11 +78,13 @@ class SearchedModels:
         return [("the SFT model", self.named[0]), *(("checkpoint", name) for name in self.named[1:])]
 
     def settings(self) -> dict:
-        """What makes two searches' models the same (a part of results.json's settings)."""
+        """What makes two searches' models the same (a part of results.json's settings): their
+        names and their weights (a model trained again into the same folder is another search)."""
+        weights = weights_fingerprint((self.sft, *self.checkpoints))
         if not self.is_trajectory:
-            return {"sft": self.named[0], "aligned": self.named[1]}
+            return {"sft": self.named[0], "aligned": self.named[1], "weights": weights}
         return {"sft": self.named[0], "checkpoints": list(self.named[1:]), "steps": list(self.steps),
-                "window": self.window}
+                "window": self.window, "weights": weights}
 
     def engine_options(self) -> dict:
         return {"steps": self.steps, "window": self.window} if self.is_trajectory else {}
@@ -180,3 +185,17 @@ def in_command_line_words(message: str) -> str:
     for config_words, option_words in _COMMAND_LINE_WORDS:
         message = message.replace(config_words, option_words)
     return message
+
+
+def weights_fingerprint(folders: Sequence[str]) -> str:
+    """One hash of every weight file's name, size and sampled content (manifest's fingerprint:
+    whole small files, the edges and sampled blocks of large ones) in ``folders``."""
+    from mergekit_expo.manifest import fingerprint
+
+    digest = hashlib.sha256()
+    for folder in folders:
+        files = {path for pattern in WEIGHT_PATTERNS for path in Path(folder).glob(pattern)}
+        for path in sorted(files):
+            digest.update(json.dumps([path.name, fingerprint(path)], sort_keys=True).encode())
+        digest.update(b"\0")  # which folder a file is in counts
+    return digest.hexdigest()[:16]

@@ -30,7 +30,7 @@ from mergekit_expo.compat.optuna import import_optuna as _optuna
 from mergekit_expo.errors import ExpoConfigError, ExpoError, ExpoStorageError, first_line
 from mergekit_expo.filesystem import owner_record, owner_state
 from mergekit_expo.interruption import Interrupted, raise_if_interrupted
-from mergekit_expo.search.results import difference
+from mergekit_expo.search.results import comparable, difference
 from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.space import Candidate
 from mergekit_expo.search.strategies.base import Plan, Unit
@@ -235,9 +235,9 @@ class SearchStudy:
         saved = self.study.user_attrs.get("settings")
         if saved is None:
             self.study.set_user_attr("settings", settings)
-        elif saved != settings:
+        elif saved != comparable(saved, settings):
             raise ExpoConfigError(f"{self.where} holds results of a different search: "
-                                  f"{difference(saved, settings)}: use another "
+                                  f"{difference(saved, comparable(saved, settings))}: use another "
                                   f"{'--storage' if self.where.startswith('--storage') else '--out'}, "
                                   "or delete it to start over")
 
