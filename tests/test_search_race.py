@@ -173,7 +173,7 @@ def test_preference_race_drops_clear_losers_on_fewer_rows(llama_pair, preference
 
 def test_an_out_holding_someone_elses_results_json_is_refused_untouched(f32_pair, tmp_path):
     write_probe(tmp_path, f32_pair, rows=40, noise=0.05)
-    for name, text in (("not-json", "nope\n"), ("other-json", '{"hello": 1}\n')):
+    for name, text in (("not-json", "nope\n"), ("other-json", '{"hello": 1}\n'), ("empty-json", "{}\n")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
         result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.3",

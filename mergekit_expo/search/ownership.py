@@ -37,8 +37,8 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
         saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
     except ExpoConfigError:
         saved = None  # not JSON: not ours either
-    if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("settings", {}), dict)
-                                  and ("settings" in saved or not saved)):
+    ours = isinstance(saved, dict) and isinstance(saved.get("settings"), dict)  # every one we write has them
+    if (out / RESULTS).is_file() and not ours:
         saved = None
     if saved is None:
         raise ExpoConfigError(f"{out / RESULTS} is not the results.json of a search: use another --out "
