@@ -180,6 +180,15 @@ def test_new_weights_at_the_same_paths_are_another_search(tmp_path, pair_factory
     assert "the models' weights differ from the searched ones (other files at the same paths)" in result.stderr
 
 
+def test_a_new_out_on_a_finished_storage_gets_the_reports(tmp_path, pair, preference_file):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    for out in ("first", "second"):  # the second worker finds nothing left to score
+        run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", tmp_path / out,
+                "--alphas", "0,1", "--storage", storage)
+    assert results_of(tmp_path / "second") == results_of(tmp_path / "first")
+    assert (tmp_path / "second" / "best.yml").read_text() == (tmp_path / "first" / "best.yml").read_text()
+
+
 def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file):
     out = tmp_path / "search"
     alphas = ",".join(str(a / 10) for a in range(12))

@@ -58,8 +58,9 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         raise ExpoConfigError("no candidate was scored: check the other workers' errors, or rerun")
     left_out = sorted({row.key for row in scored} - {row.key for row in results.rows})
     if left_out:  # a rerun with a smaller grid: said, so that a changed table is not a surprise
-        click.echo(f"{', '.join(left_out)}: scored by an earlier run in {out}, not in this run's grid: "
+        click.echo(f"{', '.join(left_out)}: scored by an earlier run in {where}, not in this run's grid: "
                    "kept in its study, left out of the reports (add them to --alphas to see them)", err=True)
+    make_parents(folder)  # a worker that found the study finished (--storage) has written nothing yet
     reports = results.write_reports(plan.resolve.config)
     line = results.race and strategy.summary_line(results.race, "generates" in scorer.traits)
     if line:
