@@ -446,6 +446,8 @@ SEARCH_CASES = {
     "an aligned model without tokenizer files": (
         without_tokenizer, "aligned model folder ./aligned has no tokenizer files"),
     "an empty --alphas": (lambda r: ("--data", "prefs.jsonl", "--alphas", ""), "--alphas '' names no α"),
+    "a --device torch does not know": (lambda r: ("--data", "prefs.jsonl", "--device", "cpuu"),
+                                       "--device 'cpuu' is not a device torch knows: use cpu, cuda, cuda:N or auto"),
     "a folder that is not a saved dataset as --data": (
         lambda r: ("--data", "./sft"), "data file ./sft is a folder, but not a dataset saved by datasets'"),
     "postgres:// for --storage": (

@@ -33,7 +33,9 @@ REFUSED = [
     (dict(dtype="bf16"), "--dtype 'bf16' is not one of bfloat16, float16, float32"),
     (dict(guard="lm-eval:arc_easy"), "--guard needs --max-drop"),
     (dict(max_drop=0.1), "--max-drop needs --guard"),
-    (dict(guard="lm-eval:arc_easy", max_drop=-1), "--max-drop must be 0 or more"),
+    (dict(guard="lm-eval:arc_easy", max_drop=-1), "--max-drop must be 0 or more (a drop in the guard's units), "
+     "got -1: give e.g. --max-drop 0.02"),
+    (dict(guard="preferance", max_drop=0.05), "unknown scorer 'preferance' (--guard): did you mean 'preference'?"),
     (dict(scorer="lm-eval:arc_easy", engine="vllm"), "the lm-eval scorer runs with --engine hf"),
     (dict(limit=5), "--limit only applies to lm-eval scorers: use --scorer or --guard lm-eval:TASK"),
     (dict(reward_model="./rm"), "--reward-model only applies to reward-model scorers"),

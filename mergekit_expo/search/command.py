@@ -30,6 +30,11 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ExpoConfigError(f"--device {device!r} is not a device torch knows: use cpu, cuda, cuda:N or "
+                              "auto") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ExpoConfigError("--device cuda was given but no CUDA device is visible: use --device cpu")
     return device

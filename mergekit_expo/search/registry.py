@@ -10,7 +10,7 @@ first of each registry is its default); :meth:`Registry.register` adds one from 
 import difflib
 import pkgutil
 from dataclasses import dataclass
-from typing import FrozenSet, List, Tuple
+from typing import FrozenSet, List, Optional, Tuple
 
 from mergekit_expo.errors import ExpoConfigError
 
@@ -63,13 +63,15 @@ class Registry:
                                    if trait is None or trait in entry.traits))
         return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
-    def get(self, spec: str) -> Entry:
-        """The entry ``spec`` names, or one line naming the closest."""
+    def get(self, spec: str, option: Optional[str] = None) -> Entry:
+        """The entry ``spec`` names, or one line naming the closest (and ``option``, the one it
+        was given with: --guard names a scorer too)."""
         entry = next((entry for entry in self.entries if entry.matches(spec)), None)
         if entry is None:
             match = difflib.get_close_matches(spec, self.names(), n=1, cutoff=0.6)
             hint = f"did you mean {match[0]!r}? " if match else ""
-            raise ExpoConfigError(f"unknown {self.noun} {spec!r} ({self.option}): {hint}use {self.listed()}")
+            raise ExpoConfigError(f"unknown {self.noun} {spec!r} ({option or self.option}): {hint}use "
+                                  f"{self.listed()}")
         return entry
 
     def having(self, trait: str) -> List[Entry]:

@@ -184,7 +184,7 @@ class SearchSettings(BaseModel):
             if close and not any(spec.startswith(name) for name in close):
                 # lm_eval:arc_easy would otherwise be taken for a Python module:function
                 raise ExpoConfigError(f"unknown {registry.noun} {spec!r}: did you mean {close[0]}{tail}?")
-            registry.get(spec)
+            registry.get(spec, f"--{info.field_name}")
         return spec
 
     @field_validator("dtype", "preset", "sampler")
@@ -209,7 +209,8 @@ class SearchSettings(BaseModel):
     @classmethod
     def drop(cls, value: Optional[float]) -> Optional[float]:
         if value is not None and not value >= 0:
-            raise ExpoConfigError(f"--max-drop must be 0 or more (a drop in the guard's units), got {value}")
+            raise ExpoConfigError(f"--max-drop must be 0 or more (a drop in the guard's units), got "
+                                  f"{value:g}: give e.g. --max-drop 0.02")
         return value
 
     @field_validator("race_tolerance")
