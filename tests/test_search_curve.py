@@ -49,6 +49,11 @@ def test_the_command_scores_what_the_strategy_asks_and_shows_what_it_did_not(f32
         f"curve: {len(unscored)} α not scored; scored {race['rows_scored']} of {64 * 21} candidate rows")
     card = (tmp_path / "best" / "README.md").read_text()
     assert "chosen by the curve search (`--strategy curve`)" in card and card.count("| not scored |") == len(unscored)
+    chosen = rows[best]
+    assert (f"α = {best:g} is the pick of the search (`--strategy curve`, above) among the {len(rows)} α values "
+            f"it scored. Its score ({chosen['score']:.4g}) is its mean on the {chosen['n']} rows it was scored "
+            "on") in card
+    assert "has the highest score" not in card
     # another strategy on the same --out is another search: refused in one line
     again = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--race",
                    "--alphas", ",".join(map(str, ALPHAS)), "--out", "./s", cwd=tmp_path)

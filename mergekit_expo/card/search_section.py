@@ -105,8 +105,15 @@ def choice_words(results, stage) -> List[str]:
     allowed = [r for r in results.rows if r not in excluded]
     what = "α values" if results.scalar else "candidates"
     chosen = f"α = {best.label}" if results.scalar else f"The candidate {best.label}"
-    words = [f"{chosen} has the highest score ({_number(best.score)}) of the "
-             f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched") + "."]
+    if results.race:  # each score is a mean on its own rows: the highest number need not be the pick
+        among = f"{len(allowed)} {what} it scored" + (" that the guard allowed" if excluded else "")
+        strategy = f"`--strategy {results.strategy.name}`"
+        words = [f"{chosen} is the pick of the search ({strategy}, above) among the {among}. Its score "
+                 f"({_number(best.score)}) is its mean on the {best.n} rows it was scored on; each other "
+                 "score is a mean on its own rows (the rows column), not comparable with it."]
+    else:
+        among = f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched")
+        words = [f"{chosen} has the highest score ({_number(best.score)}) of the {among}."]
     # Only candidates the pick was chosen from tie with it: a race's retired ones were not.
     ties = [r for r in results.eligible() if r.score == best.score and r is not best]
     if ties:
