@@ -2,6 +2,7 @@
 computation on merged checkpoints, results resume, reports are valid."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -189,7 +190,7 @@ def test_a_new_out_on_a_finished_storage_gets_the_reports(tmp_path, pair, prefer
     assert (tmp_path / "second" / "best.yml").read_text() == (tmp_path / "first" / "best.yml").read_text()
 
 
-def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file):
+def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, preference_file, merged_at):
     out = tmp_path / "search"
     alphas = ",".join(str(a / 10) for a in range(12))
     # --heartbeat 2: a candidate taken by the killed process before it named itself is given
@@ -206,10 +207,18 @@ def test_kill_9_leaves_results_intact_and_rerun_completes(tmp_path, pair, prefer
     process.wait()
     before = results_of(out)  # valid JSON: written atomically
     assert 2 <= len(before) < 12
+    # A stopped search is no evidence for a card: it says so, and writes nothing.
+    merged = tmp_path / "merged"
+    shutil.copytree(merged_at(0.0), merged)
+    refused = run_cli("mergekit-expo", "card", merged, "--search", out, check=False)
+    assert refused.returncode == 1 and f"the search in {out} did not finish (stopped with " in refused.stderr
+    assert not (merged / "README.md").exists() or (merged / "README.md").read_text() == \
+        (merged_at(0.0) / "README.md").read_text()
     run_cli("mergekit-expo", "search", *pair, "--data", preference_file, "--out", out,
             "--alphas", alphas, "--heartbeat", "2", "--strategy", "full")
     after = results_of(out)
     assert len(after) == 12 and all(after[a] == before[a] for a in before)
+    assert json.loads((out / "results.json").read_text())["finished"] is True
 
 
 def test_write_best_runs_the_real_merge(tmp_path, pair, preference_file, merged_at):

@@ -47,6 +47,7 @@ class SearchResults:
         self.about = dict(about or {})
         # a strategy's record (a race's rounds, rows scored of a full search's, why it ended)
         self.race: Optional[dict] = None
+        self.finished = False  # the reports after each unit are of a search still under way
 
     @classmethod
     def load(cls, folder: str) -> "SearchResults":
@@ -64,14 +65,17 @@ class SearchResults:
                                   "of a `mergekit-expo search`") from None
         if not rows:
             raise ExpoConfigError(f"{path / RESULTS} holds no scored alpha yet: finish the search first")
+        if not saved.get("finished", True):  # (earlier versions did not record it)
+            raise ExpoConfigError(f"the search in {folder} did not finish (stopped with {len(rows)} "
+                                  "candidates scored): rerun its command to finish it, then write the card")
         loaded = cls(path, settings, rows, about.get("max_drop"), about)
-        loaded.race = saved.get("race")
+        loaded.race, loaded.finished = saved.get("race"), True
         return loaded
 
     def save(self) -> None:
         about = dict(self.about, max_drop=self.max_drop)
         saved = {"settings": self.settings, "storage": self.storage, "about": about,
-                 "results": [r.record() for r in self.rows]}
+                 "finished": self.finished, "results": [r.record() for r in self.rows]}
         if self.race is not None:
             saved["race"] = self.race
         write_file_atomically(self.folder / RESULTS, json.dumps(saved, indent=2))
@@ -148,6 +152,7 @@ class SearchResults:
         ``config_of(coordinates)`` is the mergekit config of a candidate: the same function
         (:meth:`.space.CandidateResolver.config`) whose α the engine scored.
         """
+        self.finished = True
         paths = self.write_tables()
         best = self.best()
         best_path = self.folder / "best.yml"
