@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Optional
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
+from mergekit_expo.card.pipeline_check import as_merged, stages_folder
 from mergekit_expo.card.search_section import check_same_models, search_section
 from mergekit_expo.card.trajectory_words import trajectory_stage
 from mergekit_expo.errors import ExpoConfigError
@@ -72,26 +73,42 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
             files[PLOT] = plot.read_bytes()
         section = search_section(results, _searched_stage(results, lineage),
                                  plot=PLOT if PLOT in files else None)
-    card = _card(folder, lineage, section, kept, unchecked or {})
+    card = _card(folder, lineage, section, kept, unchecked or {}, _as_merged(folder, source, lineage))
     files[README] = marked(str(card)).encode("utf-8")
     return files
 
 
 def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optional[str],
-          unchecked: Mapping[str, str]):
+          unchecked: Mapping[str, str], merged: Mapping[Optional[str], dict]):
+    """``merged``: a stage's config as mergekit-multi merged it, where it differs from the pipeline's."""
     from huggingface_hub import ModelCard
 
     stages = [{"name": stage.name, "sft": stage.sft.markdown,
                "aligned": " and ".join(model.markdown for model in stage.aligned),
-               "alpha": alpha_in_words(stage.data), "unchecked": unchecked.get(stage.name)}
+               "alpha": alpha_in_words(merged.get(stage.name, stage.data)),
+               "unchecked": unchecked.get(stage.name)}
               for stage in lineage.expo_stages]
-    trajectories = [trajectory_stage(stage) for stage in lineage.trajectory_stages]
+    trajectories = [trajectory_stage(stage, merged.get(stage.name, stage.data))
+                    for stage in lineage.trajectory_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
         summary=_summary(lineage, stages[0] if stages else None, trajectories), paper=PAPER,
         expo_stages=stages, trajectory_stages=trajectories,
         pipeline=_pipeline_lines(lineage, unchecked) if lineage.pipeline else None, search=section,
         kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
+
+
+def _as_merged(folder: Path, source: str, lineage: Lineage) -> Dict[Optional[str], dict]:
+    """The ExPO stages that read an earlier stage's output, as mergekit-multi merged them: the
+    stage's name is no model mergekit can plan with (nor a Hub id), its folder under
+    --intermediate-dir is."""
+    reading = [stage for stage in [*lineage.expo_stages, *lineage.trajectory_stages] if stage.stages_used]
+    if not reading:
+        return {}
+    where = "the mergekit-multi config"
+    stages = stages_folder(lineage, source, out=str(folder), pipeline=where)
+    merged = as_merged(lineage, stages, pipeline=where)
+    return {stage.name: merged[stage.name] for stage in reading}
 
 
 def _card_data(folder: Path, lineage: Lineage):
