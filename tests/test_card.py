@@ -525,6 +525,30 @@ def test_multi_card_plans_alpha_of_a_stage_that_reads_an_earlier_one(models_dir,
     assert "- **α**: as configured below (not resolved per tensor" in ModelCard.load(Path(out) / "README.md").text
 
 
+def test_multi_card_with_two_expo_stages_names_both(models_dir, monkeypatch):
+    monkeypatch.chdir(models_dir)
+    stages = [{"name": f"expo-{x}", "merge_method": "expo", "base_model": "./models/sft",
+               "models": [{"model": aligned, "parameters": {"alpha": 0.3}}], "dtype": "float32"}
+              for x, aligned in (("a", "./models/aligned"), ("b", "./models/other"))]
+    final = {"merge_method": "slerp", "base_model": "expo-a", "models": [{"model": "expo-a"}, {"model": "expo-b"}],
+             "parameters": {"t": 0.5}, "dtype": "float32"}
+    pipeline = yaml.safe_dump_all([*stages, final], sort_keys=False)
+    (models_dir / "out").mkdir()
+    from mergekit_expo.card import card_files
+
+    def summary(**unchecked):
+        text = card_files(models_dir / "out", "", pipeline=pipeline, unchecked=unchecked)["README.md"].decode()
+        return text.split("\n# out\n\n", 1)[1].split("\n", 1)[0]
+
+    each = {x: f"the aligned model `./models/{aligned}` extrapolated away from its SFT model `./models/sft`"
+            for x, aligned in (("a", "aligned"), ("b", "other"))}
+    assert summary() == ("A merge made with [mergekit](https://github.com/arcee-ai/mergekit)'s `mergekit-multi`, "
+                         f"two of whose stages are ExPO: stage `expo-a`: {each['a']}; stage `expo-b`: {each['b']}.")
+    assert summary(**{"expo-b": "gone"}).endswith(
+        f"stage `expo-a`: {each['a']}; stage `expo-b` as its pipeline configures it (not checked against what "
+        f"was merged): {each['b']}.")
+
+
 def test_card_without_mergekit_names_what_to_install(plain_output, tmp_path, monkeypatch):
     import sys
 

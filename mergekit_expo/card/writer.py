@@ -21,6 +21,8 @@ TEMPLATE = Path(__file__).with_name("template.md")
 PAPER = "https://arxiv.org/abs/2404.16792"
 MERGEKIT = "https://github.com/arcee-ai/mergekit"
 TAGS = ("mergekit", "merge", "expo")
+UNCHECKED = " as its pipeline configures it (not checked against what was merged)"
+COUNTS = ("two", "three", "four", "five", "six", "seven", "eight", "nine")  # ExPO stages of a pipeline
 
 
 def write_card(folder, source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
@@ -92,7 +94,7 @@ def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optiona
                     for stage in lineage.trajectory_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
-        summary=_summary(lineage, stages[0] if stages else None, trajectories), paper=PAPER,
+        summary=_summary(lineage, stages, trajectories), paper=PAPER,
         expo_stages=stages, trajectory_stages=trajectories,
         pipeline=_pipeline_lines(lineage, unchecked) if lineage.pipeline else None, search=section,
         kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
@@ -136,21 +138,38 @@ def _existing_metadata(folder: Path) -> dict:
         return {}
 
 
-def _summary(lineage: Lineage, stage: Optional[dict], trajectories: List[dict]) -> str:
-    if stage is None:
-        first = trajectories[0]
-        expo = (f"the least-squares line through {first['points'] - 1} checkpoint(s) of one run from the "
-                f"SFT model {first['sft']}, extrapolated past the last one")
-        kind, method = "A trajectory-ExPO model", "trajectory ExPO"
-    else:
-        expo = f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}"
-        kind, method = "An ExPO model", "ExPO"
-    if lineage.pipeline:
-        said = (" as its pipeline configures it (not checked against what was merged)"
-                if stage is not None and stage["unchecked"] else "")
-        return (f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`, one of whose stages is "
-                f"{method}{said}: {expo}.")
-    return f"{kind}: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+def _summary(lineage: Lineage, stages: List[dict], trajectories: List[dict]) -> str:
+    described = [("ExPO", _expo_words(stage), stage) for stage in stages]
+    described += [("trajectory ExPO", _trajectory_words(stage), stage) for stage in trajectories]
+    if not lineage.pipeline:
+        method, expo, _ = described[0]
+        kind = "An ExPO model" if method == "ExPO" else "A trajectory-ExPO model"
+        return f"{kind}: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+    pipeline = f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`"
+    methods = " or ".join(dict.fromkeys(method for method, _, _ in described))
+    if len(described) == 1:
+        said = UNCHECKED if stages and stages[0]["unchecked"] else ""
+        return f"{pipeline}, one of whose stages is {methods}{said}: {described[0][1]}."
+    each = [f"{_label(stage['name'])}{UNCHECKED if stage.get('unchecked') else ''}: {expo}"
+            for _, expo, stage in described]
+    return f"{pipeline}, {_count(len(described))} of whose stages are {methods}: {'; '.join(each)}."
+
+
+def _expo_words(stage: dict) -> str:
+    return f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}"
+
+
+def _trajectory_words(stage: dict) -> str:
+    return (f"the least-squares line through {stage['points'] - 1} checkpoint(s) of one run from the "
+            f"SFT model {stage['sft']}, extrapolated past the last one")
+
+
+def _label(name: Optional[str]) -> str:
+    return f"stage `{name}`" if name else "the final stage"
+
+
+def _count(number: int) -> str:
+    return COUNTS[number - 2] if number - 2 < len(COUNTS) else str(number)
 
 
 def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
