@@ -491,6 +491,64 @@ def test_multi_card_checks_every_stage_against_what_was_merged(models_dir, monke
         assert "one of whose stages is ExPO as its pipeline configures it (not checked" in text
 
 
+BLEND = {"name": "blend", "merge_method": "slerp", "base_model": "./models/aligned",
+         "models": [{"model": "./models/aligned"}, {"model": "./models/other"}], "parameters": {"t": 0.25},
+         "dtype": "float32"}
+
+
+@pytest.mark.parametrize("name", [None, "final"])
+def test_multi_card_plans_alpha_of_a_stage_that_reads_an_earlier_one(models_dir, monkeypatch, name):
+    """The expo stage's aligned model is stage `blend`: its α is planned from ./stages/blend, where
+    mergekit-multi wrote it, not looked up on the Hub; a named final stage is ./stages/NAME."""
+    monkeypatch.chdir(models_dir)
+    expo_stage = {**({"name": name} if name else {}), "merge_method": "expo", "base_model": "./models/sft",
+                  "models": [{"model": "blend", "parameters": {"alpha": [0.2, 0.6]}}], "dtype": "float32"}
+    write_yaml(models_dir / "multi.yml", [BLEND, expo_stage])
+    out = f"./stages/{name}" if name else "./out"
+    run_cli("mergekit-multi", "multi.yml", "--intermediate-dir", "./stages", *([] if name else ["--out-path", out]),
+            cwd=models_dir)
+    card = run_cli("mergekit-expo", "card", out, "--multi-config", "multi.yml", "--overwrite", cwd=models_dir)
+    assert "WARNING" not in card.stderr, card.stderr
+    text = ModelCard.load(Path(out) / "README.md").text
+    assert f"### ExPO {f'stage `{name}`' if name else '(the final stage)'}\n" in text
+    assert ("- **α**:\n  - `model.embed_tokens`, `model.norm`, `lm_head`: 0.2\n"
+            "  - every tensor of the layers: 0.2 at layer 0; 0.6 at layer 1\n") in text
+
+    # Gone, the stage's folder is named as what could not be read (not "run card from the folder
+    # the merge ran in", where it already runs).
+    shutil.rmtree(models_dir / "stages" / "blend")
+    card = run_cli("mergekit-expo", "card", out, "--multi-config", "multi.yml", "--overwrite", cwd=models_dir)
+    assert ("α is described as configured, not per tensor: mergekit cannot read ./stages/blend (no such folder "
+            "here); make it readable here (restore the folder, download the Hub id) and run card again"
+            in card.stderr), card.stderr
+    assert "ran in" not in card.stderr.replace("mergekit-multi was", "")
+    assert "- **α**: as configured below (not resolved per tensor" in ModelCard.load(Path(out) / "README.md").text
+
+
+def test_multi_card_with_two_expo_stages_names_both(models_dir, monkeypatch):
+    monkeypatch.chdir(models_dir)
+    stages = [{"name": f"expo-{x}", "merge_method": "expo", "base_model": "./models/sft",
+               "models": [{"model": aligned, "parameters": {"alpha": 0.3}}], "dtype": "float32"}
+              for x, aligned in (("a", "./models/aligned"), ("b", "./models/other"))]
+    final = {"merge_method": "slerp", "base_model": "expo-a", "models": [{"model": "expo-a"}, {"model": "expo-b"}],
+             "parameters": {"t": 0.5}, "dtype": "float32"}
+    pipeline = yaml.safe_dump_all([*stages, final], sort_keys=False)
+    (models_dir / "out").mkdir()
+    from mergekit_expo.card import card_files
+
+    def summary(**unchecked):
+        text = card_files(models_dir / "out", "", pipeline=pipeline, unchecked=unchecked)["README.md"].decode()
+        return text.split("\n# out\n\n", 1)[1].split("\n", 1)[0]
+
+    each = {x: f"the aligned model `./models/{aligned}` extrapolated away from its SFT model `./models/sft`"
+            for x, aligned in (("a", "aligned"), ("b", "other"))}
+    assert summary() == ("A merge made with [mergekit](https://github.com/arcee-ai/mergekit)'s `mergekit-multi`, "
+                         f"two of whose stages are ExPO: stage `expo-a`: {each['a']}; stage `expo-b`: {each['b']}.")
+    assert summary(**{"expo-b": "gone"}).endswith(
+        f"stage `expo-a`: {each['a']}; stage `expo-b` as its pipeline configures it (not checked against what "
+        f"was merged): {each['b']}.")
+
+
 def test_card_without_mergekit_names_what_to_install(plain_output, tmp_path, monkeypatch):
     import sys
 

@@ -8,6 +8,7 @@ layers, and a run of layers by its ends.
 
 import logging
 import math
+import os
 import re
 from collections import defaultdict
 from typing import Dict, List, Optional
@@ -29,10 +30,40 @@ def alpha_in_words(data: dict, *, zero: str = "the aligned model's values") -> L
     try:
         planned = planned_tensor_alphas(cached_references(data))
     except Exception as error:  # noqa: BLE001 - an input not readable here only costs these words
-        LOG.warning("α is described as configured, not per tensor: mergekit could not plan the merge "
-                    "here (%s); run card from the folder the merge ran in", first_line(error))
+        unreadable = _unreadable(data)
+        if unreadable:
+            LOG.warning("α is described as configured, not per tensor: mergekit cannot read %s; make %s "
+                        "readable here (restore the folder, download the Hub id) and run card again",
+                        ", ".join(unreadable), "them" if len(unreadable) > 1 else "it")
+        else:
+            LOG.warning("α is described as configured, not per tensor: mergekit could not plan the merge "
+                        "here (%s)", first_line(error))
         return [AS_CONFIGURED]
     return describe(planned, zero=zero)
+
+
+def _unreadable(data: dict) -> List[str]:
+    """The models and LoRAs of ``data`` that are no folder here nor a cached Hub id, as written and
+    with why: naming them says what to fix, where the planner's error (the Hub unreachable) does not."""
+    from mergekit.config import MergeConfiguration
+
+    from mergekit_expo.hub import cached_snapshot, is_hub_id
+
+    try:
+        config = MergeConfiguration.model_validate(data)
+    except Exception:  # noqa: BLE001 - then the planner's own error says what is wrong
+        return []
+    found = set()
+    for model in config.referenced_models():
+        for part in filter(None, (model.model, model.lora)):
+            written = part.path if part.revision is None else f"{part.path}@{part.revision}"
+            if os.path.isdir(part.path):
+                continue
+            if not is_hub_id(part.path):
+                found.add(f"{written} (no such folder here)")
+            elif not cached_snapshot(written):
+                found.add(f"{written} (a Hub id the Hugging Face cache does not hold)")
+    return sorted(found)
 
 
 def describe(planned: Dict[str, Optional[float]], *, zero: str = "the aligned model's values") -> List[str]:

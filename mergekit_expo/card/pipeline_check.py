@@ -33,15 +33,9 @@ def check_pipeline(lineage: Lineage, source: str, *, out: str, pipeline: str) ->
     Returns the earlier stages that could not be checked (their folder or config is
     gone, or mergekit cannot read their inputs from here), by name, with why.
     """
-    from mergekit.scripts.multimerge import load_config
-
     written = lineage_of_config(source, where=f"{out}/{CONFIG}").final
-    folder = _stages_folder(lineage.final, written, f"{out} was not written by the final stage of {pipeline}")
-    try:
-        expected = load_config(lineage.source, folder)[0]  # stage names as mergekit-multi makes them paths
-    except Exception as error:  # noqa: BLE001 - a pipeline mergekit-multi could not have run
-        raise ExpoConfigError(f"{pipeline} is not a pipeline mergekit-multi can run ({first_line(error)}): "
-                              "pass the file given to mergekit-multi") from None
+    folder = stages_folder(lineage, source, out=out, pipeline=pipeline)
+    expected = _loaded(lineage, folder, pipeline)
     # A stage folder that is gone is planned as OUT (same architecture, in the usual pipeline).
     gone = {os.path.join(folder, s.name): out for s in lineage.stages[:-1]
             if not (Path(folder) / s.name / "config.json").is_file()}
@@ -65,8 +59,14 @@ def check_pipeline(lineage: Lineage, source: str, *, out: str, pipeline: str) ->
     return unchecked
 
 
-def _stages_folder(final: Stage, written: Stage, wrong: str) -> str:
-    """The --intermediate-dir mergekit-multi was given, as the final stage's config names it."""
+def stages_folder(lineage: Lineage, source: str, *, out: str, pipeline: str) -> str:
+    """The --intermediate-dir mergekit-multi was given, as OUT's config (``source``) names it
+    ('' where the final stage uses no earlier stage's output)."""
+    wrong = f"{out} was not written by the final stage of {pipeline}"
+    final = lineage.final
+    if not final.stages_used:
+        return ""  # OUT's config names no stage folder; nor is one needed, no other stage leads to OUT
+    written = lineage_of_config(source, where=f"{out}/{CONFIG}").final
     folders = set()
     for name in final.stages_used:
         paths = [path for model in written.inputs for path, _, _ in model.parts[:1]
@@ -78,7 +78,24 @@ def _stages_folder(final: Stage, written: Stage, wrong: str) -> str:
     if len(folders) > 1:
         raise ExpoConfigError(f"{wrong} (its stage outputs lie in different folders): pass the pipeline "
                               "that wrote it")
-    return folders.pop() if folders else ""
+    return folders.pop()
+
+
+def as_merged(lineage: Lineage, folder: str, *, pipeline: str) -> Dict[Optional[str], dict]:
+    """Each stage's config (by name) as mergekit-multi merges it: the names of earlier stages
+    become their folders under --intermediate-dir ``folder``."""
+    configs = _loaded(lineage, folder, pipeline)
+    return {stage.name: yaml.safe_load(configs[stage.name].to_yaml()) for stage in lineage.stages}
+
+
+def _loaded(lineage: Lineage, folder: str, pipeline: str) -> dict:
+    from mergekit.scripts.multimerge import load_config
+
+    try:
+        return load_config(lineage.source, folder)[0]  # stage names as mergekit-multi makes them paths
+    except Exception as error:  # noqa: BLE001 - a pipeline mergekit-multi could not have run
+        raise ExpoConfigError(f"{pipeline} is not a pipeline mergekit-multi can run ({first_line(error)}): "
+                              "pass the file given to mergekit-multi") from None
 
 
 def _check_stage(stage: Stage, expected, folder: str, gone: Dict[str, str], pipeline: str, *,

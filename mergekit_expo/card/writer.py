@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Optional
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
+from mergekit_expo.card.pipeline_check import as_merged, stages_folder
 from mergekit_expo.card.search_section import check_same_models, search_section
 from mergekit_expo.card.trajectory_words import trajectory_stage
 from mergekit_expo.errors import ExpoConfigError
@@ -20,6 +21,8 @@ TEMPLATE = Path(__file__).with_name("template.md")
 PAPER = "https://arxiv.org/abs/2404.16792"
 MERGEKIT = "https://github.com/arcee-ai/mergekit"
 TAGS = ("mergekit", "merge", "expo")
+UNCHECKED = " as its pipeline configures it (not checked against what was merged)"
+COUNTS = ("two", "three", "four", "five", "six", "seven", "eight", "nine")  # ExPO stages of a pipeline
 
 
 def write_card(folder, source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
@@ -72,26 +75,42 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
             files[PLOT] = plot.read_bytes()
         section = search_section(results, _searched_stage(results, lineage),
                                  plot=PLOT if PLOT in files else None)
-    card = _card(folder, lineage, section, kept, unchecked or {})
+    card = _card(folder, lineage, section, kept, unchecked or {}, _as_merged(folder, source, lineage))
     files[README] = marked(str(card)).encode("utf-8")
     return files
 
 
 def _card(folder: Path, lineage: Lineage, section: Optional[dict], kept: Optional[str],
-          unchecked: Mapping[str, str]):
+          unchecked: Mapping[str, str], merged: Mapping[Optional[str], dict]):
+    """``merged``: a stage's config as mergekit-multi merged it, where it differs from the pipeline's."""
     from huggingface_hub import ModelCard
 
     stages = [{"name": stage.name, "sft": stage.sft.markdown,
                "aligned": " and ".join(model.markdown for model in stage.aligned),
-               "alpha": alpha_in_words(stage.data), "unchecked": unchecked.get(stage.name)}
+               "alpha": alpha_in_words(merged.get(stage.name, stage.data)),
+               "unchecked": unchecked.get(stage.name)}
               for stage in lineage.expo_stages]
-    trajectories = [trajectory_stage(stage) for stage in lineage.trajectory_stages]
+    trajectories = [trajectory_stage(stage, merged.get(stage.name, stage.data))
+                    for stage in lineage.trajectory_stages]
     return ModelCard.from_template(
         _card_data(folder, lineage), template_path=str(TEMPLATE), name=folder.name,
-        summary=_summary(lineage, stages[0] if stages else None, trajectories), paper=PAPER,
+        summary=_summary(lineage, stages, trajectories), paper=PAPER,
         expo_stages=stages, trajectory_stages=trajectories,
         pipeline=_pipeline_lines(lineage, unchecked) if lineage.pipeline else None, search=section,
         kept_search=kept, config_yaml=lineage.source.rstrip("\n"))
+
+
+def _as_merged(folder: Path, source: str, lineage: Lineage) -> Dict[Optional[str], dict]:
+    """The ExPO stages that read an earlier stage's output, as mergekit-multi merged them: the
+    stage's name is no model mergekit can plan with (nor a Hub id), its folder under
+    --intermediate-dir is."""
+    reading = [stage for stage in [*lineage.expo_stages, *lineage.trajectory_stages] if stage.stages_used]
+    if not reading:
+        return {}
+    where = "the mergekit-multi config"
+    stages = stages_folder(lineage, source, out=str(folder), pipeline=where)
+    merged = as_merged(lineage, stages, pipeline=where)
+    return {stage.name: merged[stage.name] for stage in reading}
 
 
 def _card_data(folder: Path, lineage: Lineage):
@@ -119,21 +138,38 @@ def _existing_metadata(folder: Path) -> dict:
         return {}
 
 
-def _summary(lineage: Lineage, stage: Optional[dict], trajectories: List[dict]) -> str:
-    if stage is None:
-        first = trajectories[0]
-        expo = (f"the least-squares line through {first['points'] - 1} checkpoint(s) of one run from the "
-                f"SFT model {first['sft']}, extrapolated past the last one")
-        kind, method = "A trajectory-ExPO model", "trajectory ExPO"
-    else:
-        expo = f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}"
-        kind, method = "An ExPO model", "ExPO"
-    if lineage.pipeline:
-        said = (" as its pipeline configures it (not checked against what was merged)"
-                if stage is not None and stage["unchecked"] else "")
-        return (f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`, one of whose stages is "
-                f"{method}{said}: {expo}.")
-    return f"{kind}: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+def _summary(lineage: Lineage, stages: List[dict], trajectories: List[dict]) -> str:
+    described = [("ExPO", _expo_words(stage), stage) for stage in stages]
+    described += [("trajectory ExPO", _trajectory_words(stage), stage) for stage in trajectories]
+    if not lineage.pipeline:
+        method, expo, _ = described[0]
+        kind = "An ExPO model" if method == "ExPO" else "A trajectory-ExPO model"
+        return f"{kind}: {expo}, made with [mergekit]({MERGEKIT}) and mergekit-expo."
+    pipeline = f"A merge made with [mergekit]({MERGEKIT})'s `mergekit-multi`"
+    methods = " or ".join(dict.fromkeys(method for method, _, _ in described))
+    if len(described) == 1:
+        said = UNCHECKED if stages and stages[0]["unchecked"] else ""
+        return f"{pipeline}, one of whose stages is {methods}{said}: {described[0][1]}."
+    each = [f"{_label(stage['name'])}{UNCHECKED if stage.get('unchecked') else ''}: {expo}"
+            for _, expo, stage in described]
+    return f"{pipeline}, {_count(len(described))} of whose stages are {methods}: {'; '.join(each)}."
+
+
+def _expo_words(stage: dict) -> str:
+    return f"the aligned model {stage['aligned']} extrapolated away from its SFT model {stage['sft']}"
+
+
+def _trajectory_words(stage: dict) -> str:
+    return (f"the least-squares line through {stage['points'] - 1} checkpoint(s) of one run from the "
+            f"SFT model {stage['sft']}, extrapolated past the last one")
+
+
+def _label(name: Optional[str]) -> str:
+    return f"stage `{name}`" if name else "the final stage"
+
+
+def _count(number: int) -> str:
+    return COUNTS[number - 2] if number - 2 < len(COUNTS) else str(number)
 
 
 def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
