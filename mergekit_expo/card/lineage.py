@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from mergekit_expo.errors import ExpoConfigError, first_line
+from mergekit_expo.hosts import method_reference
 from mergekit_expo.hub import cached_snapshot, is_hub_id
 
 HUB = "https://huggingface.co"
@@ -189,12 +190,9 @@ def _link(path: str, revision: Optional[str], hub: bool) -> str:
 
 def method_markdown(name: str) -> str:
     """A merge method's name as mergekit's own cards write it: linked to its paper."""
-    from mergekit import merge_methods
-
-    try:
-        spec = merge_methods.get(name).spec
-    except RuntimeError:
+    found = method_reference(name)
+    if found is None:
         return f"`{name}`"
-    pretty = spec.pretty_name or spec.name
-    return f"[{pretty}]({spec.reference_url})" if spec.reference_url else pretty
+    pretty, url = found
+    return f"[{pretty}]({url})" if url else pretty
 

@@ -19,7 +19,7 @@ import logging
 import re
 import sys
 from importlib import metadata
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from mergekit_expo.compat.mergekit import registered_methods
 from mergekit_expo.contract import NAME
@@ -124,6 +124,22 @@ def merge_method_names(host: str = "mergekit") -> List[str]:
     if hasattr(registry, "registered_methods"):
         return sorted(m.spec.name for m in registry.registered_methods() if hasattr(m, "spec"))
     return sorted(registered_methods(registry))
+
+
+def method_reference(name: str) -> Optional[Tuple[str, Optional[str]]]:
+    """(pretty name, paper URL) of mergekit's merge method ``name``; None where it has none.
+    Methods declared by a spec (0.1.5's, ours) carry them there; 0.1.4's built-in methods
+    answer ``pretty_name()`` and ``reference_url()``."""
+    from mergekit import merge_methods
+
+    try:
+        method = merge_methods.get(name)
+    except RuntimeError:
+        return None
+    spec = getattr(method, "spec", None)
+    if spec is not None:
+        return spec.pretty_name or spec.name, spec.reference_url
+    return method.pretty_name() or method.name(), method.reference_url()
 
 
 def expo_parameter_names(host: str = "mergekit", method_name: str = NAME) -> List[str]:

@@ -187,6 +187,10 @@ def test_multi_stage_config(host, models_dir):
     for name, tensor in final.items():  # stage 2 is the host's linear, in bf16 on some hosts
         want = 0.7 * stage[name].double() + 0.3 * other[name].double()
         assert (tensor.double() - want).abs().max() <= 2**-6 * want.abs().max(), name
+    if host.multi_cli == "mergekit-multi":  # the card names each stage's method as mergekit does
+        run_host("mergekit-expo", "card", out / "final", "--multi-config", CONFIGS / MULTI, "--overwrite",
+                 cwd=models_dir)
+        assert "[Linear](https://arxiv.org/abs/2203.05482)" in (out / "final" / "README.md").read_text()
 
 
 def test_added_tokens_config(host, tmp_path, pair_factory):
