@@ -79,6 +79,8 @@ def check_output(
 def check_no_overlap(out: Path, out_path: PathLike, reads: Iterable[Tuple[str, Optional[PathLike]]], *,
                      what: str = "output path", fix: str = "write the output to a path outside every input",
                      ) -> None:
+    if not str(out_path).strip():  # an unset shell variable: it would resolve to the current folder
+        raise ExpoConfigError(f"{what} is empty ({str(out_path)!r}): give the folder to write to")
     for role, path in reads:
         relation = path is not None and _overlap(out, _absolute(path))
         if relation:

@@ -295,6 +295,14 @@ def test_cuda_requested_without_a_gpu(tmp_path, llama_pair):
     assert result.returncode != 0 and "no CUDA device is visible" in result.stderr
 
 
+def test_an_empty_output_path_is_refused(tmp_path, llama_pair):
+    config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
+    before = snapshot(tmp_path)
+    result = invoke("run", config, "", cwd=tmp_path)
+    assert result.returncode == 1 and "Error: output path is empty (''): give the folder to write to" in result.stderr
+    assert snapshot(tmp_path) == before
+
+
 def test_multi_gpu_requested_without_a_gpu(tmp_path, llama_pair):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible here")
@@ -446,6 +454,11 @@ SEARCH_CASES = {
     "an aligned model without tokenizer files": (
         without_tokenizer, "aligned model folder ./aligned has no tokenizer files"),
     "an empty --alphas": (lambda r: ("--data", "prefs.jsonl", "--alphas", ""), "--alphas '' names no α"),
+    "an empty --out": (lambda r: ("--data", "prefs.jsonl", "--out", ""), "--out is empty (''): give a folder"),
+    "an empty --write-best": (lambda r: ("--data", "prefs.jsonl", "--write-best", ""),
+                              "--write-best is empty (''): give a folder"),
+    "a symlink as --out": (lambda r: ((r / "empty").mkdir(), (r / "link").symlink_to(r / "empty"), "--data",
+                                      "prefs.jsonl", "--out", "./link")[2:], "--out ./link is a symlink"),
     "a --device torch does not know": (lambda r: ("--data", "prefs.jsonl", "--device", "cpuu"),
                                        "--device 'cpuu' is not a device torch knows: use cpu, cuda, cuda:N or auto"),
     "a folder that is not a saved dataset as --data": (

@@ -47,6 +47,8 @@ def check_search_outputs(s, models, settings):
               ("the lm-eval tasks folder", s.tasks_path)]
     out = Path(os.path.abspath(s.out))
     check_no_overlap(out, s.out, inputs)
+    if Path(s.out).is_symlink():  # as for every output (docs/safety.md)
+        raise ExpoConfigError(f"--out {s.out} is a symlink: give the folder it should be written to itself")
     if out.exists() and not out.is_dir():
         raise ExpoConfigError(f"--out {s.out} is a file: choose a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS).is_file() \

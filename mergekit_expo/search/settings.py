@@ -205,6 +205,16 @@ class SearchSettings(BaseModel):
             raise ExpoConfigError(f"--tasks-path {path} is not a folder: give the folder of your task YAMLs")
         return path
 
+    @field_validator("out", "write_best")
+    @classmethod
+    def not_blank(cls, value: Optional[str], info) -> Optional[str]:
+        """An empty path (an unset shell variable) is a mistake, never "no --write-best"."""
+        if value is not None and not value.strip():
+            example = "./expo-search" if info.field_name == "out" else "./expo-best"
+            raise ExpoConfigError(f"--{info.field_name.replace('_', '-')} is empty ({value!r}): give a "
+                                  f"folder, e.g. --{info.field_name.replace('_', '-')} {example}")
+        return value
+
     @field_validator("max_drop")
     @classmethod
     def drop(cls, value: Optional[float]) -> Optional[float]:
