@@ -185,6 +185,17 @@ def test_an_out_holding_someone_elses_results_json_is_refused_untouched(f32_pair
         assert (tmp_path / name / "results.json").read_text() == text
 
 
+def test_a_rerun_with_another_tolerance_says_so(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=40, noise=0.05)
+    command = ("search", *f32_pair, "--scorer", "slow_scorer:norm", "--race", "--alphas", "0.3,0.6",
+               "--out", "./s")
+    assert invoke(*command, cwd=tmp_path).returncode == 0
+    again = invoke(*command, "--race-tolerance", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert ("--race-tolerance was 3, now 2: every score is reused and the race judged again under the new "
+            "tolerance") in again.stderr
+
+
 # -- callables, refusals ------------------------------------------------------------------------
 def test_a_callable_with_rows_races_and_one_without_is_refused(f32_pair, tmp_path):
     write_probe(tmp_path, f32_pair, rows=40, noise=0.05)

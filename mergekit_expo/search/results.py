@@ -322,9 +322,11 @@ def _number(value: Optional[float]) -> str:
 
 
 def saved_about(folder: Path) -> Optional[dict]:
-    """What the folder's results.json says of its last run (its --max-drop); None without one."""
+    """What the folder's results.json says of its last run (its --max-drop and, for a race, its
+    tolerance); None without one."""
     try:
-        return read_json(Path(folder) / RESULTS).get("about") or {}
+        saved = read_json(Path(folder) / RESULTS)
+        return dict(saved.get("about") or {}, tolerance=(saved.get("race") or {}).get("tolerance"))
     except (OSError, ExpoConfigError, AttributeError):
         return None
 

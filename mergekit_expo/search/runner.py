@@ -39,7 +39,7 @@ def search(out: str, scorer, plan: Plan, *, open_engine: Callable, settings: dic
         resumed = strategy.resumed(study.scored())
         if resumed:
             click.echo(f"{resumed} in {out}", err=True)
-            _say_max_drop_change(folder, plan.max_drop)
+            _say_changes(folder, plan)
         try:
             log = study.work(lambda unit, trial: evaluator.score(unit, trial, lambda so_far: strategy.go_on(
                                  so_far, study.scored())),
@@ -75,15 +75,21 @@ def make_strategy(plan: Plan, evaluator: Evaluator):
     return STRATEGIES.get(plan.strategy).load()(replace(plan, options=dict(plan.options), dev=evaluator.dev))
 
 
-def _say_max_drop_change(folder: Path, max_drop: Optional[float]) -> None:
-    """--max-drop is no search setting (a rerun reuses every score), but a new value may change
-    the pick: said, as a changed search setting would be."""
+def _say_changes(folder: Path, plan: Plan) -> None:
+    """--max-drop and --race-tolerance are no search settings (a rerun reuses every score), but
+    a new value may change the pick, or how far a race goes: said, as a changed setting would be."""
     saved = saved_about(folder)
-    if saved is None or saved.get("max_drop") == max_drop:
+    if saved is None:
         return
-    was, now = (f"{value:g}" if value is not None else "not set"
-                for value in (saved.get("max_drop"), max_drop))
-    click.echo(f"--max-drop was {was}, now {now}: every score is reused and the pick chosen again", err=True)
+    reused = "every score is reused and"
+    if saved.get("max_drop") != plan.max_drop:
+        was, now = (f"{value:g}" if value is not None else "not set"
+                    for value in (saved.get("max_drop"), plan.max_drop))
+        click.echo(f"--max-drop was {was}, now {now}: {reused} the pick chosen again", err=True)
+    tolerance = plan.options.get("tolerance")
+    if None not in (saved.get("tolerance"), tolerance) and saved["tolerance"] != tolerance:
+        click.echo(f"--race-tolerance was {saved['tolerance']:g}, now {tolerance:g}: {reused} the race "
+                   "judged again under the new tolerance", err=True)
 
 
 def record(results: SearchResults, strategy, scored) -> None:
