@@ -478,11 +478,15 @@ SEARCH_CASES = {
     "resuming with another --data file": (
         lambda r: (*data_file("other.jsonl", jsonl(PREFS[:3]))(r), "--out", "./done"),
         "--data: the file's contents (or path) differ"),
+    "refining a curve search": (lambda r: ("--data", "prefs.jsonl", "--out", "./done", "--refine"),
+                                "--strategy was 'curve', now 'full': use another --out, or that search's "
+                                "settings to resume it; --strategy full: every α on every dev row (--refine "
+                                "needs every α of the grid"),
     "resuming with the models swapped": (
         lambda r: ("--data", "prefs.jsonl", "--out", "./done", "--swap"), "the aligned model was"),
 }
 RESUMED = {"resuming with another --max-new-tokens", "resuming with another --data file",
-           "resuming with the models swapped"}
+           "resuming with the models swapped", "refining a curve search"}
 
 
 @pytest.mark.parametrize("name", sorted(SEARCH_CASES))
