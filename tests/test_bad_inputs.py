@@ -444,6 +444,9 @@ SEARCH_CASES = {
         data_file("d.jsonl", jsonl(bad(3, rejected=""))), "d.jsonl line 4: 'rejected' is empty"),
     "a CSV line with a field left out": (
         data_file("d.csv", "prompt,chosen,rejected\nw1 w2,w1,w3\nw2 w3,w2\n"), "d.csv line 3: 'rejected' is empty"),
+    "every preference row longer than the context": (
+        data_file("d.jsonl", jsonl([dict(row, prompt=" ".join(["w1"] * 5000)) for row in PREFS])),
+        "every one of the preference rows exceeds the model's context of"),
     "a line that is not JSON": (
         data_file("d.jsonl", jsonl(PREFS) + "{prompt: w1}\n"), "d.jsonl line 5 is not JSON"),
     "a file that is not UTF-8": (data_file("d.jsonl", "é".encode("latin-1")), "is not UTF-8 text"),

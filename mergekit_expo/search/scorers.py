@@ -27,7 +27,7 @@ from mergekit_expo.search.stats import bootstrap_interval
 LOG = logging.getLogger("mergekit_expo")
 
 
-def _fitting(items, lengths, limit: int, what: str):
+def _fitting(items, lengths, limit: int, what: str, fix: str = "shorten them"):
     """Items whose token length fits the model's context; the rest are skipped, counted."""
     if not limit:
         return list(items), 0
@@ -37,8 +37,7 @@ def _fitting(items, lengths, limit: int, what: str):
         LOG.warning("%d of %d %s exceed the model's context of %d tokens and are skipped "
                     "(counted as 'skipped' in the results)", skipped, len(items), what, limit)
     if not kept:
-        raise ExpoConfigError(f"every one of the {what} exceeds the model's context of {limit} tokens: "
-                              "shorten them or lower --max-new-tokens")
+        raise ExpoConfigError(f"every one of the {what} exceeds the model's context of {limit} tokens: {fix}")
     return kept, skipped
 
 
@@ -170,7 +169,8 @@ class RewardModelScorer(_KeptRowsScorer):
         if self._encoded is None:
             encoded = [(prompt, encode_prompt(engine.tokenizer, prompt)) for prompt in self.prompts]
             lengths = [len(ids) + self.sampling.max_new_tokens for _, ids in encoded]
-            self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length, "prompts")
+            self._encoded, self._skipped = _fitting(encoded, lengths, engine.context_length, "prompts",
+                                                    "shorten them or lower --max-new-tokens")
 
     def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
         indices, encoded = self._selected(engine, rows)
