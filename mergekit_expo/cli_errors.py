@@ -23,7 +23,7 @@ from mergekit_expo.interruption import (
     received,
 )
 
-NOTHING_LEFT = "nothing was left that looks like a finished output"
+NOTHING_LEFT = "nothing was left that looks like a finished output (an earlier one it was to replace is kept)"
 NOT_STARTED = "the command had not started: nothing was written"
 FINISHED = "the command had finished: what it wrote is complete"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -35,7 +35,7 @@ WRITERS = {
 KINDS = {
     "model": f"a merged model written by {WRITERS['model']}",
     "adapter": f"a LoRA adapter written by {WRITERS['adapter']}",
-    "demo": f"a folder written by {WRITERS['demo']}",
+    "demo": f"a demo folder written by {WRITERS['demo']}",
 }
 
 
@@ -139,7 +139,8 @@ def verify(folder: Path, kind: str) -> Manifest:
         also = " (nor is a plain mergekit-yaml output replaced)" if kind == "model" else ""
         raise NotOurs(f"has no {MANIFEST}, so {WRITERS[kind]} did not write it{also}") from None
     if manifest.kind != kind:
-        raise NotOurs(f"is {KINDS.get(manifest.kind, manifest.kind)}, not {KINDS[kind]}")
+        noun = KINDS.get(manifest.kind, manifest.kind).split(" written by ")[0]  # the writer: its own record
+        raise NotOurs(f"is {noun} written by `{manifest.command}`, not {KINDS[kind]}")
     folders = set(manifest.folders)
     for relative, path in _entries(folder):
         if path.is_symlink():

@@ -373,7 +373,8 @@ def test_interrupted_run_leaves_no_model(tmp_path, pair_factory, signum, code):
     assert process.returncode == code, stderr
     name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: interrupted ({name}); nothing was left that looks like a finished output"], stderr
+    assert errors == [f"Error: interrupted ({name}); nothing was left that looks like a finished output (an earlier "
+                      "one it was to replace is kept)"], stderr
     assert "Traceback" not in stderr
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []

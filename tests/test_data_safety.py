@@ -217,7 +217,7 @@ CASES = {
     "run: --overwrite over an adapter of ours": (
         lambda r: ("run", "expo.yml", "./expo_adapter", "--overwrite"), "is a LoRA adapter written by"),
     "run: --overwrite over a demo folder": (
-        lambda r: ("run", "expo.yml", "./demo", "--overwrite"), "is a folder written by `mergekit-expo demo`"),
+        lambda r: ("run", "expo.yml", "./demo", "--overwrite"), "is a demo folder written by `mergekit-expo demo`"),
     "run: output path is a symlink to a previous output": (
         lambda r: ("run", "expo.yml", _symlink(r, "previous", "out-link"), "--overwrite"), "is a symlink"),
     "search: --write-best --overwrite over a previous output plus a file": (

@@ -22,7 +22,7 @@ import torch
 
 from conftest import BIN, cli_env, expo_config, load_folder, run_cli, write_yaml
 
-NOTHING_LEFT = "nothing was left that looks like a finished output"
+NOTHING_LEFT = "nothing was left that looks like a finished output (an earlier one it was to replace is kept)"
 NOT_STARTED = "the command had not started: nothing was written"
 
 
