@@ -8,12 +8,15 @@ rank, targets and config and loads with ``PeftModel.from_pretrained`` as before.
 """
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Dict, Optional
 
 import click
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from mergekit_expo import hub
@@ -31,6 +34,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 WEIGHT_FILES = {ADAPTER_WEIGHTS, "adapter_model.bin"}
+README, ORIGINAL_README = "README.md", "ORIGINAL_README.md"
+LOG = logging.getLogger("mergekit_expo")
 
 
 def is_lora_update(name: str) -> bool:
@@ -63,8 +68,9 @@ def extrapolate_adapter(
     source = Path(adapter_dir)
     target = check_output(out_dir, reads=[("the adapter", adapter_dir), ("the base model", base)],
                           kind="adapter", command="mergekit-expo lora", overwrite=overwrite)
+    given_base = base
     base = hub.resolve(base, "base model")
-    read_adapter_config(source)  # validates: a LoRA we can scale exactly
+    config = read_adapter_config(source)  # validates: a LoRA we can scale exactly
     tensors = load_file(source / ADAPTER_WEIGHTS)
     full_weights = [n for n in tensors if not is_lora_update(n) and not is_unchanged(n)]
     unsupported = [n for n in full_weights if "lora_" in n or "trainable_tokens" in n]
@@ -80,6 +86,8 @@ def extrapolate_adapter(
             f"{', ...' if len(full_weights) > 3 else ''}, from modules_to_save): pass "
             "--base with the SFT checkpoint folder to extrapolate them"
         )
+    if full_weights:
+        _warn_other_base(config, given_base, base)
     base_tensors = _base_tensors(Path(base), full_weights) if full_weights else {}
 
     result = {}
@@ -94,11 +102,53 @@ def extrapolate_adapter(
     with staged_output(target) as staging:
         staging.mkdir()
         for file in source.iterdir():
-            if file.is_file() and file.name not in WEIGHT_FILES and file.name != MANIFEST:
+            if file.is_file() and file.name not in WEIGHT_FILES and file.name not in (MANIFEST, README):
                 shutil.copy2(file, staging / file.name)
+        if (source / README).is_file():  # the trained adapter's card, kept beside the new one's
+            shutil.copy2(source / README, staging / ORIGINAL_README)
+        card = adapter_card(source, config, alpha, given_base if full_weights else None, target.path.name,
+                            original=(source / README).is_file())
+        (staging / README).write_text(card, encoding="utf-8")
         metadata = {"format": "pt", "expo_alpha": repr(alpha), "expo_source": str(source)}
         save_file(result, staging / ADAPTER_WEIGHTS, metadata=metadata)
     return target.path
+
+
+def _warn_other_base(config: dict, given: Optional[str], resolved: Optional[str]) -> None:
+    """One line when --base is not the model the adapter records as its base (which may be a
+    Hub id where --base is its local copy: a line to check, not a refusal)."""
+    recorded = config.get("base_model_name_or_path")
+    if not recorded or given is None or recorded == given:
+        return
+    if os.path.exists(recorded) and os.path.realpath(recorded) == os.path.realpath(resolved):
+        return
+    LOG.warning("the adapter records its base model as %s, and --base is %s: its modules_to_save weights "
+                "are extrapolated against --base, so check that it is the model the adapter was trained on",
+                recorded, given)
+
+
+def adapter_card(source: Path, config: dict, alpha: float, base: Optional[str], name: str, *,
+                 original: bool) -> str:
+    """The new adapter's README: what it is, made from what, and how to load it."""
+    recorded = config.get("base_model_name_or_path")
+    front = {"library_name": "peft", "tags": ["expo", "lora", "mergekit-expo"]}
+    if recorded and hub.is_hub_id(recorded):  # the Hub takes only a model id as base_model
+        front["base_model"] = recorded
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", "",
+             "The ExPO version ([model extrapolation](https://arxiv.org/abs/2404.16792)) of the LoRA "
+             f"adapter `{source.name}`, at α = {alpha:g}: its update is 1 + α = {1 + alpha:g} times the "
+             "trained adapter's (θ = θ_base + (1 + α)·ΔW, written by scaling `lora_B`); rank, targets and "
+             "`adapter_config.json` are the trained adapter's."]
+    if base:
+        lines += ["", f"Its `modules_to_save` weights are extrapolated against `{base}`: "
+                      "θ_trained + α·(θ_trained − θ_base)."]
+    lines += ["", "```python", "from peft import PeftModel",
+              "from transformers import AutoModelForCausalLM", "",
+              f"model = AutoModelForCausalLM.from_pretrained({recorded or 'BASE_MODEL'!r})",
+              f"model = PeftModel.from_pretrained(model, {name!r})", "```"]
+    if original:
+        lines += ["", f"The trained adapter's own card is kept as `{ORIGINAL_README}`."]
+    return "\n".join(lines) + "\n"
 
 
 def read_adapter_config(source: Path) -> dict:

@@ -68,6 +68,16 @@ def test_modules_to_save_are_extrapolated_against_base(tmp_path, sft_dir):
     equal, worst = fidelity(new_head, base_head, trained_head, ALPHA)
     assert equal == 1.0 and worst <= 1.0
     assert not torch.equal(trained_head, base_head)
+    # The new adapter's card says what it is; the trained adapter's is kept beside it.
+    card = (tmp_path / "expo" / "README.md").read_text()
+    assert f"at α = {ALPHA:g}: its update is 1 + α = {1 + ALPHA:g} times the trained adapter's" in card
+    assert f"extrapolated against `{sft_dir}`" in card and "library_name: peft" in card
+    assert (tmp_path / "expo" / "ORIGINAL_README.md").read_bytes() == (adapter / "README.md").read_bytes()
+    # A --base other than the one the adapter records: one line to check it.
+    other = tmp_path / "other-sft"
+    shutil.copytree(sft_dir, other)
+    warned = run_cli("mergekit-expo", "lora", adapter, tmp_path / "expo2", "--base", other)
+    assert f"the adapter records its base model as {sft_dir}, and --base is {other}" in warned.stderr
 
 
 def test_yaml_route_agrees_with_the_scaled_adapter(tmp_path, sft_dir):
