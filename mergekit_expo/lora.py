@@ -99,6 +99,14 @@ def extrapolate_adapter(
         else:
             result[name] = tensor
 
+    card = adapter_card(source, config, alpha, given_base if full_weights else None, target.path.name,
+                        original=(source / README).is_file())
+    _write_adapter(target, source, result, card, alpha)
+    return target.path
+
+
+def _write_adapter(target, source: Path, tensors: Dict[str, torch.Tensor], card: str, alpha: float) -> None:
+    """The new adapter, published at once: the source's files but its weights and card."""
     with staged_output(target) as staging:
         staging.mkdir()
         for file in source.iterdir():
@@ -106,12 +114,9 @@ def extrapolate_adapter(
                 shutil.copy2(file, staging / file.name)
         if (source / README).is_file():  # the trained adapter's card, kept beside the new one's
             shutil.copy2(source / README, staging / ORIGINAL_README)
-        card = adapter_card(source, config, alpha, given_base if full_weights else None, target.path.name,
-                            original=(source / README).is_file())
         (staging / README).write_text(card, encoding="utf-8")
         metadata = {"format": "pt", "expo_alpha": repr(alpha), "expo_source": str(source)}
-        save_file(result, staging / ADAPTER_WEIGHTS, metadata=metadata)
-    return target.path
+        save_file(tensors, staging / ADAPTER_WEIGHTS, metadata=metadata)
 
 
 def _warn_other_base(config: dict, given: Optional[str], resolved: Optional[str]) -> None:
