@@ -45,8 +45,11 @@ def load_merge_config(config_file: str, hub_ids: dict):
         data = yaml.safe_load(source)  # never yaml.load: configs must not run code
     except yaml.YAMLError as error:
         documents = _documents(source)
-        if documents > 1:
-            raise ExpoConfigError(f"{config_file} holds {documents} YAML documents, a mergekit-multi "
+        if len(documents) == 1:  # mergekit-yaml refuses it too: said, not taken for a pipeline
+            raise ExpoConfigError(f"{config_file} holds one config and an empty YAML document (a stray "
+                                  "'---' line): remove the '---'") from None
+        if documents:
+            raise ExpoConfigError(f"{config_file} holds {len(documents)} YAML documents, a mergekit-multi "
                                   "pipeline: run it with mergekit-multi (its stages may use merge_method: "
                                   "expo), or give mergekit-expo run one stage's config") from None
         mark = getattr(error, "problem_mark", None)
@@ -73,12 +76,12 @@ def load_merge_config(config_file: str, hub_ids: dict):
     return source, config
 
 
-def _documents(source: str) -> int:
-    """How many YAML documents ``source`` holds (0 where it does not parse)."""
+def _documents(source: str) -> list:
+    """The YAML documents ``source`` holds, empty ones left out ([] where it does not parse)."""
     try:
-        return sum(1 for _ in yaml.safe_load_all(source))
+        return [document for document in yaml.safe_load_all(source) if document is not None]
     except yaml.YAMLError:
-        return 0
+        return []
 
 
 def key_mistakes(config_file: str, data: dict, config) -> Iterator[str]:
@@ -151,16 +154,20 @@ def _missing_value(value) -> Optional[str]:
     if value is None:
         return "has no value"
     if isinstance(value, (list, dict)) and not value:
-        return f"is empty ({value!r})"
-    if isinstance(value, list):
-        for entry in value:
-            if entry is None or isinstance(entry, (list, dict)) and not entry:
-                return f"has an empty entry ({value!r})"
-            if isinstance(entry, dict) and "value" not in entry:
-                return f"has a filter without a value ({entry!r})"
-    if isinstance(value, dict) and "value" not in value:
-        return f"has no value ({value!r})"
+        return f"is empty ({_shown(value)})"
+    entries = value if isinstance(value, list) else [value]
+    for entry in entries:
+        if entry is None or isinstance(entry, (list, dict)) and not entry:
+            return f"has an empty entry ({_shown(value)})"
+        if isinstance(entry, dict):  # a filter: its value is a number or a gradient, never empty
+            if "value" not in entry or _missing_value(entry["value"]):
+                return f"has a filter without a value ({_shown(entry)})"
     return None
+
+
+def _shown(value) -> str:
+    """A value as the YAML config writes it (null, not None)."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("\n...")
 
 
 def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:

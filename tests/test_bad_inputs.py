@@ -106,6 +106,16 @@ def filter_without_value(tmp, sft, aligned):
     return expo_config(sft, aligned, alpha=[{"filter": "self_attn"}, {"value": 0.3}])
 
 
+def filter_with_empty_value(tmp, sft, aligned):
+    return expo_config(sft, aligned, alpha=[{"filter": "mlp", "value": []}, {"value": 0.4}])
+
+
+def stray_document_marker(tmp, sft, aligned):
+    path = tmp / "stray.yml"
+    path.write_text(f"merge_method: expo\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n---\n")
+    return path
+
+
 def multi_stage_pipeline(tmp, sft, aligned):
     path = tmp / "pipeline.yml"
     path.write_text(f"name: stage\nmerge_method: expo\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n"
@@ -193,8 +203,11 @@ CASES = {
     "alpha gradient with a word": (alpha_gradient_with_word, "got 'x'", True),
     # mergekit reads an empty list as no alpha, and merges the default: `run` refuses it
     "alpha is an empty list": (alpha_empty_list, "parameter 'alpha' (in models[0].parameters) is empty", False),
-    "alpha gradient with a null": (alpha_null_in_gradient, "has an empty entry", False),
+    "alpha gradient with a null": (alpha_null_in_gradient, "has an empty entry ([0.1, null])", False),
     "alpha filter without a value": (filter_without_value, "has a filter without a value", False),
+    "alpha filter with an empty value": (filter_with_empty_value,
+                                         "has a filter without a value ({filter: mlp, value: []})", False),
+    "a stray --- after the config": (stray_document_marker, "holds one config and an empty YAML document", False),
     "a mergekit-multi pipeline": (multi_stage_pipeline, "holds 2 YAML documents, a mergekit-multi pipeline: "
                                   "run it with mergekit-multi", False),
     "two aligned models": (two_aligned, "exactly one aligned model", True),
