@@ -140,6 +140,11 @@ def lora_options(options, config, staging: Path):
 
 
 def check_device(options) -> None:
+    try:
+        torch.device(options.device or "cpu")
+    except RuntimeError:
+        raise ExpoConfigError(f"--device {options.device!r} is not a device torch knows: use cpu, cuda or "
+                              "cuda:N") from None
     if torch.cuda.is_available():
         return
     if (options.device or "cpu").startswith("cuda"):

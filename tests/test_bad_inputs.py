@@ -308,6 +308,13 @@ def test_cuda_requested_without_a_gpu(tmp_path, llama_pair):
     assert result.returncode != 0 and "no CUDA device is visible" in result.stderr
 
 
+def test_a_device_torch_does_not_know(tmp_path, llama_pair):
+    config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
+    result = invoke("run", config, tmp_path / "out", "--device", "cpuu", cwd=tmp_path)
+    assert result.returncode == 1 and "Error: --device 'cpuu' is not a device torch knows" in result.stderr
+    assert "RuntimeError" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_an_empty_output_path_is_refused(tmp_path, llama_pair):
     config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
     before = snapshot(tmp_path)

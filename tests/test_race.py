@@ -242,3 +242,10 @@ def test_scoring_only_the_units_asked_for_gives_the_race_on_every_row():
             (on_every_row.dropped_in, on_every_row.retired_in, on_every_row.blocks_read)
         reopened += any(standing.reopened for standing in outcome.rounds)
     assert reopened >= 10, reopened
+
+
+def test_a_tolerance_of_one_is_one_standard_error_in_words():
+    from mergekit_expo.search.stats import standard_errors
+
+    assert [standard_errors(count) for count in (1, 1.0, 2, 0.5)] == [
+        "1 standard error", "1 standard error", "2 standard errors", "0.5 standard errors"]

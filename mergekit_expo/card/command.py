@@ -55,6 +55,9 @@ def card_command(out_path, search_dir, multi_config, overwrite, verbose):
 
 def read_merge_output(out: Path, out_path: str) -> str:
     """The text of OUT's mergekit_config.yml, if OUT is a finished mergekit output."""
+    if not out_path.strip():  # an unset shell variable, not the current folder
+        raise ExpoConfigError(f"OUT is empty ({out_path!r}): pass the folder mergekit-yaml or mergekit-expo "
+                              "run wrote")
     if not out.is_dir():
         what = "does not exist" if not out.exists() else "is not a folder"
         raise ExpoConfigError(f"{out_path} {what}: pass the folder mergekit-yaml or mergekit-expo run wrote")

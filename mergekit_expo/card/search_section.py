@@ -108,9 +108,10 @@ def choice_words(results, stage) -> List[str]:
     if results.race:  # each score is a mean on its own rows: the highest number need not be the pick
         among = f"{len(allowed)} {what} it scored" + (" that the guard allowed" if excluded else "")
         strategy = f"`--strategy {results.strategy.name}`"
+        rows = ("every candidate was scored on them" if len({row.n for row in results.rows}) == 1 else
+                "each other score is a mean on its own rows (the rows column), not comparable with it")
         words = [f"{chosen} is the pick of the search ({strategy}, above) among the {among}. Its score "
-                 f"({_number(best.score)}) is its mean on the {best.n} rows it was scored on; each other "
-                 "score is a mean on its own rows (the rows column), not comparable with it."]
+                 f"({_number(best.score)}) is its mean on the {best.n} rows it was scored on; {rows}."]
     else:
         among = f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched")
         words = [f"{chosen} has the highest score ({_number(best.score)}) of the {among}."]

@@ -36,7 +36,7 @@ def resolve_device(device: str) -> str:
         raise ExpoConfigError(f"--device {device!r} is not a device torch knows: use cpu, cuda, cuda:N or "
                               "auto") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExpoConfigError("--device cuda was given but no CUDA device is visible: use --device cpu")
+        raise ExpoConfigError(f"--device {device} was given but no CUDA device is visible: use --device cpu")
     return device
 
 

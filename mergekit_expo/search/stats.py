@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Tuple
 
 CONFIDENCE = 0.95  # of every interval and bound the search reports
 
-__all__ = ["CONFIDENCE", "fmean", "stdev", "z_of", "bootstrap_interval", "wilson_interval", "paired",
-           "clearly_below", "most_above"]
+__all__ = ["CONFIDENCE", "fmean", "stdev", "standard_errors", "z_of", "bootstrap_interval", "wilson_interval",
+           "paired", "clearly_below", "most_above"]
 
 
 def z_of(confidence: float = CONFIDENCE, comparisons: int = 0) -> float:
@@ -34,6 +34,11 @@ def stdev(values: Sequence[float]) -> float:
     replayed after every unit would pay on every pair)."""
     mean = fmean(values)
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def standard_errors(count: float) -> str:
+    """``count`` standard errors, as a sentence says it (1 standard error, 3 standard errors)."""
+    return f"{count:g} standard error{'' if count == 1 else 's'}"
 
 
 def bootstrap_interval(values: Sequence[float], *, seed: int = 0, rounds: int = 2000):

@@ -34,6 +34,7 @@ a plateau costs about what a peak does.
 from typing import Dict, List, Optional, Tuple
 
 from mergekit_expo.search.rows import AlphaResult
+from mergekit_expo.search.stats import standard_errors
 from mergekit_expo.search.strategies.base import Unit
 from mergekit_expo.search.strategies.race import GridRace
 
@@ -125,7 +126,7 @@ class CurveSearch(GridRace):
                 f"{record['rows_full'] // record['rows']} α were scored, on blocks of {record['block_rows']} "
                 f"of the {record['rows']} dev rows in a seeded order, starting from an even lattice and "
                 "refining at the leader; an α clearly below the leader was dropped, one unable to beat it "
-                f"by more than {record['tolerance']:g} standard errors of their paired difference retired "
+                f"by more than {standard_errors(record['tolerance'])} of their paired difference retired "
                 f"({100 * record.get('confidence', 0.95):g}% confidence on the paired per-row differences), "
                 "and the α beyond such candidates were not scored, the score taken to be unimodal in α "
                 f"and smooth; {record['rows_scored']} of {record['rows_full']} candidate rows were scored "

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from mergekit_expo.search.race import DEFAULT_TOLERANCE, RaceRule, replay
 from mergekit_expo.search.rows import AlphaResult, candidate_row
-from mergekit_expo.search.stats import CONFIDENCE, fmean
+from mergekit_expo.search.stats import CONFIDENCE, fmean, standard_errors
 from mergekit_expo.search.strategies.base import Strategy, Unit
 
 
@@ -125,7 +125,7 @@ class GridRace(Strategy):
         rounds = record["rounds"]
         return (f"raced (`--race`): every candidate was scored on blocks of {record['block_rows']} of the "
                 f"{record['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than "
-                f"the leader or unable to beat it by more than {record['tolerance']:g} standard errors of "
+                f"the leader or unable to beat it by more than {standard_errors(record['tolerance'])} of "
                 f"their paired difference ({100 * record.get('confidence', CONFIDENCE):g}% confidence on the "
                 "paired per-row differences); the pick is the leader; "
                 f"{record['rows_scored']} of {record['rows_full']} candidate rows were scored in {rounds} "
