@@ -55,13 +55,7 @@ def check_search_outputs(s, models, settings):
             and not (out / DEFAULT_STORAGE).is_file():
         raise ExpoConfigError(f"--out {s.out} already holds files that are not an α search (no {RESULTS}): "
                               "choose a new or empty folder")
-    try:
-        check_owner(s.out, s.storage, settings)
-    except ExpoConfigError as refused:  # a strategy the user never named: say why this one
-        note = s.default_note()
-        if note is None or "--strategy was" not in str(refused):
-            raise
-        raise ExpoConfigError(f"{refused}; {note}") from None
+    check_owner(s.out, s.storage, settings, default_note=s.default_note())
     check_writable_parent(out)
     if s.write_best:
         return check_output(s.write_best, reads=[*inputs, ("the search folder", s.out)], kind="model",

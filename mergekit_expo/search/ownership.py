@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from mergekit_expo.errors import ExpoConfigError
-from mergekit_expo.search.results import RESULTS, comparable, differences, read_json
+from mergekit_expo.search.results import RESULTS, comparable, differences, read_json, strategy_named
 from mergekit_expo.search.study import DEFAULT_STORAGE
 
 # Known only once the scorers are loaded: the study itself compares them.
@@ -30,8 +30,11 @@ def storage_record(storage: Optional[str]) -> Optional[str]:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", storage)
 
 
-def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
-    """Refuse a search whose study is not the one whose reports (or study.db) ``out_dir`` holds."""
+def check_owner(out_dir: str, storage: Optional[str], settings: dict, *,
+                default_note: Optional[str] = None) -> None:
+    """Refuse a search whose study is not the one whose reports (or study.db) ``out_dir`` holds.
+    ``default_note``: why the defaults chose this search's strategy (the user named none), said
+    when it is the strategy that differs."""
     out = Path(out_dir)
     try:
         saved = read_json(out / RESULTS) if (out / RESULTS).is_file() else {}
@@ -62,5 +65,7 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict) -> None:
     found += differences({k: v for k, v in recorded_settings.items() if k not in late},
                          {k: v for k, v in comparable(recorded_settings, settings).items() if k not in late})
     if found:
+        why = f"; {default_note}" if default_note and \
+            strategy_named(recorded_settings) != strategy_named(settings) else ""
         raise ExpoConfigError(f"--out {out_dir} holds results of a different search: {'; '.join(found)}: "
-                              "use another --out, or that search's settings to resume it")
+                              f"use another --out, or that search's settings to resume it{why}")
