@@ -249,3 +249,43 @@ def test_a_tolerance_of_one_is_one_standard_error_in_words():
 
     assert [standard_errors(count) for count in (1, 1.0, 2, 0.5)] == [
         "1 standard error", "1 standard error", "2 standard errors", "0.5 standard errors"]
+
+
+def test_a_raced_candidates_guard_is_measured_against_alpha_0_on_the_rows_it_read(tmp_path):
+    """α = 0 reads more guard rows than a candidate dropped early; those rows are easier, so
+    α = 0's mean over all of them says nothing of the candidate's drop: the paired drop (0.04,
+    under --max-drop 0.05) does not exclude it, in the rule, results.json and the summary."""
+    import json
+
+    from mergekit_expo.search.registry import STRATEGIES
+    from mergekit_expo.search.results import SearchResults
+    from mergekit_expo.search.rows import excluded
+    from mergekit_expo.search.strategies.offline import run_offline
+
+    rng = random.Random(0)
+    rows = 256
+    difficulty = [rng.gauss(0, 1) for _ in range(rows)]
+    means = {0.0: 0.9, 0.5: 0.98, 1.0: 1.0, 2.0: -1.0}  # 2 goes in the first round; the others race on
+    table = {a: [mean + difficulty[row] + rng.gauss(0, 0.3) for row in range(rows)] for a, mean in means.items()}
+    first = set(row_blocks(64, seed=0, count=len(row_blocks(rows, seed=0)))[0])
+    drops = {0.0: 0.0, 0.5: 0.02, 1.0: 0.03, 2.0: 0.04}
+    guard = {a: [0.8 + (-0.5 if row in first else 0.5) - drop + rng.gauss(0, 0.01) for row in range(64)]
+             for a, drop in drops.items()}
+    for name in ("race", "curve"):
+        found, record, _ = run_offline(STRATEGIES.get(name).load(), table, guard=guard, max_drop=0.05)
+        by_alpha = {row.alpha: row for row in found}
+        early, base = by_alpha[2.0], by_alpha[0.0]
+        assert early.dropped_in == 1 and early.n < base.n
+        assert early.guard < base.guard - 0.05  # unpaired, the means would say it fell by 0.7
+        assert abs(early.guard_reference - early.guard - 0.04) < 0.01  # on its own rows, by 0.04
+        assert excluded(found, 0.05) == []
+        assert excluded(found, 0.03) == [early]  # a drop over --max-drop still excludes it
+        results = SearchResults(tmp_path / name, {"scorer": "preference", "guard": "g", "strategy": name},
+                                found, max_drop=0.03)
+        results.race = record
+        (tmp_path / name).mkdir()
+        results.save()
+        saved = json.loads((tmp_path / name / "results.json").read_text())["results"]
+        assert [row["excluded"] for row in saved] == [row.alpha == 2.0 for row in found]
+        assert (f"fell more than 0.03 below alpha = 0's on the rows each read (2: {early.guard:.4g} against "
+                f"{early.guard_reference:.4g})") in results.summary()

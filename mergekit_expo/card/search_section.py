@@ -56,7 +56,7 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         guard = f"guard: {scorer_words(settings['guard'], settings, settings.get('guard_settings'))}"
         if results.max_drop is not None:
             guard += (f"; an α is excluded when its guard score falls more than {results.max_drop:g} "
-                      "below the guard at α = 0")
+                      "below the guard at α = 0 on the same dev rows")
         facts.append(guard)
     if results.race:
         facts.append(results.strategy.card_sentence(results.race))

@@ -36,6 +36,7 @@ class AlphaResult:
     dropped_in: Optional[int] = None  # the round (a sampled race: the block) it was dropped in
     retired_in: Optional[int] = None  # the round it was last shown within the tolerance
     pick_score: Optional[float] = None  # a race's leader's mean on this candidate's rows
+    guard_reference: Optional[float] = None  # α = 0's guard on this candidate's guard rows, if fewer
     # -- a unit's own ------------------------------------------------------------------------
     block: Optional[int] = None  # its first block of dev rows; None: the whole dev set at once
     rows: Optional[List[int]] = None  # the dev rows scored, in the order scored
@@ -94,12 +95,15 @@ class AlphaResult:
 
 
 def candidate_row(units: Sequence[AlphaResult], *, dropped_in: Optional[int] = None,
-                  retired_in: Optional[int] = None, pick_score: Optional[float] = None) -> AlphaResult:
+                  retired_in: Optional[int] = None, pick_score: Optional[float] = None,
+                  reference: Sequence[AlphaResult] = ()) -> AlphaResult:
     """A candidate's row from its scored units: the scorer's own score of the whole dev set, or
-    the mean of its per-row scores over every block it was scored on (bootstrap interval)."""
+    the mean of its per-row scores over every block it was scored on (bootstrap interval).
+    ``reference``: α = 0's units, for its guard on this candidate's guard rows."""
     units = sorted(units, key=lambda unit: unit.block or 0)
     first = units[0]
-    verdict = dict(dropped_in=dropped_in, retired_in=retired_in, pick_score=pick_score)
+    verdict = dict(dropped_in=dropped_in, retired_in=retired_in, pick_score=pick_score,
+                   guard_reference=_guard_on_same_rows(units, reference))
     common = dict(alpha=first.alpha, alphas=first.alphas, candidate=first.candidate,
                   trial=min(unit.trial for unit in units if unit.trial is not None)
                   if any(unit.trial is not None for unit in units) else None,
@@ -118,6 +122,17 @@ def candidate_row(units: Sequence[AlphaResult], *, dropped_in: Optional[int] = N
                        extra=merged_extras([(unit.extra, unit.n) for unit in units]),
                        guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,
                        **common, **verdict)
+
+
+def _guard_on_same_rows(units: Sequence[AlphaResult], reference: Sequence[AlphaResult]) -> Optional[float]:
+    """α = 0's guard mean on the guard rows ``units`` read, where they are fewer than α = 0's (a
+    raced candidate stopped early): its guard is compared with that, row for row, not with α = 0's
+    mean on rows it never read. None where both read the same rows."""
+    own = [row for unit in units for row in (unit.guard_rows or [])]
+    theirs = {row: value for unit in reference for row, value in unit.guard_by_row.items()}
+    if not own or len(own) >= len(theirs) or any(row not in theirs for row in own):
+        return None
+    return fmean([theirs[row] for row in own])
 
 
 def merged_extras(parts: Sequence[Tuple[Optional[dict], int]]) -> Optional[dict]:
@@ -140,12 +155,18 @@ def merged_extras(parts: Sequence[Tuple[Optional[dict], int]]) -> Optional[dict]
 
 
 def excluded(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> List[AlphaResult]:
-    """Candidates whose guard score fell more than ``max_drop`` below the guard at α = 0."""
+    """Candidates whose guard score fell more than ``max_drop`` below the guard at α = 0, on the
+    rows the candidate's guard read (:attr:`AlphaResult.guard_reference`)."""
     baseline = next((row for row in rows if row.is_reference), None)
     if max_drop is None or baseline is None or baseline.guard is None:
         return []
-    floor = baseline.guard - max_drop
-    return [row for row in rows if row.guard is not None and row.guard < floor]
+    return [row for row in rows
+            if row.guard is not None and row.guard < reference_guard(row, baseline) - max_drop]
+
+
+def reference_guard(row: AlphaResult, baseline: AlphaResult) -> float:
+    """What ``row``'s guard is measured against: α = 0's on the same rows."""
+    return baseline.guard if row.guard_reference is None else row.guard_reference
 
 
 def eligible(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> List[AlphaResult]:

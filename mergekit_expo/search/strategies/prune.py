@@ -69,8 +69,9 @@ class SampledPruning(Strategy):
             return [], None
         blocks, _ = self.setup.dev.blocks(scored)
         block_rows = len(blocks[0])
-        rows = [candidate_row([unit], dropped_in=len(unit.rows) // block_rows if unit.stopped else None)
-                for unit in scored]
+        reference = [unit for unit in scored if not any(unit.alphas.values())]
+        rows = [candidate_row([unit], dropped_in=len(unit.rows) // block_rows if unit.stopped else None,
+                              reference=reference) for unit in scored]
         total = sum(map(len, blocks))
         record = {"strategy": self.name, "kind": "sampled",
                   "rounds": max(1, *(row.dropped_in or len(blocks) for row in rows)),

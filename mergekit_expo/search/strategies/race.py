@@ -68,8 +68,9 @@ class GridRace(Strategy):
         leader = race.rounds[-1].leader if race.rounds else None
         leader_scores = {row: value for unit in units if unit.candidate == leader
                          for row, value in unit.by_row.items()}
-        rows = [self._row(name, [u for u in units if u.candidate == name], race, leader_scores, leader)
-                for name in self.candidates if any(u.candidate == name for u in units)]
+        reference = [u for u in units if u.candidate == self.reference_name]
+        rows = [self._row(name, [u for u in units if u.candidate == name], race, leader_scores, leader,
+                          reference) for name in self.candidates if any(u.candidate == name for u in units)]
         ended = race.rounds[-1].finished if race.over and race.rounds else None
         dropped = {name: why for standing in race.rounds for name, why in standing.dropped.items()}
         retired = {name: why for standing in race.rounds for name, why in standing.retired.items()
@@ -84,13 +85,13 @@ class GridRace(Strategy):
 
     @staticmethod
     def _row(name: str, units: List[AlphaResult], race, leader_scores: Dict[int, float],
-             leader: Optional[str]) -> AlphaResult:
+             leader: Optional[str], reference: List[AlphaResult]) -> AlphaResult:
         own = [row for unit in units for row in unit.rows]
         there = None  # the comparison the race made: the leader on this candidate's rows
         if name != leader and leader_scores and all(row in leader_scores for row in own):
             there = fmean([leader_scores[row] for row in own])
         return candidate_row(units, dropped_in=race.dropped_in.get(name),
-                             retired_in=race.retired_in.get(name), pick_score=there)
+                             retired_in=race.retired_in.get(name), pick_score=there, reference=reference)
 
     def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         done = len(self._raced(scored))
