@@ -315,6 +315,16 @@ def test_a_device_torch_does_not_know(tmp_path, llama_pair):
     assert "RuntimeError" not in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_a_device_kind_this_machine_lacks(tmp_path, llama_pair):
+    if torch.backends.mps.is_available():
+        pytest.skip("an MPS device is visible here")
+    config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
+    result = invoke("run", config, tmp_path / "out", "--device", "mps", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Error: --device mps was given but no MPS device is visible: drop the option" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_an_empty_output_path_is_refused(tmp_path, llama_pair):
     config = write_yaml(tmp_path / "c.yml", expo_config(*llama_pair))
     before = snapshot(tmp_path)
@@ -485,6 +495,10 @@ SEARCH_CASES = {
                                       "prefs.jsonl", "--out", "./link")[2:], "--out ./link is a symlink"),
     "a --device torch does not know": (lambda r: ("--data", "prefs.jsonl", "--device", "cpuu"),
                                        "--device 'cpuu' is not a device torch knows: use cpu, cuda, cuda:N or auto"),
+    "--device mps without an MPS device": (
+        lambda r: ("--data", "prefs.jsonl", "--device", "mps") if not torch.backends.mps.is_available()
+        else pytest.skip("an MPS device is visible here"),
+        "--device mps was given but no MPS device is visible: use --device cpu"),
     "a folder that is not a saved dataset as --data": (
         lambda r: ("--data", "./sft"), "data file ./sft is a folder, but not a dataset saved by datasets'"),
     "postgres:// for --storage": (
