@@ -183,7 +183,7 @@ class SearchResults:
         import matplotlib.pyplot as plt
 
         panels = 2 if self.guarded else 1
-        figure, axes = plt.subplots(panels, 1, figsize=(6, 4 * panels), sharex=True, squeeze=False)
+        figure, axes = plt.subplots(panels, 1, figsize=(5.5, 5 * panels), sharex=True, squeeze=False)
         excluded = self.excluded()
         best = self.best()
         score_axis = axes[0][0]
@@ -201,8 +201,9 @@ class SearchResults:
                             marker="|", markersize=12, linestyle="none", color="gray",
                             label="not scored (covered by the curve)")
         score_axis.set_title("ExPO: score vs extrapolation strength" + (
-            "\nraced: hollow = fewer rows, not comparable with the pick's mean" if self.race else ""))
-        score_axis.legend()
+            "\nraced: hollow = fewer rows, not comparable with the pick's mean" if self.race else ""),
+            fontsize=10)
+        _legend_beside(score_axis)
         if self.guarded:
             guard_axis = axes[1][0]
             self._curve(guard_axis, "guard", self.settings["guard"], excluded)
@@ -210,12 +211,11 @@ class SearchResults:
             if self.max_drop is not None and baseline is not None and baseline.guard is not None:
                 guard_axis.axhline(baseline.guard - self.max_drop, color="red", linestyle=":",
                                    label=f"α = 0 minus --max-drop {self.max_drop:g}")
-            guard_axis.set_title("guard: must stay within --max-drop of α = 0")
-            guard_axis.legend()
+            guard_axis.set_title("guard: must stay within --max-drop of α = 0", fontsize=10)
+            _legend_beside(guard_axis)
         axes[-1][0].set_xlabel("α")
-        figure.tight_layout()
         image = io.BytesIO()
-        figure.savefig(image, format="png", dpi=100)
+        figure.savefig(image, format="png", dpi=100, bbox_inches="tight")  # the legends beside included
         plt.close(figure)
         write_file_atomically(path, image.getvalue())
 
@@ -324,6 +324,11 @@ class SearchResults:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
                          f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")
         return "\n".join(lines)
+
+
+def _legend_beside(axis) -> None:
+    """The legend right of the panel, where it hides no point of the curve."""
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8)
 
 
 def _number(value: Optional[float]) -> str:
