@@ -13,7 +13,7 @@ from mergekit_expo.atomic_output import staged_output
 from mergekit_expo.card import check_card_inputs, write_card
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.contract import MISSING_BASE
-from mergekit_expo.devices import missing_kind
+from mergekit_expo.devices import device_problem
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hub import is_hub_id
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
@@ -146,13 +146,12 @@ def check_device(options) -> None:
     except RuntimeError:
         raise ExpoConfigError(f"--device {options.device!r} is not a device torch knows: use cpu, cuda or "
                               "cuda:N") from None
-    missing = missing_kind(options.device or "cpu")
-    if missing == "CUDA":
-        raise ExpoConfigError("--cuda/--device cuda was given but no CUDA device is visible: drop the "
-                              "option or check CUDA_VISIBLE_DEVICES")
-    if missing:
-        raise ExpoConfigError(f"--device {options.device} was given but no {missing} device is visible: "
-                              "drop the option")
+    device = options.device or "cpu"
+    problem = device_problem(device)
+    if problem:
+        given = "--cuda/--device cuda" if device == "cuda" else f"--device {device}"
+        visible = " or check CUDA_VISIBLE_DEVICES" if device.startswith("cuda") else ""
+        raise ExpoConfigError(f"{given} was given but {problem}: drop the option{visible}")
     if torch.cuda.is_available():
         return
     if getattr(options, "multi_gpu", False):  # mergekit's executor fails on it with an AttributeError

@@ -323,6 +323,9 @@ def test_a_device_kind_this_machine_lacks(tmp_path, llama_pair):
     assert result.returncode == 1
     assert "Error: --device mps was given but no MPS device is visible: drop the option" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    result = invoke("run", config, tmp_path / "out", "--device", "meta", cwd=tmp_path)
+    assert result.returncode == 1 and "--device meta was given but meta is torch's placeholder device" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_empty_output_path_is_refused(tmp_path, llama_pair):

@@ -11,7 +11,7 @@ from mergekit_expo.checkpoint import shard_of
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.compat.lm_eval import import_lm_eval
 from mergekit_expo.compat.optuna import check_optuna
-from mergekit_expo.devices import missing_kind
+from mergekit_expo.devices import device_problem
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.output_guard import check_no_overlap, check_output, check_writable_parent
@@ -36,10 +36,9 @@ def resolve_device(device: str) -> str:
     except RuntimeError:
         raise ExpoConfigError(f"--device {device!r} is not a device torch knows: use cpu, cuda, cuda:N or "
                               "auto") from None
-    missing = missing_kind(device)
-    if missing:
-        raise ExpoConfigError(f"--device {device} was given but no {missing} device is visible: use "
-                              "--device cpu")
+    problem = device_problem(device)
+    if problem:
+        raise ExpoConfigError(f"--device {device} was given but {problem}: use --device cpu")
     return device
 
 
