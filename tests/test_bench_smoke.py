@@ -105,6 +105,11 @@ def test_search_race_benchmark_smoke(tmp_path):
     for strategy in ("race", "curve"):
         assert [line for line in replays if line.startswith("tiny, preference")
                 and line.split()[2] == strategy][0].endswith("yes")
+    # its full searches, replayed by the curve search at other tolerances
+    out = run_script(REPO / "bench/curve_tolerance.py", "--work", tmp_path / "race", "--tolerances", "3,5",
+                     "--orders", "2")
+    assert "replayed on 6 full searches" in out and "race: held-out, peak inside" in out
+    assert out.splitlines()[-1].startswith("all cases: mean share, picks outside")
 
 
 @pytest.mark.slow
