@@ -645,3 +645,38 @@ def test_a_negated_zero_reads_as_zero():
     from mergekit_expo.card.search_section import _number
 
     assert _number(-0.0) == "0" and _number(-0.5) == "-0.5" and _number(None) == "–"
+
+
+def test_a_raced_card_compares_each_guard_on_its_own_rows_and_says_when_the_guard_chose(tmp_path):
+    """α = 2 stopped early: its guard is compared with α = 0's on its 32 rows (0.61), not with
+    α = 0's mean on 96; the race's leader, α = 1, is excluded, so the pick is the best allowed α
+    scored on the most rows, and card and summary say so instead of calling it the race's leader."""
+    from mergekit_expo.card.lineage import lineage_of_config
+    from mergekit_expo.card.search_section import choice_words
+    from mergekit_expo.search.results import AlphaResult, SearchResults
+
+    stage = lineage_of_config(yaml.safe_dump(expo_config("org/sft", "org/aligned", 0.0))).final
+    settings = {"sft": "org/sft", "aligned": "org/aligned", "scorer": "preference", "dtype": "float32",
+                "guard": "preference", "strategy": "race"}
+
+    def row(alpha, score, guard, n, reference=None, retired_in=None):
+        return AlphaResult(alpha=alpha, score=score, low=score - 0.1, high=score + 0.1, n=n, seconds=1.0,
+                           guard=guard, guard_reference=reference, retired_in=retired_in)
+
+    rows = [row(0.0, 0.50, 0.60, 96, retired_in=3), row(1.0, 0.70, 0.40, 96),
+            row(2.0, 0.45, 0.58, 32, reference=0.61, retired_in=1)]
+    results = SearchResults(tmp_path, settings, rows, max_drop=0.05)
+    results.race = {"strategy": "race", "rows": 160, "ended": "every other candidate is below alpha=1 or "
+                    "within the tolerance of it", "survivors": ["alpha=1"]}
+    assert results.best().alpha == 0.0
+    words = " ".join(choice_words(results, stage))
+    assert ("The guard excludes every α the strategy kept to the end, so the pick is the best of those it "
+            "allows that were scored on the most rows (96).") in words
+    assert "No α > 0 that the guard allows scored above the aligned model itself" in words
+    assert ("Excluded: α = 1, whose guard fell more than 0.05 below its 0.6 at α = 0 (to 0.4).") in words
+    results.max_drop = 0.02
+    assert ("Excluded: α = 1, 2, whose guard fell more than 0.02 below α = 0's on the rows each was scored on "
+            "(1: 0.4 against 0.6; 2: 0.58 against 0.61).") in " ".join(choice_words(results, stage))
+    summary = results.summary()
+    assert "best alpha = 0 (score 0.5 on 96 rows): the guard excludes every alpha the strategy kept" in summary
+    assert "the race's leader" in [line for line in summary.splitlines() if line.strip().startswith("1 ")][0]

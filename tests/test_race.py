@@ -289,3 +289,36 @@ def test_a_raced_candidates_guard_is_measured_against_alpha_0_on_the_rows_it_rea
         assert [row["excluded"] for row in saved] == [row.alpha == 2.0 for row in found]
         assert (f"fell more than 0.03 below alpha = 0's on the rows each read (2: {early.guard:.4g} against "
                 f"{early.guard_reference:.4g})") in results.summary()
+
+
+def test_the_leader_is_one_the_guard_allows_and_one_it_excludes_runs_on():
+    """A candidate above the others whose guard mean is past --max-drop on the rows read is not
+    the leader (the pick could not be it), nor retired against a lower one: it runs on, while the
+    noise leaves its guard's drop unproven either way."""
+    rng = random.Random(3)
+    rows = 64
+    scores = {"0": [rng.gauss(0.0, 1) for _ in range(rows)], "hi": [rng.gauss(1.0, 1) for _ in range(rows)],
+              "ok": [rng.gauss(0.6, 1) for _ in range(rows)]}
+    guard = {"0": [rng.gauss(0.5, 0.3) for _ in range(rows)]}
+    guard["hi"] = [value - 0.06 + rng.gauss(0, 0.3) for value in guard["0"]]  # drops 0.06 on average
+    guard["ok"] = [value + rng.gauss(0, 0.01) for value in guard["0"]]
+    rule = RaceRule(candidates=3, rounds=8, rows=512, max_drop=0.05, guard_rows=512)
+    assert fmean(guard["hi"]) < fmean(guard["0"]) - 0.05 and fmean(scores["hi"]) > fmean(scores["ok"])
+    standing = judge(scores, rule, rows_left=True, guard=guard, reference="0")
+    assert "hi" not in standing.dropped  # its drop is not shown with confidence
+    assert standing.leader == "ok" and "hi" in standing.survivors and "hi" not in standing.retired
+    unguarded = judge(scores, RaceRule(candidates=3, rounds=8, rows=512), rows_left=True)
+    assert unguarded.leader == "hi"
+
+
+def test_where_the_guard_excludes_every_kept_candidate_the_pick_is_among_the_most_read():
+    from mergekit_expo.search.rows import AlphaResult, best
+
+    def row(alpha, score, guard, n, retired_in=None):
+        return AlphaResult(alpha=alpha, score=score, low=None, high=None, n=n, seconds=0.0, guard=guard,
+                           retired_in=retired_in)
+
+    rows = [row(0.0, 0.50, 0.60, 96, retired_in=3), row(1.0, 0.70, 0.40, 96),  # the leader, excluded
+            row(2.0, 0.90, 0.59, 32, retired_in=1), row(3.0, 0.55, 0.60, 96, retired_in=3)]
+    assert best(rows, 0.05).alpha == 3.0  # not 2.0, a mean on a third of the rows
+    assert best(rows, 0.5).alpha == 1.0

@@ -9,6 +9,7 @@ from mergekit_expo.alpha import DEFAULT_ALPHA
 from mergekit_expo.card.trajectory_words import checkpoint_step
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
+from mergekit_expo.search.rows import reference_guard
 from mergekit_expo.trajectory.steps import checkpoint_holders
 
 HEADING = "## How α was chosen"
@@ -123,8 +124,12 @@ def choice_words(results, stage) -> List[str]:
                 "the smaller α is kept" if results.scalar else "the earlier candidate is kept")
         words.append(f"It ties with {'α = ' if results.scalar else ''}{', '.join(r.label for r in ties)} "
                      f"on the score; {rule}.")
+    if results.race and not best.kept:
+        words.append("The guard excludes every α the strategy kept to the end, so the pick is the best of "
+                     f"those it allows that were scored on the most rows ({best.n}).")
     if best.is_reference:
-        words.append(f"No α > 0 scored above {results.reference_words} itself on this data.")
+        allowed_words = " that the guard allows" if excluded else ""
+        words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
         words.append(f"Its 95% interval overlaps that of α = 0 ({results.reference_words}): on this data the "
                      "gain is within the noise.")
@@ -132,9 +137,13 @@ def choice_words(results, stage) -> List[str]:
         words.append(
             f"Excluded: {'α = ' if results.scalar else ''}"
             f"{(', ' if results.scalar else '; ').join(r.label for r in excluded)}, whose guard "
-            "fell more than "
-            f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
-            f"(to {', '.join(_number(r.guard) for r in excluded)}).")
+            "fell more than " + (
+                f"{results.max_drop:g} below its {_number(baseline.guard)} at α = 0 "
+                f"(to {', '.join(_number(r.guard) for r in excluded)})."
+                if all(r.guard_reference is None for r in excluded) else
+                f"{results.max_drop:g} below α = 0's on the rows each was scored on ("
+                + "; ".join(f"{r.label}: {_number(r.guard)} against {_number(reference_guard(r, baseline))}"
+                            for r in excluded) + ")."))
     if not merged_with_choice(results, best, stage):
         words.append("This model was merged with α as configured above, not with the search's choice.")
     return words

@@ -8,7 +8,10 @@ leader carry far less noise than the scores themselves (F-race, Hoeffding races)
 The rule, after each round (``n`` of the dev set's ``N`` rows scored by every running
 candidate):
 
-- the leader is the running candidate with the highest mean score;
+- the leader is the running candidate with the highest mean score, among those whose guard
+  mean (with ``--guard``) is within ``--max-drop`` of α = 0's on the same rows, as the pick must
+  be; one above the leader that the guard excludes is not retired, so it runs on until the
+  guard allows it or every row is read;
 - a running ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
   lower confidence bound above 0: ``mean(d) − z·se(d) > 0``;
 - with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
@@ -100,7 +103,10 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     running = [name for name in scores if name not in dropped]
     if not running:
         return Standing("", [], dropped, "every candidate fails the guard")
-    leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
+    # The leader is one the guard allows on these rows (the pick's own rule): one it excludes
+    # is not retired against a lower leader, so it runs on until the guard allows it or every row is read.
+    allowed = [name for name in running if _guard_allows(name, guard, reference, rule)] or running
+    leader = max(allowed, key=lambda name: (fmean(scores[name]), name == reference))
     retired = {}
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
         if name == leader:
@@ -133,6 +139,13 @@ def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
         if why:
             dropped[name] = f"guard {why} below α = 0"
     return dropped
+
+
+def _guard_allows(name: str, guard, reference, rule: RaceRule) -> bool:
+    """Whether ``name``'s guard mean is within ``max_drop`` of α = 0's on the same rows."""
+    if guard is None or rule.max_drop is None or name == reference:
+        return True
+    return fmean(guard[name]) >= fmean(guard[reference]) - rule.max_drop
 
 
 def _range(lists) -> float:

@@ -130,13 +130,15 @@ class SearchResults:
             writer = csv.writer(handle)
             coordinates = list(self.rows[0].coordinates) if self.rows else ["alpha"]
             extra_keys = sorted({k for r in self.rows for k in (r.extra or {})})
-            guard = ["guard", "guard_low", "guard_high", "excluded"] if self.guarded else []
+            guard = ["guard", "guard_low", "guard_high", "guard_reference", "excluded"] \
+                if self.guarded else []
             raced = ["dropped_in", "retired_in", "pick_score"] if self.race is not None else []
             excluded = {r.key for r in self.excluded()}
             writer.writerow([*coordinates, "score", "low", "high", "n", "seconds", *guard, *raced,
                              *extra_keys, "candidate"])
             for r in self.rows:
-                guarded = [r.guard, r.guard_low, r.guard_high, r.key in excluded] if self.guarded else []
+                guarded = [r.guard, r.guard_low, r.guard_high, r.guard_reference, r.key in excluded] \
+                    if self.guarded else []
                 values = r.coordinates
                 went = [r.dropped_in, r.retired_in, r.pick_score] if raced else []
                 writer.writerow([*[values.get(c) for c in coordinates], r.score, r.low, r.high, r.n,
@@ -172,6 +174,14 @@ class SearchResults:
         (self._plot if self.scalar else self._plot_vectors)(plot_path)
         return dict(paths, best=best_path, plot=plot_path)
 
+    def why_best(self, best: AlphaResult) -> str:
+        """Why the strategy's pick is the pick (a race or the curve search)."""
+        if best.kept:
+            return self.strategy.why_picked(self.race)
+        return ("the guard excludes every alpha the strategy kept to the end, so the pick is the best of "
+                f"those it allows that were scored on the most rows ({best.n}); 'pick there' is the race's "
+                "leader's mean on each alpha's rows")
+
     @property
     def guarded(self) -> bool:
         return bool(self.settings.get("guard"))
@@ -188,13 +198,14 @@ class SearchResults:
         best = self.best()
         score_axis = axes[0][0]
         self._curve(score_axis, "score", self.settings["scorer"], excluded)
-        why = " (the race's pick)" if self.race else ""
+        why = "" if not self.race else " (the race's pick)" if best.kept else " (allowed by the guard)"
         score_axis.scatter([best.alpha], [best.score], color="red", zorder=3,
                            label=f"best α = {best.alpha:g}{why}")
         raced = [r for r in self.rows if r.pick_score is not None and r.key != best.key]
         if raced:  # the comparison the race made: the pick on each other α's own rows
             score_axis.scatter([r.alpha for r in raced], [r.pick_score for r in raced], marker="_", s=120,
-                               color="red", zorder=3, label="the pick on that α's rows")
+                               color="red", zorder=3,
+                               label=f"{'the pick' if best.kept else 'the leader'} on that α's rows")
         if self.unscored:  # where the grid was never scored: ticks on the axis
             bottom = min(r.score if r.low is None else r.low for r in self.rows)
             score_axis.plot([left["alpha"] for left in self.unscored], [bottom] * len(self.unscored),
@@ -211,6 +222,11 @@ class SearchResults:
             if self.max_drop is not None and baseline is not None and baseline.guard is not None:
                 guard_axis.axhline(baseline.guard - self.max_drop, color="red", linestyle=":",
                                    label=f"α = 0 minus --max-drop {self.max_drop:g}")
+                own = [r for r in self.rows if r.guard_reference is not None]
+                if own:  # stopped early: measured against α = 0 on the rows each read
+                    floors = [r.guard_reference - self.max_drop for r in own]
+                    guard_axis.scatter([r.alpha for r in own], floors, marker="_", s=120, color="red",
+                                       zorder=3, label="the same, on that α's rows")
             guard_axis.set_title("guard: must stay within --max-drop of α = 0", fontsize=10)
             _legend_beside(guard_axis)
         axes[-1][0].set_xlabel("α")
@@ -302,7 +318,7 @@ class SearchResults:
             alphas = ", ".join(f"{left['alpha']:g}" for left in self.unscored)
             lines.append(f"not scored: alpha {alphas} ({reasons})")
         lines.append(f"best {'alpha = ' if self.scalar else ''}{best.label} (score {best.score:.4g}"
-                     + (f" on {best.n} rows): {self.strategy.why_picked(self.race)}" if self.race else ")"))
+                     + (f" on {best.n} rows): {self.why_best(best)}" if self.race else ")"))
         baseline = self.baseline()
         if baseline is not None:
             lines.append(f"alpha = 0 ({self.reference_words}) scores {baseline.score:.4g}")

@@ -171,10 +171,16 @@ def reference_guard(row: AlphaResult, baseline: AlphaResult) -> float:
 
 def eligible(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> List[AlphaResult]:
     """The candidates the pick is chosen from: those the strategy kept (each scored, and guarded,
-    on every row it read) and the guard allows. α = 0 is never excluded, so one is always left."""
+    on every row it read) and the guard allows; where the guard excludes every one it kept, those
+    it allows that were scored on the most rows (their means comparable). α = 0 is never
+    excluded, so one is always left."""
     out = {row.key for row in excluded(rows, max_drop)}
     allowed = [row for row in rows if row.key not in out]
-    return [row for row in allowed if row.kept] or allowed
+    kept = [row for row in allowed if row.kept]
+    if kept:
+        return kept
+    most = max(row.n for row in allowed)
+    return [row for row in allowed if row.n == most]
 
 
 def best(rows: Sequence[AlphaResult], max_drop: Optional[float]) -> AlphaResult:

@@ -106,7 +106,10 @@ class GridRace(Strategy):
             return f"dropped in round {row.dropped_in}"
         if row.retired_in is not None:
             return f"within the tolerance from round {row.retired_in}"
-        return "scored on every row" if record.get("ended") else "still running"
+        if not record.get("ended"):
+            return "still running"
+        # kept to the end: on every row, or the one left (not the pick where the guard excludes it)
+        return "scored on every row" if row.n >= record["rows"] else "the race's leader"
 
     @classmethod
     def why_picked(cls, record: dict) -> str:
