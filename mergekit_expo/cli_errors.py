@@ -4,8 +4,10 @@ Tracebacks are shown only with -v. Exit codes: 1 for errors, 130 for Ctrl-C,
 143 for SIGTERM, as a shell would report them.
 """
 
+import contextlib
 import errno
 import functools
+import logging
 import re
 import signal
 import sys
@@ -63,7 +65,7 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
         outcome.started, outcome.interrupted = True, interrupted
         previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
         try:
-            with deprecation_notes_hidden(not verbose):
+            with deprecation_notes_hidden(not verbose), _warnings_as_lines():
                 result = command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException):
             raise
@@ -86,6 +88,39 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
             received.clear()  # a later command in this process starts uninterrupted
 
     return wrapper
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a line is logged (click's test runner
+    and redirections swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """The package's warnings printed as the message alone, every one: left to logging, those
+    before any library configures the root logger print bare and later ones as
+    ``WARNING:mergekit_expo:…``."""
+    logger = logging.getLogger("mergekit_expo")
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def interrupted_line(signum: int, left: str) -> str:
