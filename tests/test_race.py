@@ -322,3 +322,26 @@ def test_where_the_guard_excludes_every_kept_candidate_the_pick_is_among_the_mos
             row(2.0, 0.90, 0.59, 32, retired_in=1), row(3.0, 0.55, 0.60, 96, retired_in=3)]
     assert best(rows, 0.05).alpha == 3.0  # not 2.0, a mean on a third of the rows
     assert best(rows, 0.5).alpha == 1.0
+
+
+def test_with_no_running_candidate_the_guard_allows_none_is_judged_and_the_retired_come_back():
+    """α = 0 retired against "a", which the guard then allowed; now the guard excludes both
+    running candidates: nobody is retired or dropped against them, α = 0 is reopened, and the
+    race does not end while rows are left."""
+    rng = random.Random(4)
+    rows = 64
+    scores = {"a": [rng.gauss(1.0, 1) for _ in range(rows)], "b": [rng.gauss(0.9, 1) for _ in range(rows)]}
+    guard = {"0": [rng.gauss(0.5, 0.3) for _ in range(rows)]}
+    guard.update({name: [value - 0.08 + rng.gauss(0, 0.3) for value in guard["0"]] for name in scores})
+    retirees = {"0": [rng.gauss(0.9, 1) for _ in range(rows)]}
+    rule = RaceRule(candidates=3, rounds=8, rows=512, max_drop=0.05, guard_rows=512)
+    standing = judge(scores, rule, rows_left=True, guard=guard, reference="0", retirees=retirees)
+    assert not standing.retired and standing.reopened == ["0"] and standing.finished is None
+    assert set(standing.survivors) == {"a", "b", "0"}
+    last = judge(scores, rule, rows_left=False, guard=guard, reference="0")
+    assert last.finished == "every row is scored"
+    # the guard shows both clearly past --max-drop: dropped, and α = 0 comes back all the same
+    far = {name: [value - 0.3 for value in guard["0"]] for name in scores}
+    standing = judge(scores, rule, rows_left=True, guard=dict(far, **{"0": guard["0"]}), reference="0",
+                     retirees=retirees)
+    assert set(standing.dropped) == {"a", "b"} and standing.reopened == ["0"] and standing.finished is None

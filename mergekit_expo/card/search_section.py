@@ -127,7 +127,9 @@ def choice_words(results, stage) -> List[str]:
     if results.race and not best.kept:
         words.append("The guard excludes every α the strategy kept to the end, so the pick is the best of "
                      f"those it allows that were scored on the most rows ({best.n}).")
-    if best.is_reference:
+    if best.is_reference and excluded and all(r.is_reference or r in excluded for r in results.rows):
+        words.append(f"The guard excludes every α > 0: {results.reference_words} itself is the pick.")
+    elif best.is_reference:
         allowed_words = " that the guard allows" if excluded else ""
         words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:

@@ -101,12 +101,17 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     scale = _range(scores.values()) if scale is None else scale
     dropped = _guard_drops(scores, rule, guard, reference)
     running = [name for name in scores if name not in dropped]
-    if not running:
-        return Standing("", [], dropped, "every candidate fails the guard")
+    if not running:  # the retired come back: α = 0 among them is always allowed
+        back = list(retirees or {})
+        return Standing("", back, dropped, None if back else "every candidate fails the guard", reopened=back)
     # The leader is one the guard allows on these rows (the pick's own rule): one it excludes
     # is not retired against a lower leader, so it runs on until the guard allows it or every row is read.
-    allowed = [name for name in running if _guard_allows(name, guard, reference, rule)] or running
-    leader = max(allowed, key=lambda name: (fmean(scores[name]), name == reference))
+    allowed = [name for name in running if _guard_allows(name, guard, reference, rule)]
+    leader = max(allowed or running, key=lambda name: (fmean(scores[name]), name == reference))
+    if not allowed:  # none the pick could be: nobody is judged against it, the retired come back
+        back = list(retirees or {})
+        finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader)
+        return Standing(leader, running + back, dropped, finished, reopened=back)
     retired = {}
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
         if name == leader:

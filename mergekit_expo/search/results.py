@@ -212,7 +212,7 @@ class SearchResults:
                             marker="|", markersize=12, linestyle="none", color="gray",
                             label="not scored (covered by the curve)")
         score_axis.set_title("ExPO: score vs extrapolation strength" + (
-            "\nraced: hollow = fewer rows, not comparable with the pick's mean" if self.race else ""),
+            "\nraced: hollow = no longer scored, a mean on its own rows" if self.race else ""),
             fontsize=10)
         _legend_beside(score_axis)
         if self.guarded:
@@ -251,11 +251,11 @@ class SearchResults:
             axis.scatter([r.alpha for r in excluded], [getattr(r, field) for r in excluded], marker="x",
                          s=80, color="black", zorder=4, label="excluded by the guard")
         for marker, went, why in (("o", "dropped_in", "dropped by the race"),
-                                  ("s", "retired_in", "within the tolerance of the pick")):
+                                  ("s", "retired_in", "within the tolerance of the leader")):
             gone = [r for r in rows if getattr(r, went) is not None]
-            if gone:  # scored on fewer rows: hollow
+            if gone:  # no longer scored (on fewer rows, as a rule): hollow
                 axis.scatter([r.alpha for r in gone], [getattr(r, field) for r in gone], marker=marker, s=70,
-                             facecolors="white", edgecolors="C0", zorder=3, label=f"{why} (fewer rows)")
+                             facecolors="white", edgecolors="C0", zorder=3, label=why)
         axis.set_ylabel(f"{field} ({label})")
 
     def _plot_vectors(self, path: Path) -> None:

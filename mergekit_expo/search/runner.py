@@ -85,11 +85,13 @@ def _say_changes(folder: Path, plan: Plan) -> None:
     if saved.get("max_drop") != plan.max_drop:
         was, now = (f"{value:g}" if value is not None else "not set"
                     for value in (saved.get("max_drop"), plan.max_drop))
-        click.echo(f"--max-drop was {was}, now {now}: {reused} the pick chosen again", err=True)
+        raced = saved.get("tolerance") is not None  # the guard is part of a race's rule
+        again = "the race judged again under it (it may read more rows)" if raced else "the pick chosen again"
+        click.echo(f"--max-drop was {was}, now {now}: {reused} {again}", err=True)
     tolerance = plan.options.get("tolerance")
     if None not in (saved.get("tolerance"), tolerance) and saved["tolerance"] != tolerance:
         click.echo(f"--race-tolerance was {saved['tolerance']:g}, now {tolerance:g}: {reused} the race "
-                   "judged again under the new tolerance", err=True)
+                   "judged again under the new tolerance (it may read more rows)", err=True)
 
 
 def record(results: SearchResults, strategy, scored) -> None:

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.stats import standard_errors
 from mergekit_expo.search.strategies.base import Unit
-from mergekit_expo.search.strategies.race import GridRace
+from mergekit_expo.search.strategies.race import GridRace, guard_words
 
 LATTICE_POINTS = 6  # the first lattice: enough to see where the peak is, few enough to spare the grid
 
@@ -114,10 +114,10 @@ class CurveSearch(GridRace):
     @classmethod
     def why_picked(cls, record: dict) -> str:
         return ("the race's leader among the scored alpha, its grid neighbours scored and judged; each "
-                "other scored alpha was dropped (clearly below the leader then) or retired (unable to beat "
-                "it by more than the tolerance) on the rows both were scored on, and each unscored alpha "
-                "lies beyond such candidates, so the curve (taken to be unimodal and smooth) puts it no "
-                "higher: 'pick there' is the pick's mean on that alpha's rows")
+                f"other scored alpha was dropped (clearly below the leader then{guard_words(record)}) or "
+                "retired (unable to beat it by more than the tolerance) on the rows both were scored on, and "
+                "each unscored alpha lies beyond such candidates, so the curve (taken to be unimodal and "
+                "smooth) puts it no higher: 'pick there' is the pick's mean on that alpha's rows")
 
     @classmethod
     def card_sentence(cls, record: dict) -> str:
@@ -125,12 +125,14 @@ class CurveSearch(GridRace):
         return (f"chosen by the curve search (`--strategy curve`): {scored} of the "
                 f"{record['rows_full'] // record['rows']} α were scored, on blocks of {record['block_rows']} "
                 f"of the {record['rows']} dev rows in a seeded order, starting from an even lattice and "
-                "refining at the leader; an α clearly below the leader was dropped, one unable to beat it "
-                f"by more than {standard_errors(record['tolerance'])} of their paired difference retired "
-                f"({100 * record.get('confidence', 0.95):g}% confidence on the paired per-row differences), "
-                "and the α beyond such candidates were not scored, the score taken to be unimodal in α "
-                f"and smooth; {record['rows_scored']} of {record['rows_full']} candidate rows were scored "
-                f"(ended: {record['ended']}); the rows column gives how many rows each α was scored on")
+                "refining at the leader; an α clearly below the leader"
+                f"{guard_words(record, 'α', card=True)} was dropped, one unable to beat it by more than "
+                f"{standard_errors(record['tolerance'])} of their paired difference retired "
+                f"({100 * record.get('confidence', 0.95):g}% confidence on the "
+                "paired per-row differences), and the α beyond such candidates were not scored, the score "
+                f"taken to be unimodal in α and smooth; {record['rows_scored']} of {record['rows_full']} "
+                f"candidate rows were scored (ended: {record['ended']}); the rows column gives how many rows "
+                "each α was scored on")
 
     @classmethod
     def summary_line(cls, record: dict, generating: bool) -> Optional[str]:

@@ -103,7 +103,8 @@ class GridRace(Strategy):
         if row.key == best.key:
             return "pick"
         if row.dropped_in is not None:
-            return f"dropped in round {row.dropped_in}"
+            by = " by the guard" if dropped_by_guard(record, row.key) else ""
+            return f"dropped{by} in round {row.dropped_in}"
         if row.retired_in is not None:
             return f"within the tolerance from round {row.retired_in}"
         if not record.get("ended"):
@@ -113,10 +114,10 @@ class GridRace(Strategy):
 
     @classmethod
     def why_picked(cls, record: dict) -> str:
-        return ("the race's leader; each other alpha was dropped (clearly below the leader then) or "
-                "retired (unable to beat it by more than the tolerance) on the rows both were scored on, "
-                "so a mean over fewer rows is not comparable: 'pick there' is the pick's mean on that "
-                "alpha's rows")
+        return ("the race's leader; each other alpha was dropped (clearly below the leader then"
+                f"{guard_words(record)}) or retired (unable to beat it by more than the tolerance) on the "
+                "rows both were scored on, so a mean over fewer rows is not comparable: 'pick there' is the "
+                "pick's mean on that alpha's rows")
 
     @classmethod
     def card_rows_note(cls, row: AlphaResult) -> str:
@@ -129,7 +130,8 @@ class GridRace(Strategy):
         rounds = record["rounds"]
         return (f"raced (`--race`): every candidate was scored on blocks of {record['block_rows']} of the "
                 f"{record['rows']} dev rows, in a seeded order, and no longer scored once clearly worse than "
-                f"the leader or unable to beat it by more than {standard_errors(record['tolerance'])} of "
+                f"the leader{guard_words(record, 'α', card=True)} or unable to beat it by more than "
+                f"{standard_errors(record['tolerance'])} of "
                 f"their paired difference ({100 * record.get('confidence', CONFIDENCE):g}% confidence on the "
                 "paired per-row differences); the pick is the leader; "
                 f"{record['rows_scored']} of {record['rows_full']} candidate rows were scored in {rounds} "
@@ -140,6 +142,19 @@ class GridRace(Strategy):
     def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
         rounds = record["rounds"]
         return rows_line(record, f"in {rounds} round{'s' if rounds != 1 else ''}", generating)
+
+
+def dropped_by_guard(record: dict, key: str) -> bool:
+    return (record.get("dropped") or {}).get(key, "").startswith("guard")
+
+
+def guard_words(record: dict, alpha: str = "alpha", card: bool = False) -> str:
+    """Where the guard dropped any (it drops those above the leader too), that it did: ``, or
+    its guard …`` (``card``: `` (or with its guard …)``)."""
+    if not any(dropped_by_guard(record, key) for key in record.get("dropped") or {}):
+        return ""
+    clause = f"its guard clearly more than --max-drop below {alpha} = 0's"
+    return f" (or with {clause})" if card else f", or {clause}"
 
 
 def rows_line(record: dict, how: str, generating: bool) -> str:
