@@ -35,6 +35,7 @@ score does not depend on the batch (preference).
 
 Usage: python bench/search_race.py [--rows 256] [--rm-prompts 128] [--hidden 768 --layers 12]
        python bench/search_race.py --reward-model-only --rm-prompts 512 [--seed 1]
+       python bench/search_race.py --held-out-only --held-out-seeds 12,13   (new held-out rows)
 """
 
 import argparse
@@ -264,6 +265,9 @@ def main():
     parser.add_argument("--work", default=str(HERE / "results" / "search-race"))
     parser.add_argument("--seed", type=int, default=0,
                         help="the reward-model case's reward model, prompts and row order (--seed of the command)")
+    parser.add_argument("--held-out-seeds", default="10,11",
+                        help="the label seeds of the two held-out cases (peak inside; short peak, long tail)")
+    parser.add_argument("--held-out-only", action="store_true", help="only the two held-out cases")
     parser.add_argument("--reward-model-only", action="store_true",
                         help="only the reward-model case (e.g. with more --rm-prompts, where scoring outweighs "
                              "the start-up)")
@@ -274,15 +278,21 @@ def main():
     (work / "big").mkdir()
     sft, aligned = write_pair(str(work / "tiny" / "pair"), PairSpec(delta_scale=0.3))
     preference = ["--scorer", "preference", "--dtype", "float32", "--data"]
-    cases = [("tiny, preference", 3.0, 0.0, 0, 4.0), ("flat peak, preference", 2.0, args.flip, 1, 4.0),
-             ("held-out, peak inside", 2.4, 0.1, 10, 4.0),
-             ("held-out, short peak, long tail", 1.0, 0.1, 11, 10.0)]
+    inside, tail = (int(seed) for seed in args.held_out_seeds.split(","))
+    held_out = [("held-out, peak inside", 2.4, 0.1, inside, 4.0),
+                ("held-out, short peak, long tail", 1.0, 0.1, tail, 10.0)]
+    cases = [("tiny, preference", 3.0, 0.0, 0, 4.0), ("flat peak, preference", 2.0, args.flip, 1, 4.0), *held_out]
     found = []
-    for name, teacher, flip, seed, top in [] if args.reward_model_only else cases:
+    for name, teacher, flip, seed, top in [] if args.reward_model_only else held_out if args.held_out_only else cases:
         data = labelled_preferences(work / "tiny" / f"prefs-{seed}.jsonl", sft, aligned, teacher, args.rows,
                                     flip, seed)
         found += run_case(work / "tiny", name, sft, aligned, grid(args.grid, top), [*preference, str(data)],
                           False, args.orders)
+    if args.held_out_only:
+        print(f"full vs raced vs curve `mergekit-expo search` (defaults, --seed 0), {os.cpu_count()} CPU cores, "
+              f"torch {torch.__version__}, one run; held-out label seeds {args.held_out_seeds}, {args.rows} rows")
+        print_table(found)
+        return
     prompts = reward_inputs(work / "tiny", args.rm_prompts, args.seed)
     found[2:2] = run_case(work / "tiny", "tiny, reward-model", sft, aligned, grid(args.grid, 4.0),
                           ["--scorer", "reward-model", "--data", str(prompts), "--reward-model",

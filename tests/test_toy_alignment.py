@@ -125,17 +125,19 @@ def test_race_alpha_quick(tmp_path):
 
 @pytest.mark.slow
 def test_race_alpha_quick_with_the_curve_search(tmp_path):
-    run_example("race_alpha.py", "--quick", "--seeds", "0", "--arms", "a,r,s", "--out", tmp_path)
+    run_example("race_alpha.py", "--quick", "--seeds", "0", "--arms", "a,r,s,t", "--curve-tolerance", "5",
+                "--out", tmp_path)
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert summary["arms"] == ["a", "r", "s"]
+    assert summary["arms"] == ["a", "r", "s", "t"] and summary["curve_tolerance"] == 5
     for point in summary["seeds"][0]["points"].values():
         curve = point["searches"]["s"]
-        assert curve["race"]["strategy"] == "curve"
+        assert curve["race"]["strategy"] == "curve" == point["searches"]["t"]["race"]["strategy"]
+        assert curve["race"]["tolerance"] == 3 and point["searches"]["t"]["race"]["tolerance"] == 5
         assert len(curve["results"]) + len(curve["race"]["unscored"]) == summary["grid"]
         assert point["arms"]["s"]["alpha"] in [r["alphas"]["alpha"] for r in curve["results"]]
         assert len(point["arms"]["s"]["test_per_prompt"]) == summary["settings"]["test_prompts"]
     found = json.loads((tmp_path / "verdict.json").read_text())
-    assert found["arm"] == "s" and set(found["by_arm"]) == {"r", "s"}
+    assert found["arm"] == "t" and set(found["by_arm"]) == {"r", "s", "t"}
     assert found["verdict"]["all"]["verdict"].split(" (")[0] in ("goal met", "moonshot met", "not met")
     text = (tmp_path / "results.md").read_text()
     assert "## (s) curve search (`--strategy curve`) against (a)" in text and "## (r) raced grid" in text

@@ -6,11 +6,12 @@ checkpoints at 5, 10, 20, 50 and 100% of the DPO steps. For each checkpoint, two
 searches by `mergekit-expo search` over the same grid 0, 0.05, …, 2: (a) every candidate on
 every dev prompt (v3's arm (a), `task:dev_reward_sampled`) and (r) the same grid with
 `--race` (`task:dev_rewards_sampled_rows`, blocks of dev prompts in an order seeded by the
-pipeline seed). Protocol v7 adds (s), the same grid with `--strategy curve`. Then the test
+pipeline seed). Protocol v7 adds (s), the same grid with `--strategy curve`; protocol v9 (t), the
+curve search at another `--race-tolerance` (``--curve-tolerance``). Then the test
 reward of every pick. Each protocol, its hypothesis and its decision rule are in README.md,
 committed before its first run.
 
-Usage: python examples/toy_alignment/race_alpha.py [--seeds 0,1,2] [--arms a,r,s] [--out DIR]
+Usage: python examples/toy_alignment/race_alpha.py [--seeds 0,1,2] [--arms a,r,s,t] [--out DIR]
        python examples/toy_alignment/race_alpha.py --quick   (smoke test)
 """
 
@@ -37,12 +38,13 @@ GRID = 41  # 0, 0.05, …, 2.00
 QUICK_PROGRESS, QUICK_GRID = (0.25, 1.0), 5
 ALPHA_MAX = 2.0
 SCORERS = {"a": "task:dev_reward_sampled", "r": "task:dev_rewards_sampled_rows",
-           "s": "task:dev_rewards_sampled_rows"}
-STRATEGIES = {"r": ["--race"], "s": ["--strategy", "curve"]}  # each with --seed S: the rows' order
+           "s": "task:dev_rewards_sampled_rows", "t": "task:dev_rewards_sampled_rows"}
+# each with --seed S: the rows' order
+STRATEGIES = {"r": ["--race"], "s": ["--strategy", "curve"], "t": ["--strategy", "curve"]}
 
 
 def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, grid: int,
-               tolerance=None) -> dict:
+               tolerance=None, curve_tolerance=None) -> dict:
     """One arm's search with the real command: its results.json and stderr's race line."""
     step = ALPHA_MAX / (grid - 1)
     command = [BIN / "mergekit-expo", "search", sft, checkpoint, "--scorer", SCORERS[arm],
@@ -51,6 +53,7 @@ def run_search(folder: Path, sft: Path, checkpoint: Path, arm: str, seed: int, g
     if arm in STRATEGIES:
         command += [*STRATEGIES[arm], "--seed", str(seed)]
         command += ["--race-tolerance", str(tolerance)] if tolerance is not None and arm == "r" else []
+        command += ["--race-tolerance", str(curve_tolerance)] if arm == "t" else []
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     result = subprocess.run([str(c) for c in command], cwd=HERE, env=env, capture_output=True, text=True)
@@ -102,7 +105,8 @@ def trained_before(out: Path):
     return Path(saved["sft"]), checkpoints, saved["steps"], saved["seconds"]
 
 
-def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None, arms=("a", "r")) -> dict:
+def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None, arms=("a", "r"),
+             curve_tolerance=None) -> dict:
     started = time.perf_counter()
     sft, checkpoints, steps, trained = trained_before(out) or train_checkpoints(out, seed, settings, progress)
     (out / "training.json").write_text(json.dumps({"sft": str(sft), "steps": steps, "seconds": trained,
@@ -112,7 +116,7 @@ def one_seed(out: Path, seed: int, settings, progress, grid: int, tolerance=None
     points = {}
     for fraction, checkpoint in sorted(checkpoints.items()):
         searches = {arm: run_search(out / "search" / f"{fraction:.2f}-{arm}", sft, checkpoint, arm, seed,
-                                    grid, tolerance) for arm in arms}
+                                    grid, tolerance, curve_tolerance) for arm in arms}
         picks = {arm: chosen(search["results"])["alphas"]["alpha"] for arm, search in searches.items()}
         arms = score_picks(sft, checkpoint, picks, test_prompts, settings["seeds"])
         arms["a"]["search_dev"] = chosen(searches["a"]["results"])["score"]
@@ -133,7 +137,9 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--race-tolerance", type=float, help="arm (r)'s --race-tolerance (default: the command's)")
-    parser.add_argument("--arms", default="a,r", help="a: full grid, r: --race, s: --strategy curve")
+    parser.add_argument("--arms", default="a,r", help="a: full grid, r: --race, s: --strategy curve, "
+                                                      "t: --strategy curve --race-tolerance CURVE_TOLERANCE")
+    parser.add_argument("--curve-tolerance", type=float, default=4.0, help="arm (t)'s --race-tolerance")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     progress = QUICK_PROGRESS if args.quick else PROGRESS
@@ -145,13 +151,14 @@ def main():
     seeds = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         seeds.append(one_seed(out / f"seed-{seed}", seed, settings, progress, grid, args.race_tolerance,
-                              tuple(args.arms.split(","))))
+                              tuple(args.arms.split(",")), args.curve_tolerance))
         # a run cut short keeps every finished seed
         (out / "seeds-done.json").write_text(json.dumps(seeds, indent=1))
     summary = {"settings": settings, "dpo_lr": DPO_LR, "progress": list(progress), "grid": grid,
                "alpha_max": ALPHA_MAX, "dev_prompts": task.DEV_PROMPTS,
                "dev_sampling_seeds": list(task.DEV_SAMPLING_SEEDS), "torch": torch.__version__,
                "quick": args.quick, "race_tolerance": args.race_tolerance, "arms": args.arms.split(","),
+               "curve_tolerance": args.curve_tolerance if "t" in args.arms.split(",") else None,
                "seconds": round(time.perf_counter() - started), "seeds": seeds}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     report(out, summary)

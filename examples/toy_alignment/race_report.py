@@ -9,8 +9,9 @@ from structured_report import interval, resample_sets
 
 MIN_DELTA = -0.002
 # arm -> (goal, stretch or moonshot share of (a)'s dev generations, every pick inside (a)'s interval)
-RULES = {"r": (0.35, 0.25, False), "s": (0.15, 0.10, True)}
-NAMES = {"r": "raced grid (`--race`)", "s": "curve search (`--strategy curve`)"}
+RULES = {"r": (0.35, 0.25, False), "s": (0.15, 0.10, True), "t": (0.15, 0.10, True)}
+NAMES = {"r": "raced grid (`--race`)", "s": "curve search (`--strategy curve`)",
+         "t": "curve search at another tolerance (`--strategy curve --race-tolerance T`)"}
 BEFORE_PEAK = 0.5  # v2's earliest peak was at 30%: 5-20% before it, 50-100% at or after
 SEEDS_PER_ROW = 2  # every scored dev row costs two generations (sampling seeds 100 and 101)
 
@@ -51,7 +52,7 @@ def rule(rows: list, arm: str = "r") -> dict:
     outside = sum(not r["inside"] for r in rows)
     reasons = [why for why, failed in (("test reward", mean_delta < MIN_DELTA), ("generations", share > goal),
                                        ("picks outside (a)'s interval", inside and outside > 0)) if failed]
-    top = "moonshot met" if arm == "s" else "stretch goal met"
+    top = "moonshot met" if arm in ("s", "t") else "stretch goal met"
     verdict = (top if share <= stretch else "goal met") if not reasons else f"not met ({' and '.join(reasons)})"
     return {"points": len(rows), "mean_delta": mean_delta, "generations_share": share,
             "agree": sum(r["alpha_a"] == r["alpha_r"] for r in rows), "outside": outside, "verdict": verdict}
@@ -84,7 +85,7 @@ def arm_tables(arm: str, table: list, found: dict) -> list:
     for part, v in found.items():
         out.append(f"| {part} | {v['points']} | {v['mean_delta']:+.4f} | {v['generations_share']:.1%} | "
                    f"{v['agree']} | {v['outside']} | {v['verdict']} |")
-    top = "moonshot" if x == "s" else "stretch goal"
+    top = "moonshot" if x in ("s", "t") else "stretch goal"
     out += ["", f"**({x}): {found['all']['verdict']}** (goal: mean Δ ≥ {MIN_DELTA}"
                 + (", no pick outside (a)'s interval" if inside else "")
                 + f" and ({x})'s dev generations ≤ {goal:.0%} of (a)'s; {top}: ≤ {stretch:.0%}).", ""]
@@ -94,7 +95,8 @@ def arm_tables(arm: str, table: list, found: dict) -> list:
 def tables(summary: dict, by_arm: dict, found: dict) -> str:
     out = [f"# Protocol results ({summary['seconds'] / 60:.1f} min; grid of {summary['grid']} α over "
            f"[0, {summary['alpha_max']:g}], {summary['dev_prompts']} dev prompts)", "",
-           "(a) full grid; (r) raced grid; (s) curve search. Dev generations: sampled answers to dev "
+           "(a) full grid; (r) raced grid; (s) curve search; (t) curve search at --race-tolerance "
+           f"{summary.get('curve_tolerance')}. Dev generations: sampled answers to dev "
            "prompts (two per scored row). Inside: the pick's full-data dev score (from (a)'s table) lies "
            "in (a)'s 95% interval of its best.", ""]
     for arm, table in by_arm.items():
@@ -116,7 +118,7 @@ def report(out: Path, summary: dict) -> dict:
                        for fraction, point in sorted(s["points"].items(), key=lambda item: float(item[0]))]
     found = {arm: verdicts(table, arm) for arm, table in by_arm.items()}
     text = tables(summary, by_arm, found)
-    primary = "s" if "s" in found else "r"  # the arm the protocol's verdict is about
+    primary = next(arm for arm in ("t", "s", "r") if arm in found)  # the arm the protocol's verdict is about
     (out / "results.md").write_text(text)
     (out / "verdict.json").write_text(json.dumps({"verdict": found[primary], "arm": primary, "by_arm": found,
                                                   "points": by_arm[primary]}, indent=1))
