@@ -19,15 +19,7 @@ from pathlib import Path
 from mergekit_expo.search.registry import STRATEGIES
 from mergekit_expo.search.rows import best as pick_of
 from mergekit_expo.search.strategies.offline import run_offline
-
-
-def per_row_scores(out: Path) -> dict:
-    """α -> its score on every row, from a full search's answers/<candidate>.jsonl."""
-    scores = {}
-    for path in (out / "answers").glob("*.jsonl"):
-        records = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["row"])
-        scores[float(path.stem.split("=")[1])] = [record["score"] for record in records]
-    return dict(sorted(scores.items()))
+from search_race import per_row_scores  # bench/ is the script's folder: on sys.path
 
 
 def cases(works) -> dict:
