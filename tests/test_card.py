@@ -677,3 +677,17 @@ def test_a_raced_card_compares_each_guard_on_its_own_rows_and_says_when_the_guar
     summary = results.summary()
     assert "best alpha = 0 (score 0.5 on 96 rows): the guard excludes every alpha the strategy kept" in summary
     assert "the race's leader" in [line for line in summary.splitlines() if line.strip().startswith("1 ")][0]
+
+
+def test_a_full_search_whose_guard_allows_only_alpha_0_says_so_once(tmp_path):
+    from mergekit_expo.card.lineage import lineage_of_config
+    from mergekit_expo.card.search_section import choice_words
+    from mergekit_expo.search.results import AlphaResult, SearchResults
+
+    stage = lineage_of_config(yaml.safe_dump(expo_config("org/sft", "org/aligned", 0.0))).final
+    settings = {"sft": "org/sft", "aligned": "org/aligned", "scorer": "preference", "guard": "preference"}
+    rows = [AlphaResult(alpha=a, score=s, low=s - 0.1, high=s + 0.1, n=64, seconds=1.0, guard=g)
+            for a, s, g in ((0.0, 0.5, 0.6), (0.5, 0.7, 0.4), (1.0, 0.8, 0.3))]
+    words = choice_words(SearchResults(tmp_path, settings, rows, max_drop=0.05), stage)
+    assert words[0] == "α = 0 is the only one of the α values searched that the guard allows (score 0.5)."
+    assert not any("No α > 0" in line or "excludes every α > 0" in line for line in words)

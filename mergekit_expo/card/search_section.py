@@ -113,6 +113,9 @@ def choice_words(results, stage) -> List[str]:
                 "each other score is a mean on its own rows (the rows column), not comparable with it")
         words = [f"{chosen} is the pick of the search ({strategy}, above) among the {among}. Its score "
                  f"({_number(best.score)}) is its mean on the {best.n} rows it was scored on; {rows}."]
+    elif excluded and len(allowed) == 1:
+        words = [f"{chosen} is the only one of the {what} searched that the guard allows (score "
+                 f"{_number(best.score)})."]
     else:
         among = f"{len(allowed)} {what}" + (" allowed by the guard" if excluded else " searched")
         words = [f"{chosen} has the highest score ({_number(best.score)}) of the {among}."]
@@ -128,7 +131,8 @@ def choice_words(results, stage) -> List[str]:
         words.append("The guard excludes every α the strategy kept to the end, so the pick is the best of "
                      f"those it allows that were scored on the most rows ({best.n}).")
     if best.is_reference and excluded and all(r.is_reference or r in excluded for r in results.rows):
-        words.append(f"The guard excludes every α > 0: {results.reference_words} itself is the pick.")
+        if results.race:  # (a full search's first sentence says so)
+            words.append(f"The guard excludes every α > 0: {results.reference_words} itself is the pick.")
     elif best.is_reference:
         allowed_words = " that the guard allows" if excluded else ""
         words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this data.")
