@@ -354,6 +354,27 @@ def test_guarded_race_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair,
     assert all(unit["guard_rows"] == guard_blocks[unit["block"]] for unit in units)
 
 
+def test_a_rerun_under_a_looser_rule_reports_what_a_fresh_run_would(f32_pair, tmp_path):
+    """A looser --race-tolerance ends the race earlier than the rows an earlier run read: the
+    reports show the race as judged now (the rows it reads), as a fresh run under it does."""
+    import shutil
+
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3)
+    common = ("search", *f32_pair, "--scorer", "slow_scorer:norm", "--alphas", "0.25,0.3,0.35", "--race")
+    assert invoke(*common, "--out", "./tight", cwd=tmp_path).returncode == 0
+    shutil.copytree(tmp_path / "tight", tmp_path / "rerun")
+    rerun = invoke(*common, "--race-tolerance", "30", "--out", "./rerun", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert invoke(*common, "--race-tolerance", "30", "--out", "./fresh", cwd=tmp_path).returncode == 0
+
+    def rows(out):
+        return [{k: v for k, v in row.items() if k not in ("seconds", "update_seconds", "trial")}
+                for row in saved(tmp_path / out)["results"]]
+
+    assert sum(row["n"] for row in rows("fresh")) < sum(row["n"] for row in rows("tight"))
+    assert rows("rerun") == rows("fresh") and saved(tmp_path / "rerun")["race"] == saved(tmp_path / "fresh")["race"]
+
+
 # -- reward model and lm-eval --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reward_model(llama_pair, tmp_path_factory):

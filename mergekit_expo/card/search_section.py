@@ -107,11 +107,13 @@ def choice_words(results, stage) -> List[str]:
     what = "α values" if results.scalar else "candidates"
     chosen = f"α = {best.label}" if results.scalar else f"The candidate {best.label}"
     if results.race:  # each score is a mean on its own rows: the highest number need not be the pick
-        among = f"{len(allowed)} {what} it scored" + (" that the guard allowed" if excluded else "")
+        only = excluded and len(allowed) == 1
+        among = (f", the only one of the {what} it scored that the guard allows" if only else
+                 f" among the {len(allowed)} {what} it scored" + (" that the guard allowed" * bool(excluded)))
         strategy = f"`--strategy {results.strategy.name}`"
         rows = ("every candidate was scored on them" if len({row.n for row in results.rows}) == 1 else
                 "each other score is a mean on its own rows (the rows column), not comparable with it")
-        words = [f"{chosen} is the pick of the search ({strategy}, above) among the {among}. Its score "
+        words = [f"{chosen} is the pick of the search ({strategy}, above){among}. Its score "
                  f"({_number(best.score)}) is its mean on the {best.n} rows it was scored on; {rows}."]
     elif excluded and len(allowed) == 1:
         words = [f"{chosen} is the only one of the {what} searched that the guard allows (score "
@@ -130,12 +132,11 @@ def choice_words(results, stage) -> List[str]:
     if results.race and not best.kept:
         words.append("The guard excludes every α the strategy kept to the end, so the pick is the best of "
                      f"those it allows that were scored on the most rows ({best.n}).")
-    if best.is_reference and excluded and all(r.is_reference or r in excluded for r in results.rows):
-        if results.race:  # (a full search's first sentence says so)
-            words.append(f"The guard excludes every α > 0: {results.reference_words} itself is the pick.")
-    elif best.is_reference:
-        allowed_words = " that the guard allows" if excluded else ""
-        words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this data.")
+    if best.is_reference:
+        if not (excluded and len(allowed) == 1):  # (else the first sentence says so)
+            allowed_words = " that the guard allows" if excluded else ""
+            words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this "
+                         "data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
         words.append(f"Its 95% interval overlaps that of α = 0 ({results.reference_words}): on this data the "
                      "gain is within the noise.")

@@ -10,8 +10,9 @@ candidate):
 
 - the leader is the running candidate with the highest mean score, among those whose guard
   mean (with ``--guard``) is within ``--max-drop`` of α = 0's on the same rows, as the pick must
-  be; one above the leader that the guard excludes is not retired, so it runs on until the
-  guard allows it or every row is read;
+  be; one the guard excludes does not lead, but is judged against the leader as any other
+  (and runs on while it may beat it by more than the tolerance); where the guard allows no
+  running candidate, none is judged and the retired come back;
 - a running ``c`` is dropped when the mean paired difference ``d = leader − c`` has its
   lower confidence bound above 0: ``mean(d) − z·se(d) > 0``;
 - with a guard, ``c`` is also dropped when its guard's drop below α = 0 exceeds
@@ -104,8 +105,8 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     if not running:  # the retired come back: α = 0 among them is always allowed
         back = list(retirees or {})
         return Standing("", back, dropped, None if back else "every candidate fails the guard", reopened=back)
-    # The leader is one the guard allows on these rows (the pick's own rule): one it excludes
-    # is not retired against a lower leader, so it runs on until the guard allows it or every row is read.
+    # The leader is one the guard allows on these rows (the pick's own rule); one it excludes is
+    # judged against it as any other, and runs on while it may beat it by more than the tolerance.
     allowed = [name for name in running if _guard_allows(name, guard, reference, rule)]
     leader = max(allowed or running, key=lambda name: (fmean(scores[name]), name == reference))
     if not allowed:  # none the pick could be: nobody is judged against it, the retired come back

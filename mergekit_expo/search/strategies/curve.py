@@ -82,8 +82,9 @@ class CurveSearch(GridRace):
         return race, self.runs(race, included) if race.rounds else []
 
     def runs(self, race, included: List[str]) -> List[Tuple[int, int, str]]:
-        decided = {name: "below" for standing in race.rounds for name in standing.dropped}
-        decided.update({name: "within the tolerance of" for name in race.retired_in})
+        decided = {name: "dropped by the guard" if why.startswith("guard") else "below {leader}"
+                   for standing in race.rounds for name, why in standing.dropped.items()}
+        decided.update({name: "within the tolerance of {leader}" for name in race.retired_in})
         leader = race.rounds[-1].leader
         places = [self.order.index(name) for name in included]
         found = []
@@ -96,8 +97,8 @@ class CurveSearch(GridRace):
             if leader in sides:
                 found.append((first, last, OPEN))
             elif all(name in decided for name in sides):
-                found.append((first, last, "beyond " + " and ".join(f"{name} ({decided[name]} {leader})"
-                                                                     for name in sides)))
+                found.append((first, last, "beyond " + " and ".join(
+                    f"{name} ({decided[name].format(leader=leader)})" for name in sides)))
             else:
                 found.append((first, last, WAITS))
         return found

@@ -7,6 +7,7 @@ scored, any worker replays the race from the study's per-row scores and gets the
 round's units: every worker reaches the same verdicts, so a rerun resumes mid-race.
 """
 
+from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 from mergekit_expo.search.race import DEFAULT_TOLERANCE, RaceRule, replay
@@ -64,7 +65,11 @@ class GridRace(Strategy):
         if not units:
             return [], None
         race = self.replay(units)
-        blocks, _ = self.setup.dev.blocks(units)
+        blocks, guard_blocks = self.setup.dev.blocks(units)
+        # A rerun under a looser rule (--max-drop, --race-tolerance) may stop before rows an earlier
+        # rule read: the reports show the race as judged now, as a fresh run would.
+        units = [kept for unit in units if (kept := _within(unit, blocks, guard_blocks,
+                                                            race.blocks_read.get(unit.candidate, 0)))]
         leader = race.rounds[-1].leader if race.rounds else None
         leader_scores = {row: value for unit in units if unit.candidate == leader
                          for row, value in unit.by_row.items()}
@@ -142,6 +147,23 @@ class GridRace(Strategy):
     def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
         rounds = record["rounds"]
         return rows_line(record, f"in {rounds} round{'s' if rounds != 1 else ''}", generating)
+
+
+def _within(unit: AlphaResult, blocks, guard_blocks, read: int) -> Optional[AlphaResult]:
+    """``unit`` on the rows of the first ``read`` blocks only (None if it has none of them)."""
+    rows = {row for block in blocks[:read] for row in block}
+    if all(row in rows for row in unit.rows):
+        return unit
+    keep = [index for index, row in enumerate(unit.rows) if row in rows]
+    if not keep:
+        return None
+    guard_rows = {row for block in (guard_blocks or [])[:read] for row in block}
+    guarded = [index for index, row in enumerate(unit.guard_rows or []) if row in guard_rows]
+    values = [unit.values[index] for index in keep]
+    guard_rows_kept = [unit.guard_rows[index] for index in guarded] if unit.guard_rows else None
+    guard_values = [unit.guard_values[index] for index in guarded] if unit.guard_values else None
+    return replace(unit, rows=[unit.rows[index] for index in keep], values=values, n=len(values),
+                   score=fmean(values), guard_rows=guard_rows_kept, guard_values=guard_values)
 
 
 def dropped_by_guard(record: dict, key: str) -> bool:
