@@ -102,17 +102,18 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     scale = _range(scores.values()) if scale is None else scale
     dropped = _guard_drops(scores, rule, guard, reference)
     running = [name for name in scores if name not in dropped]
-    if not running:  # the retired come back: α = 0 among them is always allowed
-        back = list(retirees or {})
-        return Standing("", back, dropped, None if back else "every candidate fails the guard", reopened=back)
     # The leader is one the guard allows on these rows (the pick's own rule); one it excludes is
     # judged against it as any other, and runs on while it may beat it by more than the tolerance.
     allowed = [name for name in running if _guard_allows(name, guard, reference, rule)]
-    leader = max(allowed or running, key=lambda name: (fmean(scores[name]), name == reference))
-    if not allowed:  # none the pick could be: nobody is judged against it, the retired come back
+    if not allowed:  # none the pick could be: nobody is judged, the retired (α = 0 among them) come back
         back = list(retirees or {})
+        if not running:
+            ended = None if back else "every candidate fails the guard"
+            return Standing("", back, dropped, ended, reopened=back)
+        leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
         finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader)
         return Standing(leader, running + back, dropped, finished, reopened=back)
+    leader = max(allowed, key=lambda name: (fmean(scores[name]), name == reference))
     retired = {}
     for name in running if rows_left else ():  # on every row, the pick is simply the leader
         if name == leader:
@@ -143,8 +144,18 @@ def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
         why = name != reference and clearly_below(guard[reference], guard[name], rule.guard_rows, rule.z,
                                                   rule.max_drop, _range(guard.values()))
         if why:
-            dropped[name] = f"guard {why} below α = 0"
+            dropped[name] = guard_drop_words(why)
     return dropped
+
+
+def guard_drop_words(why: str) -> str:
+    """Why a candidate was dropped by the guard, as the race's record keeps it."""
+    return f"guard {why} below α = 0"
+
+
+def is_guard_drop(why: str) -> bool:
+    """Whether a recorded reason for a drop (:func:`guard_drop_words`) is the guard's."""
+    return why.startswith("guard ")
 
 
 def _guard_allows(name: str, guard, reference, rule: RaceRule) -> bool:

@@ -33,6 +33,7 @@ a plateau costs about what a peak does.
 
 from typing import Dict, List, Optional, Tuple
 
+from mergekit_expo.search.race import is_guard_drop
 from mergekit_expo.search.rows import AlphaResult
 from mergekit_expo.search.stats import standard_errors
 from mergekit_expo.search.strategies.base import Unit
@@ -82,7 +83,7 @@ class CurveSearch(GridRace):
         return race, self.runs(race, included) if race.rounds else []
 
     def runs(self, race, included: List[str]) -> List[Tuple[int, int, str]]:
-        decided = {name: "dropped by the guard" if why.startswith("guard") else "below {leader}"
+        decided = {name: "dropped by the guard" if is_guard_drop(why) else "below {leader}"
                    for standing in race.rounds for name, why in standing.dropped.items()}
         decided.update({name: "within the tolerance of {leader}" for name in race.retired_in})
         leader = race.rounds[-1].leader

@@ -15,7 +15,7 @@ the guard's reference.
 
 from typing import List, Optional, Tuple
 
-from mergekit_expo.search.race import RaceRule
+from mergekit_expo.search.race import RaceRule, guard_drop_words
 from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, clearly_below
 from mergekit_expo.search.strategies.base import ALL, Strategy, Unit
@@ -55,7 +55,7 @@ class SampledPruning(Strategy):
                 why = clearly_below([by_row[row] for row in unit.guard_rows], unit.guard_values,
                                     rule.guard_rows, rule.z, rule.max_drop)
                 if why:
-                    return f"guard {why} below α = 0"
+                    return guard_drop_words(why)
                 full = [other for other in full if other.guard >= base.guard - rule.max_drop]
         if not full:
             return None

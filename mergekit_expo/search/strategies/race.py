@@ -10,7 +10,7 @@ round's units: every worker reaches the same verdicts, so a rerun resumes mid-ra
 from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
-from mergekit_expo.search.race import DEFAULT_TOLERANCE, RaceRule, replay
+from mergekit_expo.search.race import DEFAULT_TOLERANCE, RaceRule, is_guard_drop, replay
 from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, fmean, standard_errors
 from mergekit_expo.search.strategies.base import Strategy, Unit
@@ -167,7 +167,7 @@ def _within(unit: AlphaResult, blocks, guard_blocks, read: int) -> Optional[Alph
 
 
 def dropped_by_guard(record: dict, key: str) -> bool:
-    return (record.get("dropped") or {}).get(key, "").startswith("guard")
+    return is_guard_drop((record.get("dropped") or {}).get(key, ""))
 
 
 def guard_words(record: dict, alpha: str = "alpha", card: bool = False) -> str:
