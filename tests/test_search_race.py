@@ -337,14 +337,39 @@ def test_a_sampled_space_prunes_clear_losers_block_by_block(f32_pair, tmp_path):
     assert f"| {pruned[0]['n']} (pruned after block {pruned[0]['dropped_in']}) |" in card
 
 
+def test_a_guarded_sampled_space_says_who_the_guard_pruned_and_that_they_stay_pruned(f32_pair, tmp_path):
+    write_probe(tmp_path, f32_pair, rows=64, noise=0.3)
+    common = ("search", *f32_pair, "--scorer", "slow_scorer:norm", "--guard", "slow_scorer:guard", "--space",
+              "module", "--sampler", "random", "--trials", "4", "--alpha-range", "0,3", "--race", "--out", "./s")
+    result = invoke(*common, "--max-drop", "0.2", "--write-best", "./best", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = saved(tmp_path / "s")
+    by_guard = [row for row in found["results"] if "guard" in found["race"]["dropped"].get(row["candidate"], "")]
+    assert by_guard and all(row["dropped_in"] == 1 for row in by_guard)  # the guard falls by α, 0.2 allowed
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert f"| {by_guard[0]['n']} (pruned by the guard after block 1) |" in card
+    assert f"dropped by the guard after {by_guard[0]['n']} rows" in result.stdout + result.stderr
+    again = invoke(*common, "--max-drop", "5", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert ("--max-drop was 0.2, now 5: every score is reused and the pick chosen again among the candidates "
+            "scored on every row (those pruned stay pruned)") in again.stderr
+    assert saved(tmp_path / "s")["race"]["dropped"] == found["race"]["dropped"]
+
+
 def test_guarded_race_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair, tmp_path):
     write_probe(tmp_path, f32_pair, rows=48, noise=0.3)
     result = invoke("search", *f32_pair, "--scorer", "slow_scorer:norm", "--guard", "slow_scorer:guard",
-                    "--max-drop", "0.2", "--alphas", "0.1,0.3,0.6", "--race", "--out", "./s", cwd=tmp_path)
+                    "--max-drop", "0.2", "--alphas", "0.1,0.3,0.6", "--race", "--out", "./s",
+                    "--write-best", "./best", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     race, rows = saved(tmp_path / "s")["race"], by_alpha(tmp_path / "s")
     assert rows[0.3]["dropped_in"] == 1 and rows[0.6]["dropped_in"] == 1  # the guard falls by 0.3 and 0.6
     assert "guard" in race["dropped"]["alpha=0.3"]
+    # how the race ended, and each dropped row, name the guard (none of them was below the pick)
+    assert race["ended"] == ("every other candidate is below alpha=0.1, within the tolerance of it or "
+                             "dropped by the guard")
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert f"| {rows[0.3]['n']} (dropped by the guard in round 1) |" in card
     assert rows[0.0]["n"] == 16 * race["rounds"]  # α = 0: on every block of the race
     assert rows[0.1]["dropped_in"] is None and abs(rows[0.1]["guard"] - rows[0.0]["guard"]) < 0.2
     assert "alpha: 0.1" in (tmp_path / "s" / "best.yml").read_text()

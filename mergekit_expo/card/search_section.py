@@ -35,7 +35,7 @@ def search_section(results, stage, *, plot: Optional[str]) -> dict:
         cells = [f"{row.coordinates[name]:.3g}" for name in coordinates]
         cells += [_number(row.score), _interval(row.low, row.high)]
         if results.race:
-            cells.append(str(row.n) + results.strategy.card_rows_note(row))
+            cells.append(str(row.n) + results.strategy.card_rows_note(row, results.race))
         if guarded:
             cells += [_number(row.guard), _interval(row.guard_low, row.guard_high)]
         rows.append([*cells, ", ".join(note)])

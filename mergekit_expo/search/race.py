@@ -94,13 +94,16 @@ class Standing:
 
 def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool,
           guard: Optional[Dict[str, Sequence[float]]] = None, reference: Optional[str] = None,
-          scale: Optional[float] = None, retirees: Optional[Dict[str, Sequence[float]]] = None) -> Standing:
+          scale: Optional[float] = None, retirees: Optional[Dict[str, Sequence[float]]] = None,
+          guard_dropped: bool = False) -> Standing:
     """One round's verdict. ``scores``: each running candidate's per-row scores on the same
     rows, in the same order; ``guard`` likewise for the guard, with ``reference`` (α = 0) among
     them; ``scale``: the range of every score the race has read (default: of ``scores``);
-    ``retirees``: each retired candidate's scores on the first rows of ``scores``' order."""
+    ``retirees``: each retired candidate's scores on the first rows of ``scores``' order;
+    ``guard_dropped``: whether the guard dropped a candidate in an earlier round."""
     scale = _range(scores.values()) if scale is None else scale
     dropped = _guard_drops(scores, rule, guard, reference)
+    gone = "dropped by the guard" if guard_dropped or dropped else None  # how the others may have gone
     running = [name for name in scores if name not in dropped]
     # The leader is one the guard allows on these rows (the pick's own rule); one it excludes is
     # judged against it as any other, and runs on while it may beat it by more than the tolerance.
@@ -111,7 +114,7 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
             ended = None if back else "every candidate fails the guard"
             return Standing("", back, dropped, ended, reopened=back)
         leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
-        finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader)
+        finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader, gone)
         return Standing(leader, running + back, dropped, finished, reopened=back)
     leader = max(allowed, key=lambda name: (fmean(scores[name]), name == reference))
     retired = {}
@@ -132,7 +135,7 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
             reopened.append(name)
     survivors = [name for name in running if name not in dropped and name not in retired] + reopened
     return Standing(leader, survivors, dropped, _finished(survivors, reopened, rows_left, retired or retirees,
-                                                          leader), retired, reopened)
+                                                          leader, gone), retired, reopened)
 
 
 def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
@@ -172,12 +175,15 @@ def _range(lists) -> float:
 
 
 def _finished(survivors: List[str], reopened: List[str], rows_left: bool, retirees,
-              leader: str) -> Optional[str]:
+              leader: str, gone: Optional[str] = None) -> Optional[str]:
     if reopened:  # they are scored on the rows they missed, then judged again
         return None
     if len(survivors) == 1:
-        return f"every other candidate is below {leader} or within the tolerance of it" if retirees \
-            else "one candidate left"
+        if not retirees:
+            return "one candidate left"
+        ways = f"below {leader}, within the tolerance of it or {gone}" if gone \
+            else f"below {leader} or within the tolerance of it"
+        return f"every other candidate is {ways}"
     return None if rows_left else "every row is scored"
 
 
@@ -214,8 +220,9 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
         if missing:
             return Race(rounds, survivors, missing, dropped_in, retired_in, read)
         read.update({name: count for name in scoring})
+        guard_dropped = any(is_guard_drop(why) for earlier in rounds for why in earlier.dropped.values())
         standing = _judge_round(scores, guard, blocks, guard_blocks, rule, count, survivors, scoring,
-                                read, set(retired_in), reference)
+                                read, set(retired_in), reference, guard_dropped)
         rounds.append(standing)
         dropped_in.update({name: count for name in standing.dropped})
         retired_in.update({name: count for name in standing.retired})
@@ -235,7 +242,7 @@ def _has(scores, guard, blocks, guard_blocks, name: str, number: int) -> bool:
 
 
 def _judge_round(scores, guard, blocks, guard_blocks, rule: RaceRule, count: int, survivors, scoring,
-                 read: Dict[str, int], retired, reference) -> Standing:
+                 read: Dict[str, int], retired, reference, guard_dropped: bool) -> Standing:
     """``judge`` on the first ``count`` blocks, each retiree on the blocks it was scored on."""
     rows = [row for block in blocks[:count] for row in block]
     guard_rows = [row for block in (guard_blocks or [])[:count] for row in block]
@@ -245,4 +252,4 @@ def _judge_round(scores, guard, blocks, guard_blocks, rule: RaceRule, count: int
     running = {name: [scores[name][row] for row in rows] for name in survivors}
     guarded = guard and {name: [guard[name][row] for row in guard_rows] for name in scoring}
     return judge(running, rule, rows_left=count < len(blocks), reference=reference, scale=scale,
-                 retirees=retirees, guard=guarded)
+                 retirees=retirees, guard=guarded, guard_dropped=guard_dropped)

@@ -353,10 +353,11 @@ def _number(value: Optional[float]) -> str:
 
 def saved_about(folder: Path) -> Optional[dict]:
     """What the folder's results.json says of its last run (its --max-drop and, for a race, its
-    tolerance); None without one."""
+    tolerance and kind); None without one."""
     try:
         saved = read_json(Path(folder) / RESULTS)
-        return dict(saved.get("about") or {}, tolerance=(saved.get("race") or {}).get("tolerance"))
+        race = saved.get("race") or {}
+        return dict(saved.get("about") or {}, tolerance=race.get("tolerance"), kind=race.get("kind"))
     except (OSError, ExpoConfigError, AttributeError):
         return None
 

@@ -85,8 +85,13 @@ def _say_changes(folder: Path, plan: Plan) -> None:
     if saved.get("max_drop") != plan.max_drop:
         was, now = (f"{value:g}" if value is not None else "not set"
                     for value in (saved.get("max_drop"), plan.max_drop))
-        raced = saved.get("tolerance") is not None  # the guard is part of a race's rule
-        again = "the race judged again under it (it may read more rows)" if raced else "the pick chosen again"
+        if saved.get("tolerance") is not None:  # the guard is part of a race's rule
+            again = "the race judged again under it (it may read more rows)"
+        elif saved.get("kind") == "sampled":  # a pruned candidate is not scored again
+            again = ("the pick chosen again among the candidates scored on every row (those pruned stay "
+                     "pruned)")
+        else:
+            again = "the pick chosen again"
         click.echo(f"--max-drop was {was}, now {now}: {reused} {again}", err=True)
     tolerance = plan.options.get("tolerance")
     if None not in (saved.get("tolerance"), tolerance) and saved["tolerance"] != tolerance:

@@ -152,7 +152,7 @@ class Strategy(ABC):
         return (record or {}).get("unscored") or []
 
     @classmethod
-    def card_rows_note(cls, row: AlphaResult) -> str:
+    def card_rows_note(cls, row: AlphaResult, record: dict) -> str:
         """Why the card's rows column shows fewer rows for a candidate."""
         return ""
 

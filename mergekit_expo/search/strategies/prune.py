@@ -19,7 +19,7 @@ from mergekit_expo.search.race import RaceRule, guard_drop_words
 from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, clearly_below
 from mergekit_expo.search.strategies.base import ALL, Strategy, Unit
-from mergekit_expo.search.strategies.race import rows_line
+from mergekit_expo.search.strategies.race import by_guard, rows_line
 from mergekit_expo.search.trial_roles import SAMPLED
 
 
@@ -87,7 +87,8 @@ class SampledPruning(Strategy):
     def verdict(cls, row: AlphaResult, best: AlphaResult, record: dict) -> str:
         if row.key == best.key:
             return "pick"
-        return f"dropped after {row.n} rows" if row.dropped_in is not None else "scored on every row"
+        return f"dropped{by_guard(record, row)} after {row.n} rows" if row.dropped_in is not None \
+            else "scored on every row"
 
     @classmethod
     def why_picked(cls, record: dict) -> str:
@@ -95,8 +96,8 @@ class SampledPruning(Strategy):
                 "each clearly below the best so far then on the rows both were scored on")
 
     @classmethod
-    def card_rows_note(cls, row: AlphaResult) -> str:
-        return f" (pruned after block {row.dropped_in})" if row.dropped_in else ""
+    def card_rows_note(cls, row: AlphaResult, record: dict) -> str:
+        return f" (pruned{by_guard(record, row)} after block {row.dropped_in})" if row.dropped_in else ""
 
     @classmethod
     def card_sentence(cls, record: dict) -> str:

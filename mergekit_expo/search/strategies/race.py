@@ -108,8 +108,7 @@ class GridRace(Strategy):
         if row.key == best.key:
             return "pick"
         if row.dropped_in is not None:
-            by = " by the guard" if dropped_by_guard(record, row.key) else ""
-            return f"dropped{by} in round {row.dropped_in}"
+            return f"dropped{by_guard(record, row)} in round {row.dropped_in}"
         if row.retired_in is not None:
             return f"within the tolerance from round {row.retired_in}"
         if not record.get("ended"):
@@ -125,9 +124,9 @@ class GridRace(Strategy):
                 "pick's mean on that alpha's rows")
 
     @classmethod
-    def card_rows_note(cls, row: AlphaResult) -> str:
+    def card_rows_note(cls, row: AlphaResult, record: dict) -> str:
         if row.dropped_in:
-            return f" (dropped in round {row.dropped_in})"
+            return f" (dropped{by_guard(record, row)} in round {row.dropped_in})"
         return f" (within the tolerance from round {row.retired_in})" if row.retired_in else ""
 
     @classmethod
@@ -168,6 +167,11 @@ def _within(unit: AlphaResult, blocks, guard_blocks, read: int) -> Optional[Alph
 
 def dropped_by_guard(record: dict, key: str) -> bool:
     return is_guard_drop((record.get("dropped") or {}).get(key, ""))
+
+
+def by_guard(record: dict, row: AlphaResult) -> str:
+    """`` by the guard`` where the guard dropped the row's candidate, for its table cells."""
+    return " by the guard" if dropped_by_guard(record, row.key) else ""
 
 
 def guard_words(record: dict, alpha: str = "alpha", card: bool = False) -> str:
