@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -32,11 +32,8 @@ WRITERS = {
     "adapter": "`mergekit-expo lora`",
     "demo": "`mergekit-expo demo`",
 }
-KINDS = {
-    "model": f"a merged model written by {WRITERS['model']}",
-    "adapter": f"a LoRA adapter written by {WRITERS['adapter']}",
-    "demo": f"a demo folder written by {WRITERS['demo']}",
-}
+NOUNS = {"model": "a merged model", "adapter": "a LoRA adapter", "demo": "a demo folder"}
+KINDS = {kind: f"{noun} written by {WRITERS[kind]}" for kind, noun in NOUNS.items()}
 
 
 @dataclass(frozen=True)
@@ -95,8 +92,7 @@ def record(folder: Path, names) -> None:
     except NotOurs:
         return
     files = dict(old.files, **{name: fingerprint(folder / name) for name in names})
-    _save(folder, Manifest(kind=old.kind, command=old.command, id=old.id, files=files,
-                           folders=old.folders))
+    _save(folder, replace(old, files=files))
 
 
 def _save(folder: Path, manifest: Manifest) -> None:
@@ -139,7 +135,7 @@ def verify(folder: Path, kind: str) -> Manifest:
         also = " (nor is a plain mergekit-yaml output replaced)" if kind == "model" else ""
         raise NotOurs(f"has no {MANIFEST}, so {WRITERS[kind]} did not write it{also}") from None
     if manifest.kind != kind:
-        noun = KINDS.get(manifest.kind, manifest.kind).split(" written by ")[0]  # the writer: its own record
+        noun = NOUNS.get(manifest.kind, manifest.kind)  # the writer: its own record
         raise NotOurs(f"is {noun} written by `{manifest.command}`, not {KINDS[kind]}")
     folders = set(manifest.folders)
     for relative, path in _entries(folder):
