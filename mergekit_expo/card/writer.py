@@ -43,8 +43,7 @@ def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = Non
     """What write_card would refuse, checked before a merge is computed."""
     if search is None:
         return
-    ids = None if hub_ids is None else set(hub_ids.values())
-    lineage = lineage_of_config(source, hub_ids=ids)
+    lineage = lineage_of_config(source, hub_ids=hub_ids)
     if lineage.expo_stages or lineage.trajectory_stages:
         _searched_stage(SearchResults.load(search), lineage)
 
@@ -60,8 +59,7 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     if pipeline is not None:
         lineage = lineage_of_pipeline(pipeline, folder.name, where="the mergekit-multi config")
     else:
-        ids = None if hub_ids is None else set(hub_ids.values())
-        lineage = lineage_of_config(source, hub_ids=ids, where=f"{folder}/mergekit_config.yml")
+        lineage = lineage_of_config(source, hub_ids=hub_ids, where=f"{folder}/mergekit_config.yml")
     if not lineage.expo_stages and not lineage.trajectory_stages:
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
