@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Optional
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
-from mergekit_expo.card.pipeline_check import as_merged, stages_folder
+from mergekit_expo.card.pipeline_check import CONFIG, as_merged, stages_folder
 from mergekit_expo.card.search_section import check_same_models, search_section
 from mergekit_expo.card.trajectory_words import trajectory_stage
 from mergekit_expo.errors import ExpoConfigError
@@ -59,7 +59,7 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     if pipeline is not None:
         lineage = lineage_of_pipeline(pipeline, folder.name, where="the mergekit-multi config")
     else:
-        lineage = lineage_of_config(source, hub_ids=hub_ids, where=f"{folder}/mergekit_config.yml")
+        lineage = lineage_of_config(source, hub_ids=hub_ids, where=f"{folder}/{CONFIG}")
     if not lineage.expo_stages and not lineage.trajectory_stages:
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
