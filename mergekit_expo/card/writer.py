@@ -173,7 +173,7 @@ def _count(number: int) -> str:
 def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
     lines = []
     for stage in lineage.stages:
-        label = f"stage `{stage.name}`" if stage.name else "the final stage"
+        label = _label(stage.name)
         note = " (as configured: **not checked** against what was merged)" if stage.name in unchecked else ""
         if stage.is_expo or stage.is_trajectory:
             lines.append(f"{label}: {'ExPO' if stage.is_expo else 'trajectory ExPO'}{note} (below)")
