@@ -11,9 +11,9 @@ from mergekit_expo.trajectory.steps import checked_step, checkpoint_holders, sta
 AT_THE_LAST_STEP = "the fit at the last checkpoint's step"  # what α = 0 gives
 
 
-def trajectory_stage(stage, data: Optional[dict] = None) -> dict:
+def trajectory_stage(stage, data: dict) -> dict:
     """The template's fields for ``stage`` (a lineage Stage of an expo_trajectory merge);
-    ``data``: its config as merged, where not ``stage.data`` (a pipeline's stage names as folders)."""
+    ``data``: its config as merged (in a pipeline, the names of earlier stages become their folders)."""
     config = stage.config
     markdown = {model.text: model.markdown for model in stage.inputs}
     checkpoints = [{"model": markdown.get(str(holder.model), f"`{holder.model}`"), "step": _step(holder)}
@@ -21,7 +21,7 @@ def trajectory_stage(stage, data: Optional[dict] = None) -> dict:
     window = (config.parameters or {}).get("window")
     return {"name": stage.name, "sft": stage.sft.markdown, "checkpoints": checkpoints,
             "points": len(checkpoints) + 1, "window": window,
-            "alpha": alpha_in_words(stage.data if data is None else data, zero=AT_THE_LAST_STEP)}
+            "alpha": alpha_in_words(data, zero=AT_THE_LAST_STEP)}
 
 
 def _step(holder) -> str:
