@@ -162,14 +162,10 @@ def remove(folder: Path, manifest: Manifest) -> bool:
     for relative in [*manifest.files, MANIFEST]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / relative)
-    for relative in sorted(manifest.folders, key=lambda r: r.count("/"), reverse=True):
-        try:
-            os.rmdir(folder / relative)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
     try:
+        for relative in sorted(manifest.folders, key=lambda r: r.count("/"), reverse=True):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(folder / relative)
         os.rmdir(folder)
     except OSError:
         return False
