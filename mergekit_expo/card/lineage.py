@@ -26,10 +26,6 @@ class Input:
     stage: Optional[str] = None  # the output of an earlier pipeline stage, by name
 
     @property
-    def hub_ids(self) -> List[str]:
-        return [path for path, _, hub in self.parts if hub]
-
-    @property
     def markdown(self) -> str:
         if self.stage:
             return f"stage `{self.stage}`"
@@ -87,7 +83,7 @@ class Lineage:
     def hub_ids(self) -> List[str]:
         """Every Hub id the output descends from: SFT and aligned models first."""
         ordered = [*self.expo_stages, *(s for s in self.stages if not s.is_expo)]
-        found = [hub_id for stage in ordered for model in stage.inputs for hub_id in model.hub_ids]
+        found = [path for stage in ordered for model in stage.inputs for path, _, hub in model.parts if hub]
         return list(dict.fromkeys(found))
 
     def uncached_hub_ids(self) -> List[str]:
