@@ -35,10 +35,10 @@ def checkpoint_step(holder) -> Optional[int]:
     written = checked_step((holder.parameters or {}).get("step"))
     if written is not None:
         return written
-    path, revision = holder.model.model.path, holder.model.model.revision
-    folder: Optional[str] = path if Path(path).is_dir() else None
-    if folder is None and is_hub_id(path):
-        folder = cached_snapshot(f"{path}@{revision}" if revision else path)
+    model = holder.model.model  # a mergekit ModelPath: str() writes it as path@revision
+    folder: Optional[str] = model.path if Path(model.path).is_dir() else None
+    if folder is None and is_hub_id(model.path):
+        folder = cached_snapshot(str(model))
     stated = stated_steps(folder)
     return stated[0][1] if stated else None
 
