@@ -141,14 +141,10 @@ def verify(folder: Path, kind: str) -> Manifest:
     for relative, path in _entries(folder):
         if path.is_symlink():
             raise NotOurs(f"holds {relative}, a symlink {manifest.command} did not write")
-        if path.is_dir():
-            if relative not in folders:
-                raise NotOurs(f"holds {relative}/, which {manifest.command} did not write")
-            continue
-        expected = manifest.files.get(relative)
-        if expected is None:
-            raise NotOurs(f"holds {relative}, which {manifest.command} did not write")
-        if fingerprint(path) != expected:
+        is_dir = path.is_dir()
+        if relative not in (folders if is_dir else manifest.files):
+            raise NotOurs(f"holds {relative}{'/' if is_dir else ''}, which {manifest.command} did not write")
+        if not is_dir and fingerprint(path) != manifest.files[relative]:
             raise NotOurs(f"has {relative} changed since {manifest.command} wrote it")
     return manifest
 
