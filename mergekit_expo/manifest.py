@@ -170,12 +170,5 @@ def remove(folder: Path, manifest: Manifest) -> bool:
 
 def _entries(folder: Path):
     """(relative path, path) of everything under ``folder`` but the manifest, sorted, links not followed."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        base = Path(root)
-        for name in dirs + files:
-            path = base / name
-            relative = path.relative_to(folder).as_posix()
-            if relative != MANIFEST:
-                found.append((relative, path))
-    return sorted(found)
+    found = ((path.relative_to(folder).as_posix(), path) for path in Path(folder).rglob("*"))
+    return sorted(entry for entry in found if entry[0] != MANIFEST)
