@@ -64,7 +64,7 @@ def fingerprint(path: Path) -> dict:
     return {"size": size, "sampled_sha256": digest.hexdigest()}
 
 
-def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = None) -> Manifest:
+def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = None) -> None:
     """List every file and folder under ``folder`` (which must hold only our files).
 
     ``command`` is how the user ran it, e.g. ``mergekit-expo run``.
@@ -75,10 +75,8 @@ def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = N
             folders.append(relative)
         else:
             files[relative] = fingerprint(path)
-    manifest = Manifest(kind=kind, command=command, id=output_id or uuid.uuid4().hex, files=files,
-                        folders=folders)
-    _save(folder, manifest)
-    return manifest
+    _save(folder, Manifest(kind=kind, command=command, id=output_id or uuid.uuid4().hex, files=files,
+                           folders=folders))
 
 
 def record(folder: Path, names) -> None:
@@ -101,10 +99,10 @@ def _save(folder: Path, manifest: Manifest) -> None:
     write_file_atomically(folder / MANIFEST, text)
 
 
-def refresh(folder: Path) -> Manifest:
+def refresh(folder: Path) -> None:
     """Fingerprint ``folder`` again after we edited our own files in it (same kind and id)."""
     old = read(folder)
-    return write(folder, kind=old.kind, command=old.command, output_id=old.id)
+    write(folder, kind=old.kind, command=old.command, output_id=old.id)
 
 
 def read(folder: Path) -> Manifest:
