@@ -32,12 +32,13 @@ def resolve(reference: Optional[str], role: str) -> Optional[str]:
     if reference is None or not is_hub_id(reference):
         return reference
     import huggingface_hub
+    from huggingface_hub import constants
 
     repo, _, revision = reference.partition("@")
     folder = cached_snapshot(reference)
     if folder is not None:
         return folder
-    if offline():
+    if constants.HF_HUB_OFFLINE:
         raise ExpoInputError(
             f"{role} {reference} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
             f"fetch it first (`hf download {repo}"
@@ -68,9 +69,3 @@ def _one_line(error: Exception, limit: int = 200) -> str:
     """The Hub's message (status, gated repo, bad revision) on one line, shortened."""
     text = " ".join(str(error).split()) or "no message"
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)

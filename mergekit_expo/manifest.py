@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -32,11 +32,8 @@ WRITERS = {
     "adapter": "`mergekit-expo lora`",
     "demo": "`mergekit-expo demo`",
 }
-KINDS = {
-    "model": f"a merged model written by {WRITERS['model']}",
-    "adapter": f"a LoRA adapter written by {WRITERS['adapter']}",
-    "demo": f"a demo folder written by {WRITERS['demo']}",
-}
+NOUNS = {"model": "a merged model", "adapter": "a LoRA adapter", "demo": "a demo folder"}
+KINDS = {kind: f"{noun} written by {WRITERS[kind]}" for kind, noun in NOUNS.items()}
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,7 @@ def fingerprint(path: Path) -> dict:
     return {"size": size, "sampled_sha256": digest.hexdigest()}
 
 
-def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = None) -> Manifest:
+def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = None) -> None:
     """List every file and folder under ``folder`` (which must hold only our files).
 
     ``command`` is how the user ran it, e.g. ``mergekit-expo run``.
@@ -78,10 +75,8 @@ def write(folder: Path, *, kind: str, command: str, output_id: Optional[str] = N
             folders.append(relative)
         else:
             files[relative] = fingerprint(path)
-    manifest = Manifest(kind=kind, command=command, id=output_id or uuid.uuid4().hex, files=files,
-                        folders=folders)
-    _save(folder, manifest)
-    return manifest
+    _save(folder, Manifest(kind=kind, command=command, id=output_id or uuid.uuid4().hex, files=files,
+                           folders=folders))
 
 
 def record(folder: Path, names) -> None:
@@ -95,8 +90,7 @@ def record(folder: Path, names) -> None:
     except NotOurs:
         return
     files = dict(old.files, **{name: fingerprint(folder / name) for name in names})
-    _save(folder, Manifest(kind=old.kind, command=old.command, id=old.id, files=files,
-                           folders=old.folders))
+    _save(folder, replace(old, files=files))
 
 
 def _save(folder: Path, manifest: Manifest) -> None:
@@ -105,10 +99,10 @@ def _save(folder: Path, manifest: Manifest) -> None:
     write_file_atomically(folder / MANIFEST, text)
 
 
-def refresh(folder: Path) -> Manifest:
+def refresh(folder: Path) -> None:
     """Fingerprint ``folder`` again after we edited our own files in it (same kind and id)."""
     old = read(folder)
-    return write(folder, kind=old.kind, command=old.command, output_id=old.id)
+    write(folder, kind=old.kind, command=old.command, output_id=old.id)
 
 
 def read(folder: Path) -> Manifest:
@@ -139,20 +133,16 @@ def verify(folder: Path, kind: str) -> Manifest:
         also = " (nor is a plain mergekit-yaml output replaced)" if kind == "model" else ""
         raise NotOurs(f"has no {MANIFEST}, so {WRITERS[kind]} did not write it{also}") from None
     if manifest.kind != kind:
-        noun = KINDS.get(manifest.kind, manifest.kind).split(" written by ")[0]  # the writer: its own record
+        noun = NOUNS.get(manifest.kind, manifest.kind)  # the writer: its own record
         raise NotOurs(f"is {noun} written by `{manifest.command}`, not {KINDS[kind]}")
     folders = set(manifest.folders)
     for relative, path in _entries(folder):
         if path.is_symlink():
             raise NotOurs(f"holds {relative}, a symlink {manifest.command} did not write")
-        if path.is_dir():
-            if relative not in folders:
-                raise NotOurs(f"holds {relative}/, which {manifest.command} did not write")
-            continue
-        expected = manifest.files.get(relative)
-        if expected is None:
-            raise NotOurs(f"holds {relative}, which {manifest.command} did not write")
-        if fingerprint(path) != expected:
+        is_dir = path.is_dir()
+        if relative not in (folders if is_dir else manifest.files):
+            raise NotOurs(f"holds {relative}{'/' if is_dir else ''}, which {manifest.command} did not write")
+        if not is_dir and fingerprint(path) != manifest.files[relative]:
             raise NotOurs(f"has {relative} changed since {manifest.command} wrote it")
     return manifest
 
@@ -166,14 +156,10 @@ def remove(folder: Path, manifest: Manifest) -> bool:
     for relative in [*manifest.files, MANIFEST]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / relative)
-    for relative in sorted(manifest.folders, key=lambda r: r.count("/"), reverse=True):
-        try:
-            os.rmdir(folder / relative)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
     try:
+        for relative in sorted(manifest.folders, key=lambda r: r.count("/"), reverse=True):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(folder / relative)
         os.rmdir(folder)
     except OSError:
         return False
@@ -182,12 +168,5 @@ def remove(folder: Path, manifest: Manifest) -> bool:
 
 def _entries(folder: Path):
     """(relative path, path) of everything under ``folder`` but the manifest, sorted, links not followed."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        base = Path(root)
-        for name in dirs + files:
-            path = base / name
-            relative = path.relative_to(folder).as_posix()
-            if relative != MANIFEST:
-                found.append((relative, path))
-    return sorted(found)
+    found = ((path.relative_to(folder).as_posix(), path) for path in Path(folder).rglob("*"))
+    return sorted(entry for entry in found if entry[0] != MANIFEST)

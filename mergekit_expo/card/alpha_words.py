@@ -66,7 +66,7 @@ def _unreadable(data: dict) -> List[str]:
     return sorted(found)
 
 
-def describe(planned: Dict[str, Optional[float]], *, zero: str = "the aligned model's values") -> List[str]:
+def describe(planned: Dict[str, Optional[float]], *, zero: str) -> List[str]:
     """``planned``: tensor name -> α (None: copied from the SFT model), in plan order; ``zero``:
     what α = 0 gives."""
     if len(set(planned.values())) == 1:

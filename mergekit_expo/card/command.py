@@ -8,14 +8,13 @@ import yaml
 
 from mergekit_expo.card.files import README, check_card_targets, publish
 from mergekit_expo.card.lineage import lineage_of_config, lineage_of_pipeline
-from mergekit_expo.card.pipeline_check import check_pipeline
+from mergekit_expo.card.pipeline_check import CONFIG, check_pipeline
 from mergekit_expo.card.writer import card_files
 from mergekit_expo.cli_errors import reports_errors
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import require_mergekit
 from mergekit_expo.merge_config import key_mistakes
 
-CONFIG = "mergekit_config.yml"
 MERGEKITTY_CONFIG = "mergekitty_config.yml"  # what mergekitty writes instead
 LOG = logging.getLogger("mergekit_expo")
 

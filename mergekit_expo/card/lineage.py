@@ -5,7 +5,7 @@ Read from the YAML the merge was run with, never from resolved paths: a Hub id s
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, List, Mapping, Optional, Set, Tuple
 
 import yaml
 from pydantic import ValidationError
@@ -24,10 +24,6 @@ class Input:
     text: str
     parts: Tuple[Tuple[str, Optional[str], bool], ...]  # (path, revision, is a Hub id)
     stage: Optional[str] = None  # the output of an earlier pipeline stage, by name
-
-    @property
-    def hub_ids(self) -> List[str]:
-        return [path for path, _, hub in self.parts if hub]
 
     @property
     def markdown(self) -> str:
@@ -87,7 +83,7 @@ class Lineage:
     def hub_ids(self) -> List[str]:
         """Every Hub id the output descends from: SFT and aligned models first."""
         ordered = [*self.expo_stages, *(s for s in self.stages if not s.is_expo)]
-        found = [hub_id for stage in ordered for model in stage.inputs for hub_id in model.hub_ids]
+        found = [path for stage in ordered for model in stage.inputs for path, _, hub in model.parts if hub]
         return list(dict.fromkeys(found))
 
     def uncached_hub_ids(self) -> List[str]:
@@ -97,11 +93,11 @@ class Lineage:
         return [reference for reference in dict.fromkeys(found) if cached_snapshot(reference) is None]
 
 
-def lineage_of_config(source: str, *, hub_ids: Optional[Set[str]] = None,
+def lineage_of_config(source: str, *, hub_ids: Optional[Mapping[str, str]] = None,
                       where: str = "the config") -> Lineage:
     """The lineage of a single merge config (the text of mergekit_config.yml).
 
-    ``hub_ids``: the references the merge resolved on the Hub (``org/name@rev`` as
+    ``hub_ids``: the folders the merge read Hub ids from -> those ids (``org/name@rev`` as
     written); without it a reference counts as a Hub id when it is no folder here.
     """
     try:
@@ -110,7 +106,8 @@ def lineage_of_config(source: str, *, hub_ids: Optional[Set[str]] = None,
         raise ExpoConfigError(f"{where} is not valid YAML") from None
     if not isinstance(data, dict):
         raise ExpoConfigError(f"{where} is not a mergekit config (a YAML mapping with merge_method:)")
-    return Lineage([_stage(None, data, _is_hub(hub_ids), set(), where)], source)
+    is_hub = is_hub_id if hub_ids is None else set(hub_ids.values()).__contains__
+    return Lineage([_stage(None, data, is_hub, set(), where)], source)
 
 
 def lineage_of_pipeline(text: str, output_name: str, *, where: str) -> Lineage:
@@ -127,7 +124,7 @@ def lineage_of_pipeline(text: str, output_name: str, *, where: str) -> Lineage:
         raise ExpoConfigError(f"{where} is not a mergekit-multi config (YAML documents with merge_method:)")
     names = {d["name"] for d in documents if d.get("name")}
     stages = [_stage(d.get("name"), {k: v for k, v in d.items() if k != "name"},
-                     _is_hub(None), names, where) for d in documents]
+                     is_hub_id, names, where) for d in documents]
     by_name = {stage.name: stage for stage in stages}
     target = next((s for s in stages if s.name is None), None) or by_name.get(output_name)
     if target is None:
@@ -174,10 +171,6 @@ def _input(model, is_hub: Callable[[str], bool]) -> Input:
     paths = [model.model] + ([model.lora] if model.lora is not None else [])
     parts = tuple((p.path, p.revision, is_hub(str(p))) for p in paths)
     return Input(str(model), parts)
-
-
-def _is_hub(hub_ids: Optional[Set[str]]) -> Callable[[str], bool]:
-    return is_hub_id if hub_ids is None else hub_ids.__contains__
 
 
 def _link(path: str, revision: Optional[str], hub: bool) -> str:

@@ -11,9 +11,9 @@ from mergekit_expo.trajectory.steps import checked_step, checkpoint_holders, sta
 AT_THE_LAST_STEP = "the fit at the last checkpoint's step"  # what α = 0 gives
 
 
-def trajectory_stage(stage, data: Optional[dict] = None) -> dict:
+def trajectory_stage(stage, data: dict) -> dict:
     """The template's fields for ``stage`` (a lineage Stage of an expo_trajectory merge);
-    ``data``: its config as merged, where not ``stage.data`` (a pipeline's stage names as folders)."""
+    ``data``: its config as merged (in a pipeline, the names of earlier stages become their folders)."""
     config = stage.config
     markdown = {model.text: model.markdown for model in stage.inputs}
     checkpoints = [{"model": markdown.get(str(holder.model), f"`{holder.model}`"), "step": _step(holder)}
@@ -21,7 +21,7 @@ def trajectory_stage(stage, data: Optional[dict] = None) -> dict:
     window = (config.parameters or {}).get("window")
     return {"name": stage.name, "sft": stage.sft.markdown, "checkpoints": checkpoints,
             "points": len(checkpoints) + 1, "window": window,
-            "alpha": alpha_in_words(stage.data if data is None else data, zero=AT_THE_LAST_STEP)}
+            "alpha": alpha_in_words(data, zero=AT_THE_LAST_STEP)}
 
 
 def _step(holder) -> str:
@@ -35,10 +35,10 @@ def checkpoint_step(holder) -> Optional[int]:
     written = checked_step((holder.parameters or {}).get("step"))
     if written is not None:
         return written
-    path, revision = holder.model.model.path, holder.model.model.revision
-    folder: Optional[str] = path if Path(path).is_dir() else None
-    if folder is None and is_hub_id(path):
-        folder = cached_snapshot(f"{path}@{revision}" if revision else path)
+    model = holder.model.model  # a mergekit ModelPath: str() writes it as path@revision
+    folder: Optional[str] = model.path if Path(model.path).is_dir() else None
+    if folder is None and is_hub_id(model.path):
+        folder = cached_snapshot(str(model))
     stated = stated_steps(folder)
     return stated[0][1] if stated else None
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Optional
 from mergekit_expo.card.alpha_words import alpha_in_words
 from mergekit_expo.card.files import README, kept_search_section, marked, publish
 from mergekit_expo.card.lineage import Lineage, lineage_of_config, lineage_of_pipeline, method_markdown
-from mergekit_expo.card.pipeline_check import as_merged, stages_folder
+from mergekit_expo.card.pipeline_check import CONFIG, as_merged, stages_folder
 from mergekit_expo.card.search_section import check_same_models, search_section
 from mergekit_expo.card.trajectory_words import trajectory_stage
 from mergekit_expo.errors import ExpoConfigError
@@ -43,8 +43,7 @@ def check_card_inputs(source: str, *, hub_ids: Optional[Mapping[str, str]] = Non
     """What write_card would refuse, checked before a merge is computed."""
     if search is None:
         return
-    ids = None if hub_ids is None else set(hub_ids.values())
-    lineage = lineage_of_config(source, hub_ids=ids)
+    lineage = lineage_of_config(source, hub_ids=hub_ids)
     if lineage.expo_stages or lineage.trajectory_stages:
         _searched_stage(SearchResults.load(search), lineage)
 
@@ -60,8 +59,7 @@ def card_files(folder: Path, source: str, *, hub_ids: Optional[Mapping[str, str]
     if pipeline is not None:
         lineage = lineage_of_pipeline(pipeline, folder.name, where="the mergekit-multi config")
     else:
-        ids = None if hub_ids is None else set(hub_ids.values())
-        lineage = lineage_of_config(source, hub_ids=ids, where=f"{folder}/mergekit_config.yml")
+        lineage = lineage_of_config(source, hub_ids=hub_ids, where=f"{folder}/{CONFIG}")
     if not lineage.expo_stages and not lineage.trajectory_stages:
         return _hub_ids_named(folder, lineage, hub_ids or {})
     files = {}
@@ -175,7 +173,7 @@ def _count(number: int) -> str:
 def _pipeline_lines(lineage: Lineage, unchecked: Mapping[str, str]):
     lines = []
     for stage in lineage.stages:
-        label = f"stage `{stage.name}`" if stage.name else "the final stage"
+        label = _label(stage.name)
         note = " (as configured: **not checked** against what was merged)" if stage.name in unchecked else ""
         if stage.is_expo or stage.is_trajectory:
             lines.append(f"{label}: {'ExPO' if stage.is_expo else 'trajectory ExPO'}{note} (below)")
