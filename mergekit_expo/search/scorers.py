@@ -253,15 +253,16 @@ class CallableScorer(Scorer):
             returned = self.function(*engine.callable_arguments())
         return Score(value=self._number(returned, "it must return a float (higher is better)"))
 
+    def _returned(self, returned) -> str:
+        return f"scorer {self.name} returned {type(returned).__name__} {_brief(returned)}"
+
     def _number(self, returned, must: str) -> float:
         if isinstance(returned, (str, bytes)) or not hasattr(returned, "__float__"):
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}: {must}")
+            raise ExpoConfigError(f"{self._returned(returned)}: {must}")
         try:
             value = float(returned)
         except (TypeError, ValueError, RuntimeError):  # a tensor of several elements, for one
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}, which is not one number: {must}") from None
+            raise ExpoConfigError(f"{self._returned(returned)}, which is not one number: {must}") from None
         if not math.isfinite(value):
             raise ExpoNumericsError(f"scorer {self.name} returned {value}: it must return a finite float")
         return value
@@ -276,8 +277,7 @@ class CallableScorer(Scorer):
         except TypeError:
             items = None
         if items is None or isinstance(returned, (str, bytes)) or len(items) != len(rows):
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}: {must}")
+            raise ExpoConfigError(f"{self._returned(returned)}: {must}")
         values = [self._number(item, must) for item in items]
         return Score(value=sum(values) / len(values), n=len(values), values=values)
 
