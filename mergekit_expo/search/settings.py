@@ -8,6 +8,7 @@ engines, spaces and strategies, and the options only one of them takes, come fro
 :mod:`.registry`.
 """
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -22,7 +23,7 @@ from mergekit_expo import hub
 from mergekit_expo.alpha import checked_alpha, warn_large_grid
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
-from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
+from mergekit_expo.search.sampling import PRESETS, Sampling
 from mergekit_expo.search.strategies.base import Plan
 from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
@@ -439,9 +440,11 @@ class SearchSettings(BaseModel):
 
     @property
     def sampling(self) -> Sampling:
-        return build_sampling(self.preset, seed=self.seed, max_new_tokens=self.max_new_tokens,
-                              sample=self.sample, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k)
+        """The --preset (or greedy defaults) with the generation options given on top."""
+        base = PRESETS[self.preset] if self.preset else Sampling()
+        options = ("max_new_tokens", "sample", "temperature", "top_p", "top_k")
+        given = {name: getattr(self, name) for name in options if getattr(self, name) is not None}
+        return dataclasses.replace(base, seed=self.seed, **given)
 
     def study_settings(self, models: dict) -> dict:
         """What makes two runs the same search (results.json's settings): another value is refused,
