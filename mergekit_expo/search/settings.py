@@ -52,9 +52,9 @@ def _described(registry) -> str:
     return "; ".join(f"{entry.name}: {entry.help}" for entry in registry.entries)
 
 
-def _one_of(names, metavar: str = None) -> dict:
+def _one_of(names) -> dict:
     """click's view of an option whose value the settings check: its choices in --help."""
-    return dict(metavar=metavar or f"[{'|'.join(names)}]")
+    return dict(metavar=f"[{'|'.join(names)}]")
 
 
 class SearchSettings(BaseModel):
