@@ -74,9 +74,8 @@ class SearchedModels:
 
     def roles(self) -> list:
         """(role, name) of each model, as the user knows it."""
-        if not self.is_trajectory:
-            return [("the SFT model", self.named[0]), ("the aligned model", self.named[1])]
-        return [("the SFT model", self.named[0]), *(("checkpoint", name) for name in self.named[1:])]
+        role = "checkpoint" if self.is_trajectory else "the aligned model"
+        return [("the SFT model", self.named[0]), *((role, name) for name in self.named[1:])]
 
     def settings(self) -> dict:
         """What makes two searches' models the same (a part of results.json's settings): their
