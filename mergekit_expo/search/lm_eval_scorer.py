@@ -123,8 +123,7 @@ class LmEvalScorer(Scorer):
 
     def _documents(self) -> Dict[str, int]:
         """Documents scored per task (--limit applied)."""
-        counts = {name: len(task.eval_docs) for name, task in self.tasks.items()}
-        return {name: min(count, self.limit) if self.limit else count for name, count in counts.items()}
+        return {name: min(len(task.eval_docs), self.limit or math.inf) for name, task in self.tasks.items()}
 
     def race_rows(self, engine) -> Optional[int]:
         return None if self.race_refusal() else sum(self._documents().values())
