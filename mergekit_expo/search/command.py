@@ -85,8 +85,7 @@ def open_tools(s) -> str:
 
 def model_space(settings, sft_folder, aligned_folder, sft, aligned):
     """The space and the resolver of its candidates for an SFT and aligned pair (see :func:`space_for`)."""
-    named = (hub.model_reference(sft), hub.model_reference(aligned))
-    return space_for(settings, SearchedModels.pair(sft_folder, aligned_folder, named))
+    return space_for(settings, SearchedModels.pair(sft_folder, aligned_folder, sft, aligned))
 
 
 def space_for(settings, models):

@@ -7,6 +7,7 @@ for the merged checkpoint, without writing or loading one per α.
 
 import difflib
 import functools
+import itertools
 import math
 import os
 from typing import Callable, Dict, List, Optional
@@ -100,13 +101,12 @@ class LmEvalScorer(Scorer):
             self._wrapper = HFLM(pretrained=model, tokenizer=engine.tokenizer, batch_size=batch)
         return self._wrapper
 
-    def evaluate(self, engine) -> dict:
-        """lm-eval's results dict for the model as the engine holds it now."""
+    def evaluate(self, engine, tasks: list, **options) -> dict:
+        """lm-eval's results dict on ``tasks`` for the model as the engine holds it now."""
         from lm_eval import simple_evaluate
 
-        return simple_evaluate(model=self.wrapper(engine), tasks=list(self.tasks.values()),
-                               task_manager=self.task_manager, limit=self.limit,
-                               num_fewshot=self.num_fewshot, log_samples=False)
+        return simple_evaluate(model=self.wrapper(engine), tasks=tasks, task_manager=self.task_manager,
+                               num_fewshot=self.num_fewshot, **options)
 
     # -- racing: rows are the documents of every task, one task after the other --------------
     def race_refusal(self) -> Optional[str]:
@@ -123,8 +123,7 @@ class LmEvalScorer(Scorer):
 
     def _documents(self) -> Dict[str, int]:
         """Documents scored per task (--limit applied)."""
-        counts = {name: len(task.eval_docs) for name, task in self.tasks.items()}
-        return {name: min(count, self.limit) if self.limit else count for name, count in counts.items()}
+        return {name: min(len(task.eval_docs), self.limit or math.inf) for name, task in self.tasks.items()}
 
     def race_rows(self, engine) -> Optional[int]:
         return None if self.race_refusal() else sum(self._documents().values())
@@ -132,31 +131,28 @@ class LmEvalScorer(Scorer):
     def _scored_rows(self, engine, rows: List[int]) -> Score:
         """lm-eval on the documents ``rows`` name (lm-eval's ``samples``); each document's metric,
         weighted so that the mean over every row is the mean of the task scores."""
-        from lm_eval import simple_evaluate
-
-        documents, wanted, start = self._documents(), {}, 0
-        for name, count in documents.items():
-            wanted[name] = sorted(row - start for row in rows if start <= row < start + count)
-            start += count
-        tasks = [self.tasks[name] for name in self.tasks if wanted[name]]
-        samples = simple_evaluate(model=self.wrapper(engine), tasks=tasks, task_manager=self.task_manager,
-                                  samples={name: docs for name, docs in wanted.items() if docs},
-                                  num_fewshot=self.num_fewshot, log_samples=True)["samples"]
-        by_row, start = {}, 0
+        documents = self._documents()
+        starts = dict(zip(documents, itertools.accumulate(documents.values(), initial=0)))
+        wanted = {name: sorted(row - starts[name] for row in rows if 0 <= row - starts[name] < count)
+                  for name, count in documents.items()}
+        samples = self.evaluate(engine, [self.tasks[name] for name in self.tasks if wanted[name]],
+                                samples={name: docs for name, docs in wanted.items() if docs},
+                                log_samples=True)["samples"]
+        by_row = {}
         for name, count in documents.items():
             metric, _, filter_name = self.metrics[name].partition(",")
             weight = self.signs[name] * sum(documents.values()) / (len(documents) * count)
             for sample in samples.get(name, []):
                 if sample.get("filter", "none") == filter_name:
-                    by_row[start + int(sample["doc_id"])] = weight * float(sample[metric])
-            start += count
+                    by_row[starts[name] + int(sample["doc_id"])] = weight * float(sample[metric])
         values = [by_row[row] for row in rows]
         return Score(value=sum(values) / len(values), n=len(values), values=values)
 
     def __call__(self, engine, progress: Callable = None, *, rows: Optional[List[int]] = None) -> Score:
         if rows is not None:
             return self._scored_rows(engine, list(rows))
-        results = self.evaluate(engine)["results"]
+        results = self.evaluate(engine, list(self.tasks.values()), limit=self.limit,
+                                log_samples=False)["results"]
         values, errors, per_task = [], [], {}
         for name, key in self.metrics.items():
             metric, _, filter_name = key.partition(",")

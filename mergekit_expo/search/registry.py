@@ -42,8 +42,8 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, option: str, noun: str, entries: List[Entry]):
-        self.option, self.noun, self.entries = option, noun, list(entries)
+    def __init__(self, noun: str, entries: List[Entry]):
+        self.option, self.noun, self.entries = f"--{noun}", noun, list(entries)
 
     def register(self, entry: Entry) -> None:
         """Add ``entry`` (a plugin's, under a name of its own)."""
@@ -85,7 +85,7 @@ def _here(module: str, name: str) -> str:
 # traits: rows (scores dev rows by index, so it can race), data (reads --data), generates (one
 # generation per row), tasks (scores its tasks' own examples), prefix/callable (how its name is
 # matched), transformers (needs an engine whose model is a transformers model)
-SCORERS = Registry("--scorer", "scorer", [
+SCORERS = Registry("scorer", [
     Entry("preference", _here("scorers", "PreferenceScorer"), "log-likelihood of chosen over rejected",
           frozenset({"rows", "data"})),
     # with --engine vllm, --device and --batch-size place and batch the reward model
@@ -99,7 +99,7 @@ SCORERS = Registry("--scorer", "scorer", [
 ])
 
 # traits: transformers (the model it runs is a transformers model, set in place: lm-eval wraps it)
-ENGINES = Registry("--engine", "engine", [
+ENGINES = Registry("engine", [
     Entry("hf", _here("hf_engine", "HFEngine"), "transformers, batched", frozenset({"transformers"}),
           options=("device", "batch_size"), words="transformers (`--engine hf`)",
           tested=("transformers", "5.19", "5.25")),
@@ -110,7 +110,7 @@ ENGINES = Registry("--engine", "engine", [
 
 # traits: grid (one α, an --alphas grid) or sampled (coordinates drawn from --alpha-range);
 # by_module (one α per module group), by_depth (α at the first and last layer)
-SPACES = Registry("--space", "space", [
+SPACES = Registry("space", [
     Entry("scalar", "", "one α", frozenset({"grid"}), options=("alphas", "refine")),
     Entry("module", "", "attention, MLP, other", frozenset({"sampled", "by_module"}),
           words="one α each for attention (`self_attn`), MLP (`mlp`, experts and routers included) and "
@@ -126,7 +126,7 @@ SPACES = Registry("--space", "space", [
 # traits: the kinds of space it searches (grid, sampled); races (what --race picks); rows (it
 # needs a scorer of dev rows by index); default (used, in this order, where it fits and no strategy
 # is named); implicit (earlier versions recorded a search with it without naming it)
-STRATEGIES = Registry("--strategy", "strategy", [
+STRATEGIES = Registry("strategy", [
     Entry("curve", "mergekit_expo.search.strategies.curve:CurveSearch",
           "the --alphas grid raced on a lattice that refines itself at the leader, the α beyond "
           "candidates dropped or retired against it never scored (the score taken to be unimodal and "

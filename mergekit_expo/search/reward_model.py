@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import transformers
@@ -46,8 +46,8 @@ class RewardModel:
     def encode(self, prompt: str, answer: str) -> List[int]:
         return encode_conversation(self.tokenizer, prompt, answer)
 
-    def scores(self, sequences: Sequence[List[int]], progress: Optional[Callable] = None) -> List[float]:
-        return self.batcher.run(sequences, self._batch, progress=progress)
+    def scores(self, sequences: Sequence[List[int]]) -> List[float]:
+        return self.batcher.run(sequences, self._batch)
 
     def _batch(self, sequences: List[List[int]]) -> List[float]:
         # Right padding keeps every position as in an unpadded pass; the classifier

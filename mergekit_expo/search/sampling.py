@@ -1,7 +1,6 @@
 """How answers are generated: greedy by default, or seeded sampling."""
 
-from dataclasses import asdict, dataclass, replace
-from typing import Optional
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,3 @@ PRESETS = {
                       presence_penalty=0.1, frequency_penalty=0.1),
 }
 
-
-def build_sampling(preset: Optional[str], *, seed: int, **overrides) -> Sampling:
-    """A preset (or greedy defaults) with the options the user gave on top."""
-    base = PRESETS[preset] if preset else Sampling()
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return replace(base, seed=seed, **given)

@@ -75,6 +75,13 @@ class _KeptRowsScorer(Scorer):
         indices = list(range(len(self._encoded))) if rows is None else list(rows)
         return indices, [self._encoded[i] for i in indices]
 
+    def _score(self, values: List[float], records: List[dict], rows: Optional[List[int]], **extra) -> Score:
+        """The mean of the rows' values with its bootstrap interval (``rows``: those asked for)."""
+        low, high = bootstrap_interval(values)
+        return Score(value=sum(values) / len(values), low=low, high=high, n=len(values),
+                     extra={**extra, "skipped": self._skipped}, rows=records,
+                     values=values if rows is not None else None)
+
 
 class PreferenceScorer(_KeptRowsScorer):
     """Accuracy of log p(chosen | prompt) > log p(rejected | prompt); margin = mean difference."""
@@ -121,15 +128,12 @@ class PreferenceScorer(_KeptRowsScorer):
         totals = engine.answer_logprobs(contexts, answers, progress=progress)
         margins = [totals[i] - totals[i + 1] for i in range(0, len(totals), 2)]
         wins = [1.0 if m > 0 else 0.0 for m in margins]
-        low, high = bootstrap_interval(wins)
         kept = [self._kept_rows[i] for i in indices]
         records = [{"row": index, "prompt": row["prompt"], "chosen": row["chosen"],
                     "rejected": row["rejected"], "logp_chosen": totals[2 * i],
                     "logp_rejected": totals[2 * i + 1], "score": win}
                    for i, (index, row, win) in enumerate(zip(indices, kept, wins))]
-        return Score(value=sum(wins) / len(wins), low=low, high=high, n=len(wins),
-                     extra={"mean_margin": sum(margins) / len(margins), "skipped": self._skipped},
-                     rows=records, values=wins if rows is not None else None)
+        return self._score(wins, records, rows, mean_margin=sum(margins) / len(margins))
 
 
 class RewardModelScorer(_KeptRowsScorer):
@@ -177,12 +181,9 @@ class RewardModelScorer(_KeptRowsScorer):
         answers = engine.generate([ids for _, ids in encoded], self.sampling, progress=progress)
         sequences = [self.reward.encode(prompt, answer) for (prompt, _), answer in zip(encoded, answers)]
         rewards = self.reward.scores(sequences)
-        low, high = bootstrap_interval(rewards)
         records = [{"row": index, "prompt": prompt, "answer": answer, "score": reward}
                    for index, (prompt, _), answer, reward in zip(indices, encoded, answers, rewards)]
-        return Score(value=sum(rewards) / len(rewards), low=low, high=high, n=len(rewards),
-                     extra={"skipped": self._skipped}, rows=records,
-                     values=rewards if rows is not None else None)
+        return self._score(rewards, records, rows)
 
 
 class CallableScorer(Scorer):
@@ -252,15 +253,16 @@ class CallableScorer(Scorer):
             returned = self.function(*engine.callable_arguments())
         return Score(value=self._number(returned, "it must return a float (higher is better)"))
 
+    def _returned(self, returned) -> str:
+        return f"scorer {self.name} returned {type(returned).__name__} {_brief(returned)}"
+
     def _number(self, returned, must: str) -> float:
         if isinstance(returned, (str, bytes)) or not hasattr(returned, "__float__"):
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}: {must}")
+            raise ExpoConfigError(f"{self._returned(returned)}: {must}")
         try:
             value = float(returned)
         except (TypeError, ValueError, RuntimeError):  # a tensor of several elements, for one
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}, which is not one number: {must}") from None
+            raise ExpoConfigError(f"{self._returned(returned)}, which is not one number: {must}") from None
         if not math.isfinite(value):
             raise ExpoNumericsError(f"scorer {self.name} returned {value}: it must return a finite float")
         return value
@@ -275,8 +277,7 @@ class CallableScorer(Scorer):
         except TypeError:
             items = None
         if items is None or isinstance(returned, (str, bytes)) or len(items) != len(rows):
-            raise ExpoConfigError(f"scorer {self.name} returned {type(returned).__name__} "
-                                  f"{_brief(returned)}: {must}")
+            raise ExpoConfigError(f"{self._returned(returned)}: {must}")
         values = [self._number(item, must) for item in items]
         return Score(value=sum(values) / len(values), n=len(values), values=values)
 

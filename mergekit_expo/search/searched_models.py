@@ -59,8 +59,9 @@ class SearchedModels:
     window: Optional[int] = None  # a run's: fit the last points only (None: every point)
 
     @classmethod
-    def pair(cls, sft: str, aligned: str, named: Optional[Tuple[str, str]] = None) -> "SearchedModels":
-        return cls(sft, (aligned,), named or (sft, aligned))
+    def pair(cls, sft_folder: str, aligned_folder: str, sft: str, aligned: str) -> "SearchedModels":
+        """The folders of an SFT and aligned pair, named as ``sft`` and ``aligned`` were given."""
+        return cls(sft_folder, (aligned_folder,), (hub.model_reference(sft), hub.model_reference(aligned)))
 
     @property
     def aligned(self) -> str:
@@ -73,9 +74,8 @@ class SearchedModels:
 
     def roles(self) -> list:
         """(role, name) of each model, as the user knows it."""
-        if not self.is_trajectory:
-            return [("the SFT model", self.named[0]), ("the aligned model", self.named[1])]
-        return [("the SFT model", self.named[0]), *(("checkpoint", name) for name in self.named[1:])]
+        role = "checkpoint" if self.is_trajectory else "the aligned model"
+        return [("the SFT model", self.named[0]), *((role, name) for name in self.named[1:])]
 
     def settings(self) -> dict:
         """What makes two searches' models the same (a part of results.json's settings): their
@@ -131,8 +131,7 @@ def read_pair(sft: str, aligned: str) -> SearchedModels:
         LOG.warning("the SFT and aligned models are the same checkpoint (%s and %s hold the same "
                     "weights): there is no alignment update, every α scores the aligned model",
                     sft, aligned)
-    named = (hub.model_reference(sft), hub.model_reference(aligned))
-    return SearchedModels.pair(sft_folder, aligned_folder, named)
+    return SearchedModels.pair(sft_folder, aligned_folder, sft, aligned)
 
 
 def read_run(sft: str, checkpoints: Sequence[str], steps: Optional[Sequence[int]],

@@ -8,6 +8,7 @@ engines, spaces and strategies, and the options only one of them takes, come fro
 :mod:`.registry`.
 """
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -22,7 +23,7 @@ from mergekit_expo import hub
 from mergekit_expo.alpha import checked_alpha, warn_large_grid
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.search.registry import ENGINES, SCORERS, SPACES, STRATEGIES
-from mergekit_expo.search.sampling import PRESETS, Sampling, build_sampling
+from mergekit_expo.search.sampling import PRESETS, Sampling
 from mergekit_expo.search.strategies.base import Plan
 from mergekit_expo.search.strategies.race import DEFAULT_TOLERANCE
 
@@ -51,9 +52,9 @@ def _described(registry) -> str:
     return "; ".join(f"{entry.name}: {entry.help}" for entry in registry.entries)
 
 
-def _one_of(names, metavar: str = None) -> dict:
+def _one_of(names) -> dict:
     """click's view of an option whose value the settings check: its choices in --help."""
-    return dict(metavar=metavar or f"[{'|'.join(names)}]")
+    return dict(metavar=f"[{'|'.join(names)}]")
 
 
 class SearchSettings(BaseModel):
@@ -392,22 +393,58 @@ class SearchSettings(BaseModel):
     @property
     def grid(self) -> Optional[List[float]]:
         """The α values of the grid space; None for the spaces that draw from --alpha-range."""
-        return parse_alphas(self.alphas) if "grid" in SPACES.get(self.space).traits else None
+        if "grid" not in SPACES.get(self.space).traits:
+            return None
+        text = self.alphas
+        if text is None:  # not given; an empty value is a mistake, never the default grid
+            return list(DEFAULT_ALPHAS)
+        parts = text.split(",")
+        if text.strip() and not all(part.strip() for part in parts):
+            raise ExpoConfigError(f"--alphas {text!r} has an empty value between its commas: write e.g. "
+                                  "--alphas 0,0.3,0.5")
+        values = [checked_alpha(part.strip(), option="--alphas", in_search=True) for part in parts
+                  if part.strip()]
+        warn_large_grid(values)
+        if not values:
+            raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
+                                  "--alphas for the default grid 0,0.1,...,0.6")
+        return sorted(set(values))
 
     @property
     def bounds(self) -> Tuple[float, float]:
-        return parse_range(self.alpha_range)
+        """``LO,HI`` of --alpha-range, LO < HI."""
+        text = self.alpha_range
+        if text is None:
+            return (0.0, 1.0)
+        parts = [part.strip() for part in text.split(",")]
+        if len(parts) != 2:
+            raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
+        low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
+        warn_large_grid((high,))
+        if not low < high:
+            example = f"{min(low, high):g},{max(low, high) if low != high else high + 1:g}"
+            raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {example}")
+        return low, high
 
     @property
     def step_list(self) -> Optional[List[int]]:
         """--steps as whole numbers (the trajectory's checks take them from here)."""
-        return None if self.steps is None else parse_steps(self.steps)
+        if self.steps is None:
+            return None
+        parts = [part.strip() for part in self.steps.split(",")]
+        for part in parts:
+            if not part.isdigit():
+                raise ExpoConfigError(f"--steps: {part!r} is not a whole number: give each checkpoint's "
+                                      "training step, in order, e.g. --steps 100,200,300")
+        return [int(part) for part in parts]
 
     @property
     def sampling(self) -> Sampling:
-        return build_sampling(self.preset, seed=self.seed, max_new_tokens=self.max_new_tokens,
-                              sample=self.sample, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k)
+        """The --preset (or greedy defaults) with the generation options given on top."""
+        base = PRESETS[self.preset] if self.preset else Sampling()
+        options = ("max_new_tokens", "sample", "temperature", "top_p", "top_k")
+        given = {name: getattr(self, name) for name in options if getattr(self, name) is not None}
+        return dataclasses.replace(base, seed=self.seed, **given)
 
     def study_settings(self, models: dict) -> dict:
         """What makes two runs the same search (results.json's settings): another value is refused,
@@ -443,47 +480,6 @@ class SearchSettings(BaseModel):
         own = {name: getattr(self, name) for name in entry.options}
         own.update({"device": device} if "device" in entry.options else {"seed": self.seed})
         return dict(own, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
-
-
-def parse_alphas(text: Optional[str]) -> List[float]:
-    if text is None:  # not given; an empty value is a mistake, never the default grid
-        return list(DEFAULT_ALPHAS)
-    parts = text.split(",")
-    if text.strip() and not all(part.strip() for part in parts):
-        raise ExpoConfigError(f"--alphas {text!r} has an empty value between its commas: write e.g. "
-                              "--alphas 0,0.3,0.5")
-    values = [checked_alpha(part.strip(), option="--alphas", in_search=True) for part in parts
-              if part.strip()]
-    warn_large_grid(values)
-    if not values:
-        raise ExpoConfigError(f"--alphas {text!r} names no α: give e.g. --alphas 0,0.3,0.5, or drop "
-                              "--alphas for the default grid 0,0.1,...,0.6")
-    return sorted(set(values))
-
-
-def parse_steps(text: str) -> List[int]:
-    """--steps N,N,...: whole numbers (the trajectory's checks judge them as steps)."""
-    parts = [part.strip() for part in text.split(",")]
-    for part in parts:
-        if not part.isdigit():
-            raise ExpoConfigError(f"--steps: {part!r} is not a whole number: give each checkpoint's training "
-                                  "step, in order, e.g. --steps 100,200,300")
-    return [int(part) for part in parts]
-
-
-def parse_range(text: Optional[str]) -> Tuple[float, float]:
-    """``LO,HI`` of --alpha-range, LO < HI."""
-    if text is None:
-        return (0.0, 1.0)
-    parts = [part.strip() for part in text.split(",")]
-    if len(parts) != 2:
-        raise ExpoConfigError(f"--alpha-range {text!r} must be two numbers LO,HI: e.g. --alpha-range 0,1")
-    low, high = (checked_alpha(part, option="--alpha-range", in_search=True) for part in parts)
-    warn_large_grid((high,))
-    if not low < high:
-        example = f"{min(low, high):g},{max(low, high) if low != high else high + 1:g}"
-        raise ExpoConfigError(f"--alpha-range {text}: LO must be below HI: e.g. --alpha-range {example}")
-    return low, high
 
 
 def fingerprint(*parts: Optional[str]) -> str:

@@ -15,7 +15,7 @@ Groups, by substring of the tensor name (mergekit's filters, first match wins):
 - other: everything else (embeddings, norms, ``lm_head``)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mergekit_expo.compat.mergekit import model_out_config
@@ -104,7 +104,7 @@ def make_space(name: str, tensor_names: Sequence[str]) -> Space:
     if all(t in claimed for t in tensor_names):
         raise ExpoConfigError(f"--space {name}: every tensor of this model is attention or MLP, so "
                               f"the other group is empty: use --space {_without_modules()}")
-    return Space(name, space.by_module, space.by_depth, tuple(filters))
+    return replace(space, filters=tuple(filters))
 
 
 def _without_modules() -> str:
@@ -166,19 +166,6 @@ def planned_alphas(config: dict, *, trust_remote_code: bool = False) -> Dict[str
     return {name: alpha for name, alpha in planned.items() if alpha is not None}
 
 
-def model_layout_names(model_type: Optional[str], checkpoint_names: Sequence[str]) -> Dict[str, str]:
-    """checkpoint tensor name -> the model-layout name mergekit plans it under.
-
-    mergekit reads checkpoints through transformers' conversion mapping (Mixtral's and
-    Qwen-MoE's per-expert tensors become one fused ``mlp.experts.gate_up_proj``); the
-    same mapping, applied in the same order, says which planned tensor each checkpoint
-    tensor feeds. ExPO is elementwise, so extrapolating the sources with their target's α
-    and fusing them gives the target's bits.
-    """
-    rename = checkpoint_renamer(model_type)
-    return {name: rename(name) for name in checkpoint_names}
-
-
 class CandidateResolver:
     """Candidate -> α of every checkpoint tensor of the aligned model (a run's last
     checkpoint), through mergekit."""
@@ -189,7 +176,13 @@ class CandidateResolver:
         folders; configs name them as ``models.named`` does."""
         self.space, self.models, self.dtype = space, models, dtype
         self.trust_remote_code = trust_remote_code
-        self.layout = model_layout_names(model_type, checkpoint_names)
+        # checkpoint tensor name -> the model-layout name mergekit plans it under. mergekit reads
+        # checkpoints through transformers' conversion mapping (Mixtral's and Qwen-MoE's per-expert
+        # tensors become one fused ``mlp.experts.gate_up_proj``); the same mapping, applied in the
+        # same order, says which planned tensor each checkpoint tensor feeds. ExPO is elementwise,
+        # so extrapolating the sources with their target's α and fusing them gives the target's bits.
+        rename = checkpoint_renamer(model_type)
+        self.layout = {name: rename(name) for name in checkpoint_names}
         self._resolved: Dict[tuple, Dict[str, float]] = {}  # a raced α is set once per block
 
     def config(self, candidate: Mapping[str, float], *, folders: bool = False) -> dict:
