@@ -323,19 +323,16 @@ class SearchResults:
         if baseline is not None:
             lines.append(f"alpha = 0 ({self.reference_words}) scores {baseline.score:.4g}")
         excluded = self.excluded()
-        if excluded and all(r.guard_reference is None for r in excluded):
-            lines.append(
-                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
-                f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below its "
-                f"{_number(baseline.guard)} "
-                f"at alpha = 0 (to {', '.join(_number(r.guard) for r in excluded)})")
-        elif excluded:  # some read fewer guard rows than α = 0: each against α = 0 on its own rows
-            each = "; ".join(f"{r.label}: {_number(r.guard)} against "
-                             f"{_number(candidate_rows.reference_guard(r, baseline))}" for r in excluded)
-            lines.append(
-                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
-                f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below alpha = 0's "
-                f"on the rows each read ({each})")
+        if excluded:
+            if all(r.guard_reference is None for r in excluded):
+                below = (f"its {_number(baseline.guard)} at alpha = 0 "
+                         f"(to {', '.join(_number(r.guard) for r in excluded)})")
+            else:  # some read fewer guard rows than α = 0: each against α = 0 on its own rows
+                each = "; ".join(f"{r.label}: {_number(r.guard)} against "
+                                 f"{_number(candidate_rows.reference_guard(r, baseline))}" for r in excluded)
+                below = f"alpha = 0's on the rows each read ({each})"
+            lines.append(f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
+                         f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below {below}")
         elif self.guarded and self.max_drop is not None:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
                          f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")
