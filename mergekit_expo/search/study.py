@@ -231,7 +231,6 @@ class SearchStudy:
         self._check_plan(agreed)
 
     # -- settings ---------------------------------------------------------------------------
-    @storage_failures
     def _check_settings(self, settings: dict) -> None:
         saved = self.study.user_attrs.get("settings")
         if saved is None:
