@@ -317,7 +317,7 @@ class SearchStudy:
 
     def work(self, score: Callable[[Unit, object], AlphaResult],
              propose: Callable[[List[AlphaResult]], List[Unit]], *,
-             after: Callable[[List[AlphaResult]], None] = None, poll: float = 0.5) -> WorkerLog:
+             after: Callable[[List[AlphaResult]], None], poll: float = 0.5) -> WorkerLog:
         """Score units until none is left: ``propose(scored)`` says what to score next (units to
         enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after(scored)``
         runs after each (reports). Ends when nothing is waiting, running or proposed.
@@ -349,9 +349,8 @@ class SearchStudy:
             if unit is None:
                 continue
             self._score(trial, unit, score)
-            if after is not None:
-                trials = self.trials()
-                after(self.scored(trials))
+            trials = self.trials()
+            after(self.scored(trials))
 
     def _drawn(self, trial, role: str, draw: Unit) -> Unit:
         """A candidate the sampler draws in ``trial``, recorded there at once."""
