@@ -92,7 +92,7 @@ class Evaluator:
         guards = [value for _, _, _, checked in parts if checked is not None for value in checked.values]
         one = len(parts) == 1  # a unit of one block: its interval comes from the units of its candidate
         low, high = (None, None) if one else bootstrap_interval(values)
-        guard_low, guard_high = (None, None) if one or not guards else bootstrap_interval(guards)
+        guard_low, guard_high = (None, None) if one else bootstrap_interval(guards)
         return AlphaResult(score=fmean(values), low=low, high=high, n=len(values), seconds=seconds,
                            extra=merged_extras([(self.merged_extra(score, checked), len(score.values))
                                                 for _, score, _, checked in parts]), block=block,

@@ -58,7 +58,8 @@ class HFEngine(Engine):
     def _attach(self, model, tokenizer, device, batch_size):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.pad = pad_id(tokenizer, "aligned model")
-        self.context_length = _context_length(model.config)
+        text = getattr(model.config, "text_config", None) or model.config  # a multimodal model's text part
+        self.context_length = int(getattr(text, "max_position_embeddings", 0) or 0)
         self.batcher = Batcher(batch_size, device)
 
     def transformers_model(self):
@@ -137,8 +138,3 @@ class HFEngine(Engine):
             picked = rows.gather(1, targets[:, None])[:, 0] - torch.logsumexp(rows, dim=-1)
             totals.append(float(picked.sum()))
         return totals
-
-
-def _context_length(config) -> int:
-    text = getattr(config, "text_config", None) or config
-    return int(getattr(text, "max_position_embeddings", 0) or 0)

@@ -42,8 +42,6 @@ def check_owner(out_dir: str, storage: Optional[str], settings: dict, *,
         saved = None  # not JSON: not ours either
     ours = isinstance(saved, dict) and isinstance(saved.get("settings"), dict)  # every one we write has them
     if (out / RESULTS).is_file() and not ours:
-        saved = None
-    if saved is None:
         raise ExpoConfigError(f"{out / RESULTS} is not the results.json of a search: use another --out "
                               "(that file is left as it is)")
     has_study = (out / DEFAULT_STORAGE).is_file()

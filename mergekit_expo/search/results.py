@@ -170,9 +170,17 @@ class SearchResults:
             f"# best {what} by {self.settings['scorer']}: score {best.score:.6g}\n" + guard_line
             + yaml.safe_dump(config_of(best.coordinates), sort_keys=False),
         )
-        plot_path = self.folder / PLOT
-        (self._plot if self.scalar else self._plot_vectors)(plot_path)
-        return dict(paths, best=best_path, plot=plot_path)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure = self._plot(plt) if self.scalar else self._plot_vectors()
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=100, bbox_inches="tight")  # the legends beside included
+        plt.close(figure)
+        write_file_atomically(self.folder / PLOT, image.getvalue())
+        return dict(paths, best=best_path, plot=self.folder / PLOT)
 
     def why_best(self, best: AlphaResult) -> str:
         """Why the strategy's pick is the pick (a race or the curve search)."""
@@ -186,12 +194,8 @@ class SearchResults:
     def guarded(self) -> bool:
         return bool(self.settings.get("guard"))
 
-    def _plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def _plot(self, plt):
+        """Score (and guard) against α, on ``plt`` (pyplot)."""
         panels = 2 if self.guarded else 1
         figure, axes = plt.subplots(panels, 1, figsize=(5.5, 5 * panels), sharex=True, squeeze=False)
         excluded = self.excluded()
@@ -230,10 +234,7 @@ class SearchResults:
             guard_axis.set_title("guard: must stay within --max-drop of α = 0", fontsize=10)
             _legend_beside(guard_axis)
         axes[-1][0].set_xlabel("α")
-        image = io.BytesIO()
-        figure.savefig(image, format="png", dpi=100, bbox_inches="tight")  # the legends beside included
-        plt.close(figure)
-        write_file_atomically(path, image.getvalue())
+        return figure
 
     def _curve(self, axis, field: str, label: str, excluded: List[AlphaResult]) -> None:
         rows = [r for r in self.rows if getattr(r, field) is not None]
@@ -258,14 +259,9 @@ class SearchResults:
                              facecolors="white", edgecolors="C0", zorder=3, label=why)
         axis.set_ylabel(f"{field} ({label})")
 
-    def _plot_vectors(self, path: Path) -> None:
+    def _plot_vectors(self):
         """optuna's matplotlib views of the candidates: a contour (heat map) for two
         coordinates, parallel coordinates for more."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         optuna = import_optuna()
         coordinates = list(self.rows[0].coordinates)
         low = min(min(r.coordinates.values()) for r in self.rows)
@@ -287,10 +283,7 @@ class SearchResults:
         best = self.best()
         figure.suptitle(f"ExPO: best {best.label} (score {best.score:.4g})"
                         + (f"; {len(excluded)} excluded by the guard" if excluded else ""), fontsize=9)
-        image = io.BytesIO()
-        figure.savefig(image, format="png", dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        write_file_atomically(path, image.getvalue())
+        return figure
 
     def summary(self) -> str:
         guard = f" {'guard':>10}" if self.guarded else ""
@@ -323,19 +316,16 @@ class SearchResults:
         if baseline is not None:
             lines.append(f"alpha = 0 ({self.reference_words}) scores {baseline.score:.4g}")
         excluded = self.excluded()
-        if excluded and all(r.guard_reference is None for r in excluded):
-            lines.append(
-                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
-                f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below its "
-                f"{_number(baseline.guard)} "
-                f"at alpha = 0 (to {', '.join(_number(r.guard) for r in excluded)})")
-        elif excluded:  # some read fewer guard rows than α = 0: each against α = 0 on its own rows
-            each = "; ".join(f"{r.label}: {_number(r.guard)} against "
-                             f"{_number(candidate_rows.reference_guard(r, baseline))}" for r in excluded)
-            lines.append(
-                f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
-                f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below alpha = 0's "
-                f"on the rows each read ({each})")
+        if excluded:
+            if all(r.guard_reference is None for r in excluded):
+                below = (f"its {_number(baseline.guard)} at alpha = 0 "
+                         f"(to {', '.join(_number(r.guard) for r in excluded)})")
+            else:  # some read fewer guard rows than α = 0: each against α = 0 on its own rows
+                each = "; ".join(f"{r.label}: {_number(r.guard)} against "
+                                 f"{_number(candidate_rows.reference_guard(r, baseline))}" for r in excluded)
+                below = f"alpha = 0's on the rows each read ({each})"
+            lines.append(f"excluded {'alpha ' if self.scalar else ''}{', '.join(r.label for r in excluded)}: "
+                         f"the guard {self.settings['guard']} fell more than {self.max_drop:g} below {below}")
         elif self.guarded and self.max_drop is not None:
             lines.append(f"no {'alpha' if self.scalar else 'candidate'} excluded: the guard "
                          f"{self.settings['guard']} stayed within {self.max_drop:g} of alpha = 0")

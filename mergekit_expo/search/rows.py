@@ -105,8 +105,7 @@ def candidate_row(units: Sequence[AlphaResult], *, dropped_in: Optional[int] = N
     verdict = dict(dropped_in=dropped_in, retired_in=retired_in, pick_score=pick_score,
                    guard_reference=_guard_on_same_rows(units, reference))
     common = dict(alpha=first.alpha, alphas=first.alphas, candidate=first.candidate,
-                  trial=min(unit.trial for unit in units if unit.trial is not None)
-                  if any(unit.trial is not None for unit in units) else None,
+                  trial=min((unit.trial for unit in units if unit.trial is not None), default=None),
                   seconds=sum(unit.seconds for unit in units),
                   update_seconds=sum(unit.update_seconds or 0.0 for unit in units) if len(units) > 1
                   else first.update_seconds)
@@ -117,7 +116,7 @@ def candidate_row(units: Sequence[AlphaResult], *, dropped_in: Optional[int] = N
     values = [value for unit in units for value in unit.values]
     guards = [value for unit in units for value in (unit.guard_values or [])]
     low, high = bootstrap_interval(values)
-    guard_low, guard_high = bootstrap_interval(guards) if guards else (None, None)
+    guard_low, guard_high = bootstrap_interval(guards)  # (None, None) without guard values
     return AlphaResult(score=fmean(values), low=low, high=high, n=len(values),
                        extra=merged_extras([(unit.extra, unit.n) for unit in units]),
                        guard=fmean(guards) if guards else None, guard_low=guard_low, guard_high=guard_high,

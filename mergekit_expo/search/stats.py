@@ -23,10 +23,8 @@ __all__ = ["CONFIDENCE", "fmean", "stdev", "standard_errors", "z_of", "bootstrap
 
 def z_of(confidence: float = CONFIDENCE, comparisons: int = 0) -> float:
     """The normal quantile of a two-sided interval (``comparisons`` 0), or of a one-sided bound
-    that holds for ``comparisons`` bounds at once (Bonferroni)."""
-    if not comparisons:
-        return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    return NormalDist().inv_cdf(1 - (1 - confidence) / comparisons)
+    that holds for ``comparisons`` bounds at once (Bonferroni): a two-sided interval is two bounds."""
+    return NormalDist().inv_cdf(1 - (1 - confidence) / (comparisons or 2))
 
 
 def stdev(values: Sequence[float]) -> float:

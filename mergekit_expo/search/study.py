@@ -219,6 +219,7 @@ class SearchStudy:
         """``agreed``: the strategy's plan, which workers scoring together share."""
         self.where = where  # first: storage failures name it
         self.optuna = _optuna()
+        self.states = self.optuna.trial.TrialState
         self.space, self.alpha_range, self.heartbeat = search.space, search.alpha_range, search.heartbeat
         self.storage = open_storage(url, self.heartbeat, out=None if where.startswith("--storage") else where)
         self.study = self.optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
@@ -230,7 +231,6 @@ class SearchStudy:
         self._check_plan(agreed)
 
     # -- settings ---------------------------------------------------------------------------
-    @storage_failures
     def _check_settings(self, settings: dict) -> None:
         saved = self.study.user_attrs.get("settings")
         if saved is None:
@@ -266,9 +266,8 @@ class SearchStudy:
         return self.study.get_trials(deepcopy=False)
 
     def _live(self, trial) -> bool:
-        states = self.optuna.trial.TrialState
-        return (trial.state in (states.WAITING, states.RUNNING, states.COMPLETE) or _stopped(trial)) and \
-            trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
+        return (trial.state in (self.states.WAITING, self.states.RUNNING, self.states.COMPLETE)
+                or _stopped(trial)) and trial.user_attrs.get(ROLE) not in (DUPLICATE, SPARE)
 
     def _key(self, stored: dict):
         """A unit's identity: its coordinates and blocks (two workers enqueue one grid as one)."""
@@ -301,9 +300,8 @@ class SearchStudy:
     def completed(self, trials: Optional[List] = None) -> List:
         """AlphaResult trials: complete, or stopped by the strategy after some blocks (of
         ``trials``, just read; default: the study's)."""
-        states = self.optuna.trial.TrialState
         return [t for t in (self.trials() if trials is None else trials)
-                if t.state == states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
+                if t.state == self.states.COMPLETE and ROW in t.user_attrs or _stopped(t)]
 
     def scored(self, trials: Optional[List] = None) -> List[AlphaResult]:
         """Every scored unit, in trial order."""
@@ -315,32 +313,30 @@ class SearchStudy:
 
     # -- the worker loop --------------------------------------------------------------------
     def others_running(self) -> bool:
-        states = self.optuna.trial.TrialState
-        return any(t.state == states.RUNNING for t in self.trials())
+        return any(t.state == self.states.RUNNING for t in self.trials())
 
     def work(self, score: Callable[[Unit, object], AlphaResult],
              propose: Callable[[List[AlphaResult]], List[Unit]], *,
-             after: Callable[[List[AlphaResult]], None] = None, poll: float = 0.5) -> WorkerLog:
+             after: Callable[[List[AlphaResult]], None], poll: float = 0.5) -> WorkerLog:
         """Score units until none is left: ``propose(scored)`` says what to score next (units to
         enqueue, or ones the sampler draws), ``score(unit, trial)`` scores one, ``after(scored)``
         runs after each (reports). Ends when nothing is waiting, running or proposed.
 
         The study is read once per unit for all of these (and once more as a unit is taken, for
         its duplicates): each read is a round trip to the storage, which a small unit feels."""
-        states = self.optuna.trial.TrialState
         trials = None  # the study as last read, while this worker has not written or waited since
         while True:
             raise_if_interrupted()
             self.plan = self.study.user_attrs.get(PLAN, self.plan)  # a rerun may have changed it
             trials = self._recover(trials)
-            if not any(t.state == states.WAITING for t in trials):
+            if not any(t.state == self.states.WAITING for t in trials):
                 proposed = propose(self.scored(trials))
                 if self.enqueue([unit for unit in proposed if unit.candidate is not None], trials):
                     trials = None
                     continue
                 self.draw = next((unit for unit in proposed if unit.candidate is None), None)
                 if self.draw is None or self.budget is None or self._sampled_count(trials) >= self.budget:
-                    if any(t.state == states.RUNNING for t in trials):  # theirs may fail and come back
+                    if any(t.state == self.states.RUNNING for t in trials):  # theirs may fail and come back
                         start = time.perf_counter()
                         time.sleep(poll)
                         self.log.idle_seconds += time.perf_counter() - start
@@ -353,9 +349,8 @@ class SearchStudy:
             if unit is None:
                 continue
             self._score(trial, unit, score)
-            if after is not None:
-                trials = self.trials()
-                after(self.scored(trials))
+            trials = self.trials()
+            after(self.scored(trials))
 
     def _drawn(self, trial, role: str, draw: Unit) -> Unit:
         """A candidate the sampler draws in ``trial``, recorded there at once."""
@@ -369,7 +364,6 @@ class SearchStudy:
     @storage_failures
     def _unit_of(self, trial) -> Optional[Unit]:
         """The trial's unit, or None when it is closed unscored (a duplicate, or spare)."""
-        states = self.optuna.trial.TrialState
         attributes = trial.user_attrs
         role = attributes.get(ROLE)
         draw = self.draw or Unit(None)
@@ -377,7 +371,7 @@ class SearchStudy:
         if role is None:  # a fresh trial: drawn, if the budget allows
             if self.budget is None or self._sampled_count(trials, below=trial.number) >= self.budget:
                 trial.set_user_attr(ROLE, SPARE)
-                self.study.tell(trial, state=states.PRUNED)
+                self.study.tell(trial, state=self.states.PRUNED)
                 self.log.pruned += 1
                 return None
             unit = self._drawn(trial, SAMPLED, draw)
@@ -394,7 +388,7 @@ class SearchStudy:
                      and self._key(t.user_attrs[CANDIDATE]) == key), default=trial.number)
         if first < trial.number:  # another trial has it: score it there, once
             trial.set_user_attr(ROLE, DUPLICATE)
-            self.study.tell(trial, state=states.PRUNED)
+            self.study.tell(trial, state=self.states.PRUNED)
             self.log.pruned += 1
             return None
         return unit
@@ -408,7 +402,6 @@ class SearchStudy:
         return trial
 
     def _score(self, trial, unit: Unit, score) -> None:
-        states = self.optuna.trial.TrialState
         try:
             with heartbeats(self.storage, trial, self.heartbeat):
                 scored = score(unit, trial)
@@ -417,7 +410,7 @@ class SearchStudy:
                 # Ctrl-C: give the unit back before leaving, for another worker or a rerun.
                 self._requeue(trial)
             with contextlib.suppress(Exception):
-                self.study.tell(trial, state=states.FAIL)
+                self.study.tell(trial, state=self.states.FAIL)
             raise
         self._record(trial, scored)
 
@@ -425,7 +418,7 @@ class SearchStudy:
     def _record(self, trial, scored: AlphaResult) -> None:
         trial.set_user_attr(ROW, scored.record())
         if scored.stopped:  # its blocks' running means are reported: optuna ranks it by them
-            self.study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+            self.study.tell(trial, state=self.states.PRUNED)
         else:
             self.study.tell(trial, scored.score)
         self.log.scored.append(trial.number)
@@ -446,13 +439,12 @@ class SearchStudy:
         """
         from datetime import datetime
 
-        states = self.optuna.trial.TrialState
-        if trials is None or any(t.state == states.RUNNING for t in trials):  # none running: none stale
+        if trials is None or any(t.state == self.states.RUNNING for t in trials):  # none running: none stale
             self.optuna.storages.fail_stale_trials(self.study)  # database storages: heartbeats
             trials = self.trials()
         given_back = False
         for trial in trials:
-            if trial.state != states.RUNNING:
+            if trial.state != self.states.RUNNING:
                 continue
             owner = trial.user_attrs.get(WORKER)
             if owner:

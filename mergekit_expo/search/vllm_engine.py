@@ -105,13 +105,11 @@ class VLLMEngine(Engine):
                  progress: Optional[Callable] = None) -> List[str]:
         from vllm import SamplingParams
 
-        if sampling.sample:
-            params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                    top_p=sampling.top_p, top_k=sampling.top_k or -1,
-                                    presence_penalty=sampling.presence_penalty,
-                                    frequency_penalty=sampling.frequency_penalty, seed=sampling.seed)
-        else:
-            params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=0.0)
+        options = dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                       presence_penalty=sampling.presence_penalty,
+                       frequency_penalty=sampling.frequency_penalty, seed=sampling.seed) \
+            if sampling.sample else dict(temperature=0.0)  # greedy
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, **options)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [self.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outputs]
 

@@ -8,6 +8,7 @@ run's checkpoints), so no weights travel between processes. Kept free of vLLM im
 vLLM imports it in its workers.
 """
 
+import itertools
 import json
 import time
 
@@ -29,13 +30,8 @@ class ExpoWorkerExtension:
         if getattr(self, "_expo_key", None) != key:  # open the files once per engine
             self._expo_checkpoint = open_weights(**source, dtype=getattr(torch, dtype) if dtype else None)
             self._expo_key = key
-        checkpoint = self._expo_checkpoint
-
-        def tensors():
-            for layer in checkpoint.layers(alpha):
-                yield from layer.items()
-
-        reload_weights(self, tensors())
+        layers = self._expo_checkpoint.layers(alpha)  # computed one at a time, as the loader takes them
+        reload_weights(self, itertools.chain.from_iterable(layer.items() for layer in layers))
         return time.perf_counter() - start
 
     # -- read-back for the engine's self-check (mergekit_expo.search.self_check) --------

@@ -108,10 +108,9 @@ class Strategy(ABC):
         the workers still running follow. Returns the strategy under it."""
         self.setup.trials = plan.get("trials", self.setup.trials)
         self.setup.refine = plan.get("refine", self.setup.refine)
-        race = plan.get("race") or {}
-        self.setup.options.update({key: value for key, value in race.items() if key != "max_drop"})
-        if "max_drop" in race:
-            self.setup.max_drop = race["max_drop"]
+        race = dict(plan.get("race") or {})
+        self.setup.max_drop = race.pop("max_drop", self.setup.max_drop)
+        self.setup.options.update(race)
         return self
 
     @abstractmethod

@@ -28,9 +28,8 @@ class FullSearch(Strategy):
         rows = [candidate_row([unit]) for unit in scored if unit.alpha in grid]
         if len(rows) < len(grid):
             return []
-        alphas = [row.alpha for row in rows]
-        index = sorted(alphas).index(best(rows, self.setup.max_drop).alpha)
-        ordered = sorted(alphas)
+        ordered = sorted(row.alpha for row in rows)
+        index = ordered.index(best(rows, self.setup.max_drop).alpha)
         neighbours = ordered[max(index - 1, 0):index] + ordered[index + 1:index + 2]
         return [round((neighbour + ordered[index]) / 2, 6) for neighbour in neighbours]
 
