@@ -141,13 +141,8 @@ def lora_options(options, config, staging: Path):
 
 
 def check_device(options) -> None:
-    try:
-        torch.device(options.device or "cpu")
-    except RuntimeError:
-        raise ExpoConfigError(f"--device {options.device!r} is not a device torch knows: use cpu, cuda or "
-                              "cuda:N") from None
     device = options.device or "cpu"
-    problem = device_problem(device)
+    problem = device_problem(device, fixes="cpu, cuda or cuda:N")
     if problem:
         given = "--cuda/--device cuda" if device == "cuda" else f"--device {device}"
         visible = " or check CUDA_VISIBLE_DEVICES" if device.startswith("cuda") else ""
