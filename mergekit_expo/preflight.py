@@ -1,5 +1,6 @@
 """Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
 
+import filecmp
 import json
 import os
 import pickle
@@ -122,17 +123,7 @@ def same_weights(first, second) -> bool:
     pairs = [(first / name, second / name) for name in names]
     if any(fingerprint(a) != fingerprint(b) for a, b in pairs):
         return False
-    return all(_same_bytes(a, b) for a, b in pairs)
-
-
-def _same_bytes(first: Path, second: Path) -> bool:
-    with open(first, "rb") as one, open(second, "rb") as other:
-        while True:
-            block = one.read(1 << 24)
-            if block != other.read(1 << 24):
-                return False
-            if not block:
-                return True
+    return all(filecmp.cmp(a, b, shallow=False) for a, b in pairs)
 
 
 def load_config(folder: Path) -> dict:
