@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.hub import is_hub_id
 from mergekit_expo.manifest import fingerprint
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -143,6 +144,23 @@ def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False, role:
     aligned_config = load_config(check_model_folder(aligned, role))
     check_same_network(sft, aligned, sft_config, aligned_config, tokenizer_aligned=tokenizer_aligned,
                        role=role)
+
+
+def check_input_folders(config, models, role: str) -> None:
+    """Check the local folders of ``models`` (references in mergekit's ``config``; Hub ids are
+    mergekit's to fetch), each against the SFT model (base_model) where that is local too."""
+    sft = config.base_model.model.path
+    tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
+    for model in models:
+        path = model.model.path
+        if is_hub_id(path):
+            continue
+        if model.lora is not None:
+            check_model_folder(path, f"{role} (base of the LoRA)")
+        elif not is_hub_id(sft):
+            check_pair(sft, path, tokenizer_aligned=tokenizer_aligned, role=role)
+        else:
+            check_model_folder(path, role)
 
 
 # What to do when a model is not of the SFT model's network, by the model's role.
