@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mergekit_expo.fused_kernel import _bits, run_in_spans
+from mergekit_expo.fused_kernel import bf16_bits, run_in_spans
 from mergekit_expo.numerics import check_finite, extrapolate_tensor, stream_fp64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -114,7 +114,7 @@ def candidates(dtype: torch.dtype, alpha: float):
         def loop_only(kernel):
             def run(b, t):
                 out = reused.setdefault("out", torch.empty_like(t))
-                kernel(_bits(b), _bits(t), _bits(out), float(alpha))
+                kernel(bf16_bits(b), bf16_bits(t), bf16_bits(out), float(alpha))
                 return out
             return run
 

@@ -42,29 +42,31 @@ def _jit(function):
 
 
 @_jit
-def expo_bf16(sft, aligned, out, alpha):
-    """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays), rounded once."""
-    for i in range(out.size):
-        a = np.float64(_as_float32(np.uint32(aligned[i]) << np.uint32(16)))
-        s = np.float64(_as_float32(np.uint32(sft[i]) << np.uint32(16)))
-        result = a + (a - s) * alpha
-        # The steps of numerics.narrowable: round to odd at 9 stored bits (fp32 holds
-        # that exactly), then to nearest-even bf16 on the fp32 bits.
-        wide = _as_uint64(result)
-        wide = (wide | ((wide & _LOW) + _LOW)) & ~_LOW
-        narrow = np.float32(_as_float64(wide))  # exact
-        bits = _as_uint32(narrow)
-        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-        # NaN never reaches a checkpoint (check_finite raises); keep it a NaN.
-        out[i] = np.uint16(0x7FC0) if narrow != narrow else np.uint16(rounded)
-
-
-_BLOCK = 2048  # elements per pass over the points: fp64 buffers that stay in L1/L2
+def _widen(bits):
+    return np.float64(_as_float32(np.uint32(bits) << np.uint32(16)))
 
 
 @_jit
-def _widen(bits):
-    return np.float64(_as_float32(np.uint32(bits) << np.uint32(16)))
+def _to_bf16(result):
+    # The steps of numerics.narrowable: round to odd at 9 stored bits (fp32 holds that
+    # exactly), then to nearest-even bf16 on the fp32 bits; NaN stays a NaN.
+    wide = _as_uint64(result)
+    wide = (wide | ((wide & _LOW) + _LOW)) & ~_LOW
+    narrow = np.float32(_as_float64(wide))  # exact
+    bits = _as_uint32(narrow)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.uint16(0x7FC0) if narrow != narrow else np.uint16(rounded)
+
+
+@_jit
+def expo_bf16(sft, aligned, out, alpha):
+    """out = aligned + (aligned - sft) * alpha on bf16 bit patterns (uint16 arrays), rounded once."""
+    for i in range(out.size):
+        a, s = _widen(aligned[i]), _widen(sft[i])
+        out[i] = _to_bf16(a + (a - s) * alpha)
+
+
+_BLOCK = 2048  # elements per pass over the points: fp64 buffers that stay in L1/L2
 
 
 @_jit
@@ -114,15 +116,3 @@ def _accumulate(top, source, weight, total, started):
     else:
         for i in range(source.size):
             total[i] = (top[i] - _widen(source[i])) * weight
-
-
-@_jit
-def _to_bf16(result):
-    # The steps of numerics.narrowable: round to odd at 9 stored bits (fp32 holds that
-    # exactly), then to nearest-even bf16 on the fp32 bits; NaN stays a NaN.
-    wide = _as_uint64(result)
-    wide = (wide | ((wide & _LOW) + _LOW)) & ~_LOW
-    narrow = np.float32(_as_float64(wide))  # exact
-    bits = _as_uint32(narrow)
-    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    return np.uint16(0x7FC0) if narrow != narrow else np.uint16(rounded)

@@ -1,6 +1,6 @@
 """The ``mergekit-expo`` command: one entry point, one subcommand per job."""
 
-import importlib
+import pkgutil
 import sys
 
 import click
@@ -41,8 +41,7 @@ class _Commands(click.Group):
         what = f"mergekit-expo {name}"
         try:
             hosts.require_mergekit(what)
-            module, attribute = MERGING[name].split(":")
-            return getattr(importlib.import_module(module), attribute)
+            return pkgutil.resolve_name(MERGING[name])
         except ExpoConfigError as error:
             return _refusing(name, str(error))
         except ImportError as error:  # a broken environment, or a mergekit whose API moved

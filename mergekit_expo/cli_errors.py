@@ -76,7 +76,8 @@ def reports_errors(command=None, *, interrupted: str = NOTHING_LEFT):
                 fail_interrupted(received[0], interrupted)
             if verbose:
                 raise
-            _fail(describe(error), 1)
+            _say(describe(error))
+            sys.exit(1)
         else:
             if received:  # swallowed where it arrived, and the command went on to the end
                 fail_interrupted(received[0], FINISHED)
@@ -123,24 +124,21 @@ def _warnings_as_lines():
         logger.propagate = propagate
 
 
-def interrupted_line(signum: int, left: str) -> str:
-    """``interrupted (Ctrl-C); <left>``, or, once an output of the command is complete,
-    which one: an interruption must never leave the user guessing whether it is."""
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    complete = complete_outputs()
-    if complete:
-        return (f"interrupted ({name}) after {', '.join(complete)} {'was' if len(complete) == 1 else 'were'} "
-                "complete: written in full before the interruption")
-    return f"interrupted ({name}); {left}"
-
-
 def fail_interrupted(signum: int, left: str):
     sys.exit(report_interrupted(signum, left))
 
 
 def report_interrupted(signum: int, left: str) -> int:
-    """Print the line; return the exit status."""
-    _say(interrupted_line(signum, left))
+    """Print ``interrupted (Ctrl-C); <left>``, or, once an output of the command is complete,
+    which one (an interruption must never leave the user guessing whether it is); return the
+    exit status."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    complete = complete_outputs()
+    if complete:
+        _say(f"interrupted ({name}) after {', '.join(complete)} {'was' if len(complete) == 1 else 'were'} "
+             "complete: written in full before the interruption")
+    else:
+        _say(f"interrupted ({name}); {left}")
     return 128 + signum
 
 
@@ -171,11 +169,6 @@ def _os_error_code(error: Exception):
         return error.errno
     match = re.search(r"os error (\d+)", str(error))
     return int(match.group(1)) if match else None
-
-
-def _fail(message: str, code: int):
-    _say(message)
-    sys.exit(code)
 
 
 def _say(message: str) -> None:

@@ -3,13 +3,19 @@ anywhere, and fails only once a tensor is moved there)."""
 
 from typing import Optional
 
+from mergekit_expo.errors import ExpoConfigError
 
-def device_problem(name: str) -> Optional[str]:
+
+def device_problem(name: str, *, fixes: str) -> Optional[str]:
     """Why the torch device ``name`` cannot compute on this machine (``"no MPS device is
-    visible"``), or None when it can."""
+    visible"``), or None when it can. A name torch does not know is an ExpoConfigError
+    naming the devices to use instead, ``fixes``."""
     import torch
 
-    kind = torch.device(name).type
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ExpoConfigError(f"--device {name!r} is not a device torch knows: use {fixes}") from None
     if kind == "cpu":
         return None
     if kind == "meta":

@@ -31,7 +31,7 @@ def extrapolate_bf16(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> 
 def run_in_spans(kernel, sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:
     """``kernel(sft_bits, aligned_bits, out_bits, alpha)`` over spans, one per torch thread."""
     out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
-    sft_bits, aligned_bits, out_bits = _bits(sft), _bits(aligned), _bits(out)
+    sft_bits, aligned_bits, out_bits = bf16_bits(sft), bf16_bits(aligned), bf16_bits(out)
     in_spans(lambda s: kernel(sft_bits[s], aligned_bits[s], out_bits[s], float(alpha)), out_bits.size)
     return out
 
@@ -62,9 +62,6 @@ def bf16_bits(tensor: torch.Tensor):
     return tensor.detach().reshape(-1).view(torch.int16).numpy().view(np.uint16)
 
 
-_bits = bf16_bits
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled():
     try:
@@ -89,6 +86,6 @@ def _self_check(kernel) -> None:
     cases = ((0.5, [1.015625, -1.015625, 1.5]), (0.5 + 2.0 ** -30, [1.0234375, -1.0234375, 1.5]))
     for alpha, expected in cases:
         out = torch.empty_like(aligned)
-        kernel(_bits(sft), _bits(aligned), _bits(out), alpha)
+        kernel(bf16_bits(sft), bf16_bits(aligned), bf16_bits(out), alpha)
         if out.tolist() != expected:
             raise RuntimeError(f"self-check at alpha={alpha!r} gave {out.tolist()}, expected {expected}")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from mergekit_expo import hub
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hosts import expo_parameter_names, merge_method_names
-from mergekit_expo.trajectory.placement import misplaced_parameter
+from mergekit_expo.trajectory.placement import misplaced_parameter, parameter_blocks
 from mergekit_expo.trajectory.steps import NAME as TRAJECTORY
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # what mergekit's dtype_from_name reads
@@ -122,7 +122,7 @@ def check_parameter_names(config_file: str, data: dict) -> None:
     if method not in OUR_METHODS:
         return  # other methods: mergekit's business; only our methods' names are ours to enforce
     valid = expo_parameter_names("mergekit", method)
-    for where, parameters in _parameter_blocks(data, ""):
+    for where, parameters, _ in parameter_blocks(data):
         for key in parameters:
             if key not in valid:
                 raise ExpoConfigError(
@@ -140,7 +140,7 @@ def check_parameter_values(config_file: str, data: dict) -> None:
     default then merges), and ``alpha: null`` fails in its validator with a line naming its classes."""
     if data.get("merge_method") not in OUR_METHODS:
         return
-    for where, parameters in _parameter_blocks(data, ""):
+    for where, parameters, _ in parameter_blocks(data):
         for key, value in parameters.items():
             problem = _missing_value(value)
             if problem:
@@ -168,19 +168,6 @@ def _missing_value(value) -> Optional[str]:
 def _shown(value) -> str:
     """A value as the YAML config writes it (null, not None)."""
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("\n...")
-
-
-def _parameter_blocks(node, where: str) -> Iterator[Tuple[str, dict]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "parameters" and isinstance(value, dict):
-                yield here, value
-            else:
-                yield from _parameter_blocks(value, here)
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _parameter_blocks(value, f"{where}[{index}]")
 
 
 def unknown_keys(data, model, where: str = "the top level") -> Iterator[Tuple[str, str, list]]:

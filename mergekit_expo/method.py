@@ -24,7 +24,6 @@ from typing_extensions import Annotated
 from mergekit_expo import _autoregister
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.contract import (
-    MISSING_BASE,
     NAME,
     PRETTY_NAME,
     REFERENCE_URL,
@@ -35,7 +34,7 @@ from mergekit_expo.contract import (
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.numerics import extrapolate_tensor
 
-__all__ = ["expo_merge_method", "MISSING_BASE"]
+__all__ = ["expo_merge_method"]
 
 Alpha = Annotated[float, BeforeValidator(checked_alpha)]
 

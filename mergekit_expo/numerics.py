@@ -20,7 +20,6 @@ _ACCELERATOR_CHUNK = 1 << 24
 # wins back only over ~0.5B elements: tensors this large appear from ~0.5B models up
 # (the embeddings), so merges of small models never load it.
 _FUSED_MIN_ELEMENTS = 1 << 22
-FUSED_MIN_ELEMENTS = _FUSED_MIN_ELEMENTS  # the trajectory's fused pass starts at the same size
 # fp64 significand bits (52 stored) to cut off when rounding to odd before narrowing:
 # keep the target's stored bits plus two (bf16: 7 + 2, fp16: 10 + 2).
 _ODD_ROUNDING_DROP = {torch.bfloat16: 52 - 9, torch.float16: 52 - 12}
@@ -56,13 +55,16 @@ def extrapolate_tensor(
 
 
 def _fused(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> Optional[torch.Tensor]:
-    if not (sft.dtype == aligned.dtype == torch.bfloat16 and sft.device.type == aligned.device.type == "cpu"):
-        return None
-    if aligned.numel() < _FUSED_MIN_ELEMENTS or sft.shape != aligned.shape:
-        return None
-    if not (sft.is_contiguous() and aligned.is_contiguous()):
-        return None
-    return extrapolate_bf16(sft, aligned, alpha)
+    return extrapolate_bf16(sft, aligned, alpha) if fusable((sft, aligned)) else None
+
+
+def fusable(tensors: Sequence[torch.Tensor]) -> bool:
+    """Large contiguous CPU bf16 tensors of one shape: the fused pass is worth loading numba
+    (expo's two inputs, or a trajectory's points)."""
+    last = tensors[-1]
+    return (last.numel() >= _FUSED_MIN_ELEMENTS
+            and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous()
+                    and t.shape == last.shape for t in tensors))
 
 
 def stream_fp64(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Checks on the SFT/aligned pair before any tensor is read, with one-line answers."""
 
+import filecmp
 import json
 import os
 import pickle
@@ -7,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from mergekit_expo.errors import ExpoInputError
+from mergekit_expo.hub import is_hub_id
 from mergekit_expo.manifest import fingerprint
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -122,17 +124,7 @@ def same_weights(first, second) -> bool:
     pairs = [(first / name, second / name) for name in names]
     if any(fingerprint(a) != fingerprint(b) for a, b in pairs):
         return False
-    return all(_same_bytes(a, b) for a, b in pairs)
-
-
-def _same_bytes(first: Path, second: Path) -> bool:
-    with open(first, "rb") as one, open(second, "rb") as other:
-        while True:
-            block = one.read(1 << 24)
-            if block != other.read(1 << 24):
-                return False
-            if not block:
-                return True
+    return all(filecmp.cmp(a, b, shallow=False) for a, b in pairs)
 
 
 def load_config(folder: Path) -> dict:
@@ -152,6 +144,23 @@ def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False, role:
     aligned_config = load_config(check_model_folder(aligned, role))
     check_same_network(sft, aligned, sft_config, aligned_config, tokenizer_aligned=tokenizer_aligned,
                        role=role)
+
+
+def check_input_folders(config, models, role: str) -> None:
+    """Check the local folders of ``models`` (references in mergekit's ``config``; Hub ids are
+    mergekit's to fetch), each against the SFT model (base_model) where that is local too."""
+    sft = config.base_model.model.path
+    tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
+    for model in models:
+        path = model.model.path
+        if is_hub_id(path):
+            continue
+        if model.lora is not None:
+            check_model_folder(path, f"{role} (base of the LoRA)")
+        elif not is_hub_id(sft):
+            check_pair(sft, path, tokenizer_aligned=tokenizer_aligned, role=role)
+        else:
+            check_model_folder(path, role)
 
 
 # What to do when a model is not of the SFT model's network, by the model's role.

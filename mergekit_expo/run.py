@@ -18,7 +18,7 @@ from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hub import is_hub_id
 from mergekit_expo.merge_config import check_dtype, load_merge_config, reads_of
 from mergekit_expo.output_guard import Output, check_no_overlap, check_output
-from mergekit_expo.preflight import check_model_folder, check_pair, has_tokenizer
+from mergekit_expo.preflight import check_input_folders, check_model_folder, has_tokenizer
 from mergekit_expo.trajectory.preflight import check_trajectory_inputs
 from mergekit_expo.trajectory.steps import NAME as TRAJECTORY
 
@@ -141,13 +141,8 @@ def lora_options(options, config, staging: Path):
 
 
 def check_device(options) -> None:
-    try:
-        torch.device(options.device or "cpu")
-    except RuntimeError:
-        raise ExpoConfigError(f"--device {options.device!r} is not a device torch knows: use cpu, cuda or "
-                              "cuda:N") from None
     device = options.device or "cpu"
-    problem = device_problem(device)
+    problem = device_problem(device, fixes="cpu, cuda or cuda:N")
     if problem:
         given = "--cuda/--device cuda" if device == "cuda" else f"--device {device}"
         visible = " or check CUDA_VISIBLE_DEVICES" if device.startswith("cuda") else ""
@@ -163,19 +158,6 @@ def check_expo_inputs(config) -> None:
     if config.base_model is None:
         raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model
-    sft_local = not is_hub_id(sft.model.path)
-    tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
-    paired = False
-    for model in config.referenced_models():
-        path = model.model.path
-        if model == sft or is_hub_id(path):
-            continue
-        if model.lora is not None:
-            check_model_folder(path, "aligned (base of the LoRA)")
-        elif sft_local:
-            check_pair(sft.model.path, path, tokenizer_aligned=tokenizer_aligned)
-            paired = True
-        else:
-            check_model_folder(path, "aligned")
-    if sft_local and not paired:
+    check_input_folders(config, [model for model in config.referenced_models() if model != sft], "aligned")
+    if not is_hub_id(sft.model.path):  # no aligned folder may have been checked against it (LoRA, Hub)
         check_model_folder(sft.model.path, "SFT (base_model)")

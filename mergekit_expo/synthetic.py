@@ -2,8 +2,8 @@
 
 No hub is needed: configs are built locally and weights drawn from a seeded RNG.
 The "aligned" model is the SFT model plus a small per-tensor perturbation, which is
-what a short DPO run looks like from the weights' point of view; :func:`write_run` adds
-the checkpoints such a run saves on the way (``checkpoint-N``), for ``expo_trajectory``.
+what a short DPO run looks like from the weights' point of view; :func:`write_checkpoints`
+adds the checkpoints such a run saves on the way (``checkpoint-N``), for ``expo_trajectory``.
 """
 
 import os
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from mergekit_expo.checkpoint import load_all
 
 FAMILIES = ("llama", "mistral", "qwen2", "mixtral", "qwen2_moe")  # transformers' model types
 # Mixture-of-experts families: transformers fuses their per-expert checkpoint tensors on load.
@@ -141,17 +143,6 @@ def write_tokenizer(path: str, base_vocab: Sequence[str], added: Sequence[str]):
     tokenizer.save_pretrained(path)
 
 
-def write_run(root: str, spec: PairSpec = PairSpec(), steps: Sequence[int] = (100, 200, 300, 400, 500),
-              *, noise: float = 0.3, trainer_state: bool = True) -> Tuple[str, List[str]]:
-    """Write a pair (``root/sft``, ``root/aligned``) and the run between them as a trainer
-    saves it (:func:`write_checkpoints` into ``root/run``); return the SFT folder and the
-    checkpoint folders in training order."""
-    sft_dir, aligned_dir = write_pair(root, spec)
-    run = os.path.join(os.path.abspath(root), "run")
-    return sft_dir, write_checkpoints(sft_dir, aligned_dir, run, steps, noise=noise,
-                                      trainer_state=trainer_state, seed=spec.seed)
-
-
 def write_checkpoints(sft_dir: str, aligned_dir: str, root: str, steps: Sequence[int], *,
                       noise: float = 0.3, trainer_state: bool = True, seed: int = 0) -> List[str]:
     """``root/checkpoint-N`` for each step, as transformers' Trainer saves them: the update
@@ -163,7 +154,7 @@ def write_checkpoints(sft_dir: str, aligned_dir: str, root: str, steps: Sequence
 
     from safetensors.torch import save_file
 
-    sft, aligned = _tensors(sft_dir), _tensors(aligned_dir)
+    sft, aligned = load_all(sft_dir), load_all(aligned_dir)
     generator = torch.Generator().manual_seed(seed + 1)
     folders = []
     for step in steps:
@@ -179,19 +170,10 @@ def write_checkpoints(sft_dir: str, aligned_dir: str, root: str, steps: Sequence
         folders.append(folder)
     return folders
 
+
 def _on_the_way(sft: torch.Tensor, aligned: torch.Tensor, fraction: float, noise: float,
                 generator: torch.Generator) -> torch.Tensor:
     update = aligned.float() - sft.float()
     spread = float(update.std()) if update.numel() > 1 else 0.0
     jitter = torch.randn(update.shape, generator=generator) * (noise * fraction * spread)
     return (sft.float() + fraction * update + jitter).to(aligned.dtype)
-
-
-def _tensors(folder: str) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    tensors = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(folder, name)))
-    return tensors

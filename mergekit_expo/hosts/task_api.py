@@ -8,12 +8,14 @@ ones mergekit 0.1.5's methods use: :func:`~mergekit_expo.numerics.extrapolate_te
 trajectory :mod:`mergekit_expo.trajectory` (here every check runs while the host plans).
 """
 
+from types import ModuleType
 from typing import Any, Dict, Hashable, Optional
 
+from mergekit_expo import contract as expo_contract
 from mergekit_expo import trajectory
 from mergekit_expo.alpha import DEFAULT_ALPHA, checked_alpha
 from mergekit_expo.compat.mergekit import register_method
-from mergekit_expo.contract import NAME, PRETTY_NAME, REFERENCE_URL, check_inputs, label
+from mergekit_expo.contract import check_inputs, label
 from mergekit_expo.errors import ExpoInputError
 from mergekit_expo.numerics import extrapolate_tensor
 from mergekit_expo.trajectory import contract as trajectory_contract
@@ -59,20 +61,26 @@ class ExpoTaskBody:
                                   labels=(sft_label, aligned_label))
 
 
-class ExpoMethodBody:
-    """The method; the host's subclass sets ``task_class`` and ``parameter_class``."""
+class MethodBody:
+    """A method, named as its host-free ``contract`` module says; the host's subclass sets
+    ``task_class`` and ``parameter_class``."""
 
+    contract: ModuleType
     task_class: type
     parameter_class: type
 
     def name(self) -> str:
-        return NAME
+        return self.contract.NAME
 
     def pretty_name(self) -> Optional[str]:
-        return PRETTY_NAME
+        return self.contract.PRETTY_NAME
 
     def reference_url(self) -> Optional[str]:
-        return REFERENCE_URL
+        return self.contract.REFERENCE_URL
+
+
+class ExpoMethodBody(MethodBody):
+    contract = expo_contract
 
     def parameters(self) -> list:
         return []
@@ -113,20 +121,8 @@ class TrajectoryTaskBody(ExpoTaskBody):
         return fit_tensor(points, fit, self.alpha, name=name, labels=labels)
 
 
-class TrajectoryMethodBody:
-    """expo_trajectory; the host's subclass sets ``task_class`` and ``parameter_class``."""
-
-    task_class: type
-    parameter_class: type
-
-    def name(self) -> str:
-        return trajectory_contract.NAME
-
-    def pretty_name(self) -> Optional[str]:
-        return trajectory_contract.PRETTY_NAME
-
-    def reference_url(self) -> Optional[str]:
-        return trajectory_contract.REFERENCE_URL
+class TrajectoryMethodBody(MethodBody):
+    contract = trajectory_contract
 
     def parameters(self) -> list:
         # One value for the whole fit (gradients and filters apply per tensor).

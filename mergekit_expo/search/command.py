@@ -31,12 +31,7 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ExpoConfigError(f"--device {device!r} is not a device torch knows: use cpu, cuda, cuda:N or "
-                              "auto") from None
-    problem = device_problem(device)
+    problem = device_problem(device, fixes="cpu, cuda, cuda:N or auto")
     if problem:
         raise ExpoConfigError(f"--device {device} was given but {problem}: use --device cpu")
     return device

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from mergekit_expo.fused_kernel import bf16_bits, in_spans
-from mergekit_expo.numerics import FUSED_MIN_ELEMENTS, check_finite, extrapolate_tensor, narrowable
+from mergekit_expo.numerics import check_finite, extrapolate_tensor, fusable, narrowable
 from mergekit_expo.trajectory.fit import Arithmetic, TrajectoryFit, fit_coefficients
 
 LOG = logging.getLogger("mergekit_expo")
@@ -56,14 +56,6 @@ def fit_tensor(points: Sequence[torch.Tensor], fit: TrajectoryFit, alpha: float,
     labels = [f"{label} (step {step})" for label, step in zip(labels, fit.steps)]
     check_finite(out, points, labels, alpha, name)
     return out
-
-
-def fusable(points: Sequence[torch.Tensor]) -> bool:
-    """Large contiguous CPU bf16 tensors of one shape: the fused pass is worth loading numba."""
-    first = points[-1]
-    return (first.numel() >= FUSED_MIN_ELEMENTS
-            and all(p.dtype == torch.bfloat16 and p.device.type == "cpu" and p.is_contiguous()
-                    and p.shape == first.shape for p in points))
 
 
 def stream(points: Sequence[torch.Tensor], arithmetic: Arithmetic, alpha: float) -> torch.Tensor:

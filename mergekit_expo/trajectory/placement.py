@@ -15,7 +15,7 @@ PER_CHECKPOINT = ("step",)
 def misplaced_parameter(data: dict) -> Optional[str]:
     """The one line saying which parameter is written where it would be ignored, or None."""
     base = data.get("base_model")
-    for where, parameters, model in _blocks(data, ""):
+    for where, parameters, model in parameter_blocks(data):
         for key in parameters:
             if model is not None and key in SHARED:
                 return (f"{key} (in {where}) is one value for the whole fit, and mergekit ignores it under a "
@@ -36,7 +36,7 @@ def _one_number(value) -> bool:
     return value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
 
 
-def _blocks(node, where: str) -> Iterator[Tuple[str, dict, Optional[str]]]:
+def parameter_blocks(node, where: str = "") -> Iterator[Tuple[str, dict, Optional[str]]]:
     """(location, parameters mapping, the model it belongs to or None) for every ``parameters:``."""
     if isinstance(node, dict):
         owner = node.get("model") if isinstance(node.get("model"), str) else None
@@ -45,8 +45,8 @@ def _blocks(node, where: str) -> Iterator[Tuple[str, dict, Optional[str]]]:
             if key == "parameters" and isinstance(value, dict):
                 yield here, value, owner
             else:
-                yield from _blocks(value, here)
+                yield from parameter_blocks(value, here)
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _blocks(value, f"{where}[{index}]")
+            yield from parameter_blocks(value, f"{where}[{index}]")
 

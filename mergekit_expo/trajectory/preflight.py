@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple
 
 from mergekit_expo.errors import ExpoConfigError
 from mergekit_expo.hub import is_hub_id
-from mergekit_expo.preflight import check_model_folder, check_pair
+from mergekit_expo.preflight import check_input_folders, check_model_folder
 from mergekit_expo.trajectory.contract import MISSING_BASE, check_inputs, planned_fit
 from mergekit_expo.trajectory.steps import checked_step, checked_window, checkpoint_holders
 
@@ -17,18 +17,9 @@ def check_trajectory_inputs(config) -> None:
         raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model
     entries = written_steps(config)
-    sft_local = not is_hub_id(sft.model.path)
-    if sft_local:
+    if not is_hub_id(sft.model.path):
         check_model_folder(sft.model.path, "SFT (base_model)")
-    tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
-    for model, _ in entries:
-        path = model.model.path
-        if is_hub_id(path):
-            continue
-        if model.lora is not None or not sft_local:
-            check_model_folder(path, "checkpoint" if model.lora is None else "checkpoint (base of the LoRA)")
-        else:
-            check_pair(sft.model.path, path, tokenizer_aligned=tokenizer_aligned, role="checkpoint")
+    check_input_folders(config, [model for model, _ in entries], "checkpoint")
     check_inputs([sft, *(model for model, _ in entries)], sft)
     planned_fit(tuple(entries), _window(config))
 
