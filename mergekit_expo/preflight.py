@@ -146,11 +146,13 @@ def check_pair(sft: str, aligned: str, *, tokenizer_aligned: bool = False, role:
                        role=role)
 
 
-def check_input_folders(config, models, role: str) -> None:
+def check_input_folders(config, models, role: str) -> bool:
     """Check the local folders of ``models`` (references in mergekit's ``config``; Hub ids are
-    mergekit's to fetch), each against the SFT model (base_model) where that is local too."""
+    mergekit's to fetch), each against the SFT model (base_model) where that is local too;
+    whether any was (the SFT folder is then checked: an old .bin is read whole to check it)."""
     sft = config.base_model.model.path
     tokenizer_aligned = bool(config.tokenizer or config.tokenizer_source)
+    paired = False
     for model in models:
         path = model.model.path
         if is_hub_id(path):
@@ -159,8 +161,10 @@ def check_input_folders(config, models, role: str) -> None:
             check_model_folder(path, f"{role} (base of the LoRA)")
         elif not is_hub_id(sft):
             check_pair(sft, path, tokenizer_aligned=tokenizer_aligned, role=role)
+            paired = True
         else:
             check_model_folder(path, role)
+    return paired
 
 
 # What to do when a model is not of the SFT model's network, by the model's role.

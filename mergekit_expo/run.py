@@ -158,6 +158,7 @@ def check_expo_inputs(config) -> None:
     if config.base_model is None:
         raise ExpoConfigError(MISSING_BASE)
     sft = config.base_model
-    check_input_folders(config, [model for model in config.referenced_models() if model != sft], "aligned")
-    if not is_hub_id(sft.model.path):  # no aligned folder may have been checked against it (LoRA, Hub)
+    paired = check_input_folders(config, [model for model in config.referenced_models() if model != sft],
+                                 "aligned")
+    if not paired and not is_hub_id(sft.model.path):  # no aligned folder was checked against it
         check_model_folder(sft.model.path, "SFT (base_model)")
