@@ -111,3 +111,28 @@ def test_on_one_block_of_rows_every_alpha_is_scored():
     rows, record, units, scored = curve_search(scores)
     assert scored == set(GRID) and record["unscored"] == []
     assert best(rows, None).alpha == max(GRID, key=lambda a: fmean(scores[a]))
+
+
+def test_a_report_written_mid_search_says_it_has_not_ended():
+    """Every worker rewrites results.json after each unit: until the search has nothing left to
+    score, its record must not say the search ended (the race among the α scored so far may have)."""
+    from mergekit_expo.search.space import Space
+    from mergekit_expo.search.strategies.base import DevRows, Plan
+    from mergekit_expo.search.strategies.offline import _scored
+
+    scores = table(lambda a: 0.8 - 0.02 * (a - 2.6) ** 2)
+    plan = Plan(space=Space("alpha"), grid=GRID[1:], options={"tolerance": 3.0}, seed=0,
+                dev=DevRows(0, lambda: (256, None)))
+    search, scored, seen = CurveSearch(plan), [], set()
+    queue, ended = search.start(), []
+    while queue:
+        for index, unit in enumerate(queue):  # a report after each unit, as the workers write them
+            scored.append(_scored(unit, scores, None, plan.dev, len(scored), plan.space))
+            seen.add((unit.candidate["alpha"], unit.block, unit.blocks))
+            left = queue[index + 1:] or [unit for unit in search.next(scored)
+                                         if (unit.candidate["alpha"], unit.block, unit.blocks) not in seen]
+            ended.append((search.report(scored)[1]["ended"], bool(left)))
+        queue = [unit for unit in search.next(scored) if (unit.candidate["alpha"], unit.block, unit.blocks)
+                 not in seen]
+    assert ended[-1][0] and not ended[-1][1]  # the last report, with nothing left: ended, and why
+    assert all(said is None for said, more in ended if more), ended

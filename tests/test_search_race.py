@@ -348,7 +348,12 @@ def test_a_guarded_sampled_space_says_who_the_guard_pruned_and_that_they_stay_pr
     assert by_guard and all(row["dropped_in"] == 1 for row in by_guard)  # the guard falls by α, 0.2 allowed
     card = (tmp_path / "best" / "README.md").read_text()
     assert f"| {by_guard[0]['n']} (pruned by the guard after block 1) |" in card
-    assert f"dropped by the guard after {by_guard[0]['n']} rows" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert f"dropped by the guard after {by_guard[0]['n']} rows" in said
+    pruned = len(found["race"]["dropped"])
+    assert f"pruning {pruned} candidates ({len(by_guard)} by the guard)" in said
+    assert "on the rows both were scored on, or its guard clearly more than --max-drop below alpha = 0's" in said
+    assert "so far, or its guard clearly more than --max-drop below α = 0's (95% confidence" in card
     again = invoke(*common, "--max-drop", "5", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert ("--max-drop was 0.2, now 5: every score is reused and the pick chosen again among the candidates "
@@ -377,6 +382,24 @@ def test_guarded_race_keeps_alpha_0_and_never_picks_an_unguarded_alpha(f32_pair,
     units = [t.user_attrs["row"] for t in study_trials(tmp_path / "s") if t.state.name == "COMPLETE"]
     guard_blocks = row_blocks(24, seed=0, count=3)
     assert all(unit["guard_rows"] == guard_blocks[unit["block"]] for unit in units)
+
+
+def test_the_card_does_not_call_a_gain_noise_that_the_race_found_clear(f32_pair, tmp_path):
+    """Rows differ far more than α does: each mean's interval is wide, but every row moves α = 0
+    and the pick together, so the race's paired test drops α = 0 at once."""
+    write_probe(tmp_path, f32_pair, rows=64)
+    with (tmp_path / "slow_scorer.py").open("a") as module:
+        module.write("\n\ndef shared(model, tokenizer, rows):\n    alpha = alpha_of(model)\n"
+                     "    return [random.Random(row).gauss(0, 1) - 2 * (alpha - 0.3) ** 2 for row in rows]\n\n\n"
+                     "shared.rows = 64\n")
+    result = invoke("search", *f32_pair, "--scorer", "slow_scorer:shared", "--alphas", "0.3,0.6", "--race",
+                    "--out", "./s", "--write-best", "./best", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = by_alpha(tmp_path / "s")
+    assert rows[0.0]["dropped_in"] == 1 and rows[0.3]["low"] <= rows[0.0]["high"]  # paired clear, intervals not
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "within the noise" not in card
+    assert "the race found α = 0 clearly below its leader then (dropped in round 1)" in card
 
 
 def test_a_rerun_under_a_looser_rule_reports_what_a_fresh_run_would(f32_pair, tmp_path):

@@ -138,8 +138,11 @@ def choice_words(results, stage) -> List[str]:
             words.append(f"No α > 0{allowed_words} scored above {results.reference_words} itself on this "
                          "data.")
     elif baseline is not None and None not in (best.low, baseline.high) and best.low <= baseline.high:
-        words.append(f"Its 95% interval overlaps that of α = 0 ({results.reference_words}): on this data the "
-                     "gain is within the noise.")
+        # a race's paired test on the same rows is sharper than two intervals side by side
+        words.append(f"Its 95% interval overlaps that of α = 0 ({results.reference_words}): " + (
+            "on this data the gain is within the noise." if baseline.dropped_in is None else
+            "the two scores vary together from row to row, and on the rows both were scored on the race "
+            f"found α = 0 clearly below its leader then (dropped in round {baseline.dropped_in})."))
     if excluded:
         words.append(
             f"Excluded: {'α = ' if results.scalar else ''}"

@@ -154,13 +154,13 @@ def search_command(sft, checkpoints, settings):
     models = read_models(sft, checkpoints, steps=s.step_list, window=s.window)
     identity = s.study_settings(models.settings())
     best_output = check_search_outputs(s, models, identity)
-    if s.default_note():  # after the checks, so that a refusal stays one line
-        click.echo(s.default_note(), err=True)
     device = open_tools(s)
     reward_folder = hub.resolve(s.reward_model, "reward model")
     plan = s.plan(*space_for(s, models))
     scoring, guarding = make_scorers(s, identity, reward_folder, device)
     s.check_scorers(scoring, guarding)
+    if s.default_note():  # after the checks (the scorers' too), so that a refusal stays one line
+        click.echo(s.default_note(), err=True)
     engine_options = dict(s.engine_options(device), **models.engine_options())
     results, reports, log, strategy = search(
         s.out, scoring, plan, settings=identity, guard=guarding,

@@ -33,11 +33,11 @@ def _fitting(items, lengths, limit: int, what: str, fix: str = "shorten them"):
         return list(items), 0
     kept = [item for item, length in zip(items, lengths) if length <= limit]
     skipped = len(items) - len(kept)
+    if not kept:
+        raise ExpoConfigError(f"every one of the {what} exceeds the model's context of {limit} tokens: {fix}")
     if skipped:
         LOG.warning("%d of %d %s exceed the model's context of %d tokens and are skipped "
                     "(counted as 'skipped' in the results)", skipped, len(items), what, limit)
-    if not kept:
-        raise ExpoConfigError(f"every one of the {what} exceeds the model's context of {limit} tokens: {fix}")
     return kept, skipped
 
 

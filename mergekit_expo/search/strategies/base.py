@@ -133,7 +133,8 @@ class Strategy(ABC):
 
     def resumed(self, scored: List[AlphaResult]) -> Optional[str]:
         """What a worker says when it finds scores in the study already."""
-        return f"resuming: {len(scored)} candidates already scored" if scored else None
+        count = len(scored)
+        return f"resuming: {count} candidate{'s' if count != 1 else ''} already scored" if count else None
 
     # What reports say of it, read back from its results.json record (defaults: a full search's).
     @classmethod

@@ -111,6 +111,8 @@ class CurveSearch(GridRace):
             record["unscored"] = [dict(alpha=self.candidates[self.order[index]]["alpha"],
                                        candidate=self.order[index], why=why)
                                   for first, last, why in runs for index in range(first, last + 1)]
+            if any(why in (OPEN, WAITS) for *_, why in runs):  # the race among those scored so far
+                record["ended"] = None  # ended, but runs of the grid are still to be scored
         return rows, record
 
     @classmethod

@@ -15,11 +15,11 @@ the guard's reference.
 
 from typing import List, Optional, Tuple
 
-from mergekit_expo.search.race import RaceRule, guard_drop_words
+from mergekit_expo.search.race import RaceRule, guard_drop_words, is_guard_drop
 from mergekit_expo.search.rows import AlphaResult, candidate_row
 from mergekit_expo.search.stats import CONFIDENCE, clearly_below
 from mergekit_expo.search.strategies.base import ALL, Strategy, Unit
-from mergekit_expo.search.strategies.race import by_guard, rows_line
+from mergekit_expo.search.strategies.race import by_guard, guard_words, rows_line
 from mergekit_expo.search.trial_roles import SAMPLED
 
 
@@ -92,8 +92,8 @@ class SampledPruning(Strategy):
 
     @classmethod
     def why_picked(cls, record: dict) -> str:
-        return ("the best candidate scored on every row; pruned ones are means over fewer rows, "
-                "each clearly below the best so far then on the rows both were scored on")
+        return ("the best candidate scored on every row; pruned ones are means over fewer rows, each "
+                f"clearly below the best so far then on the rows both were scored on{guard_words(record)}")
 
     @classmethod
     def card_rows_note(cls, row: AlphaResult, record: dict) -> str:
@@ -103,7 +103,7 @@ class SampledPruning(Strategy):
     def card_sentence(cls, record: dict) -> str:
         return (f"raced (`--race`): each sampled candidate was scored on blocks of {record['block_rows']} of "
                 f"the {record['rows']} dev rows, in a seeded order, and pruned once clearly worse than the "
-                "best candidate scored on every row so far "
+                f"best candidate scored on every row so far{guard_words(record, 'α')} "
                 f"({100 * record.get('confidence', CONFIDENCE):g}% confidence on the paired per-row "
                 f"differences); the pick is the best fully scored candidate; {record['rows_scored']} of "
                 f"{record['rows_full']} candidate rows were scored; the rows column gives how many rows each "
@@ -111,5 +111,7 @@ class SampledPruning(Strategy):
 
     @classmethod
     def summary_line(cls, record: dict, generating: bool) -> Optional[str]:
-        how = f"in blocks of {record['block_rows']}, pruning {len(record['dropped'])} candidates"
+        guarded = sum(map(is_guard_drop, record["dropped"].values()))
+        how = (f"in blocks of {record['block_rows']}, pruning {len(record['dropped'])} candidates"
+               + (f" ({guarded} by the guard)" if guarded else ""))
         return rows_line(record, how, generating)
