@@ -103,7 +103,7 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
     ``guard_dropped``: whether the guard dropped a candidate in an earlier round."""
     scale = _range(scores.values()) if scale is None else scale
     dropped = _guard_drops(scores, rule, guard, reference)
-    gone = "dropped by the guard" if guard_dropped or dropped else None  # how the others may have gone
+    by_guard = guard_dropped or bool(dropped)  # (so far every drop is the guard's)
     running = [name for name in scores if name not in dropped]
     # The leader is one the guard allows on these rows (the pick's own rule); one it excludes is
     # judged against it as any other, and runs on while it may beat it by more than the tolerance.
@@ -114,7 +114,8 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
             ended = None if back else "every candidate fails the guard"
             return Standing("", back, dropped, ended, reopened=back)
         leader = max(running, key=lambda name: (fmean(scores[name]), name == reference))
-        finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader, gone)
+        finished = None if rows_left else _finished(running + back, back, rows_left, retirees, leader,
+                                                    by_guard)
         return Standing(leader, running + back, dropped, finished, reopened=back)
     leader = max(allowed, key=lambda name: (fmean(scores[name]), name == reference))
     retired = {}
@@ -135,7 +136,7 @@ def judge(scores: Dict[str, Sequence[float]], rule: RaceRule, *, rows_left: bool
             reopened.append(name)
     survivors = [name for name in running if name not in dropped and name not in retired] + reopened
     return Standing(leader, survivors, dropped, _finished(survivors, reopened, rows_left, retired or retirees,
-                                                          leader, gone), retired, reopened)
+                                                          leader, by_guard), retired, reopened)
 
 
 def _guard_drops(scores, rule: RaceRule, guard, reference) -> Dict[str, str]:
@@ -175,13 +176,13 @@ def _range(lists) -> float:
 
 
 def _finished(survivors: List[str], reopened: List[str], rows_left: bool, retirees,
-              leader: str, gone: Optional[str] = None) -> Optional[str]:
+              leader: str, by_guard: bool = False) -> Optional[str]:
     if reopened:  # they are scored on the rows they missed, then judged again
         return None
     if len(survivors) == 1:
         if not retirees:
             return "one candidate left"
-        ways = f"below {leader}, within the tolerance of it or {gone}" if gone \
+        ways = f"below {leader}, within the tolerance of it or dropped by the guard" if by_guard \
             else f"below {leader} or within the tolerance of it"
         return f"every other candidate is {ways}"
     return None if rows_left else "every row is scored"
@@ -212,6 +213,7 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
     survivors, rounds, dropped_in, retired_in = list(scores), [], {}, {}
     read = {name: 0 for name in scores}
     count = 1  # blocks read by every survivor in this round
+    guard_dropped = False  # in an earlier round: how the race ends is worded with it
     for _ in range(len(blocks) * (len(scores) + 1) ** 2):
         # α = 0 stays scored in a guarded race: every other guard is measured against it
         scoring = survivors + ([reference] if guard is not None and reference not in survivors else [])
@@ -220,10 +222,10 @@ def replay(scores: Dict[str, Dict[int, float]], blocks: List[List[int]], rule: R
         if missing:
             return Race(rounds, survivors, missing, dropped_in, retired_in, read)
         read.update({name: count for name in scoring})
-        guard_dropped = any(is_guard_drop(why) for earlier in rounds for why in earlier.dropped.values())
         standing = _judge_round(scores, guard, blocks, guard_blocks, rule, count, survivors, scoring,
                                 read, set(retired_in), reference, guard_dropped)
         rounds.append(standing)
+        guard_dropped = guard_dropped or any(map(is_guard_drop, standing.dropped.values()))
         dropped_in.update({name: count for name in standing.dropped})
         retired_in.update({name: count for name in standing.retired})
         for name in standing.reopened:
